@@ -1,0 +1,1 @@
+"""taxi-pipeline: the NYC taxi ELT pipeline as event-driven functions."""
