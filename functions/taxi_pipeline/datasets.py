@@ -204,7 +204,9 @@ def object_name(dataset: Dataset, month: Month) -> str:
     return f"raw/{dataset.value}/{file_name(dataset, month)}"
 
 
-_OBJECT_RE: Final = re.compile(r"^raw/(yellow|green)/(yellow|green)_tripdata_(\d{4}-\d{2})\.csv\.gz$")
+_OBJECT_RE: Final = re.compile(
+    r"^raw/(yellow|green)/(yellow|green)_tripdata_(\d{4}-\d{2})\.csv\.gz$"
+)
 
 
 def parse_object_name(name: str) -> tuple[Dataset, Month]:

@@ -1,0 +1,1 @@
+"""The steps: plain functions over ports, the same in the cloud and locally."""

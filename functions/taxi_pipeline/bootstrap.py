@@ -1,0 +1,144 @@
+"""The composition root: the one place that picks adapters (by URL) and wires the handlers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from taxi_pipeline import handlers
+from taxi_pipeline.adapters.http import HttpxSource
+from taxi_pipeline.adapters.local.bus import InProcessBus
+from taxi_pipeline.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.errors import ConfigurationError
+from taxi_pipeline.events import build_gcs_event
+from taxi_pipeline.messages import IngestRequest, IngestResult, Topic, parse_model
+from taxi_pipeline.ports import Lake, NullProgress, ObjectInfo, Ports, Progress, Warehouse
+from taxi_pipeline.runs import new_run_id
+from taxi_pipeline.settings import Settings
+from taxi_pipeline.steps.download import check_source_base
+
+LAKE_EVENTS_TOPIC = "lake-object-finalized"
+"""In-process stand-in for the GCS trigger (Eventarc) of the register function."""
+
+
+@dataclass
+class LocalPipeline:
+    """The embedded default: folder lake, DuckDB warehouse, in-process bus, same handlers."""
+
+    ports: Ports
+    bus: InProcessBus
+    results: dict[str, IngestResult] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def submit(
+        self,
+        dataset: Dataset,
+        month: Month,
+        *,
+        labels: Mapping[str, str] | None = None,
+        force: bool = False,
+        run_id: str | None = None,
+    ) -> str:
+        """Put an ingest request on the bus; returns its run id."""
+        run_id = run_id or new_run_id(dataset, month)
+        request = IngestRequest(
+            dataset=dataset, month=str(month), run_id=run_id, labels=dict(labels or {}), force=force
+        )
+        self.bus.publish(
+            Topic.INGEST_REQUESTS,
+            request.to_bytes(),
+            {"run_id": run_id, "dataset": dataset.value, "month": str(month)},
+        )
+        return run_id
+
+    def drain(self, workers: int = 1) -> None:
+        self.bus.drain(workers)
+
+    def _collect(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        result = parse_model(IngestResult, data, "ingest result")
+        with self._lock:
+            self.results[result.run_id] = result
+
+    def close(self) -> None:
+        close = getattr(self.ports.warehouse, "close", None)
+        if close is not None:
+            close()
+
+
+def _file_path(url: str, what: str) -> Path:
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        raise ConfigurationError(f"{what} must be a file:// URL, got {url!r}")
+    return Path(unquote(parts.path))
+
+
+def build_local(settings: Settings, progress: Progress | None = None) -> LocalPipeline:
+    """Wire the embedded default. Lake and warehouse may still be chosen by URL."""
+    from taxi_pipeline.adapters.local.folder import FolderStore
+    from taxi_pipeline.adapters.local.locks import ThreadLocks
+
+    check_source_base(settings)
+    bus = InProcessBus(project="local", max_attempts=settings.max_delivery_attempts)
+    lake_url = settings.resolved_lake_url
+    if not lake_url.startswith("file://"):
+        raise ConfigurationError(
+            f"the embedded default needs a file:// lake, got {lake_url!r}; the cloud functions"
+            " use gs:// lakes"
+        )
+
+    def announce(info: ObjectInfo) -> None:
+        attributes: dict[str, str] = {"object": info.name}
+        try:
+            dataset, month = parse_object_name(info.name)
+            attributes |= {"dataset": dataset.value, "month": str(month)}
+        except ValueError:
+            pass
+        if "run_id" in info.metadata:
+            attributes["run_id"] = info.metadata["run_id"]
+        bus.deliver(LAKE_EVENTS_TOPIC, build_gcs_event(info), attributes)
+
+    lake = FolderStore(_file_path(lake_url, "TAXI_PIPELINE_LAKE_URL"), on_finalized=announce)
+    ports = Ports(
+        settings=settings,
+        lake=lake,
+        warehouse=build_warehouse(settings),
+        bus=bus,
+        source=HttpxSource(settings.http_timeout_seconds),
+        locks=ThreadLocks(),
+        progress=progress or NullProgress(),
+    )
+    pipeline = LocalPipeline(ports, bus)
+    bus.subscribe(Topic.INGEST_REQUESTS, lambda event: handlers.handle_ingest_request(event, ports))
+    bus.subscribe(LAKE_EVENTS_TOPIC, lambda event: handlers.handle_object_finalized(event, ports))
+    bus.subscribe(Topic.MERGE_REQUESTS, lambda event: handlers.handle_merge_request(event, ports))
+    bus.subscribe(Topic.DEAD_LETTER, lambda event: handlers.handle_dead_letter(event, ports))
+    bus.listen(Topic.INGEST_RESULTS, pipeline._collect)
+    return pipeline
+
+
+def build_warehouse(settings: Settings) -> Warehouse:
+    """The warehouse named by ``TAXI_PIPELINE_WAREHOUSE_URL``."""
+    url = settings.resolved_warehouse_url
+    scheme = urlsplit(url).scheme
+    if scheme == "duckdb":
+        from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
+
+        return DuckDbWarehouse.from_url(
+            url, memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
+        )
+    raise ConfigurationError(
+        f"unknown warehouse URL scheme in {url!r} (use duckdb:// or bigquery://)"
+    )
+
+
+def build_lake(settings: Settings) -> Lake:
+    """The lake named by ``TAXI_PIPELINE_LAKE_URL`` (no event wiring: for reading)."""
+    from taxi_pipeline.adapters.local.folder import FolderStore
+
+    url = settings.resolved_lake_url
+    if url.startswith("file://"):
+        return FolderStore(_file_path(url, "TAXI_PIPELINE_LAKE_URL"))
+    raise ConfigurationError(f"unknown lake URL scheme in {url!r} (use file:// or gs://)")

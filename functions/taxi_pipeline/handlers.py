@@ -1,0 +1,180 @@
+"""What each entry point does with its CloudEvent, independent of the function runtime.
+
+``functions/main.py`` wraps these for Cloud Run; the in-process bus calls the very same ones.
+Every handler: parse the real payload shape, drop events older than the maximum age, run the
+step, and sort failures: permanent ones are recorded, logged at ERROR and acknowledged (the
+function returns normally, so there is no retry storm); transient ones are recorded as RETRYING
+and re-raised so Pub/Sub / Eventarc redeliver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from taxi_pipeline.datasets import Dataset, Month
+from taxi_pipeline.errors import InvalidMessage, NotPublished, PermanentError
+from taxi_pipeline.events import CloudEventLike, event_time, parse_gcs, parse_pubsub
+from taxi_pipeline.logs import log_context
+from taxi_pipeline.messages import IngestRequest, MergeRequest, RunState, parse_model
+from taxi_pipeline.ports import Ports, RunEvent
+from taxi_pipeline.runs import utcnow
+from taxi_pipeline.steps import download, merge, register
+from taxi_pipeline.steps.common import Invocation, failed_result, publish_result
+
+log = logging.getLogger(__name__)
+
+ALERT_LABEL = "taxi-pipeline-run-failed"
+"""Value of the ``alert`` field on the ERROR line a log-based alert matches."""
+
+
+def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
+    """Pub/Sub ``ingest-requests`` -> download."""
+    invocation = Invocation("download")
+    with _handling(event, invocation, ports):
+        envelope, body = parse_pubsub(event)
+        invocation.attempt = envelope.delivery_attempt or 1
+        request = parse_model(IngestRequest, body, "ingest request")
+        when = envelope.message.publish_time or event_time(event) or datetime.now(UTC)
+        download.run(request, when, invocation, ports)
+
+
+def handle_object_finalized(event: CloudEventLike, ports: Ports) -> None:
+    """GCS object finalized in the lake -> register the external table."""
+    invocation = Invocation("register")
+    with _handling(event, invocation, ports):
+        register.run(parse_gcs(event), invocation, ports)
+
+
+def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
+    """Pub/Sub ``merge-requests`` -> stage and merge."""
+    invocation = Invocation("merge")
+    with _handling(event, invocation, ports):
+        envelope, body = parse_pubsub(event)
+        invocation.attempt = envelope.delivery_attempt or 1
+        merge.run(parse_model(MergeRequest, body, "merge request"), invocation, ports)
+
+
+def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
+    """Dead-letter topic: a message that exhausted its deliveries. Mark the run FAILED, alert."""
+    invocation = Invocation("dead-letter")
+    with _handling(event, invocation, ports, check_age=False):
+        envelope, _body = parse_pubsub(event)
+        attributes = envelope.message.attributes
+        try:
+            invocation.dataset = Dataset(attributes.get("dataset", ""))
+            invocation.month = Month.parse(attributes.get("month", ""))
+        except ValueError:
+            invocation.dataset = invocation.month = None
+        invocation.run_id = attributes.get("run_id") or None
+        invocation.labels = {
+            k.removeprefix("label_"): v for k, v in attributes.items() if k.startswith("label_")
+        }
+        last_error = _last_error(ports, invocation.run_id)
+        reason = f"gave up after {envelope.delivery_attempt or 'all'} delivery attempts" + (
+            f"; last error: {last_error}" if last_error else ""
+        )
+        _record_failure(ports, invocation, RunState.FAILED, reason, alert=True)
+
+
+def _last_error(ports: Ports, run_id: str | None) -> str | None:
+    if not run_id:
+        return None
+    errors = [e.error for e in ports.warehouse.run_events(run_id=run_id) if e.error]
+    return errors[-1] if errors else None
+
+
+@contextmanager
+def _handling(
+    event: CloudEventLike, invocation: Invocation, ports: Ports, *, check_age: bool = True
+) -> Iterator[None]:
+    with log_context(step=invocation.step, event_id=str(event.get("id") or "")):
+        try:
+            if check_age:
+                _check_age(event, ports)
+            yield
+        except NotPublished as exc:
+            _record_failure(ports, invocation, RunState.SKIPPED, str(exc), alert=False)
+        except PermanentError as exc:
+            _record_failure(ports, invocation, RunState.FAILED, str(exc), alert=True)
+        except Exception as exc:
+            # Transient or unknown: let the platform redeliver (bounded by age and attempts).
+            _record(ports, invocation, RunState.RETRYING, f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "%s attempt %d failed, will be retried: %s",
+                invocation.step,
+                invocation.attempt,
+                exc,
+            )
+            raise
+
+
+def _check_age(event: CloudEventLike, ports: Ports) -> None:
+    when = event_time(event)
+    if when is None:
+        return
+    age = (datetime.now(UTC) - when).total_seconds()
+    if age > ports.settings.max_event_age_seconds:
+        raise _TooOld(
+            f"event is {age:.0f} s old, past the maximum age of"
+            f" {ports.settings.max_event_age_seconds} s; dropped"
+        )
+
+
+class _TooOld(PermanentError):
+    pass
+
+
+def _record_failure(
+    ports: Ports, invocation: Invocation, state: RunState, reason: str, *, alert: bool
+) -> None:
+    with log_context(
+        run_id=invocation.run_id,
+        dataset=invocation.dataset.value if invocation.dataset else None,
+        month=str(invocation.month) if invocation.month else None,
+    ):
+        if alert:
+            log.error("run failed at %s: %s", invocation.step, reason, extra={"alert": ALERT_LABEL})
+        else:
+            log.warning("run skipped at %s: %s", invocation.step, reason)
+    _record(ports, invocation, state, reason)
+    result = failed_result(invocation, state, reason)
+    if result is not None:
+        publish_result(ports, result)
+
+
+def _record(ports: Ports, invocation: Invocation, state: RunState, reason: str) -> None:
+    """Append the outcome; an event we could not even parse is recorded under a stable id."""
+    run_id = invocation.run_id or "rejected-" + hashlib.sha256(reason.encode()).hexdigest()[:12]
+    try:
+        ports.warehouse.append_run_events(
+            [
+                RunEvent(
+                    run_id=run_id,
+                    dataset=invocation.dataset.value if invocation.dataset else "",
+                    month=str(invocation.month) if invocation.month else "",
+                    step=invocation.step,
+                    state=state,
+                    attempt=invocation.attempt,
+                    finished_at=utcnow(),
+                    labels=invocation.labels,
+                    error=reason[:2000],
+                    recorded_at=utcnow(),
+                )
+            ]
+        )
+    except Exception:
+        # The history is best effort when the warehouse itself is what failed.
+        log.exception("could not record %s for run %s", state, run_id)
+
+
+__all__ = [
+    "InvalidMessage",
+    "handle_dead_letter",
+    "handle_ingest_request",
+    "handle_merge_request",
+    "handle_object_finalized",
+]

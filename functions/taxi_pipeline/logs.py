@@ -1,0 +1,93 @@
+"""Logging: one JSON line per record in the cloud (the shape Cloud Logging indexes), text locally.
+
+The run's context (run id, dataset, month, step) lives in a :class:`ContextVar`, so every record
+logged while a step runs carries it, whichever module logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from taxi_pipeline.settings import LogFormat
+
+_CONTEXT: ContextVar[dict[str, str]] = ContextVar("taxi_pipeline_log_context", default={})  # noqa: B039
+
+_SEVERITY = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "CRITICAL",
+}
+
+
+def current_context() -> dict[str, str]:
+    return dict(_CONTEXT.get())
+
+
+@contextmanager
+def log_context(**fields: str | None) -> Iterator[None]:
+    """Add fields to every record logged inside the block (nested blocks merge)."""
+    merged = {**_CONTEXT.get(), **{k: v for k, v in fields.items() if v is not None}}
+    token = _CONTEXT.set(merged)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.run_context = _CONTEXT.get()
+        return True
+
+
+class CloudJsonFormatter(JsonFormatter):
+    """``{"severity", "message", "logger", run context..., "logging.googleapis.com/labels"}``."""
+
+    def add_fields(
+        self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_record, record, message_dict)
+        log_record.pop("run_context", None)
+        log_record["severity"] = _SEVERITY.get(record.levelno, "DEFAULT")
+        log_record["logger"] = record.name
+        context: dict[str, str] = getattr(record, "run_context", {})
+        log_record.update(context)
+        if context:
+            log_record["logging.googleapis.com/labels"] = dict(context)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        context: dict[str, str] = getattr(record, "run_context", {})
+        if context:
+            text += "  [" + " ".join(f"{k}={v}" for k, v in context.items()) + "]"
+        return text
+
+
+def configure_logging(log_format: LogFormat, level: str = "INFO") -> None:
+    """Install one handler on the root logger (idempotent)."""
+    use_json = log_format is LogFormat.JSON or (
+        log_format is LogFormat.AUTO and not sys.stderr.isatty()
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ContextFilter())
+    if use_json:
+        handler.setFormatter(CloudJsonFormatter("%(message)s", timestamp=False))
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_taxi_pipeline", False)]:
+        root.removeHandler(old)
+    handler._taxi_pipeline = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())

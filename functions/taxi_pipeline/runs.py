@@ -1,0 +1,74 @@
+"""Run identity and the append-only run history that every step writes to."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from taxi_pipeline.datasets import Dataset, Month
+from taxi_pipeline.messages import RunState
+from taxi_pipeline.ports import RunEvent, Warehouse
+
+
+def new_run_id(dataset: Dataset, month: Month) -> str:
+    """``green-201901-3fa2c1d9``: readable, unique, valid as a BigQuery label value."""
+    return f"{dataset.value}-{month.year:04d}{month.month:02d}-{secrets.token_hex(4)}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class StepRecorder:
+    """Appends a step's RUNNING line at start and its outcome line at the end."""
+
+    warehouse: Warehouse
+    run_id: str
+    dataset: Dataset
+    month: Month
+    step: str
+    attempt: int = 1
+    labels: Mapping[str, str] = field(default_factory=dict)
+    started_at: datetime = field(default_factory=utcnow)
+
+    def _event(self, state: RunState, **values: object) -> RunEvent:
+        base = RunEvent(
+            run_id=self.run_id,
+            dataset=self.dataset.value,
+            month=str(self.month),
+            step=self.step,
+            state=state,
+            attempt=self.attempt,
+            started_at=self.started_at,
+            labels=dict(self.labels),
+            recorded_at=utcnow(),
+        )
+        return replace(base, **values)  # type: ignore[arg-type]
+
+    def running(self) -> None:
+        self.warehouse.append_run_events([self._event(RunState.RUNNING)])
+
+    def finish(
+        self,
+        state: RunState,
+        *,
+        rows: int | None = None,
+        bytes_: int | None = None,
+        error: str | None = None,
+        details: Mapping[str, str] | None = None,
+    ) -> None:
+        self.warehouse.append_run_events(
+            [
+                self._event(
+                    state,
+                    finished_at=utcnow(),
+                    rows=rows,
+                    bytes=bytes_,
+                    error=error,
+                    details=dict(details or {}),
+                )
+            ]
+        )

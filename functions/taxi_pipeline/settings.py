@@ -1,0 +1,108 @@
+"""All settings, one class, read from ``TAXI_PIPELINE_*`` environment variables.
+
+Loaded once by the composition root (:mod:`taxi_pipeline.bootstrap`) and passed down; nothing
+else reads the environment.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SOURCE_URL: Final = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
+
+
+class StagingMode(StrEnum):
+    """How BigQuery stages a month (ignored by DuckDB, which reads the lake file directly)."""
+
+    EXTERNAL = "external"
+    LOAD = "load"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"
+    JSON = "json"
+    TEXT = "text"
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline; env prefix ``TAXI_PIPELINE_``."""
+
+    model_config = SettingsConfigDict(env_prefix="TAXI_PIPELINE_", extra="ignore")
+
+    home: Path = Path(".taxi-pipeline")
+    """Folder of the embedded default: ``lake/`` and ``warehouse.duckdb`` live here."""
+
+    lake_url: str | None = None
+    """Where raw files go: ``file:///abs/path`` or ``gs://bucket``. Default: ``{home}/lake``."""
+
+    warehouse_url: str | None = None
+    """``duckdb:///abs/path.duckdb`` or ``bigquery://project/dataset``. Default: ``{home}/warehouse.duckdb``."""
+
+    source_url: str = DEFAULT_SOURCE_URL
+    """Base of the source files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``."""
+
+    allow_insecure_source: bool = False
+    """Allow a plain-http source base on a non-loopback host (loopback is always allowed)."""
+
+    http_timeout_seconds: float = 60.0
+    """Connect/read timeout of the source download."""
+
+    http_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts of a download inside one step on transient HTTP failures, before redelivery."""
+
+    min_rows_per_file: int = Field(default=1, ge=1)
+    """A downloaded file with fewer data rows than this fails verification."""
+
+    bad_row_threshold: float = Field(default=0.001, ge=0.0, le=1.0)
+    """Largest fraction of rows whose values do not fit the column types a merge accepts."""
+
+    max_event_age_seconds: int = Field(default=24 * 3600, ge=60)
+    """Events older than this are dropped (and recorded) instead of retried again."""
+
+    max_delivery_attempts: int = Field(default=5, ge=1, le=100)
+    """Deliveries of one event before it goes to the dead-letter path (in-process bus)."""
+
+    max_concurrent_runs_per_dataset: int = Field(default=4, ge=1, le=64)
+    """Runs of one dataset that may be in flight at once (local backfills and schedules)."""
+
+    schedule_lag_months: int = Field(default=0, ge=0, le=24)
+    """A scheduled run loads the scheduled date's month minus this many months."""
+
+    staging_mode: StagingMode = StagingMode.EXTERNAL
+    """BigQuery: ``external`` (external table + CTAS, as the reference) or ``load`` (load job)."""
+
+    maximum_bytes_billed: int = Field(default=50 * 1024**3, ge=1)
+    """Cap on every BigQuery query job of the pipeline (bytes)."""
+
+    bigquery_location: str | None = None
+    """BigQuery location of the dataset (e.g. ``US``); ``None`` lets BigQuery choose."""
+
+    gcp_project: str | None = None
+    """Project of the Pub/Sub topics; defaults to the warehouse URL's project."""
+
+    upload_chunk_mib: int = Field(default=8, ge=1, le=256)
+    """Resumable upload chunk (MiB); held in memory, so it bounds the download's RSS."""
+
+    log_format: LogFormat = LogFormat.AUTO
+    """``json`` (one line per record, Cloud Logging shape), ``text``, or ``auto`` (json off a TTY)."""
+
+    log_level: str = "INFO"
+
+    duckdb_memory_limit: str = "1GB"
+    """DuckDB's memory limit; past it DuckDB spills to disk instead of growing."""
+
+    duckdb_threads: int | None = Field(default=None, ge=1, le=256)
+    """DuckDB worker threads; ``None`` uses every core."""
+
+    @property
+    def resolved_lake_url(self) -> str:
+        return self.lake_url or (self.home.resolve() / "lake").as_uri()
+
+    @property
+    def resolved_warehouse_url(self) -> str:
+        return self.warehouse_url or f"duckdb://{self.home.resolve() / 'warehouse.duckdb'}"

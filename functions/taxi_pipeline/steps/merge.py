@@ -1,0 +1,137 @@
+"""Step 3, merge: stage the month with ``unique_row_id`` and ``filename``, then insert the rows
+whose id the final table does not hold yet (the reference's insert-only MERGE).
+
+Exactly-once effect: the insert is keyed on ``unique_row_id``, so a redelivered or repeated merge
+inserts nothing twice; a completed load of an object generation is remembered so a re-run does
+not even stage again. The target is read only on the pickup dates the staging data has.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import date, timedelta
+
+from taxi_pipeline.datasets import object_name
+from taxi_pipeline.errors import DataQualityError, InvalidMessage, PermanentError
+from taxi_pipeline.messages import IngestResult, MergeRequest, RunState
+from taxi_pipeline.ports import DateRange, JobContext, LoadRecord, Ports
+from taxi_pipeline.runs import StepRecorder, utcnow
+from taxi_pipeline.steps.common import Invocation, publish_result
+
+log = logging.getLogger(__name__)
+
+
+def pickup_ranges(dates: Iterable[date]) -> list[DateRange]:
+    """Consecutive days folded into half-open ranges, so stray dates years away add a range of
+    their own instead of widening one range over everything in between."""
+    ranges: list[DateRange] = []
+    for day in sorted(set(dates)):
+        if ranges and ranges[-1].end == day:
+            ranges[-1] = DateRange(ranges[-1].start, day + timedelta(days=1))
+        else:
+            ranges.append(DateRange(day, day + timedelta(days=1)))
+    return ranges
+
+
+def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestResult:
+    """Stage and merge one lake object; publishes and returns the run's result."""
+    dataset, month = request.dataset, request.parsed_month
+    invocation.run_id, invocation.dataset, invocation.month = request.run_id, dataset, month
+    invocation.labels = dict(request.labels)
+    if request.object_name != object_name(dataset, month):
+        raise InvalidMessage(
+            f"object {request.object_name!r} is not the lake object of {dataset.value} {month}"
+        )
+    recorder = StepRecorder(
+        ports.warehouse, request.run_id, dataset, month, "merge", invocation.attempt, request.labels
+    )
+    context = JobContext(request.run_id, dataset, month, "merge")
+    with ports.locks.hold(f"merge-{dataset.value}-{month}"):
+        recorder.running()
+        source = ports.lake.stat(request.object_name)
+        if source is None:
+            raise PermanentError(f"{request.object_name} is not in the lake any more")
+        done = ports.warehouse.find_load(source.name, source.generation)
+        if done is not None and not request.force:
+            log.info(
+                "%s generation %s was loaded by run %s; nothing to do",
+                source.name,
+                source.generation,
+                done.run_id,
+            )
+            result = IngestResult(
+                run_id=request.run_id,
+                dataset=dataset,
+                month=str(month),
+                state=RunState.SUCCESS,
+                rows_in_file=done.rows_in_file,
+                rows_inserted=0,
+                rows_already_present=done.rows_in_file,
+                labels=request.labels,
+            )
+            recorder.finish(
+                RunState.SUCCESS, rows=0, details={"reason": f"already loaded by {done.run_id}"}
+            )
+            publish_result(ports, result)
+            return result
+
+        ports.warehouse.ensure_final_table(dataset)
+        # Recreated here too: a crash between register and merge must not strand the run.
+        ports.warehouse.create_external_table(dataset, month, source)
+        staged = ports.warehouse.stage(dataset, month, source, context)
+        limit = ports.settings.bad_row_threshold * staged.rows
+        if staged.rows_bad > limit:
+            ports.warehouse.drop_month_objects(dataset, month)
+            samples = " | ".join(staged.bad_samples[:3])
+            raise DataQualityError(
+                f"{staged.rows_bad} of {staged.rows} rows have values that do not fit the column"
+                f" types (threshold {ports.settings.bad_row_threshold:.4%}); nothing was merged."
+                f" Samples: {samples}"
+            )
+        ranges = pickup_ranges(staged.pickup_dates)
+        with ports.locks.hold(f"insert-{dataset.value}"):
+            inserted = ports.warehouse.merge_staged(
+                dataset, month, ranges, staged.rows_without_pickup > 0, context
+            )
+        ports.warehouse.drop_month_objects(dataset, month)
+        ports.warehouse.record_load(
+            LoadRecord(
+                dataset,
+                month,
+                source.name,
+                source.generation,
+                request.run_id,
+                staged.rows,
+                inserted,
+                utcnow(),
+            )
+        )
+    result = IngestResult(
+        run_id=request.run_id,
+        dataset=dataset,
+        month=str(month),
+        state=RunState.SUCCESS,
+        rows_in_file=staged.rows,
+        rows_inserted=inserted,
+        rows_already_present=staged.rows - inserted,
+        rows_out_of_month=staged.rows_out_of_month,
+        rows_bad=staged.rows_bad,
+        labels=request.labels,
+    )
+    recorder.finish(
+        RunState.SUCCESS,
+        rows=inserted,
+        details={
+            "rows_in_file": str(staged.rows),
+            "rows_out_of_month": str(staged.rows_out_of_month),
+            "rows_bad": str(staged.rows_bad),
+            "pickup_ranges": str(len(ranges)),
+            "bad_samples": " | ".join(staged.bad_samples)[:1000],
+        },
+    )
+    publish_result(ports, result)
+    log.info(
+        "merged %s %s: %d rows in file, %d inserted", dataset.value, month, staged.rows, inserted
+    )
+    return result

@@ -1,0 +1,98 @@
+"""Step 2, register: a finalized ``raw/`` object becomes the month's external table.
+
+Triggered by the lake's object-finalized event, so a file a user uploads by hand into ``raw/``
+is loaded exactly like a downloaded one. Objects outside ``raw/`` are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+
+from taxi_pipeline.datasets import Dataset, parse_object_name
+from taxi_pipeline.errors import InvalidMessage, PermanentError, VerificationFailed
+from taxi_pipeline.messages import GcsObject, MergeRequest, RunState, Topic
+from taxi_pipeline.ports import Ports
+from taxi_pipeline.runs import StepRecorder, new_run_id
+from taxi_pipeline.steps.common import Invocation, run_attributes
+
+log = logging.getLogger(__name__)
+
+RAW_PREFIX = "raw/"
+_HEAD_BYTES = 64 * 1024
+_RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_LABEL = re.compile(r"^[a-z0-9_-]{0,63}$")
+
+
+def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
+    """Create the external table and ask for the merge; returns the run id (None: ignored)."""
+    if not obj.name.startswith(RAW_PREFIX):
+        log.info("ignoring gs://%s/%s: not under %s", obj.bucket, obj.name, RAW_PREFIX)
+        return None
+    try:
+        dataset, month = parse_object_name(obj.name)
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from exc
+    invocation.dataset, invocation.month = dataset, month
+    run_id = obj.metadata.get("run_id", "")
+    labels = {
+        key.removeprefix("label_"): value
+        for key, value in obj.metadata.items()
+        if key.startswith("label_") and _LABEL.match(value) and _LABEL.match(key[6:])
+    }
+    if not _RUN_ID.match(run_id):
+        # Uploaded by hand (or by a tool that sets no metadata): a run starts here.
+        run_id = new_run_id(dataset, month)
+        labels = {"trigger": "upload"}
+    invocation.run_id, invocation.labels = run_id, labels
+
+    recorder = StepRecorder(
+        ports.warehouse, run_id, dataset, month, "register", invocation.attempt, labels
+    )
+    recorder.running()
+    current = ports.lake.stat(obj.name)
+    if current is None:
+        raise PermanentError(f"{obj.name} no longer exists in the lake")
+    if current.generation != obj.generation:
+        log.info(
+            "%s was replaced (generation %s -> %s); registering the current one",
+            obj.name,
+            obj.generation,
+            current.generation,
+        )
+    _check_head(ports.lake.read_head(obj.name, _HEAD_BYTES), dataset)
+
+    ports.warehouse.ensure_final_table(dataset)
+    table = ports.warehouse.create_external_table(dataset, month, current)
+    ports.bus.publish(
+        Topic.MERGE_REQUESTS,
+        MergeRequest(
+            dataset=dataset,
+            month=str(month),
+            run_id=run_id,
+            object_name=obj.name,
+            generation=current.generation,
+            labels=labels,
+        ).to_bytes(),
+        run_attributes(run_id, dataset, month, labels),
+    )
+    recorder.finish(RunState.SUCCESS, bytes_=current.size, details={"external_table": table})
+    return run_id
+
+
+def _check_head(head: bytes, dataset: Dataset) -> None:
+    """Cheap check of an object nobody verified (a hand upload): gzip, and the right header."""
+    if not head.startswith(b"\x1f\x8b"):
+        raise VerificationFailed("object is not gzip-compressed (no gzip magic bytes)")
+    try:
+        text = zlib.decompressobj(wbits=31).decompress(head, 16 * 1024)
+    except zlib.error as exc:
+        raise VerificationFailed(f"object is not a valid gzip stream: {exc}") from exc
+    line = text.split(b"\n", 1)[0].rstrip(b"\r")
+    expected = dataset.layout.header
+    if line.decode("utf-8", "replace").lstrip("\ufeff") != expected:
+        raise VerificationFailed(
+            f"header does not match the published {dataset.value} layout: expected"
+            f" {expected!r}, got {line[:300].decode('utf-8', 'replace')!r}"
+        )

@@ -1,0 +1,113 @@
+"""Streaming verification of a downloaded ``.csv.gz`` before it may become a ``raw/`` object.
+
+Fed chunk by chunk while the bytes stream to the lake, so verification costs no second pass and
+no disk: complete length, gzip integrity (CRC-32 and size trailer of every member), the header
+equal to the dataset's published layout, and a plausible row count.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from taxi_pipeline.datasets import Layout
+from taxi_pipeline.errors import VerificationFailed
+
+_MAX_HEADER_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    bytes_compressed: int
+    bytes_uncompressed: int
+    rows: int
+
+
+class GzipCsvVerifier:
+    """Checks a gzip CSV as it streams past; :meth:`finish` raises on anything wrong."""
+
+    def __init__(self, layout: Layout, expected_length: int | None, min_rows: int = 1) -> None:
+        self._layout = layout
+        self._expected_length = expected_length
+        self._min_rows = min_rows
+        self._inflater = zlib.decompressobj(wbits=31)
+        self._compressed = 0
+        self._uncompressed = 0
+        self._newlines = 0
+        self._header: bytes | None = None
+        self._head = bytearray()
+        self._last_byte = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._compressed += len(chunk)
+        if self._expected_length is not None and self._compressed > self._expected_length:
+            raise VerificationFailed(
+                f"received more than the announced {self._expected_length} bytes"
+            )
+        data = chunk
+        while data:
+            try:
+                out = self._inflater.decompress(data)
+            except zlib.error as exc:
+                raise VerificationFailed(f"not a valid gzip stream: {exc}") from exc
+            self._consume(out)
+            if self._inflater.eof:
+                # Concatenated gzip members are legal gzip: start the next one.
+                data = self._inflater.unused_data
+                if data:
+                    self._inflater = zlib.decompressobj(wbits=31)
+            else:
+                data = b""
+
+    def _consume(self, out: bytes) -> None:
+        if not out:
+            return
+        self._uncompressed += len(out)
+        self._newlines += out.count(b"\n")
+        self._last_byte = out[-1:]
+        if self._header is None:
+            self._head += out[: _MAX_HEADER_BYTES - len(self._head) + 1]
+            end = self._head.find(b"\n")
+            if end >= 0:
+                self._check_header(bytes(self._head[:end]))
+            elif len(self._head) > _MAX_HEADER_BYTES:
+                raise VerificationFailed("no header line in the first 4 KiB")
+
+    def _check_header(self, line: bytes) -> None:
+        header = line.rstrip(b"\r")
+        self._header = header
+        try:
+            text = header.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise VerificationFailed("header is not UTF-8") from exc
+        expected = self._layout.header
+        if text.lstrip("\ufeff") != expected:
+            got = text.split(",")
+            raise VerificationFailed(
+                f"header does not match the published layout: expected {len(expected.split(','))}"
+                f" columns {expected!r}, got {len(got)} columns {text[:300]!r}"
+            )
+
+    def finish(self) -> VerifiedFile:
+        """Raise :class:`VerificationFailed` unless the stream was complete and plausible."""
+        if self._expected_length is not None and self._compressed != self._expected_length:
+            raise VerificationFailed(
+                f"download cut short: {self._compressed} of {self._expected_length} bytes"
+            )
+        if self._compressed == 0:
+            raise VerificationFailed("empty download")
+        if not self._inflater.eof:
+            raise VerificationFailed("gzip stream is truncated (no end-of-stream and CRC trailer)")
+        if self._header is None:
+            if self._head:
+                self._check_header(bytes(self._head))
+            else:
+                raise VerificationFailed("file is empty after decompression")
+        rows = self._newlines - 1 + (1 if self._last_byte not in (b"\n", b"") else 0)
+        if self._newlines == 0:
+            rows = 0
+        if rows < self._min_rows:
+            raise VerificationFailed(
+                f"file has {rows} data rows, fewer than the plausible minimum {self._min_rows}"
+            )
+        return VerifiedFile(self._compressed, self._uncompressed, rows)
