@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 from taxi_pipeline import handlers
 from taxi_pipeline.adapters.http import HttpxSource
 from taxi_pipeline.adapters.local.bus import InProcessBus
+from taxi_pipeline.adapters.local.locks import ThreadLocks
 from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.events import build_gcs_event
@@ -78,7 +79,6 @@ def _file_path(url: str, what: str) -> Path:
 def build_local(settings: Settings, progress: Progress | None = None) -> LocalPipeline:
     """Wire the embedded default. Lake and warehouse may still be chosen by URL."""
     from taxi_pipeline.adapters.local.folder import FolderStore
-    from taxi_pipeline.adapters.local.locks import ThreadLocks
 
     check_source_base(settings)
     bus = InProcessBus(project="local", max_attempts=settings.max_delivery_attempts)
@@ -141,4 +141,57 @@ def build_lake(settings: Settings) -> Lake:
     url = settings.resolved_lake_url
     if url.startswith("file://"):
         return FolderStore(_file_path(url, "TAXI_PIPELINE_LAKE_URL"))
+    if url.startswith("gs://"):
+        from taxi_pipeline.adapters.gcp.gcs import GcsStore
+
+        return GcsStore.from_url(url, settings)
     raise ConfigurationError(f"unknown lake URL scheme in {url!r} (use file:// or gs://)")
+
+
+_cloud_ports: Ports | None = None
+_cloud_lock = threading.Lock()
+
+
+def cloud_ports() -> Ports:
+    """The ports of a Cloud Run function: built on the first event, then cached per instance.
+
+    Nothing here runs at import time, so ``import main`` stays fast (cold starts).
+    """
+    global _cloud_ports
+    with _cloud_lock:
+        if _cloud_ports is None:
+            from taxi_pipeline.logs import configure_logging
+
+            settings = Settings()
+            configure_logging(settings.log_format, settings.log_level)
+            _cloud_ports = build_cloud(settings)
+        return _cloud_ports
+
+
+def build_cloud(settings: Settings) -> Ports:
+    """GCS lake, BigQuery warehouse, Pub/Sub bus (or whatever the URLs name)."""
+    from taxi_pipeline.adapters.gcp.gcs import GcsLocks, GcsStore
+    from taxi_pipeline.adapters.gcp.pubsub import PubSubBus
+
+    check_source_base(settings)
+    lake = build_lake(settings)
+    warehouse = build_warehouse(settings)
+    project = settings.gcp_project or _project_of(settings.resolved_warehouse_url)
+    locks = GcsLocks(lake) if isinstance(lake, GcsStore) else ThreadLocks()
+    return Ports(
+        settings=settings,
+        lake=lake,
+        warehouse=warehouse,
+        bus=PubSubBus(project),
+        source=HttpxSource(settings.http_timeout_seconds),
+        locks=locks,
+    )
+
+
+def _project_of(warehouse_url: str) -> str:
+    parts = urlsplit(warehouse_url)
+    if parts.scheme != "bigquery" or not parts.netloc:
+        raise ConfigurationError(
+            "set TAXI_PIPELINE_GCP_PROJECT (or a bigquery://project/dataset warehouse URL)"
+        )
+    return parts.netloc
