@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,8 +37,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (scripts, CI logs) gets 120 columns rather than rich's 80, so tables stay whole.
+console = Console(width=shutil.get_terminal_size((120, 24)).columns)
+err_console = Console(stderr=True, width=shutil.get_terminal_size((120, 24)).columns)
 
 SourceOption = Annotated[
     str | None,
@@ -56,14 +60,8 @@ def load_settings(home: Path | None = None, source_url: str | None = None) -> Se
         overrides["source_url"] = source_url
     settings = Settings(**overrides)  # type: ignore[arg-type]
     fmt = settings.log_format if settings.log_format is not LogFormat.AUTO else LogFormat.TEXT
-    configure_logging(fmt, settings.log_level if "TAXI_PIPELINE_LOG_LEVEL" in _env() else "WARNING")
+    configure_logging(fmt, settings.log_level if "TAXI_PIPELINE_LOG_LEVEL" in os.environ else "WARNING")
     return settings
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 class _RichTask:
@@ -148,54 +146,48 @@ def _open(settings: Settings, progress: RichProgress | None = None) -> LocalPipe
         raise typer.Exit(2) from exc
 
 
+# rows: data rows in the file; present: rows whose id the table already held; outside: pickup
+# dates outside the file's month (kept); bad: rows with values that did not fit their types.
+_SUMMARY_COLUMNS = (
+    "month", "state", "rows", "inserted", "present", "outside", "bad", "seconds", "run id",
+)  # fmt: skip
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
+
+
 def print_summary(
     dataset: Dataset, timings: list[tuple[Month, str, float]], results: dict[str, IngestResult]
 ) -> int:
-    """The per-month summary table; returns how many months failed."""
-    table = Table(title=f"{dataset.value} runs")
-    for header in (
-        "month",
-        "run id",
-        "state",
-        "rows in file",
-        "inserted",
-        "already present",
-        "out of month",
-        "bad values",
-        "seconds",
-    ):
-        table.add_column(
-            header, justify="right" if header not in ("month", "run id", "state") else "left"
+    """The per-month summary table, then each failure's reason; returns how many failed."""
+    table = Table(title=f"{dataset.value} runs", box=box.SIMPLE_HEAD)
+    for header in _SUMMARY_COLUMNS:
+        justify: Literal["left", "right"] = (
+            "left" if header in ("month", "state", "run id") else "right"
         )
+        table.add_column(header, justify=justify, no_wrap=True)
     failed = 0
-    errors = []
+    reasons = []
     for month, run_id, seconds in timings:
         result = results.get(run_id)
         state = result.state if result else RunState.FAILED
-        if state is RunState.FAILED:
-            failed += 1
+        failed += state is RunState.FAILED
         if result is None:
-            errors.append(f"{month}: no result was recorded")
+            reasons.append(f"{month} {state.value}: no result was recorded")
         elif result.error:
-            errors.append(f"{month}: {result.error}")
-
-        def fmt(value: int | None) -> str:
-            return "" if value is None else f"{value:,}"
-
+            reasons.append(f"{month} {state.value}: {result.error}")
+        counts = (
+            (result.rows_in_file, result.rows_inserted, result.rows_already_present,
+             result.rows_out_of_month, result.rows_bad)
+            if result else (None,) * 5
+        )  # fmt: skip
         table.add_row(
-            str(month),
-            run_id,
-            state.value,
-            fmt(result.rows_in_file if result else None),
-            fmt(result.rows_inserted if result else None),
-            fmt(result.rows_already_present if result else None),
-            fmt(result.rows_out_of_month if result else None),
-            fmt(result.rows_bad if result else None),
-            f"{seconds:.1f}",
+            str(month), state.value, *(_count(c) for c in counts), f"{seconds:.1f}", run_id
         )
     console.print(table)
-    for line in errors:
-        err_console.print(f"[red]{line}[/red]" if "FAILED" in line or failed else line)
+    for reason in reasons:
+        err_console.print(reason, style="red" if "FAILED" in reason else "yellow")
     return failed
 
 

@@ -1,0 +1,67 @@
+"""Test support for the CLI on the embedded default: generated months served over local HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from taxi_pipeline.cli import app
+from taxi_pipeline.datasets import Dataset, Month
+from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
+from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
+
+MONTHS = {
+    (Dataset.GREEN, Month(2019, 1)): 3_000,
+    (Dataset.GREEN, Month(2019, 2)): 2_500,
+    (Dataset.YELLOW, Month(2019, 1)): 4_000,
+    (Dataset.YELLOW, Month(2019, 2)): 3_500,
+    (Dataset.YELLOW, Month(2019, 3)): 3_000,
+}
+
+
+@dataclass
+class Source:
+    server: SourceServer
+    files: dict[tuple[Dataset, Month], GeneratedFile]
+
+    @property
+    def url(self) -> str:
+        return self.server.base_url
+
+
+@contextmanager
+def serve_months(directory: Path, months: dict[tuple[Dataset, Month], int]) -> Iterator[Source]:
+    """Generate ``months`` (rows each) into ``directory`` and serve them over local HTTP."""
+    files = {
+        key: generate_month(directory, key[0], key[1], rows, seed=7)
+        for key, rows in months.items()
+    }
+    with serve_directory(directory) as server:
+        yield Source(server, files)
+
+
+@dataclass
+class Cli:
+    home: Path
+    source_url: str
+    runner: CliRunner
+
+    def __call__(self, *args: str) -> tuple[int, str]:
+        result = self.runner.invoke(
+            app,
+            list(args),
+            env={"TAXI_PIPELINE_HOME": str(self.home), "TAXI_PIPELINE_SOURCE_URL": self.source_url,
+                 "COLUMNS": "200"},
+            catch_exceptions=False,
+        )
+        return result.exit_code, result.output
+
+    def rows(self, sql: str) -> list[list[str]]:
+        code, out = self("sql", sql, "--format", "csv")
+        assert code == 0, out
+        lines = [line for line in out.splitlines() if line]
+        return [line.split(",") for line in lines[1:]]
