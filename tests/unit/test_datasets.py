@@ -1,0 +1,94 @@
+"""Layouts, months and names (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from taxi_pipeline.datasets import (
+    Dataset,
+    Month,
+    csv_name,
+    external_table,
+    file_name,
+    object_name,
+    parse_month_span,
+    parse_object_name,
+    published_months,
+    staging_table,
+)
+
+
+def test_layouts_match_the_published_headers() -> None:
+    assert Dataset.YELLOW.layout.header == (
+        "VendorID,tpep_pickup_datetime,tpep_dropoff_datetime,passenger_count,trip_distance,"
+        "RatecodeID,store_and_fwd_flag,PULocationID,DOLocationID,payment_type,fare_amount,extra,"
+        "mta_tax,tip_amount,tolls_amount,improvement_surcharge,total_amount,congestion_surcharge"
+    )
+    assert Dataset.GREEN.layout.header == (
+        "VendorID,lpep_pickup_datetime,lpep_dropoff_datetime,store_and_fwd_flag,RatecodeID,"
+        "PULocationID,DOLocationID,passenger_count,trip_distance,fare_amount,extra,mta_tax,"
+        "tip_amount,tolls_amount,ehail_fee,improvement_surcharge,total_amount,payment_type,"
+        "trip_type,congestion_surcharge"
+    )
+    assert len(Dataset.YELLOW.layout.columns) == 18
+    assert len(Dataset.GREEN.layout.columns) == 20
+
+
+def test_reference_types() -> None:
+    yellow = {c.name: c.bigquery_type for c in Dataset.YELLOW.layout.columns}
+    assert yellow["VendorID"] == "STRING"
+    assert yellow["tpep_pickup_datetime"] == "TIMESTAMP"
+    assert yellow["passenger_count"] == "INT64"
+    assert yellow["payment_type"] == "INT64"
+    assert yellow["RatecodeID"] == "STRING"
+    assert yellow["total_amount"] == "NUMERIC"
+    green = {c.name: c.bigquery_type for c in Dataset.GREEN.layout.columns}
+    assert green["trip_type"] == "STRING"
+    assert green["ehail_fee"] == "NUMERIC"
+    assert Dataset.GREEN.layout.id_columns == (
+        "VendorID", "lpep_pickup_datetime", "lpep_dropoff_datetime", "PULocationID", "DOLocationID"
+    )
+
+
+def test_names() -> None:
+    month = Month(2019, 3)
+    assert file_name(Dataset.GREEN, month) == "green_tripdata_2019-03.csv.gz"
+    assert csv_name(Dataset.GREEN, month) == "green_tripdata_2019-03.csv"
+    assert object_name(Dataset.YELLOW, month) == "raw/yellow/yellow_tripdata_2019-03.csv.gz"
+    assert external_table(Dataset.YELLOW, month) == "yellow_tripdata_2019_03_ext"
+    assert staging_table(Dataset.YELLOW, month) == "yellow_tripdata_2019_03"
+    assert parse_object_name("raw/green/green_tripdata_2020-12.csv.gz") == (
+        Dataset.GREEN, Month(2020, 12)
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "raw/green/yellow_tripdata_2019-01.csv.gz",
+        "raw/green/green_tripdata_2019-01.csv",
+        "other/green/green_tripdata_2019-01.csv.gz",
+        "raw/green/../green_tripdata_2019-01.csv.gz",
+        "raw/fhv/fhv_tripdata_2019-01.csv.gz",
+        "raw/green/green_tripdata_2019-13.csv.gz",
+    ],
+)
+def test_parse_object_name_refuses_anything_else(name: str) -> None:
+    with pytest.raises(ValueError, match=r"raw/|01\.\.12"):
+        parse_object_name(name)
+
+
+def test_months() -> None:
+    assert str(Month.parse("2019-01")) == "2019-01"
+    assert Month(2019, 12).next() == Month(2020, 1)
+    assert Month(2020, 1).previous() == Month(2019, 12)
+    assert Month(2020, 1).minus(13) == Month(2018, 12)
+    assert parse_month_span("2019-11..2020-02") == [
+        Month(2019, 11), Month(2019, 12), Month(2020, 1), Month(2020, 2)
+    ]
+    assert len(published_months()) == 31
+    for bad, reason in [("2019-13", "01..12"), ("19-01", "YYYY-MM"), ("2019-1", "YYYY-MM")]:
+        with pytest.raises(ValueError, match=reason):
+            Month.parse(bad)
+    with pytest.raises(ValueError, match="ends before"):
+        parse_month_span("2019-03..2019-01")

@@ -1,0 +1,71 @@
+"""Our messages are strict, Google's payloads lenient (pure)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from taxi_pipeline.errors import InvalidMessage
+from taxi_pipeline.events import build_pubsub_event, parse_gcs, parse_pubsub
+from taxi_pipeline.messages import IngestRequest, MergeRequest, parse_model
+
+
+def test_ingest_request_round_trip_and_scheduler_body() -> None:
+    request = parse_model(IngestRequest, b'{"dataset":"green","month":"2019-03"}', "request")
+    assert request.parsed_month is not None
+    assert str(request.parsed_month) == "2019-03"
+    scheduled = parse_model(IngestRequest, b'{"dataset": "yellow"}', "request")
+    assert scheduled.month is None
+    assert parse_model(IngestRequest, request.to_bytes(), "request") == request
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "invalid request"),
+        (b'{"dataset":"fhv","month":"2019-01"}', "dataset"),
+        (b'{"dataset":"green","month":"2019-13"}', "01..12"),
+        (b'{"dataset":"green","month":201901}', "month"),
+        (b'{"dataset":"green","month":"2019-01","sql":"DROP"}', "sql"),
+        (b'{"dataset":"green","run_id":"../../x"}', "run_id"),
+        (b'{"dataset":"green","labels":{"Bad Key":"v"}}', "labels"),
+        (b'{"dataset":"green","pad":"' + b"x" * 70_000 + b'"}', "over"),
+    ],
+)
+def test_bad_requests_are_refused_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidMessage, match=reason):
+        parse_model(IngestRequest, body, "request")
+
+
+def test_pubsub_event_round_trip() -> None:
+    body = MergeRequest(
+        dataset="green", month="2019-01", run_id="green-201901-abcd", object_name="raw/x",
+        generation="12",
+    ).to_bytes()
+    event = build_pubsub_event("p", "merge-requests", body, {"run_id": "green-201901-abcd"})
+    envelope, decoded = parse_pubsub(event)
+    assert decoded == body
+    assert envelope.message.attributes == {"run_id": "green-201901-abcd"}
+    assert base64.b64decode(event.data["message"]["data"]) == body
+
+
+def test_gcs_event_fields_are_parsed_leniently() -> None:
+    class Event:
+        data = {
+            "bucket": "b", "name": "raw/green/green_tripdata_2019-01.csv.gz",
+            "generation": "1587627537231057", "metageneration": "1", "size": "352",
+            "md5Hash": "kF8MuJ5+CTJxvyhHS1xzRg==", "crc32c": "rTVTeQ==", "newField": 1,
+        }
+
+        def get(self, key: str, default: object = None) -> object:
+            return {"type": "google.cloud.storage.object.v1.finalized"}.get(key, default)
+
+    obj = parse_gcs(Event())
+    assert obj.size == 352
+    assert obj.generation == "1587627537231057"
+    wrong = Event()
+    wrong.data = json.loads(json.dumps(Event.data) .replace("1587627537231057", "x1"))
+    with pytest.raises(InvalidMessage, match="generation"):
+        parse_gcs(wrong)
