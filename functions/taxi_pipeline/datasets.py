@@ -214,7 +214,8 @@ def parse_object_name(name: str) -> tuple[Dataset, Month]:
     match = _OBJECT_RE.match(name)
     if not match or match.group(1) != match.group(2):
         raise ValueError(
-            f"object name {name!r} is not of the form raw/{{dataset}}/{{dataset}}_tripdata_YYYY-MM.csv.gz"
+            f"object name {name!r} is not of the form"
+            " raw/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz"
         )
     return Dataset(match.group(1)), Month.parse(match.group(3))
 

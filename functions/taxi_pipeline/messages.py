@@ -182,7 +182,7 @@ class GcsObject(_Lenient):
 
 
 def parse_model(model: type[M], payload: object, what: str) -> M:
-    """Validate ``payload`` into ``model``; any failure becomes a specific :class:`InvalidMessage`."""
+    """Validate ``payload`` into ``model``; a failure becomes a specific :class:`InvalidMessage`."""
     try:
         if isinstance(payload, bytes | str):
             if len(payload) > MAX_MESSAGE_BYTES:

@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     """Where raw files go: ``file:///abs/path`` or ``gs://bucket``. Default: ``{home}/lake``."""
 
     warehouse_url: str | None = None
-    """``duckdb:///abs/path.duckdb`` or ``bigquery://project/dataset``. Default: ``{home}/warehouse.duckdb``."""
+    """``duckdb:///abs/path.duckdb`` or ``bigquery://project/dataset``.
+
+    Default: ``{home}/warehouse.duckdb``."""
 
     source_url: str = DEFAULT_SOURCE_URL
     """Base of the source files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``."""
@@ -89,7 +91,7 @@ class Settings(BaseSettings):
     """Resumable upload chunk (MiB); held in memory, so it bounds the download's RSS."""
 
     log_format: LogFormat = LogFormat.AUTO
-    """``json`` (one line per record, Cloud Logging shape), ``text``, or ``auto`` (json off a TTY)."""
+    """``json`` (a line per record, as Cloud Logging reads), ``text``, or ``auto`` (json off a TTY)."""
 
     log_level: str = "INFO"
 

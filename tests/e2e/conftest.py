@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.e2e import MONTHS, Cli, Source, serve_months
 from typer.testing import CliRunner
+
+from support.e2e import MONTHS, Cli, Source, serve_months
 
 
 @pytest.fixture(scope="session")

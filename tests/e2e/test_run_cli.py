@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.e2e import Cli, Source
 from taxi_pipeline.datasets import Dataset, Month, object_name
 from taxi_pipeline.devkit.generator import GeneratedFile
-
-from support.e2e import Cli, Source
 
 
 def _expected_ids(generated: GeneratedFile) -> list[str]:
@@ -90,9 +89,7 @@ def test_integer_columns_accept_the_decimal_spelling(cli: Cli, source: Source) -
     with gzip.open(green.path, "rt") as handle:
         raw_passengers = [row["passenger_count"] for row in csv.DictReader(handle)]
     assert "1.0" in raw_passengers
-    loaded = cli.rows(
-        "SELECT count(*) FROM green_tripdata WHERE passenger_count IS NOT NULL"
-    )
+    loaded = cli.rows("SELECT count(*) FROM green_tripdata WHERE passenger_count IS NOT NULL")
     assert loaded == [[str(sum(1 for v in raw_passengers if v))]]
     # Everything else in the raw layer was a well-formed value: no bad rows were counted.
     assert "bad" not in cli.rows("SELECT state FROM pipeline_runs WHERE step = 'merge'")[0][0]
@@ -131,9 +128,20 @@ def test_installed_command_runs(tmp_path: Path, source: Source) -> None:
     """The console script itself (not the in-process runner), as a user types it."""
     script = Path(sys.executable).with_name("taxi-pipeline")
     result = subprocess.run(
-        [str(script), "run", "green", "2019-01", "--source-url", source.url,
-         "--home", str(tmp_path / "h")],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(script),
+            "run",
+            "green",
+            "2019-01",
+            "--source-url",
+            source.url,
+            "--home",
+            str(tmp_path / "h"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "SUCCESS" in result.stdout

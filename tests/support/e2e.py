@@ -37,8 +37,7 @@ class Source:
 def serve_months(directory: Path, months: dict[tuple[Dataset, Month], int]) -> Iterator[Source]:
     """Generate ``months`` (rows each) into ``directory`` and serve them over local HTTP."""
     files = {
-        key: generate_month(directory, key[0], key[1], rows, seed=7)
-        for key, rows in months.items()
+        key: generate_month(directory, key[0], key[1], rows, seed=7) for key, rows in months.items()
     }
     with serve_directory(directory) as server:
         yield Source(server, files)
@@ -54,8 +53,11 @@ class Cli:
         result = self.runner.invoke(
             app,
             list(args),
-            env={"TAXI_PIPELINE_HOME": str(self.home), "TAXI_PIPELINE_SOURCE_URL": self.source_url,
-                 "COLUMNS": "200"},
+            env={
+                "TAXI_PIPELINE_HOME": str(self.home),
+                "TAXI_PIPELINE_SOURCE_URL": self.source_url,
+                "COLUMNS": "200",
+            },
             catch_exceptions=False,
         )
         return result.exit_code, result.output

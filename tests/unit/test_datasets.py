@@ -46,7 +46,11 @@ def test_reference_types() -> None:
     assert green["trip_type"] == "STRING"
     assert green["ehail_fee"] == "NUMERIC"
     assert Dataset.GREEN.layout.id_columns == (
-        "VendorID", "lpep_pickup_datetime", "lpep_dropoff_datetime", "PULocationID", "DOLocationID"
+        "VendorID",
+        "lpep_pickup_datetime",
+        "lpep_dropoff_datetime",
+        "PULocationID",
+        "DOLocationID",
     )
 
 
@@ -58,7 +62,8 @@ def test_names() -> None:
     assert external_table(Dataset.YELLOW, month) == "yellow_tripdata_2019_03_ext"
     assert staging_table(Dataset.YELLOW, month) == "yellow_tripdata_2019_03"
     assert parse_object_name("raw/green/green_tripdata_2020-12.csv.gz") == (
-        Dataset.GREEN, Month(2020, 12)
+        Dataset.GREEN,
+        Month(2020, 12),
     )
 
 
@@ -84,7 +89,10 @@ def test_months() -> None:
     assert Month(2020, 1).previous() == Month(2019, 12)
     assert Month(2020, 1).minus(13) == Month(2018, 12)
     assert parse_month_span("2019-11..2020-02") == [
-        Month(2019, 11), Month(2019, 12), Month(2020, 1), Month(2020, 2)
+        Month(2019, 11),
+        Month(2019, 12),
+        Month(2020, 1),
+        Month(2020, 2),
     ]
     assert len(published_months()) == 31
     for bad, reason in [("2019-13", "01..12"), ("19-01", "YYYY-MM"), ("2019-1", "YYYY-MM")]:

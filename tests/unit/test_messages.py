@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-import json
 
 import pytest
+from cloudevents.http import CloudEvent
 
 from taxi_pipeline.errors import InvalidMessage
 from taxi_pipeline.events import build_pubsub_event, parse_gcs, parse_pubsub
@@ -41,7 +41,10 @@ def test_bad_requests_are_refused_with_a_reason(body: bytes, reason: str) -> Non
 
 def test_pubsub_event_round_trip() -> None:
     body = MergeRequest(
-        dataset="green", month="2019-01", run_id="green-201901-abcd", object_name="raw/x",
+        dataset="green",
+        month="2019-01",
+        run_id="green-201901-abcd",
+        object_name="raw/x",
         generation="12",
     ).to_bytes()
     event = build_pubsub_event("p", "merge-requests", body, {"run_id": "green-201901-abcd"})
@@ -52,20 +55,19 @@ def test_pubsub_event_round_trip() -> None:
 
 
 def test_gcs_event_fields_are_parsed_leniently() -> None:
-    class Event:
-        data = {
-            "bucket": "b", "name": "raw/green/green_tripdata_2019-01.csv.gz",
-            "generation": "1587627537231057", "metageneration": "1", "size": "352",
-            "md5Hash": "kF8MuJ5+CTJxvyhHS1xzRg==", "crc32c": "rTVTeQ==", "newField": 1,
-        }
-
-        def get(self, key: str, default: object = None) -> object:
-            return {"type": "google.cloud.storage.object.v1.finalized"}.get(key, default)
-
-    obj = parse_gcs(Event())
+    data: dict[str, object] = {
+        "bucket": "b", "name": "raw/green/green_tripdata_2019-01.csv.gz",
+        "generation": "1587627537231057", "metageneration": "1", "size": "352",
+        "md5Hash": "kF8MuJ5+CTJxvyhHS1xzRg==", "crc32c": "rTVTeQ==", "newField": 1,
+    }  # fmt: skip
+    attributes = {
+        "type": "google.cloud.storage.object.v1.finalized",
+        "source": "//storage.googleapis.com/projects/_/buckets/b",
+    }
+    obj = parse_gcs(CloudEvent(attributes, data))
     assert obj.size == 352
     assert obj.generation == "1587627537231057"
-    wrong = Event()
-    wrong.data = json.loads(json.dumps(Event.data) .replace("1587627537231057", "x1"))
     with pytest.raises(InvalidMessage, match="generation"):
-        parse_gcs(wrong)
+        parse_gcs(CloudEvent(attributes, data | {"generation": "x1"}))
+    with pytest.raises(InvalidMessage, match="expected a google.cloud.storage"):
+        parse_gcs(CloudEvent(attributes | {"type": "other"}, data))

@@ -44,8 +44,16 @@ def test_concatenated_gzip_members_are_one_file() -> None:
         (gzip.compress(b""), None, "empty after decompression"),
         (b"", None, "empty download"),
     ],
-    ids=["truncated-gzip", "short-length", "not-gzip", "wrong-header", "header-only",
-         "header-no-newline", "empty-gzip", "empty"],
+    ids=[
+        "truncated-gzip",
+        "short-length",
+        "not-gzip",
+        "wrong-header",
+        "header-only",
+        "header-no-newline",
+        "empty-gzip",
+        "empty",
+    ],
 )
 def test_refuses_with_a_specific_reason(data: bytes, expected: int | None, reason: str) -> None:
     with pytest.raises(VerificationFailed, match=reason):

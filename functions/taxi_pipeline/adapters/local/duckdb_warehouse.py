@@ -181,9 +181,10 @@ class DuckDbWarehouse:
         with self._ddl_lock:
             self._run(
                 "create external table",
-                f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_csv({_quote_text(str(path))},"
-                f" header = true, auto_detect = false, delim = ',', quote = '\"', escape = '\"',"
-                f" nullstr = '', compression = 'gzip', strict_mode = true, columns = {{{columns}}})",
+                f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_csv("
+                f"{_quote_text(str(path))}, header = true, auto_detect = false, delim = ',',"
+                f" quote = '\"', escape = '\"', nullstr = '', compression = 'gzip',"
+                f" strict_mode = true, columns = {{{columns}}})",
             )
         return name
 
@@ -406,8 +407,7 @@ def target_pickup_predicate(
     """Constant pickup bounds on the target: only the dates the staging data has are read."""
     pickup = f"{alias}.{_quote_ident(dataset.layout.pickup)}"
     terms = [
-        f"({pickup} >= TIMESTAMP '{r.start.isoformat()}' AND {pickup} < TIMESTAMP '{r.end.isoformat()}')"
-        for r in ranges
+        f"({pickup} >= TIMESTAMP '{r.start}' AND {pickup} < TIMESTAMP '{r.end}')" for r in ranges
     ]
     if include_null:
         terms.append(f"{pickup} IS NULL")
