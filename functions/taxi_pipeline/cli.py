@@ -60,7 +60,9 @@ def load_settings(home: Path | None = None, source_url: str | None = None) -> Se
         overrides["source_url"] = source_url
     settings = Settings(**overrides)  # type: ignore[arg-type]
     fmt = settings.log_format if settings.log_format is not LogFormat.AUTO else LogFormat.TEXT
-    configure_logging(fmt, settings.log_level if "TAXI_PIPELINE_LOG_LEVEL" in os.environ else "WARNING")
+    configure_logging(
+        fmt, settings.log_level if "TAXI_PIPELINE_LOG_LEVEL" in os.environ else "WARNING"
+    )
     return settings
 
 

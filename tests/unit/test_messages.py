@@ -69,5 +69,5 @@ def test_gcs_event_fields_are_parsed_leniently() -> None:
     assert obj.generation == "1587627537231057"
     with pytest.raises(InvalidMessage, match="generation"):
         parse_gcs(CloudEvent(attributes, data | {"generation": "x1"}))
-    with pytest.raises(InvalidMessage, match="expected a google.cloud.storage"):
+    with pytest.raises(InvalidMessage, match=r"expected a google\.cloud\.storage"):
         parse_gcs(CloudEvent(attributes | {"type": "other"}, data))
