@@ -1,0 +1,373 @@
+"""A local stand-in for the GitHub release downloads, with fault injection.
+
+``serve_directory(d)`` answers ``GET {base_url}/{tag}/{name}`` with the file ``d/{tag}/{name}``,
+or ``d/{name}`` when ``name`` starts with ``{tag}_`` (the flat folder ``generate_month`` writes):
+the layout of ``https://github.com/DataTalksClub/nyc-tlc-data/releases/download/{tag}/{name}``.
+Anything else is a 404, like a month that was never published.
+
+Bodies go out with ``socket.sendfile`` (zero-copy on Linux), so benchmarks measure the client,
+not this server. Faults are queued per file name and consumed one request at a time::
+
+    with serve_directory(tmp) as server:
+        server.inject("yellow_tripdata_2019-01.csv.gz", Fault.unavailable(times=2))
+        server.inject("yellow_tripdata_2019-01.csv.gz", Fault.cut(after_bytes=1000))
+        # 1st and 2nd GET: 503; 3rd: body cut after 1000 bytes; 4th: the whole file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import BinaryIO, Final
+from urllib.parse import unquote, urlsplit
+
+from taxi_pipeline.datasets import Dataset, Month, file_name
+
+_log = logging.getLogger(__name__)
+
+_RANGE_RE: Final = re.compile(r"^bytes=(\d*)-(\d*)$")
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9._-]+$")
+_CORRUPT_SPAN: Final = 64
+_SENDFILE_CHUNK: Final = 8 << 20
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What to do to the next ``times`` requests for one file (``times=None``: all of them).
+
+    Effects combine: ``delay`` first, then ``status`` (an error answer with no file bytes), or
+    else the body, replaced by ``body`` or damaged by ``flip_at``, cut after ``cut_after``
+    bytes. Prefer the constructors: :meth:`unavailable`, :meth:`cut`, :meth:`corrupt`,
+    :meth:`replace_body`, :meth:`slow`.
+    """
+
+    times: int | None = 1
+    delay: float = 0.0
+    """Seconds to wait before answering."""
+    status: int | None = None
+    """Answer this status (e.g. 503) instead of the file."""
+    retry_after: int | None = None
+    """``Retry-After`` seconds to send with ``status``."""
+    cut_after: int | None = None
+    """Announce the full ``Content-Length``, send this many body bytes, close the connection."""
+    body: bytes | None = None
+    """Serve these bytes (with their own length) instead of the file."""
+    flip_at: int | None = None
+    """Invert 64 bytes at this offset: same length, broken gzip (CRC or deflate error)."""
+
+    @classmethod
+    def unavailable(
+        cls, times: int | None = 1, status: int = 503, retry_after: int | None = None
+    ) -> Fault:
+        """Answer ``status`` (default 503) the next ``times`` times."""
+        return cls(times=times, status=status, retry_after=retry_after)
+
+    @classmethod
+    def cut(cls, after_bytes: int, times: int | None = 1) -> Fault:
+        """Close the connection after ``after_bytes`` body bytes (a truncated download)."""
+        return cls(times=times, cut_after=after_bytes)
+
+    @classmethod
+    def corrupt(cls, at: int = 1024, times: int | None = 1) -> Fault:
+        """Serve the file with bytes inverted from offset ``at``: the same size, bad gzip."""
+        return cls(times=times, flip_at=at)
+
+    @classmethod
+    def replace_body(cls, body: bytes, times: int | None = 1) -> Fault:
+        """Serve ``body`` instead of the file (e.g. an HTML error page with status 200)."""
+        return cls(times=times, body=body)
+
+    @classmethod
+    def slow(cls, seconds: float, times: int | None = 1) -> Fault:
+        """Wait ``seconds`` before answering (for timeouts)."""
+        return cls(times=times, delay=seconds)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answered request."""
+
+    method: str
+    path: str
+    status: int
+    bytes_sent: int
+    """Body bytes written to the socket."""
+    range_start: int = 0
+    """First byte offset requested (non-zero for a ``Range`` resume)."""
+    fault: Fault | None = None
+
+
+@dataclass
+class _State:
+    directory: Path
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    served: list[Served] = field(default_factory=list)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    bytes_sent: int = 0
+
+    def take_fault(self, name: str) -> Fault | None:
+        """Consume one use of the first queued fault for ``name``."""
+        with self.lock:
+            queue = self.faults.get(name)
+            if not queue:
+                return None
+            fault = queue[0]
+            if fault.times is not None:
+                if fault.times <= 1:
+                    queue.pop(0)
+                else:
+                    queue[0] = replace(fault, times=fault.times - 1)
+            return fault
+
+    def record(self, served: Served) -> None:
+        with self.lock:
+            self.served.append(served)
+            self.bytes_sent += served.bytes_sent
+
+
+class SourceServer:
+    """Handle on a running server: its URL, what it served, and fault injection."""
+
+    def __init__(self, httpd: ThreadingHTTPServer, state: _State) -> None:
+        self._httpd = httpd
+        self._state = state
+        host, port = httpd.server_address[:2]
+        self.base_url: str = f"http://{host!s}:{port}"
+        """``http://127.0.0.1:PORT``; files live at ``{base_url}/{tag}/{name}``."""
+
+    @property
+    def directory(self) -> Path:
+        return self._state.directory
+
+    def url(self, dataset: Dataset, month: Month) -> str:
+        """URL of a month's file, shaped like the GitHub release download URL."""
+        return f"{self.base_url}/{dataset.value}/{file_name(dataset, month)}"
+
+    def inject(self, name: str, fault: Fault) -> None:
+        """Queue ``fault`` for requests of the file called ``name`` (after earlier faults)."""
+        if fault.times is not None and fault.times < 1:
+            raise ValueError("a fault must apply at least once (times >= 1 or None)")
+        with self._state.lock:
+            self._state.faults.setdefault(name, []).append(fault)
+
+    def clear_faults(self, name: str | None = None) -> None:
+        """Drop the queued faults of ``name``, or of every file."""
+        with self._state.lock:
+            if name is None:
+                self._state.faults.clear()
+            else:
+                self._state.faults.pop(name, None)
+
+    @property
+    def served(self) -> list[Served]:
+        """Every answered request, in order (a copy)."""
+        with self._state.lock:
+            return list(self._state.served)
+
+    @property
+    def requests(self) -> list[tuple[str, int]]:
+        """``(path, status)`` of every answered request, in order."""
+        return [(s.path, s.status) for s in self.served]
+
+    @property
+    def bytes_sent(self) -> int:
+        """Body bytes sent over all requests (headers excluded)."""
+        with self._state.lock:
+            return self._state.bytes_sent
+
+    def reset_log(self) -> None:
+        """Forget the served requests and the byte count (faults stay queued)."""
+        with self._state.lock:
+            self._state.served.clear()
+            self._state.bytes_sent = 0
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path) -> Iterator[SourceServer]:
+    """Serve ``directory`` on ``127.0.0.1`` at a free port until the block exits."""
+    state = _State(directory=directory)
+
+    class Handler(_Handler):
+        pass
+
+    Handler.state = state
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True  # a stalled (delayed) request must not hold up shutdown
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="source-server"
+    )
+    thread.start()
+    try:
+        yield SourceServer(httpd, state)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: _State
+    protocol_version = "HTTP/1.1"  # keep-alive, like GitHub; clients may reuse connections
+    server_version = "taxi-source"
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def log_message(self, format: str, *args: object) -> None:
+        # The default writes to stderr, which pytest would show as noise.
+        _log.debug("%s " + format, self.address_string(), *args)
+
+    def _answer(self, *, head: bool) -> None:
+        path = unquote(urlsplit(self.path).path)
+        target = self._resolve(path)
+        if target is None:
+            self._empty(path, HTTPStatus.NOT_FOUND)
+            return
+        fault = self.state.take_fault(target.name)
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.status is not None:
+            extra = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+            self._empty(path, fault.status, fault, extra)
+            return
+        if fault is not None and fault.body is not None:
+            self._send_bytes(path, fault.body, fault, head=head)
+            return
+        self._send_file(path, target, fault, head=head)
+
+    def _resolve(self, path: str) -> Path | None:
+        parts = path.strip("/").split("/")
+        if len(parts) != 2 or not all(_NAME_RE.match(p) and p not in {".", ".."} for p in parts):
+            return None
+        tag, name = parts
+        nested = self.state.directory / tag / name
+        if nested.is_file():
+            return nested
+        # The flat folder generate_month writes: yellow files only under the "yellow" tag.
+        flat = self.state.directory / name
+        return flat if name.startswith(f"{tag}_") and flat.is_file() else None
+
+    def _empty(
+        self,
+        path: str,
+        status: int,
+        fault: Fault | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.state.record(Served(self.command, path, status, 0, fault=fault))
+
+    def _range(self, size: int) -> tuple[int, int] | None:
+        """``(start, end_exclusive)`` of a satisfiable ``Range: bytes=a-b``, else None."""
+        header = self.headers.get("Range")
+        match = _RANGE_RE.match(header.strip()) if header else None
+        if not match or match.group(1) == "":
+            return None  # absent, multi-range or suffix ranges: serve the whole file
+        start = int(match.group(1))
+        end = int(match.group(2)) + 1 if match.group(2) else size
+        return (start, min(end, size))
+
+    def _send_file(self, path: str, target: Path, fault: Fault | None, *, head: bool) -> None:
+        size = target.stat().st_size
+        span = self._range(size)
+        start, end = span if span else (0, size)
+        if span and start >= size:
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.state.record(Served(self.command, path, 416, 0, start, fault))
+            return
+        status = HTTPStatus.PARTIAL_CONTENT if span else HTTPStatus.OK
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start))
+        if span:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.end_headers()
+        sent = 0
+        if not head:
+            limit = end - start
+            if fault is not None and fault.cut_after is not None:
+                limit = min(limit, fault.cut_after)
+            with target.open("rb") as source:
+                if fault is not None and fault.flip_at is not None:
+                    sent = self._send_flipped(source, start, limit, fault.flip_at)
+                else:
+                    sent = self._sendfile(source, start, limit)
+            if sent < end - start:
+                # A short body on a keep-alive connection must end the connection, otherwise
+                # the client would wait for the missing bytes forever.
+                self.close_connection = True
+        self.state.record(Served(self.command, path, int(status), sent, start, fault))
+
+    def _sendfile(self, source: BinaryIO, offset: int, count: int) -> int:
+        """Send ``count`` bytes of ``source`` from ``offset``; return how many went out."""
+        if not hasattr(os, "sendfile"):
+            try:
+                return int(self.connection.sendfile(source, offset, count))
+            except OSError:
+                self.close_connection = True
+                return 0
+        # os.sendfile in a loop rather than socket.sendfile: on a client abort the count of
+        # bytes that did go out is kept (tests assert on bytes_sent).
+        out_fd, in_fd = self.connection.fileno(), source.fileno()
+        sent = 0
+        while sent < count:
+            try:
+                n = os.sendfile(out_fd, in_fd, offset + sent, min(count - sent, _SENDFILE_CHUNK))
+            except OSError:  # client went away
+                self.close_connection = True
+                break
+            if n == 0:
+                break
+            sent += n
+        return sent
+
+    def _send_flipped(self, source: BinaryIO, offset: int, count: int, flip_at: int) -> int:
+        # Small test files only: read the range, invert a span, send from memory.
+        source.seek(offset)
+        data = bytearray(source.read(count))
+        lo = max(flip_at - offset, 0)
+        for i in range(lo, min(lo + _CORRUPT_SPAN, len(data))):
+            data[i] ^= 0xFF
+        return self._write(bytes(data))
+
+    def _send_bytes(self, path: str, body: bytes, fault: Fault, *, head: bool) -> None:
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        sent = 0
+        if not head:
+            limit = len(body) if fault.cut_after is None else min(len(body), fault.cut_after)
+            sent = self._write(body[:limit])
+            if sent < len(body):
+                self.close_connection = True
+        self.state.record(Served(self.command, path, HTTPStatus.OK, sent, 0, fault))
+
+    def _write(self, data: bytes) -> int:
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:  # client went away
+            self.close_connection = True
+            return 0
+        return len(data)
