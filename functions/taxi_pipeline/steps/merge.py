@@ -60,6 +60,9 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
                 source.generation,
                 done.run_id,
             )
+            # A duplicate object event re-creates the external table after the load finished;
+            # this is the merge request that follows it, so clear the month's objects here too.
+            ports.warehouse.drop_month_objects(dataset, month)
             result = IngestResult(
                 run_id=request.run_id,
                 dataset=dataset,
