@@ -1,0 +1,222 @@
+"""The ``Lake`` contract, run over every adapter: FolderStore and GcsStore (on fake-gcs-server).
+
+An adapter that passes is interchangeable for the steps: nothing visible before commit, nothing
+left after an exception, generations change on overwrite, metadata and hashes round-trip.
+"""
+
+# google-cloud-storage ships no py.typed: its names are Any here.
+# mypy: disable-error-code="import-untyped"
+
+from __future__ import annotations
+
+import base64
+import gc
+import hashlib
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from emulators import FakeGcs
+
+from taxi_pipeline.adapters.gcp.gcs import GcsStore
+from taxi_pipeline.adapters.local.folder import FolderStore
+from taxi_pipeline.errors import InvalidMessage
+from taxi_pipeline.ports import Lake
+from taxi_pipeline.settings import Settings
+
+MIB = 1024 * 1024
+NAME = "raw/green/green_tripdata_2019-01.csv.gz"
+META = {"run_id": "green-2019-01-abc", "dataset": "green", "month": "2019-01",
+        "source_url": "http://127.0.0.1:1/green/green_tripdata_2019-01.csv.gz"}  # fmt: skip
+
+
+@dataclass
+class LakeCase:
+    name: str
+    make: Callable[[pytest.FixtureRequest, Path], Lake]
+    uri_scheme: str
+
+
+def _folder(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    return FolderStore(tmp_path / "lake")
+
+
+def _gcs(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    # 1 MiB chunks: the multi-MiB payloads below go through several resumable requests.
+    return _gcs_store(request.getfixturevalue("fake_gcs"))
+
+
+CASES = [LakeCase("folder", _folder, "file"), LakeCase("gcs", _gcs, "gs")]
+
+
+@pytest.fixture(params=CASES, ids=lambda c: c.name)
+def case(request: pytest.FixtureRequest) -> LakeCase:
+    param: LakeCase = request.param
+    return param
+
+
+@pytest.fixture
+def lake(case: LakeCase, request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    return case.make(request, tmp_path)
+
+
+def _write(lake: Lake, name: str, payload: bytes, metadata: dict[str, str] | None = None) -> None:
+    with lake.writer(name, metadata or META) as out:
+        for start in range(0, len(payload), 300_000):  # not aligned to the upload chunk
+            out.write(payload[start : start + 300_000])
+
+
+def _md5(payload: bytes) -> str:
+    return base64.b64encode(hashlib.md5(payload).digest()).decode()
+
+
+class Boom(Exception):
+    pass
+
+
+def _write_then_fail(lake: Lake, size: int, *, collect: bool = False) -> None:
+    """Send ``size`` bytes, then fail inside the block (as a failed verification does)."""
+    with lake.writer(NAME, META) as out:
+        out.write(os.urandom(size))
+        if collect:  # drop our reference: a finalizer must not commit the upload
+            del out
+            gc.collect()
+        raise Boom("verification failed")
+
+
+def test_write_commits_size_hash_metadata_and_uri(lake: Lake, case: LakeCase) -> None:
+    payload = os.urandom(2 * MIB + 12345)
+    _write(lake, NAME, payload)
+
+    info = lake.stat(NAME)
+    assert info is not None
+    assert (info.name, info.size, info.md5_base64) == (NAME, len(payload), _md5(payload))
+    assert dict(info.metadata) == META
+    assert info.generation.isdigit()
+    assert info.uri.startswith(f"{case.uri_scheme}://")
+    assert info.uri.endswith(NAME)
+    assert lake.read_head(NAME, 100) == payload[:100]
+
+
+def test_nothing_is_visible_before_the_block_ends(lake: Lake) -> None:
+    with lake.writer(NAME, META) as out:
+        out.write(os.urandom(2 * MIB))  # past one upload chunk: bytes already sent
+        assert lake.stat(NAME) is None
+        assert lake.list("raw/") == []
+    assert lake.stat(NAME) is not None
+
+
+@pytest.mark.parametrize("size", [1000, 3 * MIB + 1], ids=["under-a-chunk", "several-chunks"])
+def test_an_exception_in_the_block_leaves_no_object(lake: Lake, size: int) -> None:
+    with pytest.raises(Boom):
+        _write_then_fail(lake, size)
+    assert lake.stat(NAME) is None
+    assert lake.list("") == []
+
+
+def test_an_exception_while_replacing_keeps_the_previous_object(lake: Lake) -> None:
+    first = b"first version" * 1000
+    _write(lake, NAME, first)
+    before = lake.stat(NAME)
+    with pytest.raises(Boom):
+        _write_then_fail(lake, 2 * MIB)
+    after = lake.stat(NAME)
+    assert after == before
+    assert lake.read_head(NAME, len(first) + 10) == first
+
+
+def test_overwrite_changes_generation_and_metadata(lake: Lake) -> None:
+    _write(lake, NAME, b"one")
+    first = lake.stat(NAME)
+    _write(lake, NAME, b"two!", META | {"run_id": "green-2019-01-second"})
+    second = lake.stat(NAME)
+    assert first is not None
+    assert second is not None
+    assert second.generation != first.generation
+    assert (second.size, second.metadata["run_id"]) == (4, "green-2019-01-second")
+    assert lake.read_head(NAME, 10) == b"two!"
+
+
+def test_read_head_of_a_short_object_and_of_nothing(lake: Lake) -> None:
+    _write(lake, "raw/x/short.bin", b"abc")
+    assert lake.read_head("raw/x/short.bin", 1000) == b"abc"
+    assert lake.read_head("raw/x/short.bin", 0) == b""
+
+
+def test_list_by_prefix_and_delete(lake: Lake) -> None:
+    names = ["raw/green/a.csv.gz", "raw/green/b.csv.gz", "raw/yellow/c.csv.gz", "other/d.txt"]
+    for name in names:
+        _write(lake, name, name.encode())
+    assert [i.name for i in lake.list("raw/green/")] == names[:2]
+    assert [i.name for i in lake.list("raw/")] == names[:3]
+    assert {i.size for i in lake.list("raw/green/")} == {len(names[0])}
+
+    lake.delete("raw/green/a.csv.gz")
+    lake.delete("raw/green/a.csv.gz")  # already gone: no error
+    assert lake.stat("raw/green/a.csv.gz") is None
+    assert [i.name for i in lake.list("raw/green/")] == ["raw/green/b.csv.gz"]
+
+
+def test_stat_of_a_missing_object_is_none(lake: Lake) -> None:
+    assert lake.stat("raw/green/never.csv.gz") is None
+
+
+UNSAFE = ["../etc/passwd", "raw/../../x", "/abs/path", ".hidden", "raw//x", "", "raw/x/", "a b"]
+
+
+@pytest.mark.parametrize("name", UNSAFE)
+def test_unsafe_names_are_refused(lake: Lake, name: str) -> None:
+    with pytest.raises(InvalidMessage):
+        lake.stat(name)
+    with pytest.raises(InvalidMessage), lake.writer(name, META) as out:
+        out.write(b"x")
+    with pytest.raises(InvalidMessage):
+        lake.delete(name)
+    assert lake.list("") == []
+
+
+# --------------------------------------------------------------------------- GCS only
+
+
+def test_gcs_cancelled_upload_leaves_no_file_behind_in_the_emulator(
+    fake_gcs: FakeGcs, tmp_path: Path
+) -> None:
+    """Why GcsStore cancels explicitly: an SDK ``BlobWriter`` that is merely dropped commits
+    its buffered bytes when garbage-collected; ours leaves neither object nor file."""
+    store = _gcs_store(fake_gcs)
+
+    def abandon() -> None:
+        raw = store.blob("raw/abandoned.bin").open("wb", chunk_size=256 * 1024)
+        raw.write(os.urandom(600_000))
+
+    abandon()
+    gc.collect()
+    abandoned = store.stat("raw/abandoned.bin")
+    assert abandoned is not None  # the trap: a partial object, finalized by the finalizer
+    assert abandoned.size == 600_000
+
+    with pytest.raises(Boom):
+        _write_then_fail(store, 3 * MIB, collect=True)
+    gc.collect()
+    assert store.stat(NAME) is None
+    assert not (fake_gcs.root / store.bucket / NAME).exists()
+
+
+def _gcs_store(fake: FakeGcs) -> GcsStore:
+    client = fake.client()
+    bucket = f"lake-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(bucket)
+    return GcsStore(bucket, Settings(upload_chunk_mib=1), client=client)
+
+
+def test_gcs_from_url() -> None:
+    settings = Settings()
+    assert GcsStore.from_url("gs://my-lake/", settings).bucket == "my-lake"
+    from taxi_pipeline.errors import ConfigurationError
+
+    for bad in ("gs://", "gs://b/path", "s3://bucket", "gs://UPPER"):
+        with pytest.raises(ConfigurationError):
+            GcsStore.from_url(bad, settings)
