@@ -1,0 +1,1 @@
+"""What deploy.sh provisions, declared once (resources.py) and ensured (provision.py)."""
