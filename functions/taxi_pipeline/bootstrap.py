@@ -12,13 +12,15 @@ from taxi_pipeline import handlers
 from taxi_pipeline.adapters.http import HttpxSource
 from taxi_pipeline.adapters.local.bus import InProcessBus
 from taxi_pipeline.adapters.local.locks import ThreadLocks
+from taxi_pipeline.admission import RunGate, Ticket
 from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.events import build_gcs_event
 from taxi_pipeline.messages import IngestRequest, IngestResult, Topic, parse_model
 from taxi_pipeline.ports import Lake, NullProgress, ObjectInfo, Ports, Progress, Warehouse
-from taxi_pipeline.runs import new_run_id
+from taxi_pipeline.runs import new_run_id, queued_event
 from taxi_pipeline.settings import Settings
+from taxi_pipeline.steps.common import run_attributes
 from taxi_pipeline.steps.download import check_source_base
 
 LAKE_EVENTS_TOPIC = "lake-object-finalized"
@@ -32,6 +34,7 @@ class LocalPipeline:
     ports: Ports
     bus: InProcessBus
     results: dict[str, IngestResult] = field(default_factory=dict)
+    gate: RunGate = field(default_factory=lambda: RunGate(1_000_000))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def submit(
@@ -43,25 +46,37 @@ class LocalPipeline:
         force: bool = False,
         run_id: str | None = None,
     ) -> str:
-        """Put an ingest request on the bus; returns its run id."""
+        """Record the run QUEUED and put its request on the bus once the dataset has a free
+        slot (:class:`RunGate`); returns its run id."""
         run_id = run_id or new_run_id(dataset, month)
         request = IngestRequest(
             dataset=dataset, month=str(month), run_id=run_id, labels=dict(labels or {}), force=force
         )
-        self.bus.publish(
-            Topic.INGEST_REQUESTS,
-            request.to_bytes(),
-            {"run_id": run_id, "dataset": dataset.value, "month": str(month)},
+        self.ports.warehouse.append_run_events(
+            [queued_event(run_id, dataset, month, request.labels)]
         )
+
+        def publish() -> None:
+            self.bus.publish(
+                Topic.INGEST_REQUESTS,
+                request.to_bytes(),
+                run_attributes(run_id, dataset, month, request.labels),
+            )
+
+        self.gate.offer(Ticket(run_id, dataset, publish))
         return run_id
 
     def drain(self, workers: int = 1) -> None:
+        """Process the bus until it is idle and no request waits for a slot."""
         self.bus.drain(workers)
+        while self.gate.release_all():
+            self.bus.drain(workers)
 
     def _collect(self, data: bytes, attributes: Mapping[str, str]) -> None:
         result = parse_model(IngestResult, data, "ingest result")
         with self._lock:
             self.results[result.run_id] = result
+        self.gate.done(result.run_id, result.dataset)
 
     def close(self) -> None:
         close = getattr(self.ports.warehouse, "close", None)
@@ -110,7 +125,7 @@ def build_local(settings: Settings, progress: Progress | None = None) -> LocalPi
         locks=ThreadLocks(),
         progress=progress or NullProgress(),
     )
-    pipeline = LocalPipeline(ports, bus)
+    pipeline = LocalPipeline(ports, bus, gate=RunGate(settings.max_concurrent_runs_per_dataset))
     bus.subscribe(Topic.INGEST_REQUESTS, lambda event: handlers.handle_ingest_request(event, ports))
     bus.subscribe(LAKE_EVENTS_TOPIC, lambda event: handlers.handle_object_finalized(event, ports))
     bus.subscribe(Topic.MERGE_REQUESTS, lambda event: handlers.handle_merge_request(event, ports))

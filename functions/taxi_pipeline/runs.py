@@ -72,3 +72,25 @@ class StepRecorder:
                 )
             ]
         )
+
+
+QUEUE_STEP = "queue"
+"""The pseudo-step of the QUEUED line written when a request is submitted."""
+
+
+def queued_event(
+    run_id: str, dataset: Dataset, month: Month, labels: Mapping[str, str]
+) -> RunEvent:
+    """The first line of a run: the request was accepted and waits for a slot or a worker."""
+    now = utcnow()
+    return RunEvent(
+        run_id=run_id,
+        dataset=dataset.value,
+        month=str(month),
+        step=QUEUE_STEP,
+        state=RunState.QUEUED,
+        attempt=0,
+        started_at=now,
+        labels=dict(labels),
+        recorded_at=now,
+    )
