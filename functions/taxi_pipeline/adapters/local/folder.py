@@ -89,7 +89,11 @@ class FolderStore:
     @contextmanager
     def writer(self, name: str, metadata: Mapping[str, str]) -> Iterator[_Writer]:
         final = self._path(name)
-        tmp = self.root / ".tmp" / f"{uuid.uuid4().hex}.part"
+        token = uuid.uuid4().hex
+        tmp = self.root / ".tmp" / f"{token}.part"
+        # Unique per writer: concurrent writers of one object (a redelivered download running
+        # beside the first) must not rename each other's metadata file away.
+        meta_tmp = self.root / ".tmp" / f"{token}.meta.part"
         writer = _Writer(tmp)
         try:
             yield writer
@@ -103,13 +107,13 @@ class FolderStore:
             }
             meta_path = self._meta_path(name)
             meta_path.parent.mkdir(parents=True, exist_ok=True)
-            meta_tmp = meta_path.with_suffix(".json.part")
             meta_tmp.write_text(json.dumps(meta))
             os.replace(tmp, final)
             os.replace(meta_tmp, meta_path)
         except BaseException:
             writer.close()
             tmp.unlink(missing_ok=True)
+            meta_tmp.unlink(missing_ok=True)
             raise
         info = self.stat(name)
         if info is not None and self.on_finalized is not None:
