@@ -17,7 +17,7 @@ from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.events import build_gcs_event
 from taxi_pipeline.messages import IngestRequest, IngestResult, Topic, parse_model
-from taxi_pipeline.ports import Lake, NullProgress, ObjectInfo, Ports, Progress, Warehouse
+from taxi_pipeline.ports import Bus, Lake, NullProgress, ObjectInfo, Ports, Progress, Warehouse
 from taxi_pipeline.runs import new_run_id, queued_event
 from taxi_pipeline.settings import Settings
 from taxi_pipeline.steps.common import run_attributes
@@ -186,21 +186,46 @@ def cloud_ports() -> Ports:
 def build_cloud(settings: Settings) -> Ports:
     """GCS lake, BigQuery warehouse, Pub/Sub bus (or whatever the URLs name)."""
     from taxi_pipeline.adapters.gcp.gcs import GcsLocks, GcsStore
-    from taxi_pipeline.adapters.gcp.pubsub import PubSubBus
 
     check_source_base(settings)
     lake = build_lake(settings)
     warehouse = build_warehouse(settings)
-    project = settings.gcp_project or _project_of(settings.resolved_warehouse_url)
     locks = GcsLocks(lake) if isinstance(lake, GcsStore) else ThreadLocks()
     return Ports(
         settings=settings,
         lake=lake,
         warehouse=warehouse,
-        bus=PubSubBus(project),
+        bus=build_bus(settings),
         source=HttpxSource(settings.http_timeout_seconds),
         locks=locks,
     )
+
+
+def build_bus(settings: Settings) -> Bus:
+    """The cloud functions' bus named by ``TAXI_PIPELINE_BUS_URL`` (default: Pub/Sub)."""
+    url = settings.bus_url
+    if url is None:
+        project = settings.gcp_project or _project_of(settings.resolved_warehouse_url)
+        url = f"pubsub://{project}"
+    parts = urlsplit(url)
+    if parts.scheme == "pubsub" and parts.netloc and parts.path in ("", "/"):
+        from taxi_pipeline.adapters.gcp.pubsub import PubSubBus
+
+        return PubSubBus(parts.netloc)
+    if parts.scheme == "memory":
+        return InProcessBus(project=parts.netloc or "local")
+    raise ConfigurationError(f"unknown bus URL {url!r} (use pubsub://project or memory://)")
+
+
+def reset_cloud_ports() -> None:
+    """Forget the cached cloud ports (closing the warehouse): tests that change settings."""
+    global _cloud_ports
+    with _cloud_lock:
+        if _cloud_ports is not None:
+            close = getattr(_cloud_ports.warehouse, "close", None)
+            if close is not None:
+                close()
+        _cloud_ports = None
 
 
 def _project_of(warehouse_url: str) -> str:

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     gcp_project: str | None = None
     """Project of the Pub/Sub topics; defaults to the warehouse URL's project."""
 
+    bus_url: str | None = None
+    """Cloud functions' bus: ``pubsub://project`` (default: ``pubsub://{gcp_project}``), or
+    ``memory://`` (in-process, records what is published: tests of the functions, no Pub/Sub)."""
+
     upload_chunk_mib: int = Field(default=8, ge=1, le=256)
     """Resumable upload chunk (MiB); held in memory, so it bounds the download's RSS."""
 
