@@ -1,0 +1,65 @@
+"""Fixtures of the reliability tier: small generated months behind a local HTTP source."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.reliability import MONTHS, Rig, RigFactory, Source, make_rig
+from taxi_pipeline.datasets import Dataset, Month
+from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
+from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
+
+
+@pytest.fixture(scope="session")
+def source_files(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[tuple[Dataset, Month], GeneratedFile]:
+    directory = tmp_path_factory.mktemp("reliability-source")
+    return {
+        key: generate_month(directory, key[0], key[1], rows, seed=11, threads=1)
+        for key, rows in MONTHS.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def _server(
+    source_files: dict[tuple[Dataset, Month], GeneratedFile],
+) -> Iterator[SourceServer]:
+    directory = next(iter(source_files.values())).path.parent
+    with serve_directory(directory) as server:
+        yield server
+
+
+@pytest.fixture
+def source(
+    _server: SourceServer, source_files: dict[tuple[Dataset, Month], GeneratedFile]
+) -> Iterator[Source]:
+    """The shared source, with no faults queued and an empty request log."""
+    _server.clear_faults()
+    _server.reset_log()
+    yield Source(_server, source_files)
+    _server.clear_faults()
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path, source: Source) -> Iterator[RigFactory]:
+    """``rig_factory(**options)``: a fresh pipeline home per call (see ``chaos.make_rig``)."""
+    made: list[Rig] = []
+
+    def factory(**options: object) -> Rig:
+        options.setdefault("source_url", source.url)
+        rig = make_rig(tmp_path / f"home{len(made)}", **options)  # type: ignore[arg-type]
+        made.append(rig)
+        return rig
+
+    yield factory
+    for rig in made:
+        rig.close()
+
+
+@pytest.fixture
+def rig(rig_factory: RigFactory) -> Rig:
+    return rig_factory()
