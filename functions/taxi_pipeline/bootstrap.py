@@ -9,7 +9,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline import handlers
-from taxi_pipeline.adapters.http import HttpxSource
 from taxi_pipeline.adapters.local.bus import InProcessBus
 from taxi_pipeline.adapters.local.locks import ThreadLocks
 from taxi_pipeline.admission import RunGate, Ticket
@@ -17,7 +16,16 @@ from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.events import build_gcs_event
 from taxi_pipeline.messages import IngestRequest, IngestResult, Topic, parse_model
-from taxi_pipeline.ports import Bus, Lake, NullProgress, ObjectInfo, Ports, Progress, Warehouse
+from taxi_pipeline.ports import (
+    Bus,
+    Lake,
+    NullProgress,
+    ObjectInfo,
+    Ports,
+    Progress,
+    Source,
+    Warehouse,
+)
 from taxi_pipeline.runs import new_run_id, queued_event
 from taxi_pipeline.settings import Settings
 from taxi_pipeline.steps.common import run_attributes
@@ -121,7 +129,7 @@ def build_local(settings: Settings, progress: Progress | None = None) -> LocalPi
         lake=lake,
         warehouse=build_warehouse(settings),
         bus=bus,
-        source=HttpxSource(settings.http_timeout_seconds),
+        source=_http_source(settings),
         locks=ThreadLocks(),
         progress=progress or NullProgress(),
     )
@@ -196,7 +204,7 @@ def build_cloud(settings: Settings) -> Ports:
         lake=lake,
         warehouse=warehouse,
         bus=build_bus(settings),
-        source=HttpxSource(settings.http_timeout_seconds),
+        source=_http_source(settings),
         locks=locks,
     )
 
@@ -215,6 +223,13 @@ def build_bus(settings: Settings) -> Bus:
     if parts.scheme == "memory":
         return InProcessBus(project=parts.netloc or "local")
     raise ConfigurationError(f"unknown bus URL {url!r} (use pubsub://project or memory://)")
+
+
+def _http_source(settings: Settings) -> Source:
+    # Imported here: httpx pulls in its CLI's dependencies (~0.1 s), which cold starts skip.
+    from taxi_pipeline.adapters.http import HttpxSource
+
+    return HttpxSource(settings.http_timeout_seconds)
 
 
 def reset_cloud_ports() -> None:
