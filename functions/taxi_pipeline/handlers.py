@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 ALERT_LABEL = "taxi-pipeline-run-failed"
 """Value of the ``alert`` field on the ERROR line a log-based alert matches."""
 
+_SOURCE_DELIVERY_COUNT = ("CloudPubSubDeadLetterSourceDeliveryCount", "delivery_attempts")
+"""Where a dead-lettered message says how often it was delivered: the attribute Pub/Sub adds
+when it forwards to the dead-letter topic, and the in-process bus's own. The dead-letter
+delivery's ``deliveryAttempt`` counts deliveries of the forwarded copy, not of the original."""
+
 
 def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
     """Pub/Sub ``ingest-requests`` -> download."""
@@ -74,7 +79,11 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
             k.removeprefix("label_"): v for k, v in attributes.items() if k.startswith("label_")
         }
         last_error = _last_error(ports, invocation.run_id)
-        reason = f"gave up after {envelope.delivery_attempt or 'all'} delivery attempts" + (
+        attempts = next(
+            (attributes[k] for k in _SOURCE_DELIVERY_COUNT if attributes.get(k, "").isdigit()),
+            "all",
+        )
+        reason = f"gave up after {attempts} delivery attempts" + (
             f"; last error: {last_error}" if last_error else ""
         )
         _record_failure(ports, invocation, RunState.FAILED, reason, alert=True)
