@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from infra.resources import (
+    ALERT_FILTER,
+    ALERT_METRIC,
+    ALERT_POLICY,
     APIS,
     FUNCTIONS,
     LAKE_LIFECYCLE,
@@ -387,6 +390,7 @@ def spec_lines(target: Target) -> list[str]:
     env = ",".join(f"{k}={v}" for k, v in target.env_vars().items())
     lines.append(f"env\t{env}")
     lines += [f"schedule\t{s.name}" for s in schedules()]
+    lines.append(f"alert\t{ALERT_METRIC}\t{ALERT_POLICY}\t{ALERT_FILTER}")
     return lines
 
 
@@ -474,14 +478,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = Target(args.project, args.region, args.bucket, args.dataset)
 
     def report(line: str) -> None:
-        print(f"  {line}", file=sys.stderr)
+        print(f"  {line}", file=sys.stderr, flush=True)
 
     if args.command == "spec":
         print("\n".join(spec_lines(target)))
         return 0
     if args.dry_run:
         for line in _dry_run(args.command, target, args.delete_data):
-            print(f"+ {line}")
+            print(f"+ {line}", file=sys.stderr)
         return 0
     clients = Clients.connect(target, _credentials())
     if args.command == "data":

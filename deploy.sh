@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Deploy the taxi pipeline to a Google Cloud project (docs/DEPLOY.md). Safe to run again: each
+# step reads first and changes only what differs. The resources are declared in infra/resources.py.
+#
+#   ./deploy.sh --project P --region R [--bucket B] [--dataset D] [--alert-email E] [--dry-run]
+#   ./deploy.sh --project P --region R --destroy [--delete-data] [--dry-run]
+set -euo pipefail
+
+usage() { sed -n '5,6s/^# *//p' "$0" >&2; exit "${1:-2}"; }
+die() { echo "deploy.sh: $*" >&2; exit 1; }
+
+PROJECT="" REGION="" BUCKET="" DATASET="taxi" ALERT_EMAIL="" DRY_RUN=0 DESTROY=0 DELETE_DATA=0
+while (($#)); do
+  case "$1" in
+    --project | --region | --bucket | --dataset | --alert-email)
+      (($# > 1)) || usage
+      declare "$(tr 'a-z-' 'A-Z_' <<<"${1#--}")=$2"
+      shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --destroy) DESTROY=1; shift ;;
+    --delete-data) DELETE_DATA=1; shift ;;
+    -h | --help) usage 0 ;;
+    *) echo "deploy.sh: unknown argument $1" >&2; usage ;;
+  esac
+done
+[[ -n $PROJECT && -n $REGION ]] || usage
+((DELETE_DATA == 0 || DESTROY)) || die "--delete-data goes with --destroy"
+BUCKET=${BUCKET:-$PROJECT-taxi-lake}
+cd "$(dirname "${BASH_SOURCE[0]}")"
+PYTHON=${TAXI_PIPELINE_PYTHON:-.venv/bin/python}
+[[ -x $PYTHON ]] || PYTHON=python3
+
+# An action is printed (stderr) and, unless --dry-run, done. A probe only reads, never in --dry-run.
+run() { echo "+ $*" >&2; ((DRY_RUN)) || "$@" </dev/null; }
+probe() { ((DRY_RUN == 0)) && gcloud "$@" --project="$PROJECT" </dev/null 2>/dev/null; }
+has_binding() { # has_binding MEMBER ROLE SURFACE... RESOURCE [FLAGS...]
+  local member=$1 role=$2
+  shift 2
+  probe "$@" --flatten='bindings[].members' --format='value(bindings.role,bindings.members)' |
+    grep -qxF "$role"$'\t'"$member"
+}
+grant() { # grant MEMBER ROLE "SURFACE" RESOURCE [FLAGS...]
+  local member=$1 role=$2 resource=$4 surface
+  read -r -a surface <<<"$3"
+  shift 4
+  has_binding "$member" "$role" "${surface[@]}" get-iam-policy "$resource" "$@" && return
+  [[ ${surface[0]} == projects ]] && set -- "$@" --condition=None
+  run gcloud "${surface[@]}" add-iam-policy-binding "$resource" "$@" --member="$member" \
+    --role="$role" --project="$PROJECT" --quiet >/dev/null
+}
+provision() {
+  local args=("$1" --project="$PROJECT" --region="$REGION" --bucket="$BUCKET" --dataset="$DATASET")
+  ((DRY_RUN)) && args+=(--dry-run)
+  ((DELETE_DATA)) && args+=(--delete-data)
+  TAXI_PIPELINE_ACCESS_TOKEN=$token "$PYTHON" -m infra.provision "${args[@]}"
+}
+
+# ---------------------------------------------------------------------------- prerequisites
+command -v gcloud >/dev/null || die "gcloud is missing: install the Google Cloud CLI, https://cloud.google.com/sdk/docs/install"
+"$PYTHON" -c 'import infra.provision' 2>/dev/null ||
+  die "$PYTHON cannot import infra.provision: python3 -m venv .venv && .venv/bin/pip install -e ."
+token="" account="" number=PROJECT_NUMBER gcs_agent=GCS_SERVICE_AGENT
+if ((DRY_RUN == 0)); then
+  account=$(gcloud auth list --filter=status:ACTIVE --format='value(account)' 2>/dev/null | head -n1)
+  [[ -n $account ]] || die "not logged in: run gcloud auth login"
+  [[ $(probe billing projects describe "$PROJECT" --format='value(billingEnabled)') == True ]] ||
+    die "billing is off for $PROJECT (or $account cannot see the project): link a billing account"
+  token=$(gcloud auth print-access-token)
+  number=$(probe projects describe "$PROJECT" --format='value(projectNumber)')
+  if ((DESTROY == 0)) && ! probe storage buckets list --format='value(name)' | grep -qxF "$BUCKET"; then
+    if ! err=$(gcloud storage buckets describe "gs://$BUCKET" --format='value(name)' 2>&1); then
+      [[ $err == *"not found"* || $err == *404* ]] || die "bucket name $BUCKET is unusable ($err): pass --bucket NAME"
+    else
+      die "bucket name $BUCKET is taken by another project: pass --bucket NAME"
+    fi
+  fi
+fi
+ALERT_EMAIL=${ALERT_EMAIL:-${account:-ACCOUNT}}
+spec=$("$PYTHON" -m infra.provision spec --project="$PROJECT" --region="$REGION" --bucket="$BUCKET" --dataset="$DATASET")
+lines() { awk -F'\t' -v k="$1" '$1 == k' <<<"$spec"; }
+sa() { echo "$1@$PROJECT.iam.gserviceaccount.com"; }
+IFS=$'\t' read -r _ METRIC POLICY FILTER < <(lines alert)
+policy_name() { probe alpha monitoring policies list --filter="displayName=\"$POLICY\"" --format='value(name)' | head -n1; }
+
+# ---------------------------------------------------------------------------- destroy
+if ((DESTROY)); then
+  while IFS=$'\t' read -r _ fn _; do
+    if ((DRY_RUN)) || probe functions describe "$fn" --region="$REGION" --format='value(name)' >/dev/null; then
+      run gcloud functions delete "$fn" --region="$REGION" --project="$PROJECT" --quiet
+    fi
+  done < <(lines function)
+  provision destroy
+  policy=$(policy_name || true)
+  if ((DRY_RUN)) || [[ -n $policy ]]; then
+    run gcloud alpha monitoring policies delete "${policy:-POLICY_NAME}" --project="$PROJECT" --quiet
+  fi
+  if ((DRY_RUN)) || probe logging metrics describe "$METRIC" >/dev/null; then
+    run gcloud logging metrics delete "$METRIC" --project="$PROJECT" --quiet
+  fi
+  while IFS=$'\t' read -r kind id role; do
+    member=serviceAccount:$(sa "$id")
+    if [[ $kind == project-role ]] && { ((DRY_RUN)) || has_binding "$member" "$role" projects get-iam-policy "$PROJECT"; }; then
+      run gcloud projects remove-iam-policy-binding "$PROJECT" --member="$member" --role="$role" \
+        --condition=None --project="$PROJECT" --quiet >/dev/null
+    fi
+    # A kept bucket would otherwise list the deleted accounts forever.
+    if [[ $kind == bucket-role ]] && ((DELETE_DATA == 0)) &&
+      { ((DRY_RUN)) || has_binding "$member" "$role" storage buckets get-iam-policy "gs://$BUCKET"; }; then
+      run gcloud storage buckets remove-iam-policy-binding "gs://$BUCKET" --member="$member" \
+        --role="$role" --project="$PROJECT" --quiet >/dev/null
+    fi
+  done <<<"$spec"
+  while IFS=$'\t' read -r _ id _; do
+    if ((DRY_RUN)) || probe iam service-accounts describe "$(sa "$id")" --format='value(email)' >/dev/null; then
+      run gcloud iam service-accounts delete "$(sa "$id")" --project="$PROJECT" --quiet
+    fi
+  done < <(lines account)
+  ((DELETE_DATA)) || echo "deploy.sh: kept gs://$BUCKET and dataset $DATASET (add --delete-data to remove them)" >&2
+  echo "deploy.sh: removed the pipeline from $PROJECT" >&2
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------- deploy
+# shellcheck disable=SC2046  # one word per API
+run gcloud services enable $(lines api | cut -f2) --project="$PROJECT" --quiet
+while IFS=$'\t' read -r _ id description; do
+  probe iam service-accounts describe "$(sa "$id")" --format='value(email)' >/dev/null ||
+    run gcloud iam service-accounts create "$id" --display-name="taxi-pipeline $description" \
+      --project="$PROJECT" --quiet
+done < <(lines account)
+provision data
+((DRY_RUN)) || gcs_agent=$(gcloud storage service-agent --project="$PROJECT" </dev/null)
+PUBSUB_AGENT=serviceAccount:service-$number@gcp-sa-pubsub.iam.gserviceaccount.com
+TRIGGER=$(sa taxi-trigger)
+grant "serviceAccount:$gcs_agent" roles/pubsub.publisher projects "$PROJECT"
+grant "$PUBSUB_AGENT" roles/pubsub.publisher "pubsub topics" ingest-dead-letter
+while IFS=$'\t' read -r kind id a b; do
+  case $kind in
+    project-role) grant "serviceAccount:$(sa "$id")" "$a" projects "$PROJECT" ;;
+    bucket-role) grant "serviceAccount:$(sa "$id")" "$a" "storage buckets" "gs://$BUCKET" ;;
+    topic-role) grant "serviceAccount:$(sa "$id")" "$b" "pubsub topics" "$a" ;;
+  esac
+done <<<"$spec"
+
+# The function source: functions/ with its pinned requirements, symlinks (schedules.toml) resolved.
+src=$(mktemp -d)
+trap 'rm -rf "$src"' EXIT
+tar -C functions --dereference --exclude=__pycache__ --exclude='*.egg-info' -cf - \
+  main.py requirements.txt taxi_pipeline | tar -C "$src" -xf -
+digest=$(cd "$src" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
+env_vars=$(lines env | cut -f2)
+while IFS=$'\t' read -r _ fn entry trigger memory timeout max_instances account; do
+  args=(--gen2 --region="$REGION" --runtime=python312 --source="$src" --entry-point="$entry"
+    --service-account="$(sa "$account")" --trigger-service-account="$TRIGGER" --retry
+    --memory="$memory" --timeout="$timeout" --max-instances="$max_instances"
+    --set-env-vars="$env_vars" --no-allow-unauthenticated)
+  if [[ $trigger == topic:* ]]; then
+    args+=(--trigger-topic="${trigger#topic:}")
+  else
+    args+=(--trigger-event-filters=type=google.cloud.storage.object.v1.finalized
+      --trigger-event-filters=bucket="$BUCKET" --trigger-location="$REGION")
+  fi
+  # The label fingerprints source + flags: an unchanged function is not redeployed.
+  label=$(printf '%s %s' "$digest" "${args[*]/--source=*/}" | sha256sum | cut -c1-12)
+  current=$(probe functions describe "$fn" --region="$REGION" --format='value(state,labels.deploy_spec)' || true)
+  if [[ $current != "ACTIVE"$'\t'"$label" ]]; then
+    run gcloud functions deploy "$fn" "${args[@]}" --update-labels=deploy_spec="$label" \
+      --project="$PROJECT" --quiet
+  fi
+  grant "serviceAccount:$TRIGGER" roles/run.invoker "run services" "$fn" --region="$REGION"
+done < <(lines function)
+
+# Eventarc may recreate a trigger's subscription on a redeploy: the policy is re-applied each time.
+for subscription in $(provision dead-letters); do
+  grant "$PUBSUB_AGENT" roles/pubsub.subscriber "pubsub subscriptions" "$subscription"
+done
+provision schedules
+
+# Alert: a log-based metric on the handlers' ERROR line and a policy that mails a person.
+current=$(probe logging metrics describe "$METRIC" --format='value(filter)' || echo "(absent)")
+if [[ $current == "(absent)" ]]; then
+  run gcloud logging metrics create "$METRIC" --description="taxi-pipeline runs that failed" \
+    --log-filter="$FILTER" --project="$PROJECT" --quiet
+elif [[ $current != "$FILTER" ]]; then
+  run gcloud logging metrics update "$METRIC" --log-filter="$FILTER" --project="$PROJECT" --quiet
+fi
+channel=$(probe beta monitoring channels list --format='value(name)' \
+  --filter="type=\"email\" AND labels.email_address=\"$ALERT_EMAIL\"" | head -n1 || true)
+if [[ -z $channel ]]; then
+  channel=$(run gcloud beta monitoring channels create --display-name="taxi-pipeline $ALERT_EMAIL" \
+    --type=email --channel-labels=email_address="$ALERT_EMAIL" --format='value(name)' \
+    --project="$PROJECT" --quiet)
+  channel=${channel:-CHANNEL}
+fi
+if [[ -z $(policy_name || true) ]]; then
+  run gcloud alpha monitoring policies create --display-name="$POLICY" --combiner=OR \
+    --condition-display-name="failed runs" --if='> 0' --duration=0s --trigger-count=1 \
+    --condition-filter="metric.type=\"logging.googleapis.com/user/$METRIC\" AND resource.type=\"cloud_run_revision\"" \
+    --aggregation='{"alignmentPeriod": "300s", "perSeriesAligner": "ALIGN_SUM"}' \
+    --notification-channels="$channel" --project="$PROJECT" --quiet \
+    --documentation="A taxi-pipeline run failed: read its ERROR line (jsonPayload.alert) and the pipeline_runs table."
+fi
+echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, dataset $DATASET" >&2

@@ -1,0 +1,72 @@
+"""``functions/requirements.txt`` is pyproject's runtime dependencies minus a local-only set.
+
+The rule: the same names as ``[project].dependencies`` except :data:`LOCAL_ONLY`, each pinned with
+``==`` to a version inside pyproject's range and equal to the version installed here (so the
+tests run what the cloud runs), and no cloud entry point imports a local-only package.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_ONLY = frozenset({"duckdb", "typer", "rich"})
+"""Embedded warehouse (duckdb) and CLI (typer, rich): the cloud runtime never imports them."""
+
+
+def _pyproject() -> dict[str, Requirement]:
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        deps = tomllib.load(handle)["project"]["dependencies"]
+    return {canonicalize_name(r.name): r for r in map(Requirement, deps)}
+
+
+def _pinned() -> dict[str, Requirement]:
+    lines = (ROOT / "functions" / "requirements.txt").read_text().splitlines()
+    requirements = [
+        Requirement(line) for line in lines if line.strip() and not line.startswith("#")
+    ]
+    return {canonicalize_name(r.name): r for r in requirements}
+
+
+def test_names_are_pyproject_minus_local_only() -> None:
+    assert set(_pinned()) == set(_pyproject()) - LOCAL_ONLY
+    assert set(_pyproject()) >= LOCAL_ONLY, "a local-only name left pyproject: update LOCAL_ONLY"
+
+
+def test_every_pin_is_exact_in_range_and_installed() -> None:
+    declared = _pyproject()
+    for name, requirement in _pinned().items():
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", f"{name} is not pinned with =="
+        assert declared[name].specifier.contains(spec.version), (
+            f"{name}=={spec.version} is outside pyproject's {declared[name].specifier}"
+        )
+        assert importlib.metadata.version(name) == spec.version, f"{name}: venv differs from pin"
+
+
+def test_cloud_entry_points_import_without_local_only_packages() -> None:
+    # A fresh interpreter where importing duckdb/typer/rich fails, as in the cloud runtime.
+    blocked = sorted(LOCAL_ONLY)
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import main\n"
+        "from taxi_pipeline import bootstrap\n"
+        "from taxi_pipeline.adapters.gcp import errors\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "functions",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
