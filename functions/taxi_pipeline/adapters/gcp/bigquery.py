@@ -463,6 +463,9 @@ class BigQueryWarehouse:
             labels=dict(labels),
             maximum_bytes_billed=self.settings.maximum_bytes_billed,
             query_parameters=list(params),
+            # Unqualified names resolve in the pipeline's dataset, so `taxi-pipeline sql "SELECT
+            # COUNT(*) FROM green_tripdata"` reads the same on BigQuery as on DuckDB.
+            default_dataset=f"{self.project}.{self.dataset}",
         )
         prefix = f"taxi_{labels.get('step', 'query').replace('-', '_')}_"
         with self._translated(what):
