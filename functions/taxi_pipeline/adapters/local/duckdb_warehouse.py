@@ -113,7 +113,7 @@ class DuckDbWarehouse:
     """The warehouse in one DuckDB file; thread-safe (a cursor per call)."""
 
     def __init__(
-        self, path: Path, *, memory_limit: str = "1GB", threads: int | None = None
+        self, path: Path, *, memory_limit: str = "600MB", threads: int | None = None
     ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +122,9 @@ class DuckDbWarehouse:
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "memory_limit": memory_limit,
+            # Row order means nothing in these tables; letting DuckDB drop it makes the
+            # staging build and the insert ~15% faster.
+            "preserve_insertion_order": False,
         }
         if threads:
             config["threads"] = threads
