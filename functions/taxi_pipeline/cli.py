@@ -224,6 +224,13 @@ def sql(
     console.print(table)
 
 
+# runs / runs show / status / schedule / backfill live in their own module, which imports the
+# helpers above: registered here, after they exist.
+from taxi_pipeline import cli_history  # noqa: E402
+
+cli_history.register(app)
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()
 

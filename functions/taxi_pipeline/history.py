@@ -463,7 +463,7 @@ def describe_run(run: Run, width: int = 50, now: datetime | None = None) -> list
         lines += ["", "notes", *notes]
     failures = [s for s in run.steps if s.error]
     if failures:
-        lines += ["", "errors"]
+        lines += ["", "errors and reasons"]
         lines += [f"  {s.step} (try {s.attempt}, {s.state.value}): {s.error}" for s in failures]
     return lines
 
