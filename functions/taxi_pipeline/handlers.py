@@ -40,6 +40,7 @@ def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
     """Pub/Sub ``ingest-requests`` -> download."""
     invocation = Invocation("download")
     with _handling(event, invocation, ports):
+        _check_age(event, ports)
         envelope, body = parse_pubsub(event)
         invocation.attempt = envelope.delivery_attempt or 1
         request = parse_model(IngestRequest, body, "ingest request")
@@ -51,6 +52,7 @@ def handle_object_finalized(event: CloudEventLike, ports: Ports) -> None:
     """GCS object finalized in the lake -> register the external table."""
     invocation = Invocation("register")
     with _handling(event, invocation, ports):
+        _check_age(event, ports)
         register.run(parse_gcs(event), invocation, ports)
 
 
@@ -58,6 +60,7 @@ def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
     """Pub/Sub ``merge-requests`` -> stage and merge."""
     invocation = Invocation("merge")
     with _handling(event, invocation, ports):
+        _check_age(event, ports)
         envelope, body = parse_pubsub(event)
         invocation.attempt = envelope.delivery_attempt or 1
         merge.run(parse_model(MergeRequest, body, "merge request"), invocation, ports)
@@ -66,7 +69,7 @@ def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
 def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
     """Dead-letter topic: a message that exhausted its deliveries. Mark the run FAILED, alert."""
     invocation = Invocation("dead-letter")
-    with _handling(event, invocation, ports, check_age=False):
+    with _handling(event, invocation, ports):  # no age limit: a failure must be recorded
         envelope, _body = parse_pubsub(event)
         attributes = envelope.message.attributes
         try:
@@ -97,13 +100,11 @@ def _last_error(ports: Ports, run_id: str | None) -> str | None:
 
 
 @contextmanager
-def _handling(
-    event: CloudEventLike, invocation: Invocation, ports: Ports, *, check_age: bool = True
-) -> Iterator[None]:
+def _handling(event: CloudEventLike, invocation: Invocation, ports: Ports) -> Iterator[None]:
+    # Everything that can fail runs inside the block (the age check too): an exception raised
+    # before the ``yield`` would be swallowed here and become "generator didn't yield" (a 500).
     with log_context(step=invocation.step, event_id=str(event.get("id") or "")):
         try:
-            if check_age:
-                _check_age(event, ports)
             yield
         except NotPublished as exc:
             _record_failure(ports, invocation, RunState.SKIPPED, str(exc), alert=False)
@@ -148,7 +149,7 @@ def _record_failure(
         if alert:
             log.error("run failed at %s: %s", invocation.step, reason, extra={"alert": ALERT_LABEL})
         else:
-            log.warning("run skipped at %s: %s", invocation.step, reason)
+            log.info("run skipped at %s: %s", invocation.step, reason)
     _record(ports, invocation, state, reason)
     result = failed_result(invocation, state, reason)
     if result is not None:

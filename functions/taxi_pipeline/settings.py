@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     """``json`` (a line per record, as Cloud Logging reads), ``text``, or ``auto`` (json off a TTY)."""
 
     log_level: str = "INFO"
+    """Level of the log records (the CLI shows only warnings unless this is set)."""
 
     duckdb_memory_limit: str = "600MB"
     """DuckDB's memory limit; past it DuckDB spills to disk instead of growing. 600MB keeps a
@@ -113,3 +114,30 @@ class Settings(BaseSettings):
     @property
     def resolved_warehouse_url(self) -> str:
         return self.warehouse_url or f"duckdb://{self.home.resolve() / 'warehouse.duckdb'}"
+
+
+def settings_markdown() -> str:
+    """The README's settings table, from the field docstrings (a test keeps them equal)."""
+    import ast
+    import inspect
+
+    body = ast.parse(inspect.getsource(Settings)).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for node, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+        ):
+            docs[node.target.id] = " ".join(str(after.value.value).split()).replace("``", "`")
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = "(derived)" if field.default is None else f"`{field.default}`"
+        lines.append(f"| `TAXI_PIPELINE_{name.upper()}` | {default} | {docs.get(name, '')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m taxi_pipeline.settings`
+    print(settings_markdown(), end="")
