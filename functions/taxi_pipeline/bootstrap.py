@@ -6,6 +6,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline import handlers
@@ -152,8 +153,29 @@ def build_warehouse(settings: Settings) -> Warehouse:
         return DuckDbWarehouse.from_url(
             url, memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
         )
+    if scheme == "bigquery":
+        from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
+
+        return BigQueryWarehouse.from_url(url, settings, client=_bigquery_emulator_client(settings))
     raise ConfigurationError(
         f"unknown warehouse URL scheme in {url!r} (use duckdb:// or bigquery://)"
+    )
+
+
+def _bigquery_emulator_client(settings: Settings) -> Any:
+    """A client aimed at ``bigquery_api_endpoint`` (an emulator); ``None``: the default client."""
+    endpoint = settings.bigquery_api_endpoint
+    if not endpoint:
+        return None
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import bigquery
+
+    project = urlsplit(settings.resolved_warehouse_url).netloc
+    return bigquery.Client(
+        project=project,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": endpoint},
+        location=settings.bigquery_location,
     )
 
 

@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     bigquery_location: str | None = None
     """BigQuery location of the dataset (e.g. ``US``); ``None`` lets BigQuery choose."""
 
+    bigquery_api_endpoint: str | None = None
+    """BigQuery REST endpoint of an emulator (``http://127.0.0.1:9050``), used with anonymous
+    credentials; ``None``: Google's (BigQuery's client has no ``*_EMULATOR_HOST`` variable)."""
+
     gcp_project: str | None = None
     """Project of the Pub/Sub topics; defaults to the warehouse URL's project."""
 
