@@ -1,0 +1,258 @@
+"""The Warehouse contract: one suite over every adapter (DuckDB, BigQuery on the emulator).
+
+An adapter that passes it is interchangeable for the steps. BigQuery runs in ``load`` staging
+mode: the emulator has no external tables (see tests/integration/test_bigquery_warehouse.py for
+what the external mode proves there).
+"""
+
+# google-cloud-storage ships no py.typed: its names are Any here.
+# mypy: disable-error-code="import-untyped"
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
+from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
+from taxi_pipeline.datasets import Dataset, Month, object_name
+from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
+from taxi_pipeline.errors import PermanentError
+from taxi_pipeline.messages import RunState
+from taxi_pipeline.ports import JobContext, LoadRecord, ObjectInfo, RunEvent, Warehouse
+from taxi_pipeline.settings import Settings, StagingMode
+from taxi_pipeline.steps.merge import pickup_ranges
+
+GREEN, JAN = Dataset.GREEN, Month(2019, 1)
+ROWS = 2500
+HISTORY = {"pipeline_runs", "pipeline_loads"}
+T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class Harness:
+    """A warehouse plus how to put a file where it reads from, and list what it holds."""
+
+    warehouse: Warehouse
+    put: Callable[[Path, Dataset, Month], ObjectInfo]
+    table_names: Callable[[], list[str]]
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    name: str
+    build: Callable[[pytest.FixtureRequest, Path], Iterator[Harness]]
+
+
+def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    warehouse = DuckDbWarehouse(tmp_path / "warehouse.duckdb", threads=2)
+    lake = tmp_path / "lake"
+
+    def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
+        name = object_name(dataset, month)
+        target = lake / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return ObjectInfo("lake", name, "1", target.stat().st_size, target.as_uri())
+
+    yield Harness(warehouse, put, warehouse.table_names)
+    warehouse.close()
+
+
+def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    client = request.getfixturevalue("bigquery_client")
+    storage = request.getfixturevalue("storage_client")
+    suffix = uuid.uuid4().hex[:10]
+    dataset = f"contract_{suffix}"
+    client.create_dataset(dataset)
+    bucket = storage.create_bucket(f"lake-{suffix}")
+    warehouse = BigQueryWarehouse(
+        client.project, dataset, Settings(staging_mode=StagingMode.LOAD), client=client
+    )
+
+    def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
+        blob = bucket.blob(object_name(dataset, month))
+        blob.upload_from_filename(str(path), content_type="application/gzip")
+        blob.reload()
+        uri = f"gs://{bucket.name}/{blob.name}"
+        return ObjectInfo(bucket.name, blob.name, str(blob.generation), blob.size, uri)
+
+    yield Harness(warehouse, put, warehouse.table_names)
+    client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+
+
+CONFIGS = [
+    pytest.param(AdapterConfig("duckdb", _duckdb), id="duckdb"),
+    pytest.param(
+        AdapterConfig("bigquery-emulator-load", _bigquery),
+        marks=pytest.mark.emulator,
+        id="bigquery-emulator-load",
+    ),
+]
+
+
+@pytest.fixture(params=CONFIGS)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    config: AdapterConfig = request.param
+    yield from config.build(request, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def green_file(tmp_path_factory: pytest.TempPathFactory) -> GeneratedFile:
+    return generate_month(tmp_path_factory.mktemp("files"), GREEN, JAN, ROWS, seed=3)
+
+
+def _count(warehouse: Warehouse, table: str) -> int:
+    ((n,),) = warehouse.query(f"SELECT COUNT(*) AS n FROM {table}").rows
+    assert isinstance(n, int)
+    return n
+
+
+def test_final_table_creation_is_idempotent(harness: Harness) -> None:
+    warehouse = harness.warehouse
+    for dataset in Dataset:
+        warehouse.ensure_final_table(dataset)
+        warehouse.ensure_final_table(dataset)
+        result = warehouse.query(f"SELECT * FROM {dataset.final_table} LIMIT 0")
+        assert result.columns == ["unique_row_id", "filename", *dataset.layout.names]
+        assert _count(warehouse, dataset.final_table) == 0
+    assert set(harness.table_names()) - HISTORY == {"green_tripdata", "yellow_tripdata"}
+
+
+def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> None:
+    warehouse = harness.warehouse
+    source = harness.put(green_file.path, GREEN, JAN)
+    context = JobContext("green-201901-contract", GREEN, JAN, "merge")
+    warehouse.ensure_final_table(GREEN)
+    warehouse.create_external_table(GREEN, JAN, source)
+
+    staged = warehouse.stage(GREEN, JAN, source, context)
+    assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (ROWS, 0, 0)
+    assert staged.rows_out_of_month == green_file.out_of_month_rows
+    assert set(green_file.stray_pickup_dates) <= set(staged.pickup_dates)
+    assert list(staged.pickup_dates) == sorted(staged.pickup_dates)
+    ranges = pickup_ranges(staged.pickup_dates)
+
+    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
+    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == 0  # re-merge
+    warehouse.create_external_table(GREEN, JAN, source)
+    again = warehouse.stage(GREEN, JAN, source, context)
+    assert again == staged
+    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == 0  # re-run
+    assert _count(warehouse, GREEN.final_table) == ROWS
+    distinct = warehouse.query("SELECT COUNT(DISTINCT unique_row_id) FROM green_tripdata")
+    assert distinct.rows == [(ROWS - green_file.duplicate_rows,)]
+
+
+def test_drop_month_objects_leaves_nothing(harness: Harness, green_file: GeneratedFile) -> None:
+    warehouse = harness.warehouse
+    source = harness.put(green_file.path, GREEN, JAN)
+    warehouse.ensure_final_table(GREEN)
+    warehouse.create_external_table(GREEN, JAN, source)
+    warehouse.stage(GREEN, JAN, source, JobContext("green-201901-drop", GREEN, JAN, "merge"))
+    assert len(set(harness.table_names()) - HISTORY) > 1
+
+    warehouse.drop_month_objects(GREEN, JAN)
+    assert set(harness.table_names()) - HISTORY == {"green_tripdata"}
+    warehouse.drop_month_objects(GREEN, JAN)  # already gone: no error
+    assert set(harness.table_names()) - HISTORY == {"green_tripdata"}
+
+
+def _events() -> list[RunEvent]:
+    running = RunEvent(
+        run_id="green-201901-aaaa",
+        dataset="green",
+        month="2019-01",
+        step="merge",
+        state=RunState.RUNNING,
+        started_at=T0,
+        labels={"trigger": "schedule"},
+        recorded_at=T0,
+    )
+    return [
+        running,
+        replace(
+            running,
+            state=RunState.SUCCESS,
+            attempt=2,
+            finished_at=T0 + timedelta(seconds=5),
+            rows=2500,
+            bytes=123_456_789_012,
+            details={"rows_in_file": "2500", "pickup_ranges": "3"},
+            recorded_at=T0 + timedelta(seconds=5),
+        ),
+        RunEvent(
+            run_id="yellow-201902-bbbb",
+            dataset="yellow",
+            month="2019-02",
+            step="download",
+            state=RunState.FAILED,
+            error="HTTP 404: not published",
+            recorded_at=T0 + timedelta(seconds=10),
+        ),
+    ]
+
+
+def test_run_events_append_read_filter(harness: Harness) -> None:
+    warehouse = harness.warehouse
+    assert warehouse.run_events() == []
+    events = _events()
+    warehouse.append_run_events(events[:2])
+    warehouse.append_run_events(events[2:])
+
+    assert warehouse.run_events() == events  # every field round-trips, oldest first
+    assert warehouse.run_events(run_id="green-201901-aaaa") == events[:2]
+    assert warehouse.run_events(dataset="yellow") == events[2:]
+    assert warehouse.run_events(since=T0 + timedelta(seconds=5)) == events[1:]
+    assert warehouse.run_events(run_id="green-201901-aaaa", dataset="yellow") == []
+
+    # Same recorded_at: append order decides.
+    tie = [
+        replace(events[2], step=f"step-{i}", recorded_at=T0 + timedelta(hours=1)) for i in range(3)
+    ]
+    warehouse.append_run_events(tie)
+    latest = warehouse.run_events(since=T0 + timedelta(hours=1))
+    assert [e.step for e in latest] == ["step-0", "step-1", "step-2"]
+
+
+def test_loads_record_find(harness: Harness) -> None:
+    warehouse = harness.warehouse
+    name = object_name(GREEN, JAN)
+    first = LoadRecord(GREEN, JAN, name, "1700000000000001", "green-201901-aaaa", 2500, 2500, T0)
+    second = replace(first, generation="1700000000000002", run_id="green-201901-cccc",
+                     rows_inserted=0, loaded_at=T0 + timedelta(minutes=1))  # fmt: skip
+    yellow = LoadRecord(
+        Dataset.YELLOW,
+        Month(2019, 2),
+        object_name(Dataset.YELLOW, Month(2019, 2)),
+        "42",
+        "yellow-201902-bbbb",
+        10,
+        9,
+        T0 + timedelta(minutes=2),
+    )
+    assert warehouse.find_load(name, first.generation) is None
+    for record in (first, second, yellow):
+        warehouse.record_load(record)
+
+    assert warehouse.find_load(name, first.generation) == first
+    assert warehouse.find_load(name, second.generation) == second
+    assert warehouse.find_load(name, "1700000000000003") is None
+    assert warehouse.find_load(object_name(GREEN, Month(2019, 2)), first.generation) is None
+    assert warehouse.loads(GREEN) == [first, second]
+    assert warehouse.loads(Dataset.YELLOW) == [yellow]
+    assert warehouse.loads() == [first, second, yellow]
+
+
+def test_query(harness: Harness) -> None:
+    result = harness.warehouse.query("SELECT 1 AS one, 'a' AS letter")
+    assert result.columns == ["one", "letter"]
+    assert result.rows == [(1, "a")]
+    with pytest.raises(PermanentError):
+        harness.warehouse.query("SELECT * FROM no_such_table")
