@@ -18,6 +18,7 @@ How a run's state is derived (first rule that applies):
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -382,7 +383,12 @@ def gantt(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
     span = max((end - origin).total_seconds(), 1e-3)
 
     def col(moment: datetime) -> int:
+        """The column a moment falls in (a bar's first column)."""
         return min(width - 1, max(0, int((moment - origin).total_seconds() / span * width)))
+
+    def edge(moment: datetime) -> int:
+        """The first column after a bar that ends at ``moment``."""
+        return min(width, max(0, math.ceil((moment - origin).total_seconds() / span * width)))
 
     rows: list[tuple[str, str, str, str, str, str, str]] = []
     bars: list[str] = []
@@ -391,11 +397,11 @@ def gantt(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
         rows.append(
             ("queue", "", RunState.QUEUED.value, "+0.00s", _dur(queue_end - origin), "", "")
         )
-        bars.append(_bar(col(origin), col(queue_end), width, _BAR[RunState.QUEUED], 0, 0))
+        bars.append(_bar(col(origin), edge(queue_end), width, _BAR[RunState.QUEUED], 0, 0))
     for step in run.steps:
         start = step.started_at or origin
         stop = step.finished_at or (now if run.is_active else start)
-        wait_to = col(start + step.waited)
+        wait_to = edge(start + step.waited)
         rows.append(
             (
                 step.step,
@@ -407,7 +413,7 @@ def gantt(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
                 _number(step.bytes),
             )
         )
-        bars.append(_bar(col(start), col(stop), width, _BAR[step.state], col(start), wait_to))
+        bars.append(_bar(col(start), edge(stop), width, _BAR[step.state], col(start), wait_to))
     header = ("STEP", "TRY", "STATE", "START", "TOOK", "ROWS", "BYTES")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     right = {1, 3, 4, 5, 6}

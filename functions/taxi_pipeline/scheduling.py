@@ -154,6 +154,7 @@ class Scheduler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         on_fire: Callable[[Fired], None] | None = None,
+        max_nap: float = MAX_NAP_SECONDS,
     ) -> None:
         self.pipeline = pipeline
         self.schedules = list(schedules)
@@ -163,6 +164,7 @@ class Scheduler:
         self.clock = clock
         self.sleep = sleep
         self.on_fire = on_fire
+        self.max_nap = max_nap
         self.fired: list[Fired] = []
 
     def baselines(self, *, catchup: bool, since: datetime | None) -> dict[str, datetime]:
@@ -233,7 +235,7 @@ class Scheduler:
                 return self.fired
             wait = (upcoming - self.clock()).total_seconds()
             if wait > 0:
-                self.sleep(min(wait, MAX_NAP_SECONDS))
+                self.sleep(min(wait, self.max_nap))
 
 
 def next_fires(
