@@ -29,7 +29,11 @@ class Ticket:
 
 
 class RunGate:
-    """Per-dataset slots; thread-safe. ``publish`` callbacks run outside the gate's lock."""
+    """Per-dataset slots; thread-safe.
+
+    ``publish`` runs under the gate's lock, so "holds a slot" and "its request is on the bus"
+    change together (publishing only enqueues; no listener of ``ingest-requests`` calls back).
+    """
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -45,28 +49,30 @@ class RunGate:
         """Publish now if the dataset has a free slot, else queue behind earlier requests."""
         with self._lock:
             self._waiting.setdefault(ticket.dataset, deque()).append(ticket)
-            admitted = self._admit(ticket.dataset)
-        for chosen in admitted:
-            chosen.publish()
+            self._admit(ticket.dataset)
 
     def done(self, run_id: str, dataset: Dataset) -> None:
         """The run published its result: free its slot and admit the next waiting request."""
         with self._lock:
             self._running.get(dataset, set()).discard(run_id)
-            admitted = self._admit(dataset)
-        for chosen in admitted:
-            chosen.publish()
+            self._admit(dataset)
 
-    def release_all(self) -> bool:
-        """The bus is idle, so nothing holds a slot for real (a run that ended without a
-        result, e.g. rejected before its id was known): free every slot and admit waiting
-        requests. Returns whether anything was admitted."""
+    def holding(self) -> frozenset[str]:
+        """Run ids holding a slot now."""
         with self._lock:
-            self._running.clear()
-            admitted = [t for dataset in list(self._waiting) for t in self._admit(dataset)]
-        for chosen in admitted:
-            chosen.publish()
-        return bool(admitted)
+            return frozenset(r for running in self._running.values() for r in running)
+
+    def release(self, run_ids: frozenset[str]) -> int:
+        """Free the slots of ``run_ids`` and admit waiting requests; returns how many.
+
+        For runs that held a slot through a moment the bus was idle: they ended without a
+        result (e.g. a request rejected before its run id was read), so nothing else would
+        ever free their slot.
+        """
+        with self._lock:
+            for running in self._running.values():
+                running.difference_update(run_ids)
+            return sum(self._admit(dataset) for dataset in list(self._waiting))
 
     def waiting(self, dataset: Dataset | None = None) -> int:
         with self._lock:
@@ -78,13 +84,14 @@ class RunGate:
         with self._lock:
             return len(self._running.get(dataset, ()))
 
-    def _admit(self, dataset: Dataset) -> list[Ticket]:
+    def _admit(self, dataset: Dataset) -> int:
         running = self._running.setdefault(dataset, set())
         queue = self._waiting.get(dataset, deque())
-        admitted = []
+        admitted = 0
         while queue and len(running) < self.limit:
             ticket = queue.popleft()
             running.add(ticket.run_id)
-            admitted.append(ticket)
-        self.peak[dataset] = max(self.peak.get(dataset, 0), len(running))
+            self.peak[dataset] = max(self.peak.get(dataset, 0), len(running))
+            ticket.publish()
+            admitted += 1
         return admitted

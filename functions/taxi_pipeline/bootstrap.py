@@ -77,9 +77,12 @@ class LocalPipeline:
 
     def drain(self, workers: int = 1) -> None:
         """Process the bus until it is idle and no request waits for a slot."""
-        self.bus.drain(workers)
-        while self.gate.release_all():
+        while True:
+            held = self.gate.holding()
             self.bus.drain(workers)
+            # The bus was idle: a run that held its slot since before has ended unseen.
+            if not self.gate.release(held) and not self.gate.waiting():
+                return
 
     def _collect(self, data: bytes, attributes: Mapping[str, str]) -> None:
         result = parse_model(IngestResult, data, "ingest result")

@@ -274,9 +274,10 @@ def test_gate_admits_n_per_dataset_in_order_and_frees_slots() -> None:
     assert gate.in_flight(Dataset.GREEN) == 2
     assert published.count("g4") == 0
 
-    assert gate.release_all() is True
+    assert gate.release(frozenset({"g1"})) == 1
     assert published[-1] == "g4"
-    assert gate.release_all() is False
+    assert gate.holding() == {"g3", "g4", "y1"}
+    assert gate.release(frozenset({"g1"})) == 0
     assert gate.peak[Dataset.GREEN] == 2
 
 
