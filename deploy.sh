@@ -31,7 +31,7 @@ PYTHON=${TAXI_PIPELINE_PYTHON:-.venv/bin/python}
 [[ -x $PYTHON ]] || PYTHON=python3
 
 # An action is printed (stderr) and, unless --dry-run, done. A probe only reads, never in --dry-run.
-run() { echo "+ $*" >&2; ((DRY_RUN)) || "$@" </dev/null; }
+run() { printf "+%s\n" "$(printf " %q" "$@")" >&2; ((DRY_RUN)) || "$@" </dev/null; }
 probe() { ((DRY_RUN == 0)) && gcloud "$@" --project="$PROJECT" </dev/null 2>/dev/null; }
 has_binding() { # has_binding MEMBER ROLE SURFACE... RESOURCE [FLAGS...]
   local member=$1 role=$2
@@ -80,6 +80,7 @@ spec=$("$PYTHON" -m infra.provision spec --project="$PROJECT" --region="$REGION"
 lines() { awk -F'\t' -v k="$1" '$1 == k' <<<"$spec"; }
 sa() { echo "$1@$PROJECT.iam.gserviceaccount.com"; }
 IFS=$'\t' read -r _ METRIC POLICY FILTER < <(lines alert)
+CHANNELS='type="email" AND userLabels.app="taxi-pipeline"'
 policy_name() { probe alpha monitoring policies list --filter="displayName=\"$POLICY\"" --format='value(name)' | head -n1; }
 
 # ---------------------------------------------------------------------------- destroy
@@ -97,6 +98,11 @@ if ((DESTROY)); then
   if ((DRY_RUN)) || probe logging metrics describe "$METRIC" >/dev/null; then
     run gcloud logging metrics delete "$METRIC" --project="$PROJECT" --quiet
   fi
+  channels=$(probe beta monitoring channels list --filter="$CHANNELS" --format='value(name)' || true)
+  if ((DRY_RUN)); then channels=CHANNEL; fi
+  for channel in $channels; do
+    run gcloud beta monitoring channels delete "$channel" --project="$PROJECT" --quiet
+  done
   while IFS=$'\t' read -r kind id role; do
     member=serviceAccount:$(sa "$id")
     if [[ $kind == project-role ]] && { ((DRY_RUN)) || has_binding "$member" "$role" projects get-iam-policy "$PROJECT"; }; then
@@ -121,8 +127,10 @@ if ((DESTROY)); then
 fi
 
 # ---------------------------------------------------------------------------- deploy
-# shellcheck disable=SC2046  # one word per API
-run gcloud services enable $(lines api | cut -f2) --project="$PROJECT" --quiet
+enabled=$(probe services list --enabled --format='value(config.name)' || true)
+missing=$(lines api | cut -f2 | grep -vxF -f <(printf '%s\n' "$enabled") || true)
+# shellcheck disable=SC2086  # one word per API
+[[ -z $missing ]] || run gcloud services enable $missing --project="$PROJECT" --quiet
 while IFS=$'\t' read -r _ id description; do
   probe iam service-accounts describe "$(sa "$id")" --format='value(email)' >/dev/null ||
     run gcloud iam service-accounts create "$id" --display-name="taxi-pipeline $description" \
@@ -184,12 +192,11 @@ if [[ $current == "(absent)" ]]; then
 elif [[ $current != "$FILTER" ]]; then
   run gcloud logging metrics update "$METRIC" --log-filter="$FILTER" --project="$PROJECT" --quiet
 fi
-channel=$(probe beta monitoring channels list --format='value(name)' \
-  --filter="type=\"email\" AND labels.email_address=\"$ALERT_EMAIL\"" | head -n1 || true)
+channel=$(probe beta monitoring channels list --format='value(name)' --filter="$CHANNELS AND labels.email_address=\"$ALERT_EMAIL\"" | head -n1 || true)
 if [[ -z $channel ]]; then
   channel=$(run gcloud beta monitoring channels create --display-name="taxi-pipeline $ALERT_EMAIL" \
-    --type=email --channel-labels=email_address="$ALERT_EMAIL" --format='value(name)' \
-    --project="$PROJECT" --quiet)
+    --type=email --channel-labels=email_address="$ALERT_EMAIL" --user-labels=app=taxi-pipeline \
+    --format='value(name)' --project="$PROJECT" --quiet)
   channel=${channel:-CHANNEL}
 fi
 if [[ -z $(policy_name || true) ]]; then

@@ -12,10 +12,15 @@ import logging
 from collections.abc import Iterable
 from datetime import date, timedelta
 
-from taxi_pipeline.datasets import object_name
-from taxi_pipeline.errors import DataQualityError, InvalidMessage, PermanentError
+from taxi_pipeline.datasets import Dataset, Month, object_name
+from taxi_pipeline.errors import (
+    DataQualityError,
+    InvalidMessage,
+    PermanentError,
+    VerificationFailed,
+)
 from taxi_pipeline.messages import IngestResult, MergeRequest, RunState
-from taxi_pipeline.ports import DateRange, JobContext, LoadRecord, Ports
+from taxi_pipeline.ports import DateRange, JobContext, LoadRecord, Ports, StagingSummary
 from taxi_pipeline.runs import StepRecorder, utcnow
 from taxi_pipeline.steps.common import Invocation, publish_result
 
@@ -32,6 +37,33 @@ def pickup_ranges(dates: Iterable[date]) -> list[DateRange]:
         else:
             ranges.append(DateRange(day, day + timedelta(days=1)))
     return ranges
+
+
+def _check_staged(staged: StagingSummary, name: str, ports: Ports) -> None:
+    """Refuse a month with no rows or too many values that do not fit the column types."""
+    minimum = ports.settings.min_rows_per_file
+    if staged.rows < minimum:
+        # Downloads are verified before raw/; a hand upload is only checked at its head.
+        raise VerificationFailed(
+            f"{name} has no data rows"
+            if staged.rows == 0
+            else f"{name} has {staged.rows} data rows, fewer than the plausible minimum {minimum}"
+        )
+    limit = ports.settings.bad_row_threshold * staged.rows
+    if staged.rows_bad > limit:
+        samples = " | ".join(staged.bad_samples[:3])
+        raise DataQualityError(
+            f"{staged.rows_bad} of {staged.rows} rows have values that do not fit the column"
+            f" types (threshold {ports.settings.bad_row_threshold:.4%}); nothing was merged."
+            f" Samples: {samples}"
+        )
+
+
+def _drop_quietly(ports: Ports, dataset: Dataset, month: Month) -> None:
+    try:
+        ports.warehouse.drop_month_objects(dataset, month)
+    except Exception:
+        log.warning("could not drop the %s %s month tables", dataset.value, month, exc_info=True)
 
 
 def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestResult:
@@ -80,23 +112,21 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
             return result
 
         ports.warehouse.ensure_final_table(dataset)
-        # Recreated here too: a crash between register and merge must not strand the run.
-        ports.warehouse.create_external_table(dataset, month, source)
-        staged = ports.warehouse.stage(dataset, month, source, context)
-        limit = ports.settings.bad_row_threshold * staged.rows
-        if staged.rows_bad > limit:
-            ports.warehouse.drop_month_objects(dataset, month)
-            samples = " | ".join(staged.bad_samples[:3])
-            raise DataQualityError(
-                f"{staged.rows_bad} of {staged.rows} rows have values that do not fit the column"
-                f" types (threshold {ports.settings.bad_row_threshold:.4%}); nothing was merged."
-                f" Samples: {samples}"
-            )
-        ranges = pickup_ranges(staged.pickup_dates)
-        with ports.locks.hold(f"insert-{dataset.value}"):
-            inserted = ports.warehouse.merge_staged(
-                dataset, month, ranges, staged.rows_without_pickup > 0, context
-            )
+        try:
+            # Recreated here too: a crash between register and merge must not strand the run.
+            ports.warehouse.create_external_table(dataset, month, source)
+            staged = ports.warehouse.stage(dataset, month, source, context)
+            _check_staged(staged, source.name, ports)
+            ranges = pickup_ranges(staged.pickup_dates)
+            with ports.locks.hold(f"insert-{dataset.value}"):
+                inserted = ports.warehouse.merge_staged(
+                    dataset, month, ranges, staged.rows_without_pickup > 0, context
+                )
+        except PermanentError:
+            # A refused month leaves no external or staging table behind. (After a transient
+            # failure they stay: the redelivery replaces them.)
+            _drop_quietly(ports, dataset, month)
+            raise
         ports.warehouse.drop_month_objects(dataset, month)
         ports.warehouse.record_load(
             LoadRecord(
