@@ -22,7 +22,7 @@ import pytest
 from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
 from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
 from taxi_pipeline.datasets import Dataset, Month, object_name
-from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
+from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.errors import PermanentError
 from taxi_pipeline.messages import RunState
 from taxi_pipeline.ports import JobContext, LoadRecord, ObjectInfo, RunEvent, Warehouse
@@ -88,16 +88,12 @@ def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
 
 
 CONFIGS = [
-    pytest.param(AdapterConfig("duckdb", _duckdb), id="duckdb"),
-    pytest.param(
-        AdapterConfig("bigquery-emulator-load", _bigquery),
-        marks=pytest.mark.emulator,
-        id="bigquery-emulator-load",
-    ),
+    pytest.param(AdapterConfig("duckdb", _duckdb)),
+    pytest.param(AdapterConfig("bigquery-emulator-load", _bigquery), marks=pytest.mark.emulator),
 ]
 
 
-@pytest.fixture(params=CONFIGS)
+@pytest.fixture(params=CONFIGS, ids=lambda c: c.name)
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     config: AdapterConfig = request.param
     yield from config.build(request, tmp_path)
@@ -148,6 +144,26 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     assert _count(warehouse, GREEN.final_table) == ROWS
     distinct = warehouse.query("SELECT COUNT(DISTINCT unique_row_id) FROM green_tripdata")
     assert distinct.rows == [(ROWS - green_file.duplicate_rows,)]
+
+
+def test_rows_without_pickup_merge_once(harness: Harness, tmp_path: Path) -> None:
+    good = "2,2019-01-05 10:00:00,2019-01-05 10:10:00,N,1,74,75,1,1.2,7,0,0.5,0,0,,0.3,7.8,2,1,"
+    no_pickup = good.replace("2019-01-05 10:00:00", "", 1)
+    bad_number = good.replace(",7,0,", ",seven,0,", 1)
+    path = write_raw(tmp_path / "green.csv.gz", GREEN.layout.header, [good, no_pickup, bad_number])
+    warehouse = harness.warehouse
+    source = harness.put(path, GREEN, JAN)
+    context = JobContext("green-201901-nopickup", GREEN, JAN, "merge")
+    warehouse.ensure_final_table(GREEN)
+    warehouse.create_external_table(GREEN, JAN, source)
+    staged = warehouse.stage(GREEN, JAN, source, context)
+    assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (3, 1, 1)
+    assert staged.bad_samples == (bad_number,)
+    ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(GREEN, JAN, ranges, True, context) == 3
+    # The NULL-pickup row is found again only because the target's NULL pickups are read.
+    assert warehouse.merge_staged(GREEN, JAN, ranges, True, context) == 0
+    assert _count(warehouse, GREEN.final_table) == 3
 
 
 def test_drop_month_objects_leaves_nothing(harness: Harness, green_file: GeneratedFile) -> None:

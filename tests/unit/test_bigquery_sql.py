@@ -87,7 +87,7 @@ def test_staging_sql_types_nulls_flags_and_expires() -> None:
     sql = staging_sql(GREEN, JAN, STAGING, "`p.d.green_tripdata_2019_01_raw`")
     assert sql.startswith(
         f"CREATE OR REPLACE TABLE {STAGING}\nOPTIONS (expiration_timestamp = "
-        "TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 24 HOUR))\nAS\n"
+        "TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 1 DAY))\nAS\n"
     )
     assert f"SELECT {unique_row_id_sql(GREEN)} AS unique_row_id," in sql
     assert "'green_tripdata_2019-01.csv' AS filename" in sql
@@ -128,7 +128,7 @@ def test_external_table_sql_has_an_explicit_all_string_schema() -> None:
         f"uris = ['{uri}']",
         "skip_leading_rows = 1",
         "compression = 'GZIP'",
-        "expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 24 HOUR)",
+        "expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 1 DAY)",
     ):
         assert option in sql
     assert "ignore_unknown_values" not in sql  # strict, as DuckDB: a short line fails the file

@@ -180,8 +180,8 @@ def _final_description(dataset: Dataset) -> str:
 
 
 def _expiration_option() -> str:
-    hours = int(STAGING_EXPIRATION.total_seconds() // 3600)
-    return f"expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {hours} HOUR)"
+    days = STAGING_EXPIRATION.days
+    return f"expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {days} DAY)"
 
 
 def external_table_sql(dataset: Dataset, table_ref: str, uri: str) -> str:
