@@ -101,7 +101,16 @@ def unique_row_id_sql(dataset: Dataset, alias: str = "") -> str:
 
 def _translate(exc: duckdb.Error, what: str) -> Exception:
     """DuckDB errors at the adapter edge: write conflicts are transient, the rest permanent."""
-    message = str(exc).splitlines()[0][:500]
+    lines = str(exc).splitlines()
+    message = lines[0][:500]
+    if "CSV Error" in message:
+        # The cause is on a later line ("Expected Number of Columns: 20 Found: 21", "Invalid
+        # unicode ... not utf-8 encoded"); the row itself and DuckDB's advice are left out.
+        cause = next(
+            (line for line in lines[1:] if line and not line.startswith(("Original", "Possible"))),
+            "",
+        )
+        message = f"{message}: {cause[:300]}" if cause else message
     if isinstance(exc, duckdb.TransactionException) or "Conflict" in message:
         return TransientError(f"{what}: {message}")
     if isinstance(exc, duckdb.IOException) and "lock" in message.lower():
