@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from support.reliability import MONTHS, Rig, RigFactory, Source, make_rig
+from support.reliability import JAN, MONTHS, Rig, RigFactory, Source, make_rig
 from taxi_pipeline.datasets import Dataset, Month
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
@@ -63,3 +64,29 @@ def rig_factory(tmp_path: Path, source: Source) -> Iterator[RigFactory]:
 @pytest.fixture
 def rig(rig_factory: RigFactory) -> Rig:
     return rig_factory()
+
+
+@pytest.fixture(scope="session")
+def baseline_home(
+    tmp_path_factory: pytest.TempPathFactory,
+    _server: SourceServer,
+    source_files: dict[tuple[Dataset, Month], GeneratedFile],
+) -> Path:
+    """A pipeline home with green 2019-01 loaded (closed; copy it before use)."""
+    home = tmp_path_factory.mktemp("baseline") / "home"
+    rig = make_rig(home, _server.base_url)
+    rig.bus.submit(Dataset.GREEN, JAN, "green-201901-baseline")
+    rig.run()
+    assert rig.final_count(Dataset.GREEN) == source_files[(Dataset.GREEN, JAN)].rows
+    rig.close()
+    return home
+
+
+@pytest.fixture
+def loaded_rig(tmp_path: Path, baseline_home: Path, source: Source) -> Iterator[Rig]:
+    """A pipeline with green 2019-01 already loaded (a copy of the baseline home)."""
+    home = tmp_path / "home"
+    shutil.copytree(baseline_home, home)
+    rig = make_rig(home, source.url)
+    yield rig
+    rig.close()
