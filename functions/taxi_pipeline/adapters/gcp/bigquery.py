@@ -310,16 +310,16 @@ def merge_sql(
     )
 
 
-def run_history_sql(dataset_ref: str) -> str:
+def run_history_sql(runs_ref: str, loads_ref: str) -> str:
     """Script creating ``pipeline_runs`` and ``pipeline_loads`` when missing."""
     return (
-        f"CREATE TABLE IF NOT EXISTS {dataset_ref}.{RUNS_TABLE} (\n"
+        f"CREATE TABLE IF NOT EXISTS {runs_ref} (\n"
         "  run_id STRING NOT NULL, dataset STRING, month STRING, step STRING NOT NULL,\n"
         "  state STRING NOT NULL, attempt INT64, started_at TIMESTAMP, finished_at TIMESTAMP,\n"
         "  `rows` INT64, `bytes` INT64, labels STRING, error STRING, details STRING,\n"
         "  recorded_at TIMESTAMP NOT NULL, seq INT64\n"
         ")\nPARTITION BY DATE(recorded_at)\nCLUSTER BY dataset, run_id;\n"
-        f"CREATE TABLE IF NOT EXISTS {dataset_ref}.{LOADS_TABLE} (\n"
+        f"CREATE TABLE IF NOT EXISTS {loads_ref} (\n"
         "  dataset STRING NOT NULL, month STRING NOT NULL, object_name STRING NOT NULL,\n"
         "  generation STRING NOT NULL, run_id STRING NOT NULL, rows_in_file INT64 NOT NULL,\n"
         "  rows_inserted INT64 NOT NULL, loaded_at TIMESTAMP NOT NULL\n"
@@ -417,10 +417,6 @@ class BigQueryWarehouse:
                 self._client.close()  # type: ignore[no-untyped-call]
 
     # -- names -------------------------------------------------------------------------------
-
-    @property
-    def dataset_ref(self) -> str:
-        return quote_ident(f"{self.project}.{self.dataset}")
 
     def table_id(self, table: str) -> str:
         """``project.dataset.table`` (API form)."""
@@ -624,7 +620,7 @@ class BigQueryWarehouse:
             if not self._history_ready:
                 self._query(
                     "create run history tables",
-                    run_history_sql(self.dataset_ref),
+                    run_history_sql(self.table_ref(RUNS_TABLE), self.table_ref(LOADS_TABLE)),
                     job_labels(step="history"),
                 )
                 self._history_ready = True
