@@ -1,0 +1,149 @@
+"""``runs``, ``runs show``, ``status [--html]`` and ``schedule`` on the embedded default."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+from support.e2e import Cli, Source
+from taxi_pipeline.datasets import Dataset, Month
+from taxi_pipeline.devkit.source_server import Fault
+
+_RUN_ID = re.compile(r"^((?:green|yellow)-\d{6}-[0-9a-f]{8})\s", re.MULTILINE)
+
+
+def _run_ids(out: str) -> list[str]:
+    return _RUN_ID.findall(out)
+
+
+def test_runs_lists_one_line_per_run_and_show_draws_its_timeline(cli: Cli, source: Source) -> None:
+    assert cli("run", "green", "2019-01")[0] == 0
+    assert cli("run", "yellow", "2019-02")[0] == 0
+
+    code, out = cli("runs")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["RUN", "ID", "DATASET", "MONTH"]
+    assert len(_run_ids(out)) == 2
+    green_line = next(line for line in lines if line.startswith("green-201901-"))
+    assert re.search(r"green\s+2019-01\s+SUCCESS\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+\d", green_line)
+    assert f"{source.files[(Dataset.GREEN, Month(2019, 1))].rows:,}" in green_line
+    assert "trigger=manual" in green_line
+
+    code, out = cli("runs", "--dataset", "yellow")
+    assert [i.split("-")[0] for i in _run_ids(out)] == ["yellow"]
+    code, out = cli("runs", "--state", "failed")
+    assert _run_ids(out) == []
+    code, out = cli("runs", "--since", "1h")
+    assert len(_run_ids(out)) == 2
+
+    run_id = green_line.split()[0]
+    code, out = cli("runs", "show", run_id, "--width", "40")
+    assert code == 0, out
+    assert f"run       {run_id}" in out
+    assert "state     SUCCESS" in out
+    steps = [line for line in out.splitlines() if line.endswith("|") and "|" in line[:-1]]
+    assert [line.split()[0] for line in steps] == ["STEP", "queue", "download", "register", "merge"]
+    assert all(len(line.rsplit("|", 2)[1]) == 40 for line in steps[1:])
+    assert "█" in steps[2]
+
+
+def test_a_failing_run_shows_failed_with_its_reason(cli: Cli, source: Source) -> None:
+    name = "green_tripdata_2019-02.csv.gz"
+    source.server.inject(name, Fault.replace_body(b"<html>rate limited</html>", times=None))
+    try:
+        code, out = cli("run", "green", "2019-02")
+    finally:
+        source.server.clear_faults(name)
+    assert code == 1, out
+
+    code, out = cli("runs", "--state", "FAILED")
+    assert code == 0, out
+    (run_id,) = _run_ids(out)
+    line = next(line for line in out.splitlines() if line.startswith(run_id))
+    assert "FAILED" in line
+    assert "gzip" in line, "the reason is on the run's line"
+
+    code, out = cli("runs", "show", run_id)
+    assert "state     FAILED" in out
+    assert re.search(r"download \(try 1, FAILED\): .*gzip", out)
+    assert "X" in next(line for line in out.splitlines() if line.startswith("download"))
+
+    code, out = cli("status")
+    assert re.search(r"^2019-02\s+\.\s+FAILED$", out, re.MULTILINE), out
+
+
+def test_status_matrix_and_html_page(cli: Cli, source: Source, tmp_path: Path) -> None:
+    assert cli("run", "yellow", "2019-01..2019-03")[0] == 0
+    assert cli("run", "green", "2019-01")[0] == 0
+    assert cli("run", "green", "2021-08")[0] == 0  # past the published range: SKIPPED, not shown
+
+    page = tmp_path / "status.html"
+    code, out = cli("status", "--html", str(page))
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].split() == ["MONTH", "yellow", "green"]
+    yellow = source.files[(Dataset.YELLOW, Month(2019, 1))].rows
+    green = source.files[(Dataset.GREEN, Month(2019, 1))].rows
+    assert re.search(rf"^2019-01\s+{yellow:,}\s+{green:,}$", out, re.MULTILINE)
+    assert re.search(r"^2019-04\s+\.\s+\.$", out, re.MULTILINE)
+    assert sum(1 for line in lines if re.match(r"^20\d\d-\d\d ", line)) == 31, "2019-01..2021-07"
+    assert "yellow: 3/31 loaded" in out
+    assert "green: 1/31 loaded" in out
+
+    html = page.read_text()
+    parser = _Collect()
+    parser.feed(html)
+    assert not {"script", "link", "img", "iframe"} & set(parser.tags), "no network assets"
+    assert not {"src", "href"} & parser.attributes
+    assert "svg" in parser.tags
+    assert parser.tags.count("rect") >= 4 * 3, "a bar per step of each run"
+    assert f"{green:,}" in html
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes.update(name for name, _ in attrs)
+
+
+def test_schedule_catches_up_from_since_then_from_memory_and_skips_unpublished(
+    cli: Cli,
+) -> None:
+    code, out = cli(
+        "schedule", "--since", "2019-01-01", "--until", "2019-02-01T12:00", "--workers", "2"
+    )
+    assert code == 0, out
+    fires = re.findall(r"^fire (\S+) at (\S+ \S+) UTC -> (\w+) (\S+)", out, re.MULTILINE)
+    assert fires == [
+        ("taxi-green-monthly", "2019-01-01 09:00", "green", "2019-01"),
+        ("taxi-yellow-monthly", "2019-01-01 10:00", "yellow", "2019-01"),
+        ("taxi-green-monthly", "2019-02-01 09:00", "green", "2019-02"),
+        ("taxi-yellow-monthly", "2019-02-01 10:00", "yellow", "2019-02"),
+    ]
+    assert out.count(": SUCCESS") == 4
+    assert "4 fires, 0 failed" in out
+
+    # Restarted later: resumes after the remembered fires; April is not published -> SKIPPED.
+    code, out = cli("schedule", "--dataset", "yellow", "--until", "2019-04-02")
+    assert code == 0, out
+    months = re.findall(r"-> yellow (\S+) \(run", out)
+    assert months == ["2019-03", "2019-04"]
+    assert re.search(r"yellow 2019-04 \S+: SKIPPED - .*not published \(HTTP 404\)", out)
+
+    code, out = cli("runs", "--label", "trigger=schedule", "--dataset", "yellow")
+    assert len(_run_ids(out)) == 4
+    assert "fired=201904011000" in out
+    assert "schedule=taxi-yellow-monthly" in out
+
+    # Nothing missed any more, and --no-catchup never replays: both fire nothing.
+    code, out = cli("schedule", "--dataset", "yellow", "--until", "2019-04-02")
+    assert "0 fires" in out
+    code, out = cli("schedule", "--no-catchup", "--once")
+    assert "0 fires" in out
