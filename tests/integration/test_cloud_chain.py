@@ -400,3 +400,23 @@ def test_two_months_through_the_cloud_chain_then_redelivery_inserts_nothing(
     assert chain.count("green_tripdata") == chain.files[(Dataset.GREEN, Month(2019, 1))].rows
     assert chain.count("yellow_tripdata") == chain.files[(Dataset.YELLOW, Month(2019, 1))].rows
     assert len([r for r in chain.source.requests if r[1] == 200]) == downloads  # not refetched
+
+
+def test_a_file_uploaded_by_hand_into_raw_is_loaded(chain: Chain, tmp_path: Path) -> None:
+    """``gcloud storage cp green_tripdata_2019-02.csv.gz gs://BUCKET/raw/green/``: no metadata,
+    no ingest request; the object event alone starts a run."""
+    generated = generate_month(tmp_path, Dataset.GREEN, Month(2019, 2), rows=700, seed=5)
+    blob = chain.gcs.bucket(chain.bucket).blob("raw/green/green_tripdata_2019-02.csv.gz")
+    blob.upload_from_filename(str(generated.path), content_type="application/gzip")
+
+    (result,) = chain.results(1)
+    assert (result["dataset"], result["month"], result["state"]) == ("green", "2019-02", "SUCCESS")
+    assert result["labels"] == {"trigger": "upload"}
+    assert result["rows_inserted"] == generated.rows
+    counts = {
+        row["filename"]: row["n"]
+        for row in chain.bigquery.query_and_wait(
+            f"SELECT filename, count(*) AS n FROM {chain.dataset}.green_tripdata GROUP BY 1"
+        )
+    }
+    assert counts["green_tripdata_2019-02.csv"] == generated.rows  # the reference's filename
