@@ -401,7 +401,7 @@ def gantt(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
     for step in run.steps:
         start = step.started_at or origin
         stop = step.finished_at or (now if run.is_active else start)
-        wait_to = edge(start + step.waited)
+        wait_to = col(start + step.waited)
         rows.append(
             (
                 step.step,
