@@ -297,6 +297,8 @@ class DuckDbWarehouse:
     # -- run history ------------------------------------------------------------------------
 
     def append_run_events(self, events: Sequence[RunEvent]) -> None:
+        if not events:
+            return
         rows = [
             (
                 e.run_id,
