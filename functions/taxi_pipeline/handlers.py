@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 ALERT_LABEL = "taxi-pipeline-run-failed"
 """Value of the ``alert`` field on the ERROR line a log-based alert matches."""
 
+_RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
+"""The patterns of ``messages.RunId`` / ``Labels``."""
+
 _SOURCE_DELIVERY_COUNT = ("CloudPubSubDeadLetterSourceDeliveryCount", "delivery_attempts")
 """Where a dead-lettered message says how often it was delivered: the attribute Pub/Sub adds
 when it forwards to the dead-letter topic, and the in-process bus's own. The dead-letter
@@ -40,7 +46,7 @@ def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
     """Pub/Sub ``ingest-requests`` -> download."""
     invocation = Invocation("download")
     with _handling(event, invocation, ports):
-        _check_age(event, ports)
+        _check_age(event, ports, invocation)
         envelope, body = parse_pubsub(event)
         invocation.attempt = envelope.delivery_attempt or 1
         request = parse_model(IngestRequest, body, "ingest request")
@@ -52,7 +58,7 @@ def handle_object_finalized(event: CloudEventLike, ports: Ports) -> None:
     """GCS object finalized in the lake -> register the external table."""
     invocation = Invocation("register")
     with _handling(event, invocation, ports):
-        _check_age(event, ports)
+        _check_age(event, ports, invocation)
         register.run(parse_gcs(event), invocation, ports)
 
 
@@ -60,7 +66,7 @@ def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
     """Pub/Sub ``merge-requests`` -> stage and merge."""
     invocation = Invocation("merge")
     with _handling(event, invocation, ports):
-        _check_age(event, ports)
+        _check_age(event, ports, invocation)
         envelope, body = parse_pubsub(event)
         invocation.attempt = envelope.delivery_attempt or 1
         merge.run(parse_model(MergeRequest, body, "merge request"), invocation, ports)
@@ -72,15 +78,7 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
     with _handling(event, invocation, ports):  # no age limit: a failure must be recorded
         envelope, _body = parse_pubsub(event)
         attributes = envelope.message.attributes
-        try:
-            invocation.dataset = Dataset(attributes.get("dataset", ""))
-            invocation.month = Month.parse(attributes.get("month", ""))
-        except ValueError:
-            invocation.dataset = invocation.month = None
-        invocation.run_id = attributes.get("run_id") or None
-        invocation.labels = {
-            k.removeprefix("label_"): v for k, v in attributes.items() if k.startswith("label_")
-        }
+        _identify(attributes, invocation)
         last_error = _last_error(ports, invocation.run_id)
         attempts = next(
             (attributes[k] for k in _SOURCE_DELIVERY_COUNT if attributes.get(k, "").isdigit()),
@@ -122,12 +120,39 @@ def _handling(event: CloudEventLike, invocation: Invocation, ports: Ports) -> It
             raise
 
 
-def _check_age(event: CloudEventLike, ports: Ports) -> None:
+def _identify(attributes: Mapping[str, str], invocation: Invocation) -> None:
+    """The run an event belongs to, from the attributes every message of a run carries.
+
+    Only valid values are taken: a failure is recorded against a run (and its result
+    published) only when the identity is one our messages could have carried; otherwise it is
+    recorded under a ``rejected-...`` id. Attributes are not trusted more than bodies are.
+    """
+    try:
+        dataset = Dataset(attributes.get("dataset", ""))
+        month = Month.parse(attributes.get("month", ""))
+    except ValueError:
+        return
+    run_id = attributes.get("run_id", "")
+    invocation.dataset, invocation.month = dataset, month
+    invocation.run_id = run_id if _RUN_ID.match(run_id) else None
+    invocation.labels = {
+        key[6:]: value
+        for key, value in attributes.items()
+        if key.startswith("label_") and _LABEL_KEY.match(key[6:]) and _LABEL_VALUE.match(value)
+    }
+
+
+def _check_age(event: CloudEventLike, ports: Ports, invocation: Invocation) -> None:
     when = event_time(event)
     if when is None:
         return
     age = (datetime.now(UTC) - when).total_seconds()
     if age > ports.settings.max_event_age_seconds:
+        # Dropped unread, but recorded against its run when the attributes say which one.
+        message = event.data.get("message") if isinstance(event.data, dict) else None
+        attributes = message.get("attributes") if isinstance(message, dict) else None
+        if isinstance(attributes, dict) and all(isinstance(v, str) for v in attributes.values()):
+            _identify(attributes, invocation)
         raise _TooOld(
             f"event is {age:.0f} s old, past the maximum age of"
             f" {ports.settings.max_event_age_seconds} s; dropped"
