@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from support.reliability import JAN, MONTHS, Rig, RigFactory, Source, make_rig
+from support.reliability import JAN, MONTHS, JsonLog, Rig, RigFactory, Source, make_rig
 from taxi_pipeline.datasets import Dataset, Month
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
+from taxi_pipeline.logs import configure_logging
+from taxi_pipeline.settings import LogFormat
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +96,28 @@ def loaded_rig(tmp_path: Path, baseline_home: Path, source: Source) -> Iterator[
     rig = make_rig(home, source.url)
     yield rig
     rig.close()
+
+
+@pytest.fixture
+def json_log() -> Iterator[JsonLog]:
+    """The pipeline's own JSON log lines (what Cloud Logging would index), parsed.
+
+    ``configure_logging`` installs the handler the functions use; its stream is pointed at a
+    buffer (``StreamHandler.setStream``) so the test reads exactly what would reach stderr.
+    """
+    root = logging.getLogger()
+    level = root.level
+    configure_logging(LogFormat.JSON, "DEBUG")
+    buffer = io.StringIO()
+    ours = [h for h in root.handlers if getattr(h, "_taxi_pipeline", False)]
+    for handler in ours:
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(buffer)
+
+    def read() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+    yield read
+    for handler in ours:
+        root.removeHandler(handler)
+    root.setLevel(level)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cloudevents.http import CloudEvent
 
@@ -560,3 +560,4 @@ def assert_exact(rig: Rig, generated: GeneratedFile) -> None:
 
 
 RigFactory = Callable[..., Rig]
+JsonLog = Callable[[], list[dict[str, Any]]]

@@ -1,0 +1,99 @@
+"""Old events are dropped and recorded; failures past their deliveries reach the dead letter,
+mark the run FAILED with its reason and raise an alert (a structured ERROR log line)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+from support.reliability import (
+    JAN,
+    PROJECT,
+    FailingWarehouse,
+    JsonLog,
+    Rig,
+    RigFactory,
+    Source,
+)
+from taxi_pipeline.datasets import Dataset
+from taxi_pipeline.errors import TransientError
+from taxi_pipeline.events import build_pubsub_event
+from taxi_pipeline.handlers import ALERT_LABEL
+from taxi_pipeline.messages import RunState, Topic
+
+RUN = "green-201901-alerts"
+
+
+def _alerts(lines: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [line for line in lines if line.get("alert") == ALERT_LABEL]
+
+
+def test_an_event_past_the_maximum_age_is_dropped_and_recorded(
+    rig: Rig, source: Source, json_log: JsonLog
+) -> None:
+    old = datetime.now(UTC) - timedelta(seconds=rig.ports.settings.max_event_age_seconds + 60)
+    key = rig.bus.submit(Dataset.GREEN, JAN, RUN, time=old)
+    rig.run()
+
+    assert rig.bus.deliveries[key] == 1  # acknowledged, not retried
+    assert source.server.requests == []  # dropped before any work
+    (event,) = rig.events(RUN)  # recorded against its run (identity from the attributes)
+    assert event.state is RunState.FAILED
+    assert event.error is not None
+    assert "past the maximum age" in event.error
+    assert (event.dataset, event.month) == ("green", "2019-01")
+    assert [r.state for r in rig.bus.results()] == [RunState.FAILED]
+    assert rig.raw_objects() == []
+    (alert,) = _alerts(json_log())
+    assert alert["run_id"] == RUN
+
+
+def test_a_failure_past_its_deliveries_is_dead_lettered_failed_and_alerted(
+    rig_factory: RigFactory, source: Source, json_log: JsonLog
+) -> None:
+    rig = rig_factory(
+        max_attempts=3,
+        wrap_warehouse=partial(
+            FailingWarehouse, error=TransientError("Too many DML statements outstanding")
+        ),
+    )
+    rig.bus.submit(Dataset.GREEN, JAN, RUN)
+    rig.run()
+
+    merges = [e for e in rig.events(RUN) if e.step == "merge" and e.state is RunState.RETRYING]
+    assert [e.attempt for e in merges] == [1, 2, 3]  # bounded: max delivery attempts
+    assert any(topic == Topic.DEAD_LETTER for topic, _, _ in rig.bus.published)
+    last = rig.events(RUN)[-1]
+    assert (last.step, last.state) == ("dead-letter", RunState.FAILED)
+    assert last.error is not None
+    assert last.error.startswith("gave up after 3 delivery attempts; last error:")
+    assert "Too many DML statements outstanding" in last.error
+    assert rig.bus.results()[-1].state is RunState.FAILED
+    assert rig.leftovers() != [] or True  # staging may stay after transient failures (expiry)
+
+    (alert,) = _alerts(json_log())
+    assert alert["severity"] == "ERROR"
+    assert alert["run_id"] == RUN
+    assert (alert["dataset"], alert["month"], alert["step"]) == ("green", "2019-01", "dead-letter")
+    assert "gave up after 3 delivery attempts" in str(alert["message"])
+    assert alert["logging.googleapis.com/labels"] == {
+        "step": "dead-letter",
+        "event_id": alert["event_id"],
+        "run_id": RUN,
+        "dataset": "green",
+        "month": "2019-01",
+    }
+    # Every line of the run is a JSON object Cloud Logging can index.
+    assert all(isinstance(line.get("severity"), str) and "message" in line for line in json_log())
+
+
+def test_a_dead_letter_with_garbage_attributes_is_still_recorded_once(rig: Rig) -> None:
+    attributes = {"run_id": "NOT A RUN ID'; --", "dataset": "green", "month": "2019-01"}
+    event = build_pubsub_event(PROJECT, Topic.DEAD_LETTER, b"whatever", attributes)
+    key = rig.bus.deliver_event(Topic.DEAD_LETTER, event, attributes, b"whatever")
+    rig.run()
+    assert rig.bus.deliveries[key] == 1
+    assert rig.bus.failures == []
+    (recorded,) = rig.events()
+    assert recorded.state is RunState.FAILED
+    assert recorded.run_id != attributes["run_id"]
