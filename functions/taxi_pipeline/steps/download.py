@@ -54,6 +54,10 @@ def check_source_base(settings: Settings) -> str:
     """The configured source base, refused unless https (plain http only on loopback or opt-in)."""
     base = settings.source_url.rstrip("/")
     parts = urlsplit(base)
+    # First, and without echoing the URL: the messages below quote it, and settings errors
+    # reach logs and run records.
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError("source URL must not carry a query, fragment or credentials")
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigurationError(f"source URL {base!r} must be an http(s) URL")
     if (
