@@ -7,11 +7,12 @@ logged while a step runs carries it, whichever module logs.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Final
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -43,9 +44,32 @@ def log_context(**fields: str | None) -> Iterator[None]:
         _CONTEXT.reset(token)
 
 
+_SECRETS: Final = (
+    # Query strings: ours never have one (the source base refuses them), a redirect target
+    # does (GitHub release downloads redirect to pre-signed URLs: X-Amz-Signature=...).
+    (re.compile(r"(\w://[^\s?'\"]*)\?[^\s'\"]+"), r"\1?<redacted>"),
+    # Userinfo in URLs.
+    (re.compile(r"(\w://)[^/@\s'\"]+@"), r"\1<redacted>@"),
+    # Header values as httpcore's debug lines print them.
+    (re.compile(r"(?i)((?:authorization|cookie|x-goog-[\w-]*)'?,\s*b?')[^']*"), r"\1<redacted>"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` without the credentials a URL or an HTTP header line can carry."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.run_context = _CONTEXT.get()
+        # Every record, whichever library logs it (httpx logs each request's URL at INFO).
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
         return True
 
 
