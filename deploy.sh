@@ -33,17 +33,21 @@ PYTHON=${TAXI_PIPELINE_PYTHON:-.venv/bin/python}
 # An action is printed (stderr) and, unless --dry-run, done. A probe only reads, never in --dry-run.
 run() { printf "+%s\n" "$(printf " %q" "$@")" >&2; ((DRY_RUN)) || "$@" </dev/null; }
 probe() { ((DRY_RUN == 0)) && gcloud "$@" --project="$PROJECT" </dev/null 2>/dev/null; }
-has_binding() { # has_binding MEMBER ROLE SURFACE... RESOURCE [FLAGS...]
-  local member=$1 role=$2
-  shift 2
-  probe "$@" --flatten='bindings[].members' --format='value(bindings.role,bindings.members)' |
-    grep -qxF "$role"$'\t'"$member"
+declare -A POLICIES=() # "SURFACE RESOURCE FLAGS" -> "role<TAB>member" lines, read once
+has_binding() { # has_binding MEMBER ROLE "SURFACE" RESOURCE [FLAGS...]
+  local member=$1 role=$2 key="$3 $4 ${*:5}" surface
+  read -r -a surface <<<"$3"
+  if [[ -z ${POLICIES[$key]+set} ]]; then
+    POLICIES[$key]=$(probe "${surface[@]}" get-iam-policy "${@:4}" --flatten='bindings[].members' \
+      --format='value(bindings.role,bindings.members)' || true)
+  fi
+  grep -qxF "$role"$'\t'"$member" <<<"${POLICIES[$key]}"
 }
 grant() { # grant MEMBER ROLE "SURFACE" RESOURCE [FLAGS...]
   local member=$1 role=$2 resource=$4 surface
+  has_binding "$@" && return
   read -r -a surface <<<"$3"
   shift 4
-  has_binding "$member" "$role" "${surface[@]}" get-iam-policy "$resource" "$@" && return
   [[ ${surface[0]} == projects ]] && set -- "$@" --condition=None
   run gcloud "${surface[@]}" add-iam-policy-binding "$resource" "$@" --member="$member" \
     --role="$role" --project="$PROJECT" --quiet >/dev/null
@@ -105,13 +109,13 @@ if ((DESTROY)); then
   done
   while IFS=$'\t' read -r kind id role; do
     member=serviceAccount:$(sa "$id")
-    if [[ $kind == project-role ]] && { ((DRY_RUN)) || has_binding "$member" "$role" projects get-iam-policy "$PROJECT"; }; then
+    if [[ $kind == project-role ]] && { ((DRY_RUN)) || has_binding "$member" "$role" projects "$PROJECT"; }; then
       run gcloud projects remove-iam-policy-binding "$PROJECT" --member="$member" --role="$role" \
         --condition=None --project="$PROJECT" --quiet >/dev/null
     fi
     # A kept bucket would otherwise list the deleted accounts forever.
     if [[ $kind == bucket-role ]] && ((DELETE_DATA == 0)) &&
-      { ((DRY_RUN)) || has_binding "$member" "$role" storage buckets get-iam-policy "gs://$BUCKET"; }; then
+      { ((DRY_RUN)) || has_binding "$member" "$role" "storage buckets" "gs://$BUCKET"; }; then
       run gcloud storage buckets remove-iam-policy-binding "gs://$BUCKET" --member="$member" \
         --role="$role" --project="$PROJECT" --quiet >/dev/null
     fi

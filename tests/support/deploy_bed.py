@@ -1,4 +1,6 @@
-"""``deploy.sh`` run from a scratch copy of the repo with a recording ``gcloud`` on PATH."""
+"""``deploy.sh`` run from a scratch copy of the repo with a recording ``gcloud`` on PATH.
+
+The ``bed`` fixture of tests/deploy builds a :class:`DeployBed`."""
 
 from __future__ import annotations
 
@@ -9,17 +11,16 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "deploy"
 PROJECT, REGION = "demo-proj", "europe-west1"
 
-READ_VERBS = frozenset({"describe", "list", "get-iam-policy", "print-access-token", "service-agent"})
+READ_VERBS = frozenset(
+    {"describe", "list", "get-iam-policy", "print-access-token", "service-agent"}
+)
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,12 @@ class DeployBed:
 
 def _wrapper(path: Path, role: str) -> None:
     fake = HERE / "fake_gcloud.py"
-    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{fake}" {role} "$@"\n')
+    # -I -S: the stand-in needs only the standard library, and starts twice as fast.
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{fake}" {role} "$@"\n')
     path.chmod(0o755)
 
 
-@pytest.fixture
-def bed(tmp_path: Path) -> Iterator[DeployBed]:
+def make_bed(tmp_path: Path) -> DeployBed:
     root = tmp_path / "repo"
     root.mkdir()
     shutil.copy2(ROOT / "deploy.sh", root / "deploy.sh")
@@ -122,4 +123,4 @@ def bed(tmp_path: Path) -> Iterator[DeployBed]:
     for key in ("LANG", "LC_ALL"):
         if key in os.environ:
             env[key] = os.environ[key]
-    yield DeployBed(root, env, Path(env["FAKE_GCLOUD_LOG"]), Path(env["FAKE_GCLOUD_STATE"]))
+    return DeployBed(root, env, Path(env["FAKE_GCLOUD_LOG"]), Path(env["FAKE_GCLOUD_STATE"]))
