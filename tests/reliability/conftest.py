@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from support.reliability import JAN, MONTHS, JsonLog, Rig, RigFactory, Source, make_rig
+from support.reliability import (
+    JAN,
+    MONTHS,
+    JsonLog,
+    Rig,
+    RigFactory,
+    Source,
+    make_cloud_rig,
+    make_rig,
+)
 from taxi_pipeline.datasets import Dataset, Month
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
@@ -121,3 +130,20 @@ def json_log() -> Iterator[JsonLog]:
     for handler in ours:
         root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture
+def cloud_rig_factory(request: pytest.FixtureRequest, source: Source) -> Iterator[RigFactory]:
+    """Like ``rig_factory`` over GcsStore (fake-gcs-server) + BigQueryWarehouse (emulator)."""
+    storage = request.getfixturevalue("storage_client")
+    bigquery = request.getfixturevalue("bigquery_client")
+    made: list[Rig] = []
+
+    def factory(**options: object) -> Rig:
+        rig = make_cloud_rig(storage, bigquery, source.url, **options)  # type: ignore[arg-type]
+        made.append(rig)
+        return rig
+
+    yield factory
+    for rig in made:
+        rig.close()
