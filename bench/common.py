@@ -1,0 +1,271 @@
+"""Shared helpers of the benchmark scripts: timing, peak RSS, the machine, the results file.
+
+Peak RSS of a measured command is the larger of two readings: the kernel's ``ru_maxrss`` of the
+child (``os.wait4``: exact, but per process) and the sum of the RSS of the child's whole process
+tree sampled every 20 ms with psutil (catches a tree, may miss a spike shorter than 20 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "bench" / ".work"
+RESULTS = REPO / "bench" / "results"
+PYTHON = sys.executable
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+FULL_MONTH_ROWS = 7_667_792
+"""Rows of yellow 2019-01, the largest published month."""
+
+_SAMPLE_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One measured run of a command."""
+
+    wall_seconds: float
+    peak_rss_bytes: int
+    returncode: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    """Resident bytes of ``proc`` and all its descendants (0 once it is gone)."""
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += int(p.memory_info().rss)
+        except psutil.Error:
+            continue
+    return total
+
+
+class RssSampler:
+    """Samples the RSS of a process tree in a thread until stopped; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak = 0
+        self._proc = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="rss-sampler")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self._proc))
+            self._stop.wait(_SAMPLE_SECONDS)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def measure(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
+    stdin: int | None = None,
+    check: bool = True,
+) -> Measured:
+    """Run ``argv`` to completion; wall time and peak RSS (see the module docstring)."""
+    out = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+        sampler = RssSampler(process.pid)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        sampled = sampler.stop()
+        process.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if log is not None and not isinstance(out, int):
+            out.close()
+    peak = max(sampled, int(usage.ru_maxrss) * 1024)
+    if check and process.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+        raise RuntimeError(f"{' '.join(argv)} exited with {process.returncode}\n{tail}")
+    return Measured(wall, peak, process.returncode)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def summarize(runs: Sequence[Measured]) -> dict[str, Any]:
+    """Median wall and peak RSS of several runs, with every run kept."""
+    return {
+        "runs": len(runs),
+        "wall_seconds": median([r.wall_seconds for r in runs]),
+        "peak_rss_bytes": int(median([r.peak_rss_bytes for r in runs])),
+        "all": [asdict(r) for r in runs],
+    }
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        text = subprocess.run(list(argv), capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "absent"
+    return (text.strip().splitlines() or ["?"])[0]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    from importlib.metadata import version
+
+    def pkg(name: str) -> str:
+        try:
+            return version(name)
+        except Exception:
+            return "absent"
+
+    load1, load5, _ = os.getloadavg()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)),
+        "ram_bytes": psutil.virtual_memory().total,
+        "cpu_model": _cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "duckdb": pkg("duckdb"),
+        "httpx": pkg("httpx"),
+        "google-cloud-storage": pkg("google-cloud-storage"),
+        "functions-framework": pkg("functions-framework"),
+        "curl": _first_line(["curl", "--version"]),
+        "loadavg_at_start": [round(load1, 2), round(load5, 2)],
+    }
+
+
+def results_path(name: str) -> Path:
+    return RESULTS / f"{name}.json"
+
+
+def write_results(name: str, payload: Mapping[str, Any]) -> Path:
+    """``bench/results/<name>.json``, written atomically (the page is generated from these)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = results_path(name)
+    tmp = path.with_suffix(".json.tmp")
+    document = {
+        "benchmark": name,
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **payload,
+    }
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+@contextmanager
+def scratch(name: str, keep: bool = False) -> Iterator[Path]:
+    """A fresh folder under ``bench/.work`` removed afterwards (unless ``keep``)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=WORK))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def generate(out: Path, rows: int, month: str = "2019-01", seed: int = 1) -> Path:
+    """A generated yellow month (the devkit generator in a subprocess); returns the file."""
+    subprocess.run(
+        [
+            PYTHON, "-m", "taxi_pipeline.devkit.generator",
+            "--dataset", "yellow", "--month", month,
+            "--rows", str(rows), "--seed", str(seed), "--out", str(out),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return out / f"yellow_tripdata_{month}.csv.gz"
+
+
+def taxi_pipeline_bin() -> str:
+    """The console script next to this interpreter (the project's venv)."""
+    candidate = Path(PYTHON).parent / "taxi-pipeline"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("taxi-pipeline")
+    if found is None:
+        raise RuntimeError("taxi-pipeline is not installed in this venv (pip install -e .)")
+    return found
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment without TAXI_PIPELINE_* settings that would change what is measured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAXI_PIPELINE_")}
+    env.pop("STORAGE_EMULATOR_HOST", None)
+    env.update(extra)
+    return env
+
+
+def say(message: str) -> None:
+    """Progress on stderr (benchmark scripts are command-line fronts)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def repeat(times: int, what: str, run: Callable[[int], Measured]) -> list[Measured]:
+    """``run(i)`` ``times`` times, announcing each."""
+    runs = []
+    for i in range(times):
+        result = run(i)
+        say(
+            f"{what} #{i + 1}: {result.wall_seconds:.2f} s,"
+            f" peak RSS {result.peak_rss_bytes / MIB:.0f} MiB"
+        )
+        runs.append(result)
+    return runs

@@ -1,0 +1,82 @@
+"""The "limit" of a month ingest: DuckDB alone, from the local file, no pipeline around it.
+
+``python -m bench.limit_duckdb FILE.csv.gz WAREHOUSE.duckdb``: read the gzip CSV with DuckDB's
+own typed parser, build the staging table with the pipeline's ``unique_row_id`` expression
+(CTAS), then insert it into an empty final table of the pipeline's schema. Prints the row count
+as JSON. Nothing else: no download, no verification, no events, no run history, no dedup check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import duckdb
+
+from taxi_pipeline.adapters.local.duckdb_warehouse import unique_row_id_sql
+from taxi_pipeline.datasets import Dataset
+
+_FINAL_TYPES = {
+    "string": "VARCHAR",
+    "timestamp": "TIMESTAMP",
+    "integer": "BIGINT",
+    "numeric": "DECIMAL(38, 9)",
+}
+# Integer columns hold "1.0" in some months: read as DOUBLE, cast in the CTAS.
+_READ_TYPES = _FINAL_TYPES | {"integer": "DOUBLE"}
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def run(source: Path, database: Path, memory_limit: str | None = None) -> int:
+    """Load ``source`` into ``database``; returns the final table's row count."""
+    dataset = Dataset.YELLOW
+    columns = dataset.layout.columns
+    config: dict[str, str | bool] = {
+        "preserve_insertion_order": False,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    con = duckdb.connect(str(database), config=config)
+    try:
+        final = ", ".join(f"{_q(c.name)} {_FINAL_TYPES[c.kind]}" for c in columns)
+        con.execute(f"CREATE TABLE final (unique_row_id BLOB, filename VARCHAR, {final})")
+        read = ", ".join(f"'{c.name}': '{_READ_TYPES[c.kind]}'" for c in columns)
+        typed = ", ".join(
+            f"CAST({_q(c.name)} AS BIGINT) AS {_q(c.name)}" if c.kind == "integer" else _q(c.name)
+            for c in columns
+        )
+        con.execute(
+            f"CREATE TABLE staging AS SELECT {unique_row_id_sql(dataset)} AS unique_row_id,"
+            f" '{source.name.removesuffix('.gz')}' AS filename, *"
+            f" FROM (SELECT {typed} FROM read_csv('{source}', header = true, auto_detect = false,"
+            f" delim = ',', quote = '\"', nullstr = '', compression = 'gzip',"
+            f" columns = {{{read}}}))"
+        )
+        con.execute("INSERT INTO final SELECT * FROM staging")
+        con.execute("CHECKPOINT")
+        row = con.execute("SELECT count(*) FROM final").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        con.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("source", type=Path)
+    parser.add_argument("database", type=Path)
+    parser.add_argument("--memory-limit", default=None)
+    args = parser.parse_args(argv)
+    rows = run(args.source, args.database, args.memory_limit)
+    sys.stdout.write(json.dumps({"rows": rows}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
