@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TextIO
 
 import typer
 from rich import box
@@ -37,9 +37,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# Piped output (scripts, CI logs) gets 120 columns rather than rich's 80, so tables stay whole.
-console = Console(width=shutil.get_terminal_size((120, 24)).columns)
-err_console = Console(stderr=True, width=shutil.get_terminal_size((120, 24)).columns)
+
+
+def _width(stream: TextIO) -> int | None:
+    """A terminal's own width; piped output (scripts, CI logs) gets at least 120 columns rather
+    than rich's 80, so the summary table stays whole."""
+    if stream.isatty():
+        return None
+    return max(shutil.get_terminal_size((120, 24)).columns, 120)
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 SourceOption = Annotated[
     str | None,
