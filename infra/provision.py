@@ -68,6 +68,10 @@ class FinalTables(Protocol):
 
     def ensure_final_table(self, dataset: Dataset) -> None: ...
 
+    def run_events(self, run_id: str | None = None) -> Sequence[object]:
+        """Reading the run history creates ``pipeline_runs``/``pipeline_loads`` when missing."""
+        ...
+
 
 @dataclass
 class Clients:
@@ -182,12 +186,15 @@ def ensure_dataset(target: Target, clients: Clients, report: Report) -> None:
 
 
 def ensure_tables(clients: Clients, report: Report) -> None:
-    """Final tables, created by the warehouse adapter itself (one definition of their schema)."""
+    """Final and run-history tables, created by the warehouse adapter (one schema definition)."""
     if clients.final_tables is None:
         raise RuntimeError("no warehouse adapter to create the final tables with")
     for dataset in Dataset:
         clients.final_tables.ensure_final_table(dataset)
         report(f"ok table {dataset.final_table}")
+    # So `bq query ... pipeline_runs` answers (with no rows) before the first run.
+    clients.final_tables.run_events(run_id="provisioning")
+    report("ok tables pipeline_runs, pipeline_loads")
 
 
 def ensure_topics(target: Target, clients: Clients, report: Report) -> None:
@@ -407,19 +414,17 @@ def _credentials() -> Credentials | None:
 
 
 def _final_tables(target: Target, clients: Clients) -> FinalTables:
-    # TODO(bigquery adapter): construct BigQueryWarehouse directly once it lands.
-    import importlib
-
+    from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
     from taxi_pipeline.settings import Settings
 
-    module = importlib.import_module("taxi_pipeline.adapters.gcp.bigquery")
     settings = Settings(
         warehouse_url=f"bigquery://{target.project}/{target.dataset}",
         bigquery_location=target.location,
         gcp_project=target.project,
     )
-    warehouse: FinalTables = module.BigQueryWarehouse.from_url(settings.warehouse_url, settings)
-    return warehouse
+    return BigQueryWarehouse.from_url(
+        settings.resolved_warehouse_url, settings, client=clients.bigquery
+    )
 
 
 def provision_data(target: Target, clients: Clients, report: Report) -> None:
