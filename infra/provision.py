@@ -445,6 +445,7 @@ def _dry_run(command: str, target: Target, delete_data: bool) -> list[str]:
             f"ensure dataset {target.project}.{target.dataset} in {where}, dataEditor for"
             f" {', '.join(f.account for f in FUNCTIONS)}",
             *(f"ensure table {target.dataset}.{d.final_table}" for d in Dataset),
+            f"ensure tables {target.dataset}.pipeline_runs, {target.dataset}.pipeline_loads",
             *(f"ensure topic {t}" for t in TOPICS),
         ]
     if command == "dead-letters":
