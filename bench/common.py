@@ -1,8 +1,7 @@
 """Shared helpers of the benchmark scripts: timing, peak RSS, the machine, the results file.
 
-Peak RSS of a measured command is the larger of two readings: the kernel's ``ru_maxrss`` of the
-child (``os.wait4``: exact, but per process) and the sum of the RSS of the child's whole process
-tree sampled every 20 ms with psutil (catches a tree, may miss a spike shorter than 20 ms).
+Peak RSS of a measured command: see :class:`RssSampler` (the kernel's per-process peak,
+``VmHWM``, read every 20 ms over the child's process tree).
 """
 
 from __future__ import annotations
@@ -64,11 +63,30 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+def hwm(pid: int) -> int:
+    """``VmHWM`` of a process: its peak RSS since its last exec (0 if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class RssSampler:
-    """Samples the RSS of a process tree in a thread until stopped; keeps the peak."""
+    """Samples a process tree every 20 ms in a thread until stopped; keeps the peak.
+
+    The peak is the larger of the highest summed RSS seen and the sum over the tree's processes
+    of each one's own kernel peak (``VmHWM``, last value read): exact for one process, an upper
+    bound for a pipeline. (``ru_maxrss`` from ``wait4`` is not used: it keeps the RSS the child
+    had before its exec, i.e. this Python process's.)
+    """
 
     def __init__(self, pid: int) -> None:
-        self.peak = 0
+        self._sum_peak = 0
+        self._hwms: dict[int, int] = {}
         self._proc = psutil.Process(pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="rss-sampler")
@@ -76,8 +94,20 @@ class RssSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self._proc))
+            self._sum_peak = max(self._sum_peak, tree_rss(self._proc))
+            try:
+                pids = [self._proc.pid, *(c.pid for c in self._proc.children(recursive=True))]
+            except psutil.Error:
+                pids = []
+            for pid in pids:
+                peak = hwm(pid)
+                if peak:
+                    self._hwms[pid] = max(self._hwms.get(pid, 0), peak)
             self._stop.wait(_SAMPLE_SECONDS)
+
+    @property
+    def peak(self) -> int:
+        return max(self._sum_peak, sum(self._hwms.values()))
 
     def stop(self) -> int:
         self._stop.set()
@@ -107,18 +137,17 @@ def measure(
             cwd=cwd,
         )
         sampler = RssSampler(process.pid)
-        _, status, usage = os.wait4(process.pid, 0)
+        _, status = os.waitpid(process.pid, 0)
         wall = time.perf_counter() - started
         sampled = sampler.stop()
         process.returncode = os.waitstatus_to_exitcode(status)
     finally:
         if log is not None and not isinstance(out, int):
             out.close()
-    peak = max(sampled, int(usage.ru_maxrss) * 1024)
     if check and process.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
         raise RuntimeError(f"{' '.join(argv)} exited with {process.returncode}\n{tail}")
-    return Measured(wall, peak, process.returncode)
+    return Measured(wall, sampled, process.returncode)
 
 
 def free_port() -> int:
