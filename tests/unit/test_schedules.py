@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from taxi_pipeline.datasets import Dataset
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.messages import Topic
