@@ -385,15 +385,24 @@ class PubSubEmulator(_Emulator):
         """``projects/<project>/topics/<topic_id>``."""
         return f"projects/{self.project}/topics/{topic_id}"
 
-    def create_topic(self, topic_id: str) -> str:
-        """Create ``topic_id`` in :attr:`project`; return its full path."""
+    def create_topic(self, topic_id: str, *, exist_ok: bool = False) -> str:
+        """Create ``topic_id`` in :attr:`project`; return its full path.
+
+        The emulator lives for the whole session: tests that share it should use unique topic ids
+        (a shared topic also shares its messages); ``exist_ok`` tolerates a topic already there.
+        """
+        from google.api_core.exceptions import AlreadyExists
+
         publisher = self.publisher()
+        path = self.topic_path(topic_id)
         try:
-            path = self.topic_path(topic_id)
             publisher.create_topic(name=path)
-            return path
+        except AlreadyExists:
+            if not exist_ok:
+                raise
         finally:
             publisher.transport.close()
+        return path
 
 
 def start_pubsub_emulator(
