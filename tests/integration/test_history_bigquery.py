@@ -136,7 +136,7 @@ def test_backfill_cloud_publishes_labelled_requests_and_runs_lists_them_queued(
     bq_dataset: str,
     tmp_path: Path,
 ) -> None:
-    topic = pubsub_env.create_topic("ingest-requests")
+    topic = pubsub_env.create_topic("ingest-requests", exist_ok=True)
     subscriber = pubsub_env.subscriber()
     subscription = f"projects/{pubsub_env.project}/subscriptions/bf-{uuid.uuid4().hex[:8]}"
     subscriber.create_subscription(name=subscription, topic=topic)
