@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 from taxi_pipeline.datasets import LAYOUTS, Dataset, Month, file_name
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, main, write_raw
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from taxi_pipeline.datasets import Dataset, Month, file_name
 from taxi_pipeline.devkit.generator import generate_month
 from taxi_pipeline.devkit.source_server import Fault, SourceServer, serve_directory
