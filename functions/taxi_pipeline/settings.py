@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     """Resumable upload chunk (MiB); held in memory, so it bounds the download's RSS."""
 
     log_format: LogFormat = LogFormat.AUTO
-    """``json`` (a line per record, as Cloud Logging wants), ``text``, or ``auto`` (text on a tty)."""
+    """``json`` (one line per record, for Cloud Logging), ``text``, or ``auto`` (text on a tty)."""
 
     log_level: str = "INFO"
     """Level of the log records (the CLI shows only warnings unless this is set)."""
