@@ -1,11 +1,11 @@
 """Every gcloud command deploy.sh can issue, checked by the real gcloud's own argument parser.
 
 The commands are the ones the recording stand-in saw across a deploy, a redeploy that updates the
-alert metric, and a destroy. Each is then run by the real gcloud with every API endpoint pointed
-at a local server that answers 403 to everything (see docs on CLOUDSDK_API_ENDPOINT_OVERRIDES in
-/work/shared/reference/offline-google-stack.md; a refused port makes gcloud retry for ~30 s, a
-fast 403 does not): a command that reaches the server was fully parsed and validated; a parse
-error (unknown flag, missing required flag, bad value) exits 2 before any request.
+alert metric, and a destroy. Each is then executed by the real gcloud CLI (one gcloud process
+for all, ``gcloud_parse.py``) with every API endpoint pointed at a local server that answers 403 to
+everything (CLOUDSDK_API_ENDPOINT_OVERRIDES_*; a refused port would make gcloud retry for ~30 s):
+a command that reaches the server was fully parsed and validated; a parse error (unknown flag,
+missing required flag, bad value) exits 2 before any request.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from support.deploy_bed import Call, DeployBed
+from support.deploy_bed import HERE, Call, DeployBed
 
 APIS = (
     "artifactregistry",
@@ -88,23 +87,27 @@ def _every_command(bed: DeployBed) -> list[Call]:
     return calls + list(gone.gcloud_calls)
 
 
-def _shape(call: Call) -> tuple[str, ...]:
-    """Calls that differ only in values of the same flags are checked once (keeps this fast),
-    except function deploys, whose values (trigger, memory, timeout) differ per function."""
-    words = tuple(a for a in call.argv if not a.startswith("-"))
-    flags = tuple(sorted(a.split("=", 1)[0] for a in call.argv if a.startswith("-")))
-    key = words[:4] if "deploy" in words else words[:3]
-    return (*key, *flags)
+def _gcloud_sdk() -> tuple[Path, str]:
+    """The SDK root of the gcloud on PATH and the interpreter gcloud itself runs on."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        pytest.skip("gcloud (google-cloud-cli) is not installed: cannot check the commands")
+    root = Path(gcloud).resolve().parent.parent  # .../google-cloud-sdk/bin/gcloud
+    if not (root / "lib" / "googlecloudsdk" / "gcloud_main.py").is_file():
+        pytest.skip(f"gcloud at {gcloud} has no SDK lib/ next to it: cannot check the commands")
+    bundled = root / "platform" / "bundledpythonunix" / "bin" / "python3"
+    python = os.environ.get("CLOUDSDK_PYTHON") or (
+        str(bundled) if bundled.is_file() else shutil.which("python3") or "python3"
+    )
+    return root, python
 
 
 def test_every_gcloud_command_passes_the_real_parser(
     bed: DeployBed, deny_server: str, tmp_path: Path
 ) -> None:
-    gcloud = shutil.which("gcloud")
-    if gcloud is None:
-        pytest.skip("gcloud (google-cloud-cli) is not installed: cannot check the commands")
+    root, python = _gcloud_sdk()
     calls = _every_command(bed)
-    unique = list({_shape(call): call for call in calls}.values())
+    unique = list(dict.fromkeys(calls))
     assert any("deploy" in c.argv for c in unique)
     assert any("delete" in c.argv for c in unique)
     source = tmp_path / "source"
@@ -112,32 +115,45 @@ def test_every_gcloud_command_passes_the_real_parser(
     (source / "main.py").write_text("")
     token = tmp_path / "token"
     token.write_text("offline-token")
-    base_env = {
+    commands = [
+        [a if not a.startswith("--source=") else f"--source={source}" for a in call.argv[1:]]
+        for call in unique
+    ]
+    # Two commands that must fail, proving the check can fail: an unknown and a missing flag.
+    canaries = [
+        ["functions", "deploy", "taxi-merge", "--gen2", "--region=europe-west1", "--no-such"],
+        ["logging", "metrics", "create", "taxi-pipeline-run-failed", "--project=demo-proj"],
+    ]
+    commands_file = tmp_path / "commands.json"
+    commands_file.write_text(json.dumps(commands + canaries))
+    env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
+        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"),
         "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
         "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": str(token),
         "CLOUDSDK_CORE_DISABLE_USAGE_REPORTING": "1",
         "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1",
     } | {f"CLOUDSDK_API_ENDPOINT_OVERRIDES_{api.upper()}": deny_server for api in APIS}
-
-    def check(index_call: tuple[int, Call]) -> tuple[Call, int, str]:
-        index, call = index_call
-        argv = [a if not a.startswith("--source=") else f"--source={source}" for a in call.argv]
-        config = tmp_path / f"config-{index}"
-        env = base_env | {"CLOUDSDK_CONFIG": str(config)}
-        proc = subprocess.run(
-            [gcloud, *argv[1:]], env=env, capture_output=True, text=True, timeout=120, check=False
-        )
-        return call, proc.returncode, proc.stderr
-
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        results = list(pool.map(check, enumerate(unique)))
+    proc = subprocess.run(
+        [python, "-I", "-S", str(HERE / "gcloud_parse.py"), str(root), str(commands_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *results, unknown_flag, missing_flag = json.loads(proc.stdout.splitlines()[-1])
+    assert unknown_flag[0] == 2, unknown_flag
+    assert "unrecognized arguments: --no-such" in unknown_flag[1]
+    assert missing_flag[0] == 2, missing_flag
+    assert len(results) == len(unique)
     problems = []
-    for call, returncode, stderr in results:
-        parsed = returncode != 2 and not any(marker in stderr for marker in PARSE_ERRORS)
-        reached_api = returncode == 0 or MARKER in stderr or "403" in stderr
+    for call, (code, stderr) in zip(unique, results, strict=True):
+        parsed = code != 2 and not any(marker in stderr for marker in PARSE_ERRORS)
+        reached_api = code in (0, None) or MARKER in stderr or "403" in f"{code} {stderr}"
         if not (parsed and reached_api):
-            problems.append(f"{call.normalized()}\n  exit {returncode}: {stderr.strip()[-600:]}")
+            problems.append(f"{call.normalized()}\n  exit {code}: {stderr.strip()[-600:]}")
     print(f"checked {len(unique)} distinct gcloud commands of {len(calls)} issued")
     assert problems == [], "\n".join(problems)
