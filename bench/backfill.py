@@ -25,22 +25,22 @@ from bench.common import (
 )
 from taxi_pipeline.devkit.source_server import serve_directory
 
-MONTHS = [f"2019-{m:02d}" for m in range(1, 13)]
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows per month")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--months", type=int, default=12, choices=range(1, 13), metavar="1..12")
     parser.add_argument("--name", default="backfill")
     args = parser.parse_args(argv)
+    months = [f"2019-{m:02d}" for m in range(1, args.months + 1)]
 
     by_level: dict[int, list[Measured]] = {c: [] for c in args.concurrency}
     with scratch("backfill") as work:
-        say(f"generating {len(MONTHS)} yellow months of {args.rows:,} rows")
+        say(f"generating {len(months)} yellow months of {args.rows:,} rows")
         total_bytes = sum(
-            generate(work / "source", args.rows, month, seed=1).stat().st_size for month in MONTHS
+            generate(work / "source", args.rows, month, seed=1).stat().st_size for month in months
         )
         with serve_directory(work / "source") as server:
             for i in range(args.runs):
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                     home = work / f"home-{level}-{i}"
                     argv_ = [
                         taxi_pipeline_bin(), "backfill", "yellow",
-                        "--from", MONTHS[0], "--to", MONTHS[-1],
+                        "--from", months[0], "--to", months[-1],
                         "--concurrency", str(level),
                         "--source-url", server.base_url, "--home", str(home),
                     ]  # fmt: skip
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--format", "csv", "--home", str(home)],
                         capture_output=True, text=True, check=True, env=child_env(),
                     ).stdout.strip().splitlines()[-1]  # fmt: skip
-                    if int(count) != args.rows * len(MONTHS):
+                    if int(count) != args.rows * len(months):
                         raise RuntimeError(f"backfill loaded {count} rows")
                     subprocess.run(["rm", "-rf", str(home)], check=True)
                     by_level[level].append(run)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                         f" {run.peak_rss_bytes / 2**20:.0f} MiB"
                     )
     payload = {
-        "months": len(MONTHS),
+        "months": len(months),
         "rows_per_month": args.rows,
         "source_bytes": total_bytes,
         "driver": "taxi-pipeline backfill (CLI, subprocess)",

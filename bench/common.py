@@ -27,8 +27,9 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-WORK = REPO / "bench" / ".work"
-RESULTS = REPO / "bench" / "results"
+# Overridable so the smoke test keeps its scratch data and results in its own tmp_path.
+WORK = Path(os.environ.get("TAXI_BENCH_WORK", REPO / "bench" / ".work"))
+RESULTS = Path(os.environ.get("TAXI_BENCH_RESULTS", REPO / "bench" / "results"))
 PYTHON = sys.executable
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -137,7 +137,7 @@ def _curl(url: str, out: Path, verify: bool) -> Measured:
 
 def _throughput(runs: list[Measured]) -> float:
     """Median MB/s (10^6 bytes per second) over the runs."""
-    rates = sorted(r.extra["bytes"] / r.wall_seconds / 1e6 for r in runs)
+    rates = sorted(float(r.extra["bytes"]) / r.wall_seconds / 1e6 for r in runs)
     return rates[len(rates) // 2]
 
 

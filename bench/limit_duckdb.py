@@ -36,7 +36,7 @@ def run(source: Path, database: Path, memory_limit: str | None = None) -> int:
     """Load ``source`` into ``database``; returns the final table's row count."""
     dataset = Dataset.YELLOW
     columns = dataset.layout.columns
-    config: dict[str, str | bool] = {
+    config: dict[str, str | bool | int | float | list[str]] = {
         "preserve_insertion_order": False,
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import PYTHON, WORK, free_port, say, tree_rss
+from bench.common import PYTHON, REPO, free_port, say, tree_rss
 
 PEER_PACKAGES = ("pandas", "sqlalchemy", "psycopg2-binary", "psutil")
 
 
 def peer_python() -> Path:
     """``bench/.work/venv``'s interpreter, with the peer's packages (created once, reused)."""
-    venv = WORK / "venv"
+    venv = REPO / "bench" / ".work" / "venv"
     python = venv / "bin" / "python"
     probe = "import pandas, sqlalchemy, psycopg2"
     if python.exists() and subprocess.run([python, "-c", probe], check=False).returncode == 0:

@@ -1,0 +1,118 @@
+"""The benchmark scripts at tiny sizes, so they do not rot: values checked, never timings.
+
+Each script runs as ``python -m bench.NAME`` (as BENCHMARKS.md documents) with its scratch data
+and results under ``tmp_path``; they run side by side to stay well under 20 s. The peers
+(PostgreSQL) and the BigQuery emulator are left out: they are exercised by the full runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+_COMMANDS = {
+    "ingest": ["--rows", "3000", "--runs", "1", "--peer-runs", "0"],
+    "download": ["--rows", "3000", "--copies", "2", "--runs", "1"],
+    "cold_start": ["--rows", "500", "--runs", "1"],
+    "bq_cost": ["--rows", "3000", "--no-emulator"],
+    "backfill": ["--rows", "500", "--months", "2", "--runs", "1", "--concurrency", "1", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    base = tmp_path_factory.mktemp("bench")
+    env = {
+        **os.environ,
+        "TAXI_BENCH_WORK": str(base / "work"),
+        "TAXI_BENCH_RESULTS": str(base / "results"),
+    }
+    running = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"bench.{name}", *args],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for name, args in _COMMANDS.items()
+    }
+    for name, process in running.items():
+        out, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, f"bench.{name} failed:\n{out.decode()[-3000:]}"
+    report = base / "BENCHMARKS.md"
+    subprocess.run(
+        [sys.executable, "-m", "bench.report", "--results", str(base / "results"),
+         "--out", str(report)],
+        cwd=REPO, env=env, check=True,
+    )  # fmt: skip
+    loaded = {p.stem: json.loads(p.read_text()) for p in (base / "results").glob("*.json")}
+    loaded["_report"] = {"text": report.read_text(), "work_left": list((base / "work").iterdir())}
+    return loaded
+
+
+def test_ingest_loads_every_row_and_the_rerun_downloads_nothing(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    ingest = results["ingest"]
+    assert ingest["rows"] == 3000
+    assert ingest["ours"]["bytes_downloaded"] == [ingest["file_bytes"]]
+    assert ingest["rerun"]["bytes_downloaded"] == [0]
+    assert ingest["peers"] == {}
+
+
+def test_download_moves_every_byte_to_both_lakes(results: dict[str, dict[str, Any]]) -> None:
+    sizes = results["download"]["sizes"]
+    assert list(sizes) == ["month", "2x month"]
+    assert sizes["2x month"]["bytes"] == 2 * sizes["month"]["bytes"]
+    for size in sizes.values():
+        for kind in ("curl", "curl_gzip_t", "folder", "gcs"):
+            assert size[kind]["all"][0]["extra"]["bytes"] == size["bytes"]
+
+
+def test_cold_start_answers_every_function(results: dict[str, dict[str, Any]]) -> None:
+    functions = results["cold_start"]["functions"]
+    assert set(functions) == {
+        "bare_import_functions_framework", "on_ingest_request", "on_object_finalized",
+        "on_merge_request", "on_dead_letter",
+    }  # fmt: skip
+    for name, summary in functions.items():
+        if name != "bare_import_functions_framework":
+            assert summary["all"][0]["status"] == 200
+
+
+def test_bq_cost_prunes_to_the_staging_dates(results: dict[str, dict[str, Any]]) -> None:
+    cost = results["bq_cost"]
+    assert ["2019-01-01", "2019-02-01"] in [r for r in cost["pickup_ranges"]] or any(
+        r[0] <= "2019-01-01" and r[1] >= "2019-02-01" for r in cost["pickup_ranges"]
+    )
+    assert "TIMESTAMP '2019-02-01'" in cost["merge_sql"]
+    table = {row["target_months"]: row for row in cost["bytes"]["table"]}
+    assert table[31]["unpruned"] == 31 * table[1]["unpruned"]
+    assert table[31]["pruned_reload"] == table[12]["pruned_reload"]
+    assert cost["bytes"]["rows"] == 3000
+
+
+def test_backfill_runs_each_concurrency(results: dict[str, dict[str, Any]]) -> None:
+    backfill = results["backfill"]
+    assert backfill["months"] == 2
+    assert set(backfill["concurrency"]) == {"1", "2"}
+
+
+def test_report_renders_every_section_and_the_scratch_is_gone(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    text = results["_report"]["text"]
+    for title in ("## 1. Month ingest", "## 2. Re-run", "## 3. Download", "## 4. Cold start",
+                  "## 5. BigQuery cost", "## 6. Backfill"):  # fmt: skip
+        assert title in text
+    assert "Not run yet" not in text
+    assert results["_report"]["work_left"] == []
