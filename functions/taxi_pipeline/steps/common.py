@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from taxi_pipeline.datasets import Dataset, Month
-from taxi_pipeline.messages import IngestResult, RunState, Topic
-from taxi_pipeline.ports import Ports
+from taxi_pipeline.messages import IngestResult, MergeRequest, RunState, Topic
+from taxi_pipeline.ports import ObjectInfo, Ports
 
 
 @dataclass
@@ -35,6 +35,31 @@ def run_attributes(
         "month": str(month),
         **{f"label_{k}": v for k, v in labels.items()},
     }
+
+
+def request_merge(
+    ports: Ports,
+    run_id: str,
+    dataset: Dataset,
+    month: Month,
+    source: ObjectInfo,
+    labels: Mapping[str, str],
+    *,
+    force: bool = False,
+) -> None:
+    """Hand a verified lake object over to the merge step (``merge-requests``)."""
+    request = MergeRequest(
+        dataset=dataset,
+        month=str(month),
+        run_id=run_id,
+        object_name=source.name,
+        generation=source.generation,
+        labels=dict(labels),
+        force=force,
+    )
+    ports.bus.publish(
+        Topic.MERGE_REQUESTS, request.to_bytes(), run_attributes(run_id, dataset, month, labels)
+    )
 
 
 def publish_result(ports: Ports, result: IngestResult) -> None:

@@ -29,11 +29,11 @@ from taxi_pipeline.errors import (
     PermanentError,
     TransientError,
 )
-from taxi_pipeline.messages import IngestRequest, MergeRequest, RunState, Topic
+from taxi_pipeline.messages import IngestRequest, RunState
 from taxi_pipeline.ports import ObjectInfo, Ports
 from taxi_pipeline.runs import StepRecorder, new_run_id
 from taxi_pipeline.settings import Settings
-from taxi_pipeline.steps.common import Invocation, run_attributes
+from taxi_pipeline.steps.common import Invocation, request_merge
 from taxi_pipeline.verify import GzipCsvVerifier, VerifiedFile
 
 log = logging.getLogger(__name__)
@@ -131,19 +131,7 @@ def run(
             name,
             existing.generation,
         )
-        ports.bus.publish(
-            Topic.MERGE_REQUESTS,
-            MergeRequest(
-                dataset=dataset,
-                month=str(month),
-                run_id=run_id,
-                object_name=name,
-                generation=existing.generation,
-                labels=labels,
-                force=request.force,
-            ).to_bytes(),
-            run_attributes(run_id, dataset, month, labels),
-        )
+        request_merge(ports, run_id, dataset, month, existing, labels, force=request.force)
         recorder.finish(RunState.SKIPPED, bytes_=0, details={"reason": "already in the lake"})
         return DownloadOutcome(run_id, existing, downloaded=False, verified=None)
 

@@ -12,10 +12,10 @@ import zlib
 
 from taxi_pipeline.datasets import Dataset, parse_object_name
 from taxi_pipeline.errors import InvalidMessage, PermanentError, VerificationFailed
-from taxi_pipeline.messages import GcsObject, MergeRequest, RunState, Topic
+from taxi_pipeline.messages import GcsObject, RunState
 from taxi_pipeline.ports import Ports
 from taxi_pipeline.runs import StepRecorder, new_run_id
-from taxi_pipeline.steps.common import Invocation, run_attributes
+from taxi_pipeline.steps.common import Invocation, request_merge
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,7 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
 
     ports.warehouse.ensure_final_table(dataset)
     table = ports.warehouse.create_external_table(dataset, month, current)
-    ports.bus.publish(
-        Topic.MERGE_REQUESTS,
-        MergeRequest(
-            dataset=dataset,
-            month=str(month),
-            run_id=run_id,
-            object_name=obj.name,
-            generation=current.generation,
-            labels=labels,
-        ).to_bytes(),
-        run_attributes(run_id, dataset, month, labels),
-    )
+    request_merge(ports, run_id, dataset, month, current, labels)
     recorder.finish(RunState.SUCCESS, bytes_=current.size, details={"external_table": table})
     return run_id
 
