@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Deploy the taxi pipeline to a Google Cloud project (docs/DEPLOY.md). Safe to run again: each
-# step reads first and changes only what differs. The resources are declared in infra/resources.py.
+# Deploy the taxi pipeline to a Google Cloud project (README, "Deploy to Google Cloud").
+# Safe to run again: each step reads first and changes only what differs. The resources are declared in infra/resources.py.
 #
 #   ./deploy.sh --project P --region R [--bucket B] [--dataset D] [--alert-email E] [--dry-run]
 #   ./deploy.sh --project P --region R --destroy [--delete-data] [--dry-run]
