@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,7 +19,14 @@ from taxi_pipeline.datasets import Dataset, Month
 from taxi_pipeline.errors import InvalidMessage, NotPublished, PermanentError
 from taxi_pipeline.events import CloudEventLike, event_time, parse_gcs, parse_pubsub
 from taxi_pipeline.logs import log_context
-from taxi_pipeline.messages import IngestRequest, MergeRequest, RunState, parse_model
+from taxi_pipeline.messages import (
+    IngestRequest,
+    MergeRequest,
+    RunState,
+    is_run_id,
+    labels_from_attributes,
+    parse_model,
+)
 from taxi_pipeline.ports import Ports, RunEvent
 from taxi_pipeline.runs import utcnow
 from taxi_pipeline.steps import download, merge, register
@@ -30,11 +36,6 @@ log = logging.getLogger(__name__)
 
 ALERT_LABEL = "taxi-pipeline-run-failed"
 """Value of the ``alert`` field on the ERROR line a log-based alert matches."""
-
-_RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
-"""The patterns of ``messages.RunId`` / ``Labels``."""
 
 _SOURCE_DELIVERY_COUNT = ("CloudPubSubDeadLetterSourceDeliveryCount", "delivery_attempts")
 """Where a dead-lettered message says how often it was delivered: the attribute Pub/Sub adds
@@ -134,12 +135,8 @@ def _identify(attributes: Mapping[str, str], invocation: Invocation) -> None:
         return
     run_id = attributes.get("run_id", "")
     invocation.dataset, invocation.month = dataset, month
-    invocation.run_id = run_id if _RUN_ID.match(run_id) else None
-    invocation.labels = {
-        key[6:]: value
-        for key, value in attributes.items()
-        if key.startswith("label_") and _LABEL_KEY.match(key[6:]) and _LABEL_VALUE.match(value)
-    }
+    invocation.run_id = run_id if is_run_id(run_id) else None
+    invocation.labels = labels_from_attributes(attributes)
 
 
 def _check_age(event: CloudEventLike, ports: Ports, invocation: Invocation) -> None:

@@ -8,6 +8,7 @@ parsed with ``extra="ignore"``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal, TypeVar
@@ -27,14 +28,46 @@ from taxi_pipeline.errors import InvalidMessage
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 """Our messages are a few hundred bytes; anything far larger is refused before parsing."""
 
-RunId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
-LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
-LabelValue = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{0,63}$")]
+_RUN_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_LABEL_KEY_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,62}$"
+_LABEL_VALUE_PATTERN: Final = r"^[a-z0-9_-]{0,63}$"
+RunId = Annotated[str, StringConstraints(pattern=_RUN_ID_PATTERN)]
+LabelKey = Annotated[str, StringConstraints(pattern=_LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(pattern=_LABEL_VALUE_PATTERN)]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=16)]
 """Labels follow BigQuery's job-label rules so they can be copied onto jobs unchanged."""
 
 _MONTH_RE: Final = re.compile(r"^\d{4}-\d{2}$")
 M = TypeVar("M", bound=BaseModel)
+
+
+_RUN_ID_RE: Final = re.compile(_RUN_ID_PATTERN)
+_LABEL_KEY_RE: Final = re.compile(_LABEL_KEY_PATTERN)
+_LABEL_VALUE_RE: Final = re.compile(_LABEL_VALUE_PATTERN)
+LABEL_PREFIX: Final = "label_"
+"""Labels travel as ``label_<key>`` message attributes and object metadata."""
+
+
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` is a run id our messages could carry."""
+    return bool(_RUN_ID_RE.match(text))
+
+
+def labels_to_attributes(labels: Mapping[str, str]) -> dict[str, str]:
+    """Labels as ``label_*`` message attributes or object metadata."""
+    return {f"{LABEL_PREFIX}{key}": value for key, value in labels.items()}
+
+
+def labels_from_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
+    """The valid ``label_*`` entries of message attributes or object metadata; attributes are
+    trusted no more than bodies, so anything that is not a valid label is left out."""
+    return {
+        key.removeprefix(LABEL_PREFIX): value
+        for key, value in attributes.items()
+        if key.startswith(LABEL_PREFIX)
+        and _LABEL_KEY_RE.match(key.removeprefix(LABEL_PREFIX))
+        and _LABEL_VALUE_RE.match(value)
+    }
 
 
 class Topic(StrEnum):

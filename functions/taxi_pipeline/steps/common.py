@@ -6,7 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from taxi_pipeline.datasets import Dataset, Month
-from taxi_pipeline.messages import IngestResult, MergeRequest, RunState, Topic
+from taxi_pipeline.messages import (
+    IngestResult,
+    MergeRequest,
+    RunState,
+    Topic,
+    labels_to_attributes,
+)
 from taxi_pipeline.ports import ObjectInfo, Ports
 
 
@@ -33,7 +39,7 @@ def run_attributes(
         "run_id": run_id,
         "dataset": dataset.value,
         "month": str(month),
-        **{f"label_{k}": v for k, v in labels.items()},
+        **labels_to_attributes(labels),
     }
 
 

@@ -29,7 +29,7 @@ from taxi_pipeline.errors import (
     PermanentError,
     TransientError,
 )
-from taxi_pipeline.messages import IngestRequest, RunState
+from taxi_pipeline.messages import IngestRequest, RunState, labels_to_attributes
 from taxi_pipeline.ports import ObjectInfo, Ports
 from taxi_pipeline.runs import StepRecorder, new_run_id
 from taxi_pipeline.settings import Settings
@@ -136,7 +136,7 @@ def run(
         return DownloadOutcome(run_id, existing, downloaded=False, verified=None)
 
     metadata = {"run_id": run_id, "dataset": dataset.value, "month": str(month), "source_url": url}
-    metadata.update({f"label_{k}": v for k, v in labels.items()})
+    metadata.update(labels_to_attributes(labels))
     verified = _download_with_retries(url, name, metadata, dataset, ports)
     stored = ports.lake.stat(name)
     if stored is None:

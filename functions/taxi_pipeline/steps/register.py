@@ -7,12 +7,11 @@ is loaded exactly like a downloaded one. Objects outside ``raw/`` are ignored.
 from __future__ import annotations
 
 import logging
-import re
 import zlib
 
 from taxi_pipeline.datasets import Dataset, parse_object_name
 from taxi_pipeline.errors import InvalidMessage, PermanentError, VerificationFailed
-from taxi_pipeline.messages import GcsObject, RunState
+from taxi_pipeline.messages import GcsObject, RunState, is_run_id, labels_from_attributes
 from taxi_pipeline.ports import Ports
 from taxi_pipeline.runs import StepRecorder, new_run_id
 from taxi_pipeline.steps.common import Invocation, request_merge
@@ -21,8 +20,6 @@ log = logging.getLogger(__name__)
 
 RAW_PREFIX = "raw/"
 _HEAD_BYTES = 64 * 1024
-_RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_LABEL = re.compile(r"^[a-z0-9_-]{0,63}$")
 
 
 def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
@@ -36,12 +33,8 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
         raise InvalidMessage(str(exc)) from exc
     invocation.dataset, invocation.month = dataset, month
     run_id = obj.metadata.get("run_id", "")
-    labels = {
-        key.removeprefix("label_"): value
-        for key, value in obj.metadata.items()
-        if key.startswith("label_") and _LABEL.match(value) and _LABEL.match(key[6:])
-    }
-    if not _RUN_ID.match(run_id):
+    labels = labels_from_attributes(obj.metadata)
+    if not is_run_id(run_id):
         # Uploaded by hand (or by a tool that sets no metadata): a run starts here.
         run_id = new_run_id(dataset, month)
         labels = {"trigger": "upload"}
