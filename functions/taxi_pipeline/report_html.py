@@ -44,6 +44,7 @@ table.matrix td.na { background: #fafafa; }
 .summary { color: #555; }
 table.runs { border-collapse: collapse; font-size: 13px; }
 table.runs td, table.runs th { padding: 2px 8px; text-align: left; border-bottom: 1px solid #eee; }
+table.runs td:nth-child(-n+5) { white-space: nowrap; }
 """
 
 
