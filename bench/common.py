@@ -124,8 +124,12 @@ def measure(
     cwd: Path | None = None,
     stdin: int | None = None,
     check: bool = True,
+    timeout: float | None = None,
 ) -> Measured:
-    """Run ``argv`` to completion; wall time and peak RSS (see the module docstring)."""
+    """Run ``argv`` to completion; wall time and peak RSS (see the module docstring).
+
+    Past ``timeout`` seconds the process is killed and :class:`TimeoutError` raised.
+    """
     out = log.open("ab") if log is not None else subprocess.DEVNULL
     try:
         started = time.perf_counter()
@@ -138,13 +142,20 @@ def measure(
             cwd=cwd,
         )
         sampler = RssSampler(process.pid)
+        timer = threading.Timer(timeout, process.kill) if timeout else None
+        if timer is not None:
+            timer.start()
         _, status = os.waitpid(process.pid, 0)
+        if timer is not None:
+            timer.cancel()
         wall = time.perf_counter() - started
         sampled = sampler.stop()
         process.returncode = os.waitstatus_to_exitcode(status)
     finally:
         if log is not None and not isinstance(out, int):
             out.close()
+    if timeout is not None and wall >= timeout and process.returncode < 0:
+        raise TimeoutError(f"{' '.join(argv)} killed after {timeout:.0f} s")
     if check and process.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
         raise RuntimeError(f"{' '.join(argv)} exited with {process.returncode}\n{tail}")
