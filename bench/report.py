@@ -97,7 +97,9 @@ def _ingest(data: dict[str, Any]) -> str:
              _mib(pandas["server_peak_rss_bytes"]))
         )  # fmt: skip
         copy = peers["postgres_copy"]
-        rows.append(("peer: `gzip -dc | psql COPY`", copy, _mib(copy["server_peak_rss_bytes"])))
+        rows.append(
+            ("peer: `gzip -dc \\| psql -c COPY`", copy, _mib(copy["server_peak_rss_bytes"]))
+        )
     lines = [
         "## 1. Month ingest on the embedded default",
         "",
@@ -224,8 +226,10 @@ def _download(data: dict[str, Any]) -> str:
         + _verdict(
             worst_rss <= targets["peak_rss_bytes_max"],
             "; ".join(
-                f"{k}: {' -> '.join(_mib(v) for v in values)} from the small to the big file"
+                f"{k}: {' -> '.join(_mib(v) for v in values)}"
+                + (" from the small to the big file" if len(values) > 1 else " (one size only)")
                 for k, values in rss.items()
+                if values
             ),
         ),
         f"- Target throughput >= {targets['throughput_vs_curl_min']}x `curl -o`: "
