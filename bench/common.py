@@ -225,7 +225,7 @@ def machine() -> dict[str, Any]:
         "google-cloud-storage": pkg("google-cloud-storage"),
         "functions-framework": pkg("functions-framework"),
         "curl": _first_line(["curl", "--version"]),
-        "loadavg_at_start": [round(load1, 2), round(load5, 2)],
+        "loadavg_when_written": [round(load1, 2), round(load5, 2)],
     }
 
 

@@ -71,12 +71,14 @@ def _verdict(ok: bool, detail: str) -> str:
 
 def _machine(data: dict[str, Any]) -> str:
     m = data["machine"]
+    load = m.get("loadavg_when_written") or m["loadavg_at_start"]  # the older key name
     return (
         f"_Measured {data['recorded_at']} on {m['nproc']} cores ({m['cpu_model']}),"
         f" {m['ram_bytes'] / GIB:.0f} GiB RAM, Linux {m['kernel']}, Python {m['python']},"
         f" DuckDB {m['duckdb']}, httpx {m['httpx']}, google-cloud-storage"
         f" {m['google-cloud-storage']}, functions-framework {m['functions-framework']};"
-        f" load average {m['loadavg_at_start'][0]} at the start._"
+        f" 1-min load average {load[0]} when the results were written (other work on this"
+        " shared machine shows here)._"
     )
 
 
