@@ -7,6 +7,8 @@ equal to the dataset's published layout, and a plausible row count.
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 from typing import cast
 
@@ -120,3 +122,44 @@ class GzipCsvVerifier:
                 f"file has {rows} data rows, fewer than the plausible minimum {self._min_rows}"
             )
         return VerifiedFile(self._compressed, self._uncompressed, rows)
+
+
+class BackgroundVerifier:
+    """Runs a :class:`GzipCsvVerifier` on its own thread, so inflating (which releases the GIL)
+    overlaps with receiving and uploading the same bytes. At most ``depth`` chunks wait in
+    between, which bounds the memory it adds. A verification failure surfaces on the next
+    :meth:`feed` or at :meth:`finish`, always before the upload can be committed.
+    """
+
+    def __init__(self, verifier: GzipCsvVerifier, depth: int = 8) -> None:
+        self._verifier = verifier
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="verify-download", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._failure is None:
+                try:
+                    self._verifier.feed(chunk)
+                except BaseException as exc:  # handed to the producer, which re-raises it
+                    self._failure = exc
+
+    def feed(self, chunk: bytes) -> None:
+        if self._failure is not None:
+            self.close()
+            raise self._failure
+        self._chunks.put(chunk)
+
+    def finish(self) -> VerifiedFile:
+        self.close()
+        if self._failure is not None:
+            raise self._failure
+        return self._verifier.finish()
+
+    def close(self) -> None:
+        """Stop the thread (idempotent); the producer calls it on every exit path."""
+        if self._thread.is_alive():
+            self._chunks.put(None)
+            self._thread.join()

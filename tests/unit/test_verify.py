@@ -8,7 +8,7 @@ import pytest
 
 from taxi_pipeline.datasets import Dataset
 from taxi_pipeline.errors import VerificationFailed
-from taxi_pipeline.verify import GzipCsvVerifier
+from taxi_pipeline.verify import BackgroundVerifier, GzipCsvVerifier
 
 HEADER = Dataset.GREEN.layout.header
 ROW = "2,2019-01-01 00:10:16,2019-01-01 00:16:32,N,1,97,49,1,.86,6,0.5,0.5,0,0,,0.3,7.3,2,1,0"
@@ -65,3 +65,19 @@ def test_corrupt_crc_is_detected() -> None:
     body[-6] ^= 0xFF  # inside the CRC-32 trailer
     with pytest.raises(VerificationFailed, match="gzip"):
         _feed(bytes(body))
+
+
+def test_background_verifier_gives_the_same_answer_and_surfaces_failures() -> None:
+    body = gzip.compress(f"{HEADER}\n{ROW}\n{ROW}\n".encode())
+    background = BackgroundVerifier(GzipCsvVerifier(Dataset.GREEN.layout, len(body)), depth=2)
+    for start in range(0, len(body), 5):
+        background.feed(body[start : start + 5])
+    assert background.finish().rows == 2
+
+    wrong = gzip.compress(f"{HEADER},x\n{ROW}\n".encode()) * 50
+    failing = BackgroundVerifier(GzipCsvVerifier(Dataset.GREEN.layout, None), depth=2)
+    with pytest.raises(VerificationFailed, match="header does not match"):
+        for start in range(0, len(wrong), 3):
+            failing.feed(wrong[start : start + 3])
+        failing.finish()
+    failing.close()  # idempotent after the failure

@@ -34,7 +34,7 @@ from taxi_pipeline.ports import ObjectInfo, Ports
 from taxi_pipeline.runs import StepRecorder, new_run_id
 from taxi_pipeline.settings import Settings
 from taxi_pipeline.steps.common import Invocation, request_merge
-from taxi_pipeline.verify import GzipCsvVerifier, VerifiedFile
+from taxi_pipeline.verify import BackgroundVerifier, GzipCsvVerifier, VerifiedFile
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,10 @@ def _download_once(
             raise TransientError(f"{url} answered HTTP {status}")
         if status != 200:
             raise PermanentError(f"{url} answered HTTP {status}")
-        verifier = GzipCsvVerifier(
-            dataset.layout, response.content_length, ports.settings.min_rows_per_file
+        verifier = BackgroundVerifier(
+            GzipCsvVerifier(
+                dataset.layout, response.content_length, ports.settings.min_rows_per_file
+            )
         )
         task = ports.progress.task(f"download {name.rsplit('/', 1)[-1]}", response.content_length)
         try:
@@ -183,4 +185,5 @@ def _download_once(
                 # Raising here, before the block ends, discards the upload: no raw/ object.
                 return verifier.finish()
         finally:
+            verifier.close()
             task.close()
