@@ -76,8 +76,12 @@ def test_background_verifier_gives_the_same_answer_and_surfaces_failures() -> No
 
     wrong = gzip.compress(f"{HEADER},x\n{ROW}\n".encode()) * 50
     failing = BackgroundVerifier(GzipCsvVerifier(Dataset.GREEN.layout, None), depth=2)
-    with pytest.raises(VerificationFailed, match="header does not match"):
+
+    def feed_all_then_finish() -> None:
         for start in range(0, len(wrong), 3):
             failing.feed(wrong[start : start + 3])
         failing.finish()
+
+    with pytest.raises(VerificationFailed, match="header does not match"):
+        feed_all_then_finish()
     failing.close()  # idempotent after the failure
