@@ -22,7 +22,7 @@ import pytest
 from emulators import FakeGcs
 
 from taxi_pipeline.adapters.gcp.gcs import GcsStore
-from taxi_pipeline.adapters.local.folder import FolderStore
+from taxi_pipeline.adapters.local.folder import STALE_PART_SECONDS, FolderStore
 from taxi_pipeline.errors import InvalidMessage
 from taxi_pipeline.ports import Lake
 from taxi_pipeline.settings import Settings
@@ -220,3 +220,16 @@ def test_gcs_from_url() -> None:
     for bad in ("gs://", "gs://b/path", "s3://bucket", "gs://UPPER"):
         with pytest.raises(ConfigurationError):
             GcsStore.from_url(bad, settings)
+
+
+def test_folder_store_sweeps_parts_a_killed_process_left(tmp_path: Path) -> None:
+    """Only stale parts go: a fresh one may belong to a write still in progress."""
+    FolderStore(tmp_path)
+    stale, fresh = tmp_path / ".tmp" / "dead.part", tmp_path / ".tmp" / "live.part"
+    stale.write_bytes(b"half a file")
+    fresh.write_bytes(b"being written")
+    old = stale.stat().st_mtime - STALE_PART_SECONDS - 60
+    os.utime(stale, (old, old))
+    FolderStore(tmp_path)
+    assert not stale.exists()
+    assert fresh.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,9 @@ from pathlib import Path
 
 from taxi_pipeline.errors import InvalidMessage
 from taxi_pipeline.ports import ObjectInfo
+
+STALE_PART_SECONDS = 3600
+"""Age past which a ``.tmp/*.part`` file is a dead process's leftover."""
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 
@@ -49,6 +53,19 @@ class FolderStore:
         self.bucket = "local-lake"
         self.on_finalized = on_finalized
         (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
+        self._sweep_stale_parts()
+
+    def _sweep_stale_parts(self) -> None:
+        """Remove partial writes a killed process left behind (a ``finally`` never ran).
+
+        Only parts older than :data:`STALE_PART_SECONDS` go: a write in progress in another
+        process keeps touching its part, and no download takes that long without a byte.
+        """
+        cutoff = time.time() - STALE_PART_SECONDS
+        for part in (self.root / ".tmp").glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
 
     def _path(self, name: str) -> Path:
         if not _SAFE_NAME.match(name) or ".." in name.split("/"):
