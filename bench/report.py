@@ -251,10 +251,12 @@ def _download(data: dict[str, Any]) -> str:
             f"- Missed by {1 - worst_ratio / targets['throughput_vs_curl_min']:.0%} of the"
             " target. `curl -o` only moves bytes (the server uses sendfile, the file lands in"
             " the page cache); our step also inflates the whole stream to verify it (about 5x"
-            " the compressed size through zlib on one core) before a byte may become a `raw/`"
-            " object. `curl | gzip -t` does that same check and is the fair ceiling: compare"
-            " ours with that row. To the emulator, the 8 MiB resumable chunks add one HTTP round"
-            " trip each and fake-gcs-server's own write path."
+            " the compressed size, through ISA-L's inflate on a thread of its own, overlapping"
+            " the transfer) before a byte may become a `raw/` object: a gzip CRC cannot be"
+            " checked without inflating, and one gzip stream inflates on one core only."
+            " `curl | gzip -t` does that same check with zlib: compare ours with that row. To the"
+            " emulator, the 8 MiB resumable chunks add one HTTP round trip each and"
+            " fake-gcs-server's own write path."
         )
     lines += ["", _machine(data), ""]
     return "\n".join(lines)
