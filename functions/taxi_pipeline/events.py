@@ -8,6 +8,7 @@ import base64
 import binascii
 import itertools
 import json
+import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
@@ -21,7 +22,9 @@ from taxi_pipeline.ports import ObjectInfo
 PUBSUB_PUBLISHED: Final = "google.cloud.pubsub.topic.v1.messagePublished"
 GCS_FINALIZED: Final = "google.cloud.storage.object.v1.finalized"
 
-_message_ids = itertools.count(1_000_000)
+# Random start: message ids must not repeat across processes, since a run id may be derived
+# from one (see ``runs.new_run_id``), like Pub/Sub's own ids that are unique per topic.
+_message_ids = itertools.count(10**15 + secrets.randbelow(8 * 10**15))
 
 
 class CloudEventLike(Protocol):

@@ -50,6 +50,8 @@ def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
         _check_age(event, ports, invocation)
         envelope, body = parse_pubsub(event)
         invocation.attempt = envelope.delivery_attempt or 1
+        if envelope.message.message_id:
+            invocation.delivery_id = f"message {envelope.message.message_id}"
         request = parse_model(IngestRequest, body, "ingest request")
         when = envelope.message.publish_time or event_time(event) or datetime.now(UTC)
         download.run(request, when, invocation, ports)

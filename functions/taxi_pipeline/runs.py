@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -12,9 +13,19 @@ from taxi_pipeline.messages import RunState
 from taxi_pipeline.ports import RunEvent, Warehouse
 
 
-def new_run_id(dataset: Dataset, month: Month) -> str:
-    """``green-201901-3fa2c1d9``: readable, unique, valid as a BigQuery label value."""
-    return f"{dataset.value}-{month.year:04d}{month.month:02d}-{secrets.token_hex(4)}"
+def new_run_id(dataset: Dataset, month: Month, *, derived_from: str = "") -> str:
+    """``green-201901-3fa2c1d9``: readable, unique, valid as a BigQuery label value.
+
+    ``derived_from`` names the delivery that starts the run (a Pub/Sub message, an object
+    generation): the suffix is then its hash, so every redelivery of that one message or object
+    belongs to the same run instead of starting a new one each time.
+    """
+    suffix = (
+        hashlib.sha256(derived_from.encode()).hexdigest()[:8]
+        if derived_from
+        else secrets.token_hex(4)
+    )
+    return f"{dataset.value}-{month.year:04d}{month.month:02d}-{suffix}"
 
 
 def utcnow() -> datetime:

@@ -275,3 +275,46 @@ def test_an_old_dead_letter_is_still_recorded(functions: Functions) -> None:
     assert functions.post("on_dead_letter", event).status_code == 200
     (failed,) = functions.events("dead-letter")
     assert (failed.run_id, failed.state.value) == ("green-2019-01-old", "FAILED")
+
+
+def test_a_request_without_run_id_stays_one_run_across_redeliveries(
+    functions: Functions, source: Source
+) -> None:
+    # A hand publish (or Cloud Scheduler) carries no run id; its redelivery is the same run.
+    body = json_bytes({"dataset": "green", "month": "2019-01"})
+    source.server.inject(source.green.name, Fault.unavailable(times=None))
+    first = pubsub_event(Topic.INGEST_REQUESTS, body, message_id="777", delivery_attempt=1)
+    assert functions.post("on_ingest_request", first).status_code == 500
+    source.server.clear_faults()
+    again = pubsub_event(Topic.INGEST_REQUESTS, body, message_id="777", delivery_attempt=2)
+    assert functions.post("on_ingest_request", again).status_code == 200
+
+    download = functions.events("download")
+    assert [(e.state.value, e.attempt) for e in download] == [
+        ("RUNNING", 1),
+        ("RETRYING", 1),
+        ("RUNNING", 2),
+        ("SUCCESS", 2),
+    ]
+    (run_id,) = {e.run_id for e in download}
+    stored = functions.ports.lake.stat(GREEN_OBJECT)
+    assert stored is not None
+    assert stored.metadata["run_id"] == run_id
+    other = pubsub_event(Topic.INGEST_REQUESTS, body, message_id="778")
+    assert functions.post("on_ingest_request", other).status_code == 200
+    assert len({e.run_id for e in functions.events("download")}) == 2, "a new message, a new run"
+
+
+def test_a_hand_upload_delivered_twice_is_one_run(functions: Functions, source: Source) -> None:
+    with functions.ports.lake.writer(GREEN_OBJECT, {}) as writer:
+        writer.write(source.green.path.read_bytes())
+    stored = functions.ports.lake.stat(GREEN_OBJECT)
+    assert stored is not None
+    event = gcs_event("lake", GREEN_OBJECT, stored.generation, stored.size)
+    for _ in range(2):
+        assert functions.post("on_object_finalized", event).status_code == 200
+    register = functions.events("register")
+    assert [e.state.value for e in register] == ["RUNNING", "SUCCESS"] * 2
+    (run_id,) = {e.run_id for e in register}
+    assert run_id.startswith("green-201901-")
+    assert {e.labels.get("trigger") for e in register} == {"upload"}

@@ -29,6 +29,8 @@ class Invocation:
     dataset: Dataset | None = None
     month: Month | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    delivery_id: str = ""
+    """The identity of the delivered message or object (the same on every redelivery)."""
 
 
 def run_attributes(

@@ -111,7 +111,9 @@ def run(
     month = resolve_month(request, event_time, ports.settings)
     labels = dict(request.labels)
     labels.setdefault("trigger", "manual" if request.month else "schedule")
-    run_id = request.run_id or new_run_id(dataset, month)
+    # A message without a run id (Cloud Scheduler's static body, a hand publish) starts a run
+    # whose id is derived from the message, so its redeliveries continue that same run.
+    run_id = request.run_id or new_run_id(dataset, month, derived_from=invocation.delivery_id)
     invocation.run_id, invocation.dataset, invocation.month = run_id, dataset, month
     invocation.labels = labels
 
@@ -121,24 +123,36 @@ def run(
     recorder.running()
     url = source_file_url(ports.settings, dataset, month)
     name = object_name(dataset, month)
+    # One download of an object at a time: a second run of the month (a schedule firing during
+    # a backfill, a duplicate request) waits, then finds the verified object and reuses it
+    # instead of writing a second generation that would be staged and merged again.
+    with ports.locks.hold(f"download-{dataset.value}-{month}"):
+        existing = ports.lake.stat(name)
+        if (
+            existing is not None
+            and existing.metadata.get("source_url") == url
+            and not request.force
+        ):
+            # Only verified downloads are ever committed with our metadata, so it is safe to
+            # reuse; no object event follows (nothing was written), so hand over to merge.
+            log.info(
+                "%s is already in the lake (generation %s); not downloading again",
+                name,
+                existing.generation,
+            )
+            request_merge(ports, run_id, dataset, month, existing, labels, force=request.force)
+            recorder.finish(RunState.SKIPPED, bytes_=0, details={"reason": "already in the lake"})
+            return DownloadOutcome(run_id, existing, downloaded=False, verified=None)
 
-    existing = ports.lake.stat(name)
-    if existing is not None and existing.metadata.get("source_url") == url and not request.force:
-        # Only verified downloads are ever committed with our metadata, so it is safe to reuse;
-        # no object event follows (nothing was written), so hand over to merge directly.
-        log.info(
-            "%s is already in the lake (generation %s); not downloading again",
-            name,
-            existing.generation,
-        )
-        request_merge(ports, run_id, dataset, month, existing, labels, force=request.force)
-        recorder.finish(RunState.SKIPPED, bytes_=0, details={"reason": "already in the lake"})
-        return DownloadOutcome(run_id, existing, downloaded=False, verified=None)
-
-    metadata = {"run_id": run_id, "dataset": dataset.value, "month": str(month), "source_url": url}
-    metadata.update(labels_to_attributes(labels))
-    verified = _download_with_retries(url, name, metadata, dataset, ports)
-    stored = ports.lake.stat(name)
+        metadata = {
+            "run_id": run_id,
+            "dataset": dataset.value,
+            "month": str(month),
+            "source_url": url,
+        }
+        metadata.update(labels_to_attributes(labels))
+        verified = _download_with_retries(url, name, metadata, dataset, ports)
+        stored = ports.lake.stat(name)
     if stored is None:
         raise TransientError(f"{name} is not visible in the lake right after its upload")
     recorder.finish(RunState.SUCCESS, rows=verified.rows, bytes_=verified.bytes_compressed)

@@ -95,19 +95,26 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
             # A duplicate object event re-creates the external table after the load finished;
             # this is the merge request that follows it, so clear the month's objects here too.
             ports.warehouse.drop_month_objects(dataset, month)
+            # The run's own merge redelivered (say, killed before it published its result): it
+            # reports the figures of its load again instead of overwriting them with zero.
+            own = done.run_id == request.run_id
+            inserted = done.rows_inserted if own else 0
             result = IngestResult(
                 run_id=request.run_id,
                 dataset=dataset,
                 month=str(month),
                 state=RunState.SUCCESS,
                 rows_in_file=done.rows_in_file,
-                rows_inserted=0,
-                rows_already_present=done.rows_in_file,
+                rows_inserted=inserted,
+                rows_already_present=done.rows_in_file - inserted,
                 labels=request.labels,
             )
-            recorder.finish(
-                RunState.SUCCESS, rows=0, details={"reason": f"already loaded by {done.run_id}"}
+            reason = (
+                "redelivered after this run loaded it"
+                if own
+                else f"already loaded by {done.run_id}"
             )
+            recorder.finish(RunState.SUCCESS, rows=inserted, details={"reason": reason})
             publish_result(ports, result)
             return result
 

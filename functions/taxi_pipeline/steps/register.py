@@ -36,7 +36,10 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
     labels = labels_from_attributes(obj.metadata)
     if not is_run_id(run_id):
         # Uploaded by hand (or by a tool that sets no metadata): a run starts here.
-        run_id = new_run_id(dataset, month)
+        # Derived from the object generation: redelivered finalize events continue this run.
+        run_id = new_run_id(
+            dataset, month, derived_from=f"object {obj.bucket}/{obj.name}#{obj.generation}"
+        )
         labels = {"trigger": "upload"}
     invocation.run_id, invocation.labels = run_id, labels
 
