@@ -12,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 
-from taxi_pipeline.datasets import Dataset, Month
+from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import InvalidMessage, NotPublished, PermanentError
 from taxi_pipeline.events import CloudEventLike, event_time, parse_gcs, parse_pubsub
 from taxi_pipeline.logs import log_context
 from taxi_pipeline.messages import (
+    GcsObject,
     IngestRequest,
     MergeRequest,
     RunState,
@@ -79,9 +80,11 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
     """Dead-letter topic: a message that exhausted its deliveries. Mark the run FAILED, alert."""
     invocation = Invocation("dead-letter")
     with _handling(event, invocation, ports):  # no age limit: a failure must be recorded
-        envelope, _body = parse_pubsub(event)
+        envelope, body = parse_pubsub(event)
         attributes = envelope.message.attributes
         _identify(attributes, invocation)
+        if invocation.run_id is None:
+            _identify_from_body(body, invocation)
         last_error = _last_error(ports, invocation.run_id)
         attempts = next(
             (attributes[k] for k in _SOURCE_DELIVERY_COUNT if attributes.get(k, "").isdigit()),
@@ -90,7 +93,34 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
         reason = f"gave up after {attempts} delivery attempts" + (
             f"; last error: {last_error}" if last_error else ""
         )
-        _record_failure(ports, invocation, RunState.FAILED, reason, alert=True)
+        # Strict: were the failure not recorded (warehouse unavailable), the dead letter is
+        # redelivered rather than acknowledged with the run left looking RETRYING forever.
+        _record_failure(ports, invocation, RunState.FAILED, reason, alert=True, strict=True)
+
+
+def _identify_from_body(body: bytes, invocation: Invocation) -> None:
+    """The run a dead letter belongs to when its attributes do not say (a request published by
+    hand without them, a Cloud Storage event): from the body, read as each message we consume."""
+    request: MergeRequest | IngestRequest | None = None
+    with suppress(InvalidMessage):
+        request = parse_model(MergeRequest, body, "dead letter")
+    if request is None:
+        with suppress(InvalidMessage):
+            request = parse_model(IngestRequest, body, "dead letter")
+    if request is not None:
+        month = request.parsed_month
+        if month is not None:
+            invocation.dataset, invocation.month = request.dataset, month
+            invocation.labels = dict(request.labels)
+            invocation.run_id = request.run_id or None
+        return
+    try:
+        obj = parse_model(GcsObject, body, "dead letter")
+        dataset, month = parse_object_name(obj.name)
+    except (InvalidMessage, ValueError):
+        return
+    invocation.dataset, invocation.month = dataset, month
+    invocation.run_id, invocation.labels = register.run_of_object(obj)
 
 
 def _last_error(ports: Ports, run_id: str | None) -> str | None:
@@ -163,7 +193,13 @@ class _TooOld(PermanentError):
 
 
 def _record_failure(
-    ports: Ports, invocation: Invocation, state: RunState, reason: str, *, alert: bool
+    ports: Ports,
+    invocation: Invocation,
+    state: RunState,
+    reason: str,
+    *,
+    alert: bool,
+    strict: bool = False,
 ) -> None:
     with log_context(
         run_id=invocation.run_id,
@@ -174,14 +210,20 @@ def _record_failure(
             log.error("run failed at %s: %s", invocation.step, reason, extra={"alert": ALERT_LABEL})
         else:
             log.info("run skipped at %s: %s", invocation.step, reason)
-    _record(ports, invocation, state, reason)
+    _record(ports, invocation, state, reason, strict=strict)
     result = failed_result(invocation, state, reason)
     if result is not None:
         publish_result(ports, result)
 
 
-def _record(ports: Ports, invocation: Invocation, state: RunState, reason: str) -> None:
-    """Append the outcome; an event we could not even parse is recorded under a stable id."""
+def _record(
+    ports: Ports, invocation: Invocation, state: RunState, reason: str, *, strict: bool = False
+) -> None:
+    """Append the outcome; an event we could not even parse is recorded under a stable id.
+
+    Best effort unless ``strict``: a step's own failure must reach the platform even when the
+    warehouse (the history's home) is what failed.
+    """
     run_id = invocation.run_id or "rejected-" + hashlib.sha256(reason.encode()).hexdigest()[:12]
     try:
         ports.warehouse.append_run_events(
@@ -201,8 +243,9 @@ def _record(ports: Ports, invocation: Invocation, state: RunState, reason: str) 
             ]
         )
     except Exception:
-        # The history is best effort when the warehouse itself is what failed.
         log.exception("could not record %s for run %s", state, run_id)
+        if strict:
+            raise
 
 
 __all__ = [

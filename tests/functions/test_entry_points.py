@@ -16,6 +16,7 @@ from support.cloud_events import gcs_event, json_bytes, pubsub_event
 from support.functions import GREEN_2019_01, Functions, Source
 from taxi_pipeline.datasets import Month, object_name
 from taxi_pipeline.devkit.source_server import Fault
+from taxi_pipeline.errors import TransientError
 from taxi_pipeline.messages import Topic
 
 MODES = ["binary", "structured"]
@@ -318,3 +319,57 @@ def test_a_hand_upload_delivered_twice_is_one_run(functions: Functions, source: 
     (run_id,) = {e.run_id for e in register}
     assert run_id.startswith("green-201901-")
     assert {e.labels.get("trigger") for e in register} == {"upload"}
+
+
+def test_a_dead_letter_without_attributes_is_identified_by_its_body(functions: Functions) -> None:
+    # A merge request published by hand, with no attributes, that exhausted its deliveries.
+    body = json_bytes(
+        {
+            "dataset": "green",
+            "month": "2019-01",
+            "run_id": "green-2019-01-hand",
+            "object_name": GREEN_OBJECT,
+            "generation": "1",
+        }
+    )
+    event = pubsub_event(Topic.DEAD_LETTER, body, {}, delivery_attempt=1)
+    assert functions.post("on_dead_letter", event).status_code == 200
+    (failed,) = functions.events("dead-letter")
+    assert (failed.run_id, failed.dataset, failed.month) == (
+        "green-2019-01-hand",
+        "green",
+        "2019-01",
+    )
+    ((result, _attributes),) = _published(functions, Topic.INGEST_RESULTS)
+    assert json.loads(result)["run_id"] == "green-2019-01-hand"
+
+
+def test_a_dead_lettered_hand_upload_fails_the_run_its_register_started(
+    functions: Functions, source: Source
+) -> None:
+    with functions.ports.lake.writer(GREEN_OBJECT, {}) as writer:
+        writer.write(source.green.path.read_bytes())
+    stored = functions.ports.lake.stat(GREEN_OBJECT)
+    assert stored is not None
+    finalized = gcs_event("lake", GREEN_OBJECT, stored.generation, stored.size)
+    assert functions.post("on_object_finalized", finalized).status_code == 200
+    (run_id,) = {e.run_id for e in functions.events("register")}
+    # The Cloud Storage event's data, forwarded to the dead-letter topic as the message body.
+    body = json.dumps(finalized.data).encode()
+    event = pubsub_event(Topic.DEAD_LETTER, body, {}, delivery_attempt=1)
+    assert functions.post("on_dead_letter", event).status_code == 200
+    (failed,) = functions.events("dead-letter")
+    assert (failed.run_id, failed.state.value) == (run_id, "FAILED")
+    assert failed.labels == {"trigger": "upload"}
+
+
+def test_a_dead_letter_that_cannot_be_recorded_is_redelivered(
+    functions: Functions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(*_args: object, **_kwargs: object) -> None:
+        raise TransientError("warehouse unavailable")
+
+    monkeypatch.setattr(functions.ports.warehouse, "append_run_events", unavailable)
+    attributes = {"run_id": "green-2019-01-dl", "dataset": "green", "month": "2019-01"}
+    event = pubsub_event(Topic.DEAD_LETTER, b"{}", attributes, delivery_attempt=1)
+    assert functions.post("on_dead_letter", event).status_code == 500

@@ -32,15 +32,7 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
     except ValueError as exc:
         raise InvalidMessage(str(exc)) from exc
     invocation.dataset, invocation.month = dataset, month
-    run_id = obj.metadata.get("run_id", "")
-    labels = labels_from_attributes(obj.metadata)
-    if not is_run_id(run_id):
-        # Uploaded by hand (or by a tool that sets no metadata): a run starts here.
-        # Derived from the object generation: redelivered finalize events continue this run.
-        run_id = new_run_id(
-            dataset, month, derived_from=f"object {obj.bucket}/{obj.name}#{obj.generation}"
-        )
-        labels = {"trigger": "upload"}
+    run_id, labels = run_of_object(obj)
     invocation.run_id, invocation.labels = run_id, labels
 
     recorder = StepRecorder(
@@ -64,6 +56,20 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
     request_merge(ports, run_id, dataset, month, current, labels)
     recorder.finish(RunState.SUCCESS, bytes_=current.size, details={"external_table": table})
     return run_id
+
+
+def run_of_object(obj: GcsObject) -> tuple[str, dict[str, str]]:
+    """The run a ``raw/`` object belongs to, and its labels: the one its metadata names (a
+    download), or one derived from the object's generation (uploaded by hand, or by a tool that
+    sets no metadata), so redelivered events of that generation continue one run."""
+    dataset, month = parse_object_name(obj.name)
+    run_id = obj.metadata.get("run_id", "")
+    if is_run_id(run_id):
+        return run_id, labels_from_attributes(obj.metadata)
+    derived = new_run_id(
+        dataset, month, derived_from=f"object {obj.bucket}/{obj.name}#{obj.generation}"
+    )
+    return derived, {"trigger": "upload"}
 
 
 def _check_head(head: bytes, dataset: Dataset) -> None:
