@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from taxi_pipeline.ports import (
     Warehouse,
 )
 from taxi_pipeline.runs import new_run_id, queued_event
-from taxi_pipeline.settings import Settings
+from taxi_pipeline.settings import LogFormat, Settings
 from taxi_pipeline.steps.common import run_attributes
 from taxi_pipeline.steps.download import check_source_base
 
@@ -210,9 +211,22 @@ def cloud_ports() -> Ports:
         if _cloud_ports is None:
             from taxi_pipeline.logs import configure_logging
 
-            settings = Settings()
-            configure_logging(settings.log_format, settings.log_level)
-            _cloud_ports = build_cloud(settings)
+            try:
+                settings = Settings()
+                configure_logging(settings.log_format, settings.log_level)
+                _cloud_ports = build_cloud(settings)
+            except Exception as exc:
+                # Every event fails the same way until the function is redeployed: they are
+                # redelivered (kept, not dropped) and this line reaches a person through the
+                # failed-run alert, which a bare crash outside the handlers would not.
+                configure_logging(LogFormat.JSON)
+                logging.getLogger(__name__).error(
+                    "the function cannot start: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"alert": handlers.ALERT_LABEL},
+                )
+                raise
         return _cloud_ports
 
 

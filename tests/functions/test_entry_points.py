@@ -14,9 +14,11 @@ import pytest
 
 from support.cloud_events import gcs_event, json_bytes, pubsub_event
 from support.functions import GREEN_2019_01, Functions, Source
+from taxi_pipeline import bootstrap
 from taxi_pipeline.datasets import Month, object_name
 from taxi_pipeline.devkit.source_server import Fault
 from taxi_pipeline.errors import TransientError
+from taxi_pipeline.handlers import ALERT_LABEL
 from taxi_pipeline.messages import Topic
 
 MODES = ["binary", "structured"]
@@ -373,3 +375,19 @@ def test_a_dead_letter_that_cannot_be_recorded_is_redelivered(
     attributes = {"run_id": "green-2019-01-dl", "dataset": "green", "month": "2019-01"}
     event = pubsub_event(Topic.DEAD_LETTER, b"{}", attributes, delivery_attempt=1)
     assert functions.post("on_dead_letter", event).status_code == 500
+
+
+def test_a_misconfigured_function_alerts_and_keeps_the_event_for_redelivery(
+    functions: Functions, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap.reset_cloud_ports()
+    monkeypatch.setenv("TAXI_PIPELINE_SOURCE_URL", "ftp://mirror.example/trips")
+    event = pubsub_event(Topic.INGEST_REQUESTS, INGEST)
+    assert functions.post("on_ingest_request", event).status_code == 500
+    lines = [
+        json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    (alert,) = [line for line in lines if line.get("alert") == ALERT_LABEL]
+    assert alert["severity"] == "ERROR"
+    assert "cannot start" in alert["message"]
+    assert "must be an http(s) URL" in alert["message"]

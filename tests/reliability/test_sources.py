@@ -39,6 +39,18 @@ def test_503_twice_then_the_file_succeeds_inside_one_delivery(rig: Rig, source: 
     assert [r.state for r in rig.bus.results()] == [RunState.SUCCESS]
 
 
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 504])
+def test_other_transient_answers_are_retried_inside_the_step(
+    rig: Rig, source: Source, status: int
+) -> None:
+    source.server.inject(NAME, Fault.unavailable(times=1, status=status))
+    key = rig.bus.submit(Dataset.GREEN, JAN, RUN)
+    rig.run()
+    assert _statuses(source) == [status, 200]
+    assert rig.bus.deliveries[key] == 1
+    assert_exact(rig, source.files[(Dataset.GREEN, JAN)])
+
+
 def test_body_cut_short_once_is_retried_and_never_stored(rig: Rig, source: Source) -> None:
     source.server.inject(NAME, Fault.cut(after_bytes=5_000))
     key = rig.bus.submit(Dataset.GREEN, JAN, RUN)

@@ -180,7 +180,8 @@ def _download_once(
         status = response.status_code
         if status in (404, 410):
             raise NotPublished(f"{url} is not published (HTTP {status})")
-        if status == 429 or status >= 500:
+        if status in (408, 425, 429) or status >= 500:
+            # Timeout, too early, throttled, server trouble: worth another try.
             raise TransientError(f"{url} answered HTTP {status}")
         if status != 200:
             raise PermanentError(f"{url} answered HTTP {status}")
