@@ -194,6 +194,7 @@ def test_load_mode_end_to_end(
     loads = [j for j in jobs if isinstance(j, bigquery.LoadJob)]
     assert len(loads) == 2
     assert loads[0].labels["step"] == "merge"
+    assert all(j.allow_quoted_newlines for j in loads)  # read as DuckDB reads the file
 
     warehouse.drop_month_objects(GREEN, JAN)
     warehouse.drop_month_objects(GREEN, JAN)  # already gone: no error
@@ -324,6 +325,37 @@ def test_a_truncated_file_fails_the_load_permanently(
     context = JobContext("green-201901-truncated", GREEN, JAN, "merge")
     with pytest.raises(PermanentError, match="load gs://"):
         warehouse.stage(GREEN, JAN, _upload(bucket, path), context)
+
+
+def test_quoted_newlines_load_as_one_row_like_duckdb(
+    make_warehouse: Factory, bigquery_client: bigquery.Client, bucket: Bucket, tmp_path: Path
+) -> None:
+    """A newline inside a quoted field belongs to the field, in both warehouses.
+
+    The emulator reads CSV with DuckDB, which allows quoted newlines whatever the job says; what
+    this shows on it is the job's setting and the same rows and samples as the local warehouse.
+    """
+    lines = [
+        _green_line(),
+        _green_line(store_and_fwd_flag='"N\nY"'),  # a string field: kept, newline and all
+        _green_line(fare_amount='"7.\n00"'),  # a number field: a value that does not fit
+    ]
+    path = write_raw(tmp_path / "green_tripdata_2019-01.csv.gz", GREEN.layout.header, lines)
+    warehouse = make_warehouse(StagingMode.LOAD)
+    context = JobContext(_unique("green-201901-newlines").replace("_", "-"), GREEN, JAN, "merge")
+    staged = warehouse.stage(GREEN, JAN, _upload(bucket, path), context)
+
+    duck, local = _duckdb(tmp_path, path)
+    duck_staged = duck.stage(GREEN, JAN, local, context)
+    duck.close()
+    assert (staged.rows, staged.rows_bad) == (3, 1)
+    assert staged == duck_staged
+    flags = warehouse.query(
+        f"SELECT store_and_fwd_flag FROM {warehouse.table_ref(staging_table(GREEN, JAN))}"
+    )
+    assert Counter(flags.rows) == Counter([("N",), ("N",), ("N\nY",)])
+    (load,) = [j for j in _jobs(bigquery_client, context.run_id) if isinstance(j, bigquery.LoadJob)]
+    assert load.allow_quoted_newlines is True
 
 
 def test_sdk_errors_are_translated(make_warehouse: Factory) -> None:

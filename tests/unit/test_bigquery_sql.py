@@ -16,6 +16,7 @@ from taxi_pipeline.adapters.gcp.bigquery import (
     label_value,
     measure_sql,
     merge_sql,
+    raw_load_config,
     staging_sql,
     target_pickup_predicate,
     typed_sql,
@@ -128,10 +129,25 @@ def test_external_table_sql_has_an_explicit_all_string_schema() -> None:
         f"uris = ['{uri}']",
         "skip_leading_rows = 1",
         "compression = 'GZIP'",
+        "allow_quoted_newlines = true",
         "expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 1 DAY)",
     ):
         assert option in sql
     assert "ignore_unknown_values" not in sql  # strict, as DuckDB: a short line fails the file
+
+
+def test_load_mode_reads_the_csv_as_the_external_table_does() -> None:
+    """Both staging modes read the file as DuckDB's read_csv does: strict field counts, a header
+    line, and newlines allowed inside quoted fields (BigQuery's default refuses them)."""
+    config = raw_load_config(GREEN, {"step": "merge"})
+    assert config.allow_quoted_newlines is True
+    assert config.skip_leading_rows == 1
+    assert (config.allow_jagged_rows, config.ignore_unknown_values) == (False, False)
+    assert config.max_bad_records == 0
+    assert [(f.name, f.field_type) for f in config.schema] == [
+        (n, "STRING") for n in GREEN.layout.names
+    ]
+    assert config.labels == {"step": "merge"}
 
 
 def test_final_table_sql_reference_types_partitioning_clustering() -> None:

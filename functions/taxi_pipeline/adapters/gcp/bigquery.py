@@ -189,14 +189,43 @@ def external_table_sql(dataset: Dataset, table_ref: str, uri: str) -> str:
 
     Strict like DuckDB's ``read_csv``: a line with too few or too many fields fails the query
     (no ``ignore_unknown_values``, no jagged rows), so a truncated file cannot load partially.
+    Like ``read_csv`` too, a newline inside a quoted field is part of the field
+    (``allow_quoted_newlines``): without it BigQuery fails such a file that DuckDB loads. The
+    option stops BigQuery from splitting a CSV file across workers, which a gzip file never is.
     """
     columns = ",\n  ".join(f"{quote_ident(c.name)} STRING" for c in dataset.layout.columns)
     return (
         f"CREATE OR REPLACE EXTERNAL TABLE {table_ref} (\n  {columns}\n)\n"
         f"OPTIONS (\n  format = 'CSV',\n  uris = [{quote_text(uri)}],\n"
         "  skip_leading_rows = 1,\n  compression = 'GZIP',\n  field_delimiter = ',',\n"
-        "  quote = '\"',\n  encoding = 'UTF8',\n"
+        "  quote = '\"',\n  allow_quoted_newlines = true,\n  encoding = 'UTF8',\n"
         f"  {_expiration_option()}\n)"
+    )
+
+
+def raw_load_config(dataset: Dataset, labels: Mapping[str, str]) -> bigquery.LoadJobConfig:
+    """The load job of ``load`` staging mode: the gzip CSV into the raw table, every column STRING.
+
+    The same reading as :func:`external_table_sql`: strict like DuckDB's ``read_csv`` (a short,
+    long or malformed line fails the load) and newlines inside quoted fields allowed.
+    """
+    from google.cloud import bigquery
+
+    return bigquery.LoadJobConfig(
+        source_format=bigquery.SourceFormat.CSV,
+        schema=[bigquery.SchemaField(c.name, "STRING") for c in dataset.layout.columns],
+        skip_leading_rows=1,
+        field_delimiter=",",
+        quote_character='"',
+        # As DuckDB reads them; it only stops BigQuery splitting the file, and gzip is unsplittable.
+        allow_quoted_newlines=True,
+        encoding="UTF-8",
+        allow_jagged_rows=False,
+        ignore_unknown_values=False,
+        max_bad_records=0,
+        write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+        create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
+        labels=dict(labels),
     )
 
 
@@ -542,29 +571,12 @@ class BigQueryWarehouse:
 
     def _load_raw(self, dataset: Dataset, month: Month, uri: str, context: JobContext) -> str:
         """Load the gzip CSV into the month's raw STRING table with a (free) load job."""
-        from google.cloud import bigquery
-
         name = raw_table(dataset, month)
-        config = bigquery.LoadJobConfig(
-            source_format=bigquery.SourceFormat.CSV,
-            schema=[bigquery.SchemaField(c.name, "STRING") for c in dataset.layout.columns],
-            skip_leading_rows=1,
-            field_delimiter=",",
-            quote_character='"',
-            encoding="UTF-8",
-            # Strict like DuckDB's read_csv: a short, long or malformed line fails the load.
-            allow_jagged_rows=False,
-            ignore_unknown_values=False,
-            max_bad_records=0,
-            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
-            create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
-            labels=job_labels(context),
-        )
         with self._translated(f"load {uri} into {name}"):
             job = self.client.load_table_from_uri(
                 uri,
                 self.table_id(name),
-                job_config=config,
+                job_config=raw_load_config(dataset, job_labels(context)),
                 job_id_prefix=f"taxi_{label_value(context.step).replace('-', '_')}_load_",
                 location=self.settings.bigquery_location,
             )
