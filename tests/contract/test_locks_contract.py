@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 from emulators import FakeGcs
 
+from infra.resources import FUNCTIONS
 from taxi_pipeline.adapters.gcp.gcs import GcsLocks, GcsStore
 from taxi_pipeline.adapters.local.locks import ThreadLocks
 from taxi_pipeline.errors import TransientError
@@ -108,6 +109,14 @@ def test_released_after_an_exception(locks: Locks) -> None:
 
 
 # --------------------------------------------------------------------------- GCS only
+
+
+def test_gcs_stale_after_default_just_outlives_the_longest_function_timeout() -> None:
+    """A live holder is never broken (its function is still inside its timeout), and a lock a
+    killed instance left is broken soon after that holder could still have been running."""
+    longest = max(int(f.timeout.removesuffix("s")) for f in FUNCTIONS)
+    locks = GcsLocks(GcsStore("lake", Settings()))  # no client is built: no request
+    assert longest < locks.stale_after <= longest + 120
 
 
 def test_gcs_held_lock_times_out_as_transient(fake_gcs: FakeGcs) -> None:

@@ -49,6 +49,11 @@ _SAFE_PREFIX: Final = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9._-]*/?)*$")
 _BUCKET: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _MAX_NAME_BYTES: Final = 1024
 _LOCK_KEY: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+# Every function times out after 540 s (infra/resources.py) and takes its locks after it starts,
+# so no live holder's lock is older than that. 60 s more covers the clock skew between this
+# instance and the lock object's creation time (GCS's clock) and a release sent at the deadline;
+# a lock left by a killed instance is then broken within about a minute of its holder's end.
+STALE_LOCK_SECONDS: Final = 600.0
 
 
 def check_object_name(name: str) -> str:
@@ -307,7 +312,7 @@ class GcsLocks:
         store: GcsStore,
         *,
         prefix: str = "locks/",
-        stale_after: float = 900.0,
+        stale_after: float = STALE_LOCK_SECONDS,
         wait_timeout: float = 300.0,
         poll_initial: float = 0.05,
         poll_max: float = 2.0,
