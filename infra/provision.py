@@ -43,7 +43,7 @@ from infra.resources import (
     schedules,
 )
 from taxi_pipeline.datasets import Dataset
-from taxi_pipeline.messages import Topic
+from taxi_pipeline.messages import SCHEDULE_TIME_ZONE_ATTRIBUTE, Topic
 from taxi_pipeline.schedules import Schedule
 
 if TYPE_CHECKING:
@@ -289,7 +289,8 @@ def job_for(target: Target, schedule: Schedule) -> Job:
         pubsub_target=PubsubTarget(
             topic_name=target.topic_path(schedule.topic),
             data=schedule.data,
-            attributes=dict(schedule.attributes),
+            # The month a fire loads is its local month (see handlers.handle_ingest_request).
+            attributes={**schedule.attributes, SCHEDULE_TIME_ZONE_ATTRIBUTE: schedule.time_zone},
         ),
     )
 

@@ -14,12 +14,14 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import InvalidMessage, NotPublished, PermanentError
 from taxi_pipeline.events import CloudEventLike, event_time, parse_gcs, parse_pubsub
 from taxi_pipeline.logs import log_context
 from taxi_pipeline.messages import (
+    SCHEDULE_TIME_ZONE_ATTRIBUTE,
     GcsObject,
     IngestRequest,
     MergeRequest,
@@ -55,7 +57,22 @@ def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
             invocation.delivery_id = f"message {envelope.message.message_id}"
         request = parse_model(IngestRequest, body, "ingest request")
         when = envelope.message.publish_time or event_time(event) or datetime.now(UTC)
+        when = _in_time_zone(when, envelope.message.attributes.get(SCHEDULE_TIME_ZONE_ATTRIBUTE))
         download.run(request, when, invocation, ports)
+
+
+def _in_time_zone(when: datetime, zone_name: str | None) -> datetime:
+    """A scheduled run loads the month of its fire time as the schedule's time zone reads it (a
+    job at 01:00 on the 1st in Asia/Tokyo fires on the last day of the month before in UTC); the
+    Cloud Scheduler jobs carry their zone as an attribute."""
+    if zone_name is None:
+        return when
+    try:
+        return when.astimezone(ZoneInfo(zone_name))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidMessage(
+            f"attribute {SCHEDULE_TIME_ZONE_ATTRIBUTE}={zone_name[:60]!r} is not a known time zone"
+        ) from exc
 
 
 def handle_object_finalized(event: CloudEventLike, ports: Ports) -> None:

@@ -70,6 +70,10 @@ def labels_from_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+SCHEDULE_TIME_ZONE_ATTRIBUTE: Final = "time_zone"
+"""Attribute of a scheduled ingest request: the schedule's time zone, in which its month is read."""
+
+
 class Topic(StrEnum):
     """Pub/Sub topics of the pipeline (the same names in-process)."""
 

@@ -391,3 +391,32 @@ def test_a_misconfigured_function_alerts_and_keeps_the_event_for_redelivery(
     assert alert["severity"] == "ERROR"
     assert "cannot start" in alert["message"]
     assert "must be an http(s) URL" in alert["message"]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "month"),
+    [
+        ({}, "2026-10"),
+        ({"time_zone": "Etc/UTC"}, "2026-10"),
+        ({"time_zone": "Asia/Tokyo"}, "2026-11"),
+    ],
+)
+def test_a_scheduled_request_loads_the_month_of_its_schedule_time_zone(
+    functions: Functions, monkeypatch: pytest.MonkeyPatch, attributes: dict[str, str], month: str
+) -> None:
+    # 01:30 on 1 November in Tokyo is still 31 October in UTC.
+    monkeypatch.setenv("TAXI_PIPELINE_MAX_EVENT_AGE_SECONDS", str(10 * 365 * 86400))
+    bootstrap.reset_cloud_ports()
+    body = json_bytes({"dataset": "green"})
+    event = pubsub_event(Topic.INGEST_REQUESTS, body, attributes, time="2026-10-31T16:30:00.000Z")
+    assert functions.post("on_ingest_request", event).status_code == 200
+    (skipped,) = [e for e in functions.events("download") if e.state.value == "SKIPPED"]
+    assert skipped.month == month
+
+
+def test_a_scheduled_request_with_an_unknown_time_zone_is_refused(functions: Functions) -> None:
+    body = json_bytes({"dataset": "green"})
+    event = pubsub_event(Topic.INGEST_REQUESTS, body, {"time_zone": "../../etc/passwd"})
+    assert functions.post("on_ingest_request", event).status_code == 200
+    (error,) = _rejected(functions, "download")
+    assert "not a known time zone" in error

@@ -251,7 +251,7 @@ def test_schedules_become_exactly_the_reference_jobs(tmp_path: Path) -> None:
             pubsub_target=PubsubTarget(
                 topic_name="projects/demo-proj/topics/ingest-requests",
                 data=f'{{"dataset": "{dataset}"}}'.encode(),
-                attributes={"trigger": "schedule"},
+                attributes={"trigger": "schedule", "time_zone": "Etc/UTC"},
             ),
         )
 
