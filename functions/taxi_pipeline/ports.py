@@ -159,7 +159,9 @@ class Warehouse(Protocol):
         """Drop the month's staging and external tables; no error when already gone."""
 
     def query(self, sql: str) -> QueryResult:
-        """Run a read-only query for the user (``taxi-pipeline sql``)."""
+        """Run the user's query (``taxi-pipeline sql``). The embedded warehouse refuses anything
+        but SELECT / EXPLAIN (its file is all the user's state); BigQuery runs what the caller's
+        IAM allows."""
 
     def append_run_events(self, events: Sequence[RunEvent]) -> None:
         """Append to ``pipeline_runs``; never updates."""

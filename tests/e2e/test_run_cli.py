@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support.e2e import Cli, Source
 from taxi_pipeline.datasets import Dataset, Month, object_name
 from taxi_pipeline.devkit.generator import GeneratedFile
@@ -115,6 +117,25 @@ def test_sql_prints_a_table_by_default(cli: Cli) -> None:
     assert code == 0
     assert "green_tripdata_2019-01.csv" in out
     assert "filename" in out
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE green_tripdata",
+        "SELECT 1; DELETE FROM green_tripdata",
+        "CREATE TABLE copy AS SELECT * FROM green_tripdata",
+        "COPY green_tripdata TO 'out.csv'",
+    ],
+)
+def test_sql_runs_queries_only(cli: Cli, statement: str) -> None:
+    cli("run", "green", "2019-01")
+    code, before = cli("sql", "SELECT count(*) FROM green_tripdata", "--format", "csv")
+    code, out = cli("sql", statement)
+    assert code != 0
+    assert "only queries can run here" in out
+    assert cli("sql", "SELECT count(*) FROM green_tripdata", "--format", "csv")[1] == before
+    assert "copy" not in cli("sql", "SHOW TABLES", "--format", "csv")[1].split()
 
 
 def test_lake_holds_the_raw_object_under_the_gcs_name(cli: Cli, source: Source) -> None:

@@ -331,6 +331,17 @@ class DuckDbWarehouse:
             self._run("drop external", f"DROP VIEW IF EXISTS {external_table(dataset, month)}")
 
     def query(self, sql: str) -> QueryResult:
+        """The user's query; only queries: the file is the user's whole warehouse and history."""
+        try:
+            statements = duckdb.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise PermanentError(str(exc).splitlines()[0]) from exc
+        allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+        refused = sorted({s.type.name for s in statements if s.type not in allowed})
+        if refused:
+            raise PermanentError(
+                f"only queries can run here (SELECT, EXPLAIN), not {', '.join(refused)}"
+            )
         cursor = self._cursor()
         try:
             relation = cursor.execute(sql)
