@@ -156,7 +156,3 @@ class FolderStore:
             if info is not None:
                 found.append(info)
         return found
-
-    def path_of(self, name: str) -> Path:
-        """The file behind an object (DuckDB reads it directly)."""
-        return self._path(name)
