@@ -38,12 +38,13 @@ class Settings(BaseSettings):
     """Folder of the embedded default: ``lake/`` and ``warehouse.duckdb`` live here."""
 
     lake_url: str | None = None
-    """Where raw files go: ``file:///abs/path`` or ``gs://bucket``. Default: ``{home}/lake``."""
+    """Where raw files go: ``file:///abs/path`` or ``gs://bucket``. Unset: ``{home}/lake``
+    (made absolute) as a ``file://`` URL."""
 
     warehouse_url: str | None = None
     """``duckdb:///abs/path.duckdb`` or ``bigquery://project/dataset``.
 
-    Default: ``{home}/warehouse.duckdb``."""
+    Unset: ``{home}/warehouse.duckdb`` (made absolute) as a ``duckdb://`` URL."""
 
     source_url: str = DEFAULT_SOURCE_URL
     """Base of the source files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``."""
@@ -82,17 +83,19 @@ class Settings(BaseSettings):
     """Cap on every BigQuery query job of the pipeline (bytes)."""
 
     bigquery_location: str | None = None
-    """BigQuery location of the dataset (e.g. ``US``); ``None`` lets BigQuery choose."""
+    """BigQuery location of the dataset (e.g. ``US``); unset, BigQuery chooses."""
 
     bigquery_api_endpoint: str | None = None
     """BigQuery REST endpoint of an emulator (``http://127.0.0.1:9050``), used with anonymous
-    credentials; ``None``: Google's (BigQuery's client has no ``*_EMULATOR_HOST`` variable)."""
+    credentials; unset: Google's (BigQuery's client has no ``*_EMULATOR_HOST`` variable)."""
 
     gcp_project: str | None = None
-    """Project of the Pub/Sub topics; defaults to the warehouse URL's project."""
+    """Project of the Pub/Sub topics and of the Cloud Storage client. Unset: Pub/Sub (the cloud
+    bus, ``backfill --cloud``) takes the project of a ``bigquery://`` warehouse URL and fails
+    without one; Cloud Storage takes its client's default project."""
 
     bus_url: str | None = None
-    """Cloud functions' bus: ``pubsub://project`` (default: ``pubsub://{gcp_project}``), or
+    """Cloud functions' bus: ``pubsub://project`` (unset: ``pubsub://{gcp_project}``), or
     ``memory://`` (in-process, records what is published: tests of the functions, no Pub/Sub)."""
 
     upload_chunk_mib: int = Field(default=8, ge=1, le=256)
@@ -109,7 +112,7 @@ class Settings(BaseSettings):
     full yellow month under 1 GiB peak RSS at the same speed (BENCHMARKS.md)."""
 
     duckdb_threads: int | None = Field(default=None, ge=1, le=256)
-    """DuckDB worker threads; ``None`` uses every core."""
+    """DuckDB worker threads; unset, DuckDB uses every core."""
 
     @property
     def resolved_lake_url(self) -> str:
@@ -118,6 +121,17 @@ class Settings(BaseSettings):
     @property
     def resolved_warehouse_url(self) -> str:
         return self.warehouse_url or f"duckdb://{self.home.resolve() / 'warehouse.duckdb'}"
+
+
+_DERIVED_DEFAULTS: Final = {
+    "lake_url": "`file://{home}/lake`",
+    "warehouse_url": "`duckdb://{home}/warehouse.duckdb`",
+    "gcp_project": "the warehouse URL's project (Pub/Sub)",
+    "bus_url": "`pubsub://{gcp_project}`",
+}
+"""What an unset field becomes, for the fields something derives (``resolved_*`` above,
+``bootstrap.build_bus``, ``backfill --cloud``); every other ``None`` default stays unset, and
+its docstring says what unset means."""
 
 
 def settings_markdown() -> str:
@@ -138,7 +152,12 @@ def settings_markdown() -> str:
             docs[node.target.id] = " ".join(str(after.value.value).split()).replace("``", "`")
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = "(derived)" if field.default is None else f"`{field.default}`"
+        if name in _DERIVED_DEFAULTS:
+            default = _DERIVED_DEFAULTS[name]
+        elif field.default is None:
+            default = "unset"
+        else:
+            default = f"`{field.default}`"
         lines.append(f"| `TAXI_PIPELINE_{name.upper()}` | {default} | {docs.get(name, '')} |")
     return "\n".join(lines) + "\n"
 
