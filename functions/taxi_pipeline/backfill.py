@@ -14,13 +14,50 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
-from taxi_pipeline.bootstrap import LocalPipeline
 from taxi_pipeline.datasets import Dataset, Month, month_range
 from taxi_pipeline.messages import IngestRequest, IngestResult, RunState, Topic
 from taxi_pipeline.ports import Bus, Warehouse
 from taxi_pipeline.runs import new_run_id, queued_event
 from taxi_pipeline.steps.common import run_attributes
+
+
+class ResultFeed(Protocol):
+    """Where a local run's ``IngestResult`` can be observed (the in-process bus)."""
+
+    def listen(
+        self, topic: Topic | str, listener: Callable[[bytes, Mapping[str, str]], None]
+    ) -> None: ...
+
+
+class PeakGauge(Protocol):
+    """The most runs of each dataset that held a slot at once (``admission.RunGate``)."""
+
+    @property
+    def peak(self) -> Mapping[Dataset, int]: ...
+
+
+class LocalRunner(Protocol):
+    """What a local backfill needs from the pipeline (``bootstrap.LocalPipeline`` has it)."""
+
+    @property
+    def bus(self) -> ResultFeed: ...
+
+    @property
+    def gate(self) -> PeakGauge: ...
+
+    def submit(
+        self,
+        dataset: Dataset,
+        month: Month,
+        *,
+        labels: Mapping[str, str] | None = None,
+        force: bool = False,
+        run_id: str | None = None,
+    ) -> str: ...
+
+    def drain(self, workers: int = 1) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -90,7 +127,7 @@ class BackfillReport:
 
 
 def run_backfill(
-    pipeline: LocalPipeline,
+    pipeline: LocalRunner,
     plan: BackfillPlan,
     *,
     workers: int,

@@ -142,7 +142,16 @@ def runs(
         labels=labels,
     )
     if not found:
-        err_console.print("no runs match")
+        if dataset or state or after or labels:
+            err_console.print("no runs match")
+        else:
+            err_console.print(
+                f"no runs recorded yet in {settings.resolved_warehouse_url}"
+                " (start one with `taxi-pipeline run DATASET YYYY-MM`)",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
         return
     shown = found[-limit:] if limit > 0 else found
     for line in history.runs_table(shown):
@@ -308,18 +317,33 @@ def backfill(
         typer.Option(
             min=1,
             max=64,
-            help="Runs at a time (default: TAXI_PIPELINE_MAX_CONCURRENT_RUNS_PER_DATASET).",
+            help="Runs at a time, local backfills only"
+            " (default: TAXI_PIPELINE_MAX_CONCURRENT_RUNS_PER_DATASET).",
         ),
     ] = None,
     cloud: Annotated[
-        bool, typer.Option(help="Publish the requests to Pub/Sub ingest-requests instead.")
+        bool,
+        typer.Option(
+            help="Publish the requests to Pub/Sub ingest-requests instead (not with"
+            " --concurrency: the functions' maximum instances bound the cloud)."
+        ),
     ] = False,
     source_url: SourceOption = None,
     home: HomeOption = None,
 ) -> None:
     """Load a range of months, N at a time locally, or publish them with --cloud.
 
-    --cloud publishes one ingest-requests message per month, labelled backfill=true."""
+    --cloud publishes one ingest-requests message per month, labelled backfill=true. The
+    cloud has no per-backfill limit: each function's maximum instances (infra/resources.py)
+    bound how many steps run at once, so --concurrency is refused with --cloud."""
+    if cloud and concurrency is not None:
+        # Nothing on the publishing side could honour it: every month is published at once.
+        raise typer.BadParameter(
+            "--concurrency applies to local backfills only; with --cloud every month is"
+            " published at once and the functions' maximum instances (infra/resources.py)"
+            " bound how many run at a time",
+            param_hint="--concurrency",
+        )
     first_month, last_month = _month(first, "--from"), _month(last, "--to")
     settings = load_settings(home, source_url)
     if concurrency is not None:

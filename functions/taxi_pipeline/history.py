@@ -305,7 +305,10 @@ def format_labels(labels: Mapping[str, str]) -> str:
 
 
 def runs_table(runs: Sequence[Run], now: datetime | None = None) -> list[str]:
-    """One line per run: id, dataset, month, state, start, duration, rows, labels, error."""
+    """One line per run: id, dataset, month, state, start, duration, rows, labels, error.
+
+    The header comes first; no runs give the header alone (the CLI says why there are none).
+    """
     header = (
         "RUN ID",
         "DATASET",
@@ -331,7 +334,7 @@ def runs_table(runs: Sequence[Run], now: datetime | None = None) -> list[str]:
         )
         for r in runs
     ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
     right = {5, 6, 7}
 
     def line(cells: Sequence[str]) -> str:
@@ -415,7 +418,7 @@ def gantt(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
         )
         bars.append(_bar(col(start), edge(stop), width, _BAR[step.state], col(start), wait_to))
     header = ("STEP", "TRY", "STATE", "START", "TOOK", "ROWS", "BYTES")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     right = {1, 3, 4, 5, 6}
 
     def fmt(cells: Sequence[str]) -> str:

@@ -123,6 +123,17 @@ def test_a_backfill_past_the_published_range_skips_those_months_and_refuses_the_
     assert "is in the future" in out
 
 
+def test_cloud_backfill_refuses_concurrency_it_could_not_honour(cli: Cli) -> None:
+    code, out = cli(
+        "backfill", "green", "--from", "2019-01", "--to", "2019-03", "--cloud", "--concurrency", "2"
+    )
+    assert code == 2, out
+    message = " ".join(out.replace("│", " ").split())
+    assert "--concurrency applies to local backfills only" in message
+    assert "maximum instances" in message
+    assert not cli.home.exists(), "refused before any warehouse or bus was opened"
+
+
 def test_parallel_overlapping_backfills_and_a_schedule_firing_load_each_row_once(
     tmp_path: Path, year: Source
 ) -> None:

@@ -49,6 +49,17 @@ def test_runs_lists_one_line_per_run_and_show_draws_its_timeline(cli: Cli, sourc
     assert "█" in steps[2]
 
 
+def test_runs_on_a_fresh_home_says_there_are_none_yet(cli: Cli) -> None:
+    code, out = cli("runs")
+    assert code == 0, out
+    assert "no runs recorded yet in duckdb://" in out
+    assert "RUN ID" not in out
+
+    code, out = cli("runs", "--state", "failed")
+    assert code == 0, out
+    assert out.strip() == "no runs match"
+
+
 def test_a_failing_run_shows_failed_with_its_reason(cli: Cli, source: Source) -> None:
     name = "green_tripdata_2019-02.csv.gz"
     source.server.inject(name, Fault.replace_body(b"<html>rate limited</html>", times=None))

@@ -184,6 +184,11 @@ def test_runs_are_grouped_filtered_and_listed_one_line_each() -> None:
     assert history.filter_runs(runs, labels={"trigger": "manual"}) == runs
 
 
+def test_no_runs_give_the_header_alone() -> None:
+    (header,) = history.runs_table([])
+    assert header.split()[:4] == ["RUN", "ID", "DATASET", "MONTH"]
+
+
 def test_gantt_draws_a_row_per_step_on_one_axis_with_the_lock_wait() -> None:
     lines = history.gantt(history.derive_run(_successful_run()), width=16)
     assert lines[0].startswith("STEP")
