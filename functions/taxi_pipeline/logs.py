@@ -1,7 +1,10 @@
 """Logging: one JSON line per record in the cloud (the shape Cloud Logging indexes), text locally.
 
 The run's context (run id, dataset, month, step) lives in a :class:`ContextVar`, so every record
-logged while a step runs carries it, whichever module logs.
+logged inside a :func:`log_context` block carries it, whichever module logs. A step learns its
+run only while it parses the event, so a block can also follow a :class:`RunIdentity` (the
+handlers' ``Invocation``): its ``run_id``, ``dataset`` and ``month`` are read when each record is
+written, and every line logged after the step filled them in carries them.
 """
 
 from __future__ import annotations
@@ -9,16 +12,35 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from pythonjsonlogger.json import JsonFormatter
 
 from taxi_pipeline.settings import LogFormat
 
-_CONTEXT: ContextVar[dict[str, str]] = ContextVar("taxi_pipeline_log_context", default={})  # noqa: B039
+
+class RunIdentity(Protocol):
+    """What is known so far about the run a block works for (``steps.common.Invocation``)."""
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    @property
+    def dataset(self) -> object | None: ...
+
+    @property
+    def month(self) -> object | None: ...
+
+
+_IDENTITY_FIELDS: Final = ("run_id", "dataset", "month")
+
+_Layer = Mapping[str, str] | RunIdentity
+
+# One layer per open block, innermost last; a tuple, so a block never changes an outer one.
+_CONTEXT: ContextVar[tuple[_Layer, ...]] = ContextVar("taxi_pipeline_log_context", default=())
 
 _SEVERITY = {
     logging.DEBUG: "DEBUG",
@@ -29,19 +51,33 @@ _SEVERITY = {
 }
 
 
-def current_context() -> dict[str, str]:
-    return dict(_CONTEXT.get())
-
-
 @contextmanager
-def log_context(**fields: str | None) -> Iterator[None]:
-    """Add fields to every record logged inside the block (nested blocks merge)."""
-    merged = {**_CONTEXT.get(), **{k: v for k, v in fields.items() if v is not None}}
-    token = _CONTEXT.set(merged)
+def log_context(run: RunIdentity | None = None, /, **fields: str | None) -> Iterator[None]:
+    """Add fields to every record logged inside the block (nested blocks merge, inner wins).
+
+    ``run``: an object whose ``run_id``, ``dataset`` and ``month`` are read at each record, so
+    the lines logged once they are known carry them (unknown ones are left out).
+    """
+    layers: list[_Layer] = [] if run is None else [run]
+    layers.append({k: v for k, v in fields.items() if v is not None})
+    token = _CONTEXT.set((*_CONTEXT.get(), *layers))
     try:
         yield
     finally:
         _CONTEXT.reset(token)
+
+
+def _current_context() -> dict[str, str]:
+    context: dict[str, str] = {}
+    for layer in _CONTEXT.get():
+        if isinstance(layer, Mapping):
+            context.update(layer)
+            continue
+        for name in _IDENTITY_FIELDS:
+            value = getattr(layer, name, None)
+            if value is not None and str(value):
+                context[name] = str(value)
+    return context
 
 
 _SECRETS: Final = (
@@ -64,7 +100,7 @@ def redact(text: str) -> str:
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.run_context = _CONTEXT.get()
+        record.run_context = _current_context()
         # Every record, whichever library logs it (httpx logs each request's URL at INFO).
         message = record.getMessage()
         cleaned = redact(message)

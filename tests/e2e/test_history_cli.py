@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from support.e2e import Cli, Source
 from taxi_pipeline.datasets import Dataset, Month
@@ -158,3 +164,41 @@ def test_schedule_catches_up_from_since_then_from_memory_and_skips_unpublished(
     assert "0 fires" in out
     code, out = cli("schedule", "--no-catchup", "--once")
     assert "0 fires" in out
+
+
+@pytest.fixture
+def json_logs_at_info(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI logs JSON lines at INFO to its stderr; the root logger is restored afterwards."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    monkeypatch.setenv("TAXI_PIPELINE_LOG_FORMAT", "json")
+    monkeypatch.setenv("TAXI_PIPELINE_LOG_LEVEL", "INFO")
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="handlers._handling must open log_context(invocation, step=..., event_id=...) so the"
+    " lines a step logs while it works carry the run it has identified (logs.log_context)",
+)
+@pytest.mark.usefixtures("json_logs_at_info")
+def test_the_log_lines_a_step_writes_while_it_works_carry_its_run(cli: Cli) -> None:
+    code, out = cli("run", "green", "2019-01")
+    assert code == 0, out
+    lines: list[dict[str, Any]] = [
+        json.loads(line) for line in out.splitlines() if line.startswith("{")
+    ]
+    in_steps = [line for line in lines if line.get("step") in ("download", "register", "merge")]
+    loggers = {line["logger"] for line in in_steps}
+    assert {"taxi_pipeline.steps.download", "taxi_pipeline.steps.merge"} <= loggers, lines
+    run_ids = {line.get("run_id") for line in in_steps}
+    assert len(run_ids) == 1, in_steps
+    (run_id,) = run_ids
+    assert isinstance(run_id, str)
+    assert run_id.startswith("green-201901-"), in_steps
+    assert {(line.get("dataset"), line.get("month")) for line in in_steps} == {("green", "2019-01")}
+    assert all(line["logging.googleapis.com/labels"]["run_id"] == run_id for line in in_steps)
