@@ -1,6 +1,6 @@
 """Every Google Cloud resource of the pipeline, declared once.
 
-``deploy.sh`` reads this through ``python -m infra.provision plan ...`` (shell-friendly lines) and
+``deploy.sh`` reads this through ``python -m infra.provision spec ...`` (tab-separated lines) and
 ``infra/provision.py`` through imports, so the functions, their triggers, sizes and roles are
 written down here only.
 
@@ -8,9 +8,11 @@ Sizing, for the largest month the pipeline loads (yellow 2019-01: 7.7 M rows, ~1
 ~690 MB of CSV):
 
 - ``taxi-download`` streams the file from HTTP to GCS in 8 MiB resumable chunks while a streaming
-  verifier inflates it (zlib, CRC and row count): RSS stays near the interpreter + clients
-  (~200 MB) + one chunk, but inflating ~690 MB is CPU work, so 1 GiB buys 0.583 vCPU (vs 0.333 at
-  512 MiB) and keeps a month at well under a minute. ``/tmp`` is never used.
+  verifier inflates it on a second thread (ISA-L's inflate via python-isal, see
+  ``taxi_pipeline/verify.py``: gzip CRC and size, header, row count): RSS stays near the
+  interpreter + clients (~200 MB) + one upload chunk + at most 8 MiB queued for the verifier, but
+  inflating ~690 MB is CPU work, so 1 GiB buys 0.583 vCPU (vs 0.333 at 512 MiB) and keeps a month
+  at well under a minute. ``/tmp`` is never used.
 - ``taxi-register`` and ``taxi-merge`` only submit BigQuery jobs and wait: 512 MiB (the imported
   clients need ~200 MB; 256 MiB is too tight). Merge waits on a CTAS over the external CSV and a
   pruned MERGE, which take one to three minutes for a yellow month.

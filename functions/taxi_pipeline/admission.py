@@ -6,7 +6,10 @@ request is recorded QUEUED at once, but published to ``ingest-requests`` only wh
 has a free slot; the slot frees when the run's ``IngestResult`` (SUCCESS, SKIPPED or FAILED)
 is published. Waiting requests keep their submission order (Kestra's ``QUEUE`` behaviour).
 
-In the cloud the same limit is the functions' maximum instances and Pub/Sub flow control.
+The gate is local only: nothing in the cloud limits runs per dataset. There each function's
+maximum instances (``infra/resources.py``; one request per instance) bound how many steps run at
+once, over all datasets; a delivery past that bound is turned away and Pub/Sub redelivers it
+later, each time counting as a delivery attempt toward the dead-letter policy.
 """
 
 from __future__ import annotations
