@@ -151,7 +151,7 @@ def _last_error(ports: Ports, run_id: str | None) -> str | None:
 def _handling(event: CloudEventLike, invocation: Invocation, ports: Ports) -> Iterator[None]:
     # Everything that can fail runs inside the block (the age check too): an exception raised
     # before the ``yield`` would be swallowed here and become "generator didn't yield" (a 500).
-    with log_context(step=invocation.step, event_id=str(event.get("id") or "")):
+    with log_context(invocation, step=invocation.step, event_id=str(event.get("id") or "")):
         try:
             yield
         except NotPublished as exc:

@@ -179,12 +179,6 @@ def json_logs_at_info(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root.setLevel(level)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="handlers._handling must open log_context(invocation, step=..., event_id=...) so the"
-    " lines a step logs while it works carry the run it has identified (logs.log_context)",
-)
 @pytest.mark.usefixtures("json_logs_at_info")
 def test_the_log_lines_a_step_writes_while_it_works_carry_its_run(cli: Cli) -> None:
     code, out = cli("run", "green", "2019-01")
