@@ -85,7 +85,8 @@ lines() { awk -F'\t' -v k="$1" '$1 == k' <<<"$spec"; }
 sa() { echo "$1@$PROJECT.iam.gserviceaccount.com"; }
 IFS=$'\t' read -r _ METRIC POLICY FILTER < <(lines alert)
 CHANNELS='type="email" AND userLabels.app="taxi-pipeline"'
-policy_name() { probe alpha monitoring policies list --filter="displayName=\"$POLICY\"" --format='value(name)' | head -n1; }
+# The alert policy as "NAME<TAB>CHANNEL;CHANNEL...", empty when absent.
+policy_of() { probe alpha monitoring policies list --filter="displayName=\"$POLICY\"" --format='value(name,notificationChannels)' | head -n1; }
 
 # ---------------------------------------------------------------------------- destroy
 if ((DESTROY)); then
@@ -95,7 +96,7 @@ if ((DESTROY)); then
     fi
   done < <(lines function)
   provision destroy
-  policy=$(policy_name || true)
+  policy=$(policy_of | cut -f1 || true)
   if ((DRY_RUN)) || [[ -n $policy ]]; then
     run gcloud alpha monitoring policies delete "${policy:-POLICY_NAME}" --project="$PROJECT" --quiet
   fi
@@ -203,12 +204,16 @@ if [[ -z $channel ]]; then
     --format='value(name)' --project="$PROJECT" --quiet)
   channel=${channel:-CHANNEL}
 fi
-if [[ -z $(policy_name || true) ]]; then
+policy=$(policy_of || true)
+if [[ -z $policy ]]; then
   run gcloud alpha monitoring policies create --display-name="$POLICY" --combiner=OR \
     --condition-display-name="failed runs" --if='> 0' --duration=0s --trigger-count=1 \
     --condition-filter="metric.type=\"logging.googleapis.com/user/$METRIC\" AND resource.type=\"cloud_run_revision\"" \
     --aggregation='{"alignmentPeriod": "300s", "perSeriesAligner": "ALIGN_SUM"}' \
     --notification-channels="$channel" --project="$PROJECT" --quiet \
     --documentation="A taxi-pipeline run failed: read its ERROR line (jsonPayload.alert) and the pipeline_runs table."
+elif [[ ${policy#*$'\t'} != "$channel" ]]; then # another --alert-email: mail only the new address
+  run gcloud alpha monitoring policies update "${policy%%$'\t'*}" --set-notification-channels="$channel" \
+    --project="$PROJECT" --quiet
 fi
 echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, dataset $DATASET" >&2

@@ -5,6 +5,7 @@ scripts named ``gcloud`` / ``python`` on PATH. Every call is appended as a JSON 
 ``$FAKE_GCLOUD_LOG``; the state (accounts, bindings, functions, ...) lives in
 ``$FAKE_GCLOUD_STATE`` so a second ``deploy.sh`` run sees what the first created. Only the
 commands ``deploy.sh`` issues are understood: anything else exits 97 so a test notices.
+Notification channels are kept as name -> email address, alert policies as name -> channel names.
 
 Knobs (environment): ``FAKE_GCLOUD_ACCOUNT`` (empty: not logged in), ``FAKE_GCLOUD_BILLING``
 (``True``/``False``), ``FAKE_GCLOUD_FOREIGN_BUCKETS`` (comma list of names owned elsewhere),
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,8 @@ def _load() -> dict[str, Any]:
         "iam": {},
         "functions": {},
         "metrics": {},
-        "channels": [],
-        "policies": [],
+        "channels": {},
+        "policies": {},
     }
 
 
@@ -144,25 +146,36 @@ def gcloud(args: list[str]) -> int:  # noqa: C901 (one branch per command)
             del state["metrics"][name]
         _save(state)
         return 0
+    channels: dict[str, str] = state["channels"]
+    policies: dict[str, list[str]] = state["policies"]
     if words == "beta monitoring channels list":
-        return out("\n".join(state["channels"]))
+        only = re.search(r'labels\.email_address="([^"]*)"', flags["filter"][0])
+        return out("\n".join(n for n, e in channels.items() if not only or e == only[1]))
     if words == "beta monitoring channels create":
-        name = f"projects/{project}/notificationChannels/42"
-        state["channels"].append(name)
+        number = 42
+        while f"projects/{project}/notificationChannels/{number}" in channels:
+            number += 1
+        name = f"projects/{project}/notificationChannels/{number}"
+        channels[name] = flags["channel-labels"][0].removeprefix("email_address=")
         _save(state)
         return out(name)
     if pos[:4] == ["beta", "monitoring", "channels", "delete"]:
-        state["channels"].remove(pos[4])
+        del channels[pos[4]]
         _save(state)
         return 0
-    if words == "alpha monitoring policies list":
-        return out("\n".join(state["policies"]))
+    if words == "alpha monitoring policies list":  # value(name,notificationChannels), as gcloud
+        return out("\n".join(f"{n}\t{';'.join(c)}" for n, c in policies.items()))
     if words == "alpha monitoring policies create":
-        state["policies"].append(f"projects/{project}/alertPolicies/7")
+        wanted = flags["notification-channels"][0].split(",")
+        policies[f"projects/{project}/alertPolicies/7"] = wanted
+        _save(state)
+        return 0
+    if pos[:4] == ["alpha", "monitoring", "policies", "update"]:
+        policies[pos[4]] = flags["set-notification-channels"][0].split(",")
         _save(state)
         return 0
     if pos[:4] == ["alpha", "monitoring", "policies", "delete"]:
-        state["policies"].remove(pos[4])
+        del policies[pos[4]]
         _save(state)
         return 0
     print(f"fake gcloud: unexpected command {args}", file=sys.stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support.deploy_bed import HERE, PROJECT, REGION, Call, DeployBed
+from support.deploy_bed import HERE, PROJECT, REGION, Call, DeployBed, Result
 
 ROOT = HERE.parents[1]
 DEPLOYED_STATE = {
@@ -32,8 +32,8 @@ DEPLOYED_STATE = {
         ]
     },
     "metrics": {},
-    "channels": [],
-    "policies": [],
+    "channels": {},
+    "policies": {},
 }
 """A deployed project, as far as the --delete-data test needs."""
 
@@ -105,6 +105,78 @@ def test_deploy_redeploy_change_destroy(bed: DeployBed) -> None:
     twice = bed.deploy("--destroy")
     assert twice.returncode == 0, twice.stderr
     assert [a for a in twice.actions if a.startswith("gcloud")] == []
+
+
+POLICY = "projects/demo-proj/alertPolicies/7"
+ADA = "projects/demo-proj/notificationChannels/42"
+BOB = "projects/demo-proj/notificationChannels/43"
+
+
+def _gcloud_actions(result: Result) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return [a for a in result.actions if a.startswith("gcloud ")]
+
+
+def test_another_alert_email_repoints_the_policy(bed: DeployBed) -> None:
+    assert bed.deploy().returncode == 0
+    deployed = bed.read_state()
+    assert deployed["policies"] == {POLICY: [ADA]}
+
+    # Another address: its channel is made and the policy's channels set to it, nothing else.
+    moved = bed.deploy("--alert-email", "bob@example.com")
+    assert _gcloud_actions(moved) == [
+        "gcloud beta monitoring channels create '--display-name=taxi-pipeline bob@example.com'"
+        " --type=email --channel-labels=email_address=bob@example.com"
+        " --user-labels=app=taxi-pipeline '--format=value(name)' --project=demo-proj --quiet",
+        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={BOB}"
+        " --project=demo-proj --quiet",
+    ]
+    state = bed.read_state()
+    assert state["policies"] == {POLICY: [BOB]}
+    assert state["channels"] == {ADA: "ada@example.com", BOB: "bob@example.com"}
+    unchanged = ("accounts", "functions", "iam", "metrics", "services", "buckets")
+    assert {k: state[k] for k in unchanged} == {k: deployed[k] for k in unchanged}
+
+    # The same address again: nothing changes.
+    same = bed.deploy("--alert-email", "bob@example.com")
+    assert _gcloud_actions(same) == []
+    assert bed.read_state() == state
+
+    # Back to the first address: its channel exists, only the policy moves.
+    back = bed.deploy()
+    assert _gcloud_actions(back) == [
+        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={ADA}"
+        " --project=demo-proj --quiet"
+    ]
+    assert bed.read_state()["policies"] == {POLICY: [ADA]}
+
+    # A channel added by hand is dropped: the policy mails --alert-email only.
+    state = bed.read_state()
+    state["policies"] = {POLICY: [ADA, BOB]}
+    bed.state.write_text(json.dumps(state))
+    extra = bed.deploy()
+    assert _gcloud_actions(extra) == [
+        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={ADA}"
+        " --project=demo-proj --quiet"
+    ]
+    assert _gcloud_actions(bed.deploy()) == []
+
+
+def test_dry_run_with_another_alert_email_calls_nothing(bed: DeployBed) -> None:
+    """A dry run reads nothing, so it prints a first run's alert commands with placeholders."""
+    assert bed.deploy().returncode == 0
+    deployed = bed.read_state()
+    result = bed.deploy("--alert-email", "bob@example.com", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.calls == ()
+    assert bed.read_state() == deployed
+    alert = [line for line in _printed(result.stderr) if " monitoring " in line]
+    assert [" ".join(shlex.split(line)[:5]) for line in alert] == [
+        "gcloud beta monitoring channels create",
+        "gcloud alpha monitoring policies create",
+    ]
+    assert "--channel-labels=email_address=bob@example.com" in alert[0]
+    assert "--notification-channels=CHANNEL " in alert[1]
 
 
 def test_plan_says_what_the_issue_requires() -> None:

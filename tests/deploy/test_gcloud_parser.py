@@ -1,11 +1,12 @@
 """Every gcloud command deploy.sh can issue, checked by the real gcloud's own argument parser.
 
 The commands are the ones the recording stand-in saw across a deploy, a redeploy that updates the
-alert metric, and a destroy. Each is then executed by the real gcloud CLI (one gcloud process
-for all, ``gcloud_parse.py``) with every API endpoint pointed at a local server that answers 403 to
-everything (CLOUDSDK_API_ENDPOINT_OVERRIDES_*; a refused port would make gcloud retry for ~30 s):
-a command that reaches the server was fully parsed and validated; a parse error (unknown flag,
-missing required flag, bad value) exits 2 before any request.
+alert metric and mails another address (a policy update), and a destroy. Each is then executed by
+the real gcloud CLI (one gcloud process for all, ``gcloud_parse.py``) with every API endpoint
+pointed at a local server that answers 403 to everything (CLOUDSDK_API_ENDPOINT_OVERRIDES_*; a
+refused port would make gcloud retry for ~30 s): a command that reaches the server was fully parsed
+and validated; a parse error (unknown flag, missing required flag, bad value) exits 2 before any
+request.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _every_command(bed: DeployBed) -> list[Call]:
     state = bed.read_state()
     state["metrics"] = {"taxi-pipeline-run-failed": "severity>=ERROR"}  # an outdated filter
     bed.state.write_text(json.dumps(state))
-    again = bed.deploy()
+    again = bed.deploy("--alert-email", "bob@example.com")
     assert again.returncode == 0, again.stderr
     calls += again.gcloud_calls
     # --delete-data issues no gcloud command of its own (it only skips the bucket's bindings).
@@ -110,6 +111,7 @@ def test_every_gcloud_command_passes_the_real_parser(
     unique = list(dict.fromkeys(calls))
     assert any("deploy" in c.argv for c in unique)
     assert any("delete" in c.argv for c in unique)
+    assert any(c.argv[1:5] == ("alpha", "monitoring", "policies", "update") for c in unique)
     source = tmp_path / "source"
     source.mkdir()
     (source / "main.py").write_text("")
