@@ -147,7 +147,7 @@ CASES = [
     Case("msg-month-int", _ingest({"dataset": "green", "month": 201902}), "month: Input should"),
     Case("msg-unknown-dataset", _ingest({**_REQUEST, "dataset": "purple"}), "'yellow' or 'green'"),
     Case("msg-2019-13", _ingest({**_REQUEST, "month": "2019-13"}), "month must be 01..12"),
-    Case("msg-2019-1", _ingest({**_REQUEST, "month": "2019-1"}), "month must be a string YYYY-MM"),
+    Case("msg-2019-1", _ingest({**_REQUEST, "month": "2019-1"}), "month must look like YYYY-MM"),
     Case("msg-1900", _ingest({**_REQUEST, "month": "1900-01"}), "before the first published"),
     Case("msg-year-0", _ingest({**_REQUEST, "month": "0000-01"}), "year out of range"),
     Case("msg-future", _ingest({**_REQUEST, "month": _FUTURE}), "is in the future"),
