@@ -22,6 +22,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ _LOCK_KEY: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 # instance and the lock object's creation time (GCS's clock) and a release sent at the deadline;
 # a lock left by a killed instance is then broken within about a minute of its holder's end.
 STALE_LOCK_SECONDS: Final = 600.0
+_HOLDER_KEY: Final = "holder"  # lock object metadata: the token of the attempt that created it
 
 
 def check_object_name(name: str) -> str:
@@ -267,6 +269,14 @@ class GcsStore:
         return sorted((self._info(b) for b in blobs), key=lambda info: info.name)
 
 
+def _transient_or_raise(exc: Exception, what: str) -> TransientError:
+    """``exc`` translated, when it is transient; a permanent error is raised (from ``exc``)."""
+    error = translate(exc, what)
+    if isinstance(error, TransientError):
+        return error
+    raise error from exc
+
+
 def _precondition_failed(exc: Exception) -> bool:
     """HTTP 412, whether from api_core or as a raw resumable-media response."""
     if getattr(exc, "code", None) == 412:
@@ -300,8 +310,9 @@ class GcsLocks:
     releasing deletes exactly the generation we created. A lock older than ``stale_after`` seconds
     belongs to an instance that died (Cloud Run kills steps at their timeout), so it is removed
     (conditionally on its generation, so two waiters cannot both break it). Waiters poll with
-    exponential backoff up to ``wait_timeout`` seconds, then raise :class:`TransientError` so the
-    event is redelivered later.
+    exponential backoff up to ``wait_timeout`` seconds, through transient GCS errors too (429,
+    5xx), then raise :class:`TransientError` so the event is redelivered later; a permanent
+    error (403, ...) raises at once.
 
     The lock objects are tiny and sent as one multipart request, the upload kind on which
     fake-gcs-server also enforces preconditions.
@@ -340,12 +351,26 @@ class GcsLocks:
             self._release(name, generation)
 
     def _acquire(self, name: str) -> int:
-        from google.api_core.exceptions import NotFound, PreconditionFailed
+        """Create the lock object; poll while it is held or GCS answers with a transient error.
+
+        A transient error on the create (429: GCS takes one write a second per object name,
+        which contended lock objects hit; 5xx; a lost connection) is retried here with the same
+        backoff, bounded by ``wait_timeout``; a permanent one (403, ...) raises at once. The SDK's
+        own retries are off on these calls, so that no request loop runs past ``wait_timeout``.
+
+        A create whose answer was lost may have succeeded: the object carries a token of this
+        attempt, and a lock found holding our token is ours.
+        """
+        from google.api_core.exceptions import PreconditionFailed
 
         deadline = time.monotonic() + self.wait_timeout
         delay = self.poll_initial
+        token = uuid.uuid4().hex
+        uri = self.store.uri(name)
         blob = self.store.blob(name)
+        blob.metadata = {_HOLDER_KEY: token}
         body = f"held since {datetime.now(UTC).isoformat()}".encode()
+        last_error: TransientError | None = None
         while True:
             try:
                 blob.upload_from_string(
@@ -353,34 +378,59 @@ class GcsLocks:
                     content_type="text/plain",
                     if_generation_match=0,
                     timeout=self.store.timeout,
+                    retry=None,
                 )
                 return int(blob.generation)
             except PreconditionFailed:
-                pass  # held by someone else
+                last_error = None  # held: by someone else, or by us if a lost answer created it
             except Exception as exc:
-                raise translate(exc, f"take lock {self.store.uri(name)}") from exc
-            with contextlib.suppress(NotFound, PreconditionFailed):
-                self._break_if_stale(name)
+                last_error = _transient_or_raise(exc, f"take lock {uri}")
+                log.info("lock %s not taken, polling on: %s", uri, last_error)
+            ours = self._check_held(name, token)
+            if ours is not None:
+                return ours
             if time.monotonic() + delay > deadline:
-                raise TransientError(
-                    f"lock {self.store.uri(name)} still held after {self.wait_timeout:.0f} s"
-                )
+                if last_error is not None:
+                    raise TransientError(
+                        f"lock {uri} not taken within {self.wait_timeout:.0f} s; last error:"
+                        f" {last_error}"
+                    ) from last_error
+                raise TransientError(f"lock {uri} still held after {self.wait_timeout:.0f} s")
             time.sleep(delay)  # backoff between attempts to take a held lock
             delay = min(delay * 2, self.poll_max)
 
-    def _break_if_stale(self, name: str) -> None:
-        held = self.store._bucket().get_blob(name, timeout=self.store.timeout)
-        if held is None or held.time_created is None:
-            return
-        age = (datetime.now(UTC) - held.time_created).total_seconds()
-        if age > self.stale_after:
-            log.warning(
-                "breaking stale lock %s (held %.0f s, over %.0f s)",
-                self.store.uri(name),
-                age,
-                self.stale_after,
-            )
-            held.delete(if_generation_match=held.generation, timeout=self.store.timeout)
+    def _check_held(self, name: str, token: str) -> int | None:
+        """The lock's generation if it holds our ``token``; else break it if stale, and ``None``.
+
+        Transient errors (the lock is checked again at the next poll) and a lock that vanished
+        or changed meanwhile give ``None``; a permanent error raises.
+        """
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        uri = self.store.uri(name)
+        try:
+            held = self.store._bucket().get_blob(name, timeout=self.store.timeout, retry=None)
+            if held is None:
+                return None
+            if (held.metadata or {}).get(_HOLDER_KEY) == token:
+                log.info("lock %s was taken by an attempt whose answer was lost", uri)
+                return int(held.generation)
+            if held.time_created is None:
+                return None
+            age = (datetime.now(UTC) - held.time_created).total_seconds()
+            if age > self.stale_after:
+                log.warning(
+                    "breaking stale lock %s (held %.0f s, over %.0f s)", uri, age, self.stale_after
+                )
+                held.delete(
+                    if_generation_match=held.generation, timeout=self.store.timeout, retry=None
+                )
+        except (NotFound, PreconditionFailed):
+            pass  # released or broken by someone else meanwhile
+        except Exception as exc:
+            error = _transient_or_raise(exc, f"check lock {uri}")
+            log.info("lock %s not checked, polling on: %s", uri, error)
+        return None
 
     def _release(self, name: str, generation: int) -> None:
         from google.api_core.exceptions import NotFound, PreconditionFailed
