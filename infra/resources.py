@@ -53,8 +53,14 @@ APIS: Final = (
 
 RUNTIME: Final = "python312"
 GCS_FINALIZED: Final = "google.cloud.storage.object.v1.finalized"
-MAX_DELIVERY_ATTEMPTS: Final = 5
-"""Deliveries of one event before Pub/Sub moves it to ``ingest-dead-letter`` (range 5..100)."""
+MAX_DELIVERY_ATTEMPTS: Final = 15
+"""Deliveries of one event before Pub/Sub moves it to ``ingest-dead-letter`` (range 5..100).
+
+Not the minimum 5: a cloud backfill publishes every month at once, and a delivery that Cloud Run
+turns away at max instances, or a step that gives up waiting for a month's lock, counts as an
+attempt. With the triggers' 10 s..600 s exponential backoff, 15 attempts keep retrying for about
+an hour and a half before an event is dead-lettered; permanent errors are acknowledged at once
+and never use them."""
 
 TRIGGER_ACCOUNT: Final = "taxi-trigger"
 """Identity Eventarc uses to invoke the functions: run.invoker on each, eventarc.eventReceiver."""

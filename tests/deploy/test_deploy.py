@@ -220,7 +220,7 @@ def test_dry_run_prints_every_action_and_calls_nothing(bed: DeployBed) -> None:
         "ensure bucket gs://demo-proj-taxi-lake in europe-west1",
         "ensure table taxi.yellow_tripdata",
         "ensure topic ingest-dead-letter",
-        "ensure dead-letter policy on eventarc-europe-west1-taxi-merge-*: 5 attempts",
+        "ensure dead-letter policy on eventarc-europe-west1-taxi-merge-*: 15 attempts",
         'ensure scheduler job taxi-green-monthly: 0 9 1 * * Etc/UTC -> ingest-requests {"dataset":',
     ):
         assert f"+ {intent}" in result.stderr
