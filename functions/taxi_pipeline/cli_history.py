@@ -31,12 +31,12 @@ from taxi_pipeline.backfill import (
     publish_backfill,
     run_backfill,
 )
-from taxi_pipeline.bootstrap import LocalPipeline, build_warehouse
+from taxi_pipeline.bootstrap import LocalPipeline, build_bus, build_warehouse
 from taxi_pipeline.cli import HomeOption, SourceOption, _open, console, err_console, load_settings
 from taxi_pipeline.datasets import Dataset, Month, published_months
 from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.messages import IngestResult, RunState, Topic
-from taxi_pipeline.ports import Warehouse
+from taxi_pipeline.ports import Bus, Warehouse
 from taxi_pipeline.schedules import load_schedules
 from taxi_pipeline.scheduling import Fired, Scheduler, next_fires
 from taxi_pipeline.settings import Settings
@@ -423,16 +423,18 @@ def _backfill_lines(
     return lines
 
 
+def _topic_name(bus: Bus, topic: Topic) -> str:
+    """``projects/P/topics/T`` for Pub/Sub, the bare topic for another bus."""
+    topic_path = getattr(bus, "topic_path", None)
+    return str(topic_path(topic)) if callable(topic_path) else topic.value
+
+
 def _backfill_cloud(
     settings: Settings, dataset: Dataset, first: Month, last: Month, only_missing: bool
 ) -> None:
-    from taxi_pipeline.bootstrap import _project_of
-
     try:
-        from taxi_pipeline.adapters.gcp.pubsub import PubSubBus
-
-        project = settings.gcp_project or _project_of(settings.resolved_warehouse_url)
-        bus = PubSubBus(project)
+        # The functions' own bus: Pub/Sub of gcp_project (or the warehouse's project).
+        bus = build_bus(settings)
     except (PipelineError, ImportError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -469,7 +471,7 @@ def _backfill_cloud(
         _print(f"{dataset.value} {month} {run_id}: published to {Topic.INGEST_REQUESTS.value}")
     _print(
         f"backfill {plan.backfill_id}: {len(run_ids)} requests published to"
-        f" projects/{project}/topics/{Topic.INGEST_REQUESTS.value}"
+        f" {_topic_name(bus, Topic.INGEST_REQUESTS)}"
         f" (labels backfill=true, backfill_id={plan.backfill_id});"
         f" {len(plan.already_loaded)} already loaded and skipped"
     )
