@@ -13,17 +13,21 @@ import base64
 import gc
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from emulators import FakeGcs
+from google.api_core import exceptions as gexc
+from google.cloud.storage import Blob
 
-from taxi_pipeline.adapters.gcp.gcs import GcsStore
+from taxi_pipeline.adapters.gcp.gcs import GcsStore, _GcsWriter
 from taxi_pipeline.adapters.local.folder import STALE_PART_SECONDS, FolderStore
-from taxi_pipeline.errors import InvalidMessage
+from taxi_pipeline.errors import InvalidMessage, VerificationFailed
 from taxi_pipeline.ports import Lake
 from taxi_pipeline.settings import Settings
 
@@ -203,6 +207,65 @@ def test_gcs_cancelled_upload_leaves_no_file_behind_in_the_emulator(
     gc.collect()
     assert store.stat(NAME) is None
     assert not (fake_gcs.root / store.bucket / NAME).exists()
+
+
+class _Altering:
+    """A BlobWriter stand-in that changes one byte of every chunk on its way to GCS: the upload
+    commits (the SDK's CRC32C covers what it sent) but differs from the bytes we hashed."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, chunk: bytes) -> int:
+        return int(self._stream.write(bytes([chunk[0] ^ 1]) + chunk[1:]))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _alter_uploads(monkeypatch: pytest.MonkeyPatch) -> None:
+    init = _GcsWriter.__init__
+    monkeypatch.setattr(_GcsWriter, "__init__", lambda self, stream: init(self, _Altering(stream)))
+
+
+def test_gcs_an_upload_stored_unlike_what_was_sent_is_deleted(
+    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _gcs_store(fake_gcs)
+    _write(store, NAME, b"the previous, verified version")
+    _alter_uploads(monkeypatch)
+    deletes: list[dict[str, Any]] = []
+    real_delete = Blob.delete
+
+    def recording_delete(self: Blob, *args: Any, **kwargs: Any) -> None:
+        deletes.append(kwargs)
+        real_delete(self, *args, **kwargs)
+
+    monkeypatch.setattr(Blob, "delete", recording_delete)
+    with pytest.raises(VerificationFailed, match="differs from what was sent") as err:
+        _write(store, NAME, os.urandom(2 * MIB + 5))
+    # Nothing unverified stays in raw/ (the previous generation was replaced by the upload).
+    assert store.stat(NAME) is None
+    assert store.list("") == []
+    assert str(err.value).endswith("; deleted")
+    # Only the generation found unverified: a newer one is never deleted. fake-gcs-server
+    # ignores ifGenerationMatch on deletes, so the request itself is checked.
+    (generation,) = re.findall(r"generation (\d+)", str(err.value))
+    assert [d.get("if_generation_match") for d in deletes] == [int(generation)]
+
+
+def test_gcs_an_unverified_upload_that_cannot_be_deleted_says_so(
+    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _gcs_store(fake_gcs)
+    _alter_uploads(monkeypatch)
+
+    def refuse(self: Blob, *args: Any, **kwargs: Any) -> None:
+        raise gexc.from_http_status(403, "no storage.objects.delete")  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(Blob, "delete", refuse)
+    with pytest.raises(VerificationFailed, match="could NOT be deleted"):
+        _write(store, NAME, b"some bytes")
 
 
 def _gcs_store(fake: FakeGcs) -> GcsStore:

@@ -215,11 +215,36 @@ class GcsStore:
         if stored.size != writer.size or (
             stored.md5_base64 is not None and stored.md5_base64 != writer.md5_base64
         ):
+            # Already committed (and announced by its finalize event): remove it, so that no
+            # unverified object stays in raw/ for register to load or a redelivered download to
+            # reuse. Only the generation found mismatching is deleted, never a newer one.
+            removed = self._delete_generation(name, stored.generation)
             raise VerificationFailed(
                 f"{self.uri(name)} as stored (generation {stored.generation}, {stored.size} bytes,"
                 f" md5 {stored.md5_base64}) differs from what was sent ({writer.size} bytes,"
-                f" md5 {writer.md5_base64})"
+                f" md5 {writer.md5_base64}); "
+                + ("deleted" if removed else "could NOT be deleted, remove it by hand")
             )
+
+    def _delete_generation(self, name: str, generation: str) -> bool:
+        """Delete exactly ``generation`` of ``name``; False (and logged) if it may still be there.
+
+        Conditional deletes are retried by the SDK on transient errors. A 404 or 412 means that
+        generation is gone already (deleted, or replaced by a newer one we leave alone).
+        """
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        uri = f"{self.uri(name)}#{generation}"
+        try:
+            self.blob(name).delete(if_generation_match=int(generation), timeout=self.timeout)
+        except (NotFound, PreconditionFailed):
+            log.warning("unverified upload %s was already gone or replaced", uri)
+            return True
+        except Exception as exc:
+            log.error("could not delete the unverified upload %s: %s", uri, exc)
+            return False
+        log.warning("deleted unverified upload %s", uri)
+        return True
 
     def _delete_if_not(self, name: str, md5_base64: str) -> None:
         """Remove a finalized object whose content is not what we sent (corrupted in flight)."""
