@@ -591,7 +591,7 @@ def start_bigquery_emulator(
         cwd=data_dir,
         timeout=timeout,
     )
-    return BigQueryEmulator(
+    emulator = BigQueryEmulator(
         proc=proc,
         url=f"http://{_LOCALHOST}:{port}",
         project=project,
@@ -599,3 +599,39 @@ def start_bigquery_emulator(
         grpc_port=grpc_port,
         gcs=gcs,
     )
+    if gcs is not None:
+        try:
+            _warm_up_gcs_reads(emulator, gcs)
+        except BaseException:
+            emulator.stop()
+            raise
+    return emulator
+
+
+def _warm_up_gcs_reads(emulator: BigQueryEmulator, gcs: FakeGcs) -> None:
+    """One load job from ``gs://`` before any test runs.
+
+    local-bigquery creates its DuckDB GCS secret on the first ``gs://`` read; two first reads
+    at once collide on it ("Catalog write-write conflict", a 400 that the pipeline rightly
+    treats as permanent), so a test whose two load jobs started together failed now and then.
+    """
+    from google.cloud import bigquery
+
+    storage = gcs.client()
+    bucket = storage.bucket("bigquery-emulator-warm-up")
+    if not bucket.exists():
+        bucket = storage.create_bucket(bucket.name)
+    bucket.blob("warm-up.csv").upload_from_string(b"n\n1\n", content_type="text/csv")
+    client = emulator.client()
+    try:
+        client.create_dataset("warm_up", exists_ok=True)
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.CSV,
+            skip_leading_rows=1,
+            schema=[bigquery.SchemaField("n", "INT64")],
+        )
+        client.load_table_from_uri(
+            f"gs://{bucket.name}/warm-up.csv", f"{emulator.project}.warm_up.t", job_config=config
+        ).result(timeout=60)
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
