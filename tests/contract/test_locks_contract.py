@@ -124,6 +124,15 @@ def test_gcs_stale_after_default_just_outlives_the_longest_function_timeout() ->
     assert longest < locks.stale_after <= longest + 120
 
 
+def test_gcs_lock_waits_of_a_merge_leave_room_for_its_work() -> None:
+    """A merge waits for two locks in turn; both full waits must leave minutes of its timeout
+    for the staging and the insert, or the function is killed holding the first lock."""
+    merge = next(f for f in FUNCTIONS if f.entry_point == "on_merge_request")
+    timeout = int(merge.timeout.removesuffix("s"))
+    locks = GcsLocks(GcsStore("lake", Settings()))
+    assert timeout - 2 * locks.wait_timeout >= 180
+
+
 def test_gcs_held_lock_times_out_as_transient(fake_gcs: FakeGcs) -> None:
     store = _store(fake_gcs)
     holder = GcsLocks(store)

@@ -55,6 +55,10 @@ _LOCK_KEY: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 # instance and the lock object's creation time (GCS's clock) and a release sent at the deadline;
 # a lock left by a killed instance is then broken within about a minute of its holder's end.
 STALE_LOCK_SECONDS: Final = 600.0
+# A merge waits for two locks in turn (its dataset-month, then the dataset's insert) around a
+# staging job of a minute or two: 2 x 150 s of waiting plus the work stays inside the 540 s
+# timeout. A wait that runs out is a transient error: the event comes back after a backoff.
+LOCK_WAIT_SECONDS: Final = 150.0
 _HOLDER_KEY: Final = "holder"  # lock object metadata: the token of the attempt that created it
 
 
@@ -349,7 +353,7 @@ class GcsLocks:
         *,
         prefix: str = "locks/",
         stale_after: float = STALE_LOCK_SECONDS,
-        wait_timeout: float = 300.0,
+        wait_timeout: float = LOCK_WAIT_SECONDS,
         poll_initial: float = 0.05,
         poll_max: float = 2.0,
     ) -> None:
