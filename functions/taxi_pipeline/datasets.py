@@ -220,6 +220,18 @@ def parse_object_name(name: str) -> tuple[Dataset, Month]:
     return Dataset(match.group(1)), Month.parse(match.group(3))
 
 
+_SAFE_OBJECT_NAME: Final = re.compile(
+    r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$"
+)
+_MAX_OBJECT_NAME_BYTES: Final = 1024  # GCS's limit
+
+
+def is_safe_object_name(name: str) -> bool:
+    """Whether ``name`` may name a lake object in every store: relative, ``/``-separated parts of
+    letters, digits, ``._-``, no part starting with a dot (no ``..``, nothing hidden)."""
+    return bool(_SAFE_OBJECT_NAME.match(name)) and len(name.encode()) <= _MAX_OBJECT_NAME_BYTES
+
+
 def external_table(dataset: Dataset, month: Month) -> str:
     """Name of the month's external table, e.g. ``green_tripdata_2019_01_ext``."""
     return f"{dataset.value}_tripdata_{month.underscored}_ext"

@@ -69,8 +69,6 @@ def check_source_base(settings: Settings) -> str:
             f"source URL {base!r} is plain http; use https, or set"
             " TAXI_PIPELINE_ALLOW_INSECURE_SOURCE=true to allow it"
         )
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigurationError("source URL must not carry a query, fragment or credentials")
     return base
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from taxi_pipeline.adapters.gcp.errors import translate
+from taxi_pipeline.datasets import is_safe_object_name
 from taxi_pipeline.errors import (
     ConfigurationError,
     InvalidMessage,
@@ -45,10 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _MIB: Final = 1024 * 1024
-_SAFE_NAME: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 _SAFE_PREFIX: Final = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9._-]*/?)*$")
 _BUCKET: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_MAX_NAME_BYTES: Final = 1024
 _LOCK_KEY: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 # Every function times out after 540 s (infra/resources.py) and takes its locks after it starts,
 # so no live holder's lock is older than that. 60 s more covers the clock skew between this
@@ -64,11 +63,7 @@ _HOLDER_KEY: Final = "holder"  # lock object metadata: the token of the attempt 
 
 def check_object_name(name: str) -> str:
     """``name`` if it is a safe lake object name (no ``..``, no leading dot or slash)."""
-    if (
-        not _SAFE_NAME.match(name)
-        or ".." in name.split("/")
-        or len(name.encode()) > _MAX_NAME_BYTES
-    ):
+    if not is_safe_object_name(name):
         raise InvalidMessage(f"object name {name!r} is not a safe lake object name")
     return name
 

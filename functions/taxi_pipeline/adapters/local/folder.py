@@ -7,20 +7,18 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from taxi_pipeline.datasets import is_safe_object_name
 from taxi_pipeline.errors import InvalidMessage
 from taxi_pipeline.ports import ObjectInfo
 
 STALE_PART_SECONDS = 3600
 """Age past which a ``.tmp/*.part`` file is a dead process's leftover."""
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 
 
 class _Writer:
@@ -68,7 +66,7 @@ class FolderStore:
                     part.unlink()
 
     def _path(self, name: str) -> Path:
-        if not _SAFE_NAME.match(name) or ".." in name.split("/"):
+        if not is_safe_object_name(name):
             raise InvalidMessage(f"object name {name!r} is not a safe lake object name")
         path = (self.root / name).resolve()
         if not path.is_relative_to(self.root) or path.name.startswith("."):
