@@ -20,6 +20,7 @@ from taxi_pipeline.datasets import Dataset, Month, month_range
 from taxi_pipeline.messages import IngestRequest, IngestResult, RunState, Topic
 from taxi_pipeline.ports import Bus, Warehouse
 from taxi_pipeline.runs import new_run_id, queued_event
+from taxi_pipeline.scheduling import Submitter
 from taxi_pipeline.steps.common import run_attributes
 
 
@@ -38,7 +39,7 @@ class PeakGauge(Protocol):
     def peak(self) -> Mapping[Dataset, int]: ...
 
 
-class LocalRunner(Protocol):
+class LocalRunner(Submitter, Protocol):
     """What a local backfill needs from the pipeline (``bootstrap.LocalPipeline`` has it)."""
 
     @property
@@ -46,18 +47,6 @@ class LocalRunner(Protocol):
 
     @property
     def gate(self) -> PeakGauge: ...
-
-    def submit(
-        self,
-        dataset: Dataset,
-        month: Month,
-        *,
-        labels: Mapping[str, str] | None = None,
-        force: bool = False,
-        run_id: str | None = None,
-    ) -> str: ...
-
-    def drain(self, workers: int = 1) -> None: ...
 
 
 @dataclass(frozen=True)
