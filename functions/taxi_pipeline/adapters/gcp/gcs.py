@@ -247,11 +247,13 @@ class GcsStore:
 
     def _delete_if_not(self, name: str, md5_base64: str) -> None:
         """Remove a finalized object whose content is not what we sent (corrupted in flight)."""
-        with contextlib.suppress(Exception):
+        try:
             stored = self.stat(name)
-            if stored is not None and stored.md5_base64 != md5_base64:
-                self.blob(name).delete(if_generation_match=int(stored.generation))
-                log.warning("deleted corrupted upload %s#%s", self.uri(name), stored.generation)
+        except Exception as exc:
+            log.error("could not check %s after a corrupted upload: %s", self.uri(name), exc)
+            return
+        if stored is not None and stored.md5_base64 != md5_base64:
+            self._delete_generation(name, stored.generation)
 
     def read_head(self, name: str, size: int) -> bytes:
         """The first ``size`` bytes (one ranged GET)."""
