@@ -126,6 +126,8 @@ def test_sql_prints_a_table_by_default(cli: Cli) -> None:
         "SELECT 1; DELETE FROM green_tripdata",
         "CREATE TABLE copy AS SELECT * FROM green_tripdata",
         "COPY green_tripdata TO 'out.csv'",
+        "EXPLAIN ANALYZE DELETE FROM green_tripdata",
+        "/* plan */ explain analyse DROP TABLE green_tripdata",
     ],
 )
 def test_sql_runs_queries_only(cli: Cli, statement: str) -> None:
@@ -136,6 +138,16 @@ def test_sql_runs_queries_only(cli: Cli, statement: str) -> None:
     assert "only queries can run here" in out
     assert cli("sql", "SELECT count(*) FROM green_tripdata", "--format", "csv")[1] == before
     assert "copy" not in cli("sql", "SHOW TABLES", "--format", "csv")[1].split()
+
+
+def test_sql_shows_plans_and_tables(cli: Cli) -> None:
+    cli("run", "green", "2019-01")
+    for statement in ("EXPLAIN SELECT count(*) FROM green_tripdata", "SHOW TABLES"):
+        code, out = cli("sql", statement, "--format", "csv")
+        assert code == 0, out
+    code, out = cli("sql", "EXPLAIN DROP TABLE green_tripdata", "--format", "csv")
+    assert code == 0, out  # a plan only: EXPLAIN without ANALYZE does not run it
+    assert "green_tripdata" in cli("sql", "SHOW TABLES", "--format", "csv")[1].split()
 
 
 def test_lake_holds_the_raw_object_under_the_gcs_name(cli: Cli, source: Source) -> None:

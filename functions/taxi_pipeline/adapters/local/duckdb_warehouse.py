@@ -8,12 +8,14 @@ MD5 over the reference fields cast the way BigQuery casts them to STRING.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import duckdb
@@ -120,6 +122,20 @@ def _translate(exc: duckdb.Error, what: str) -> Exception:
     if isinstance(exc, duckdb.IOException) and "lock" in message.lower():
         return TransientError(f"{what}: {message}")
     return PermanentError(f"{what}: {message}")
+
+
+_ANALYZE: Final = re.compile(r"\banaly[sz]e\b", re.IGNORECASE)
+
+
+def _not_a_query(statement: duckdb.Statement) -> str | None:
+    """Why ``statement`` may not run for the user (None: it only reads)."""
+    if statement.type is duckdb.StatementType.SELECT:
+        return None
+    if statement.type is duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE executes its statement; the word anywhere in an EXPLAIN is refused
+        # rather than parsed (comments, option lists).
+        return "EXPLAIN ANALYZE" if _ANALYZE.search(statement.query) else None
+    return statement.type.name
 
 
 class DuckDbWarehouse:
@@ -331,25 +347,35 @@ class DuckDbWarehouse:
             self._run("drop external", f"DROP VIEW IF EXISTS {external_table(dataset, month)}")
 
     def query(self, sql: str) -> QueryResult:
-        """The user's query; only queries: the file is the user's whole warehouse and history."""
+        """The user's query; only queries: the file is the user's whole warehouse and history.
+
+        Statements are checked before anything runs (SELECT, and EXPLAIN that does not execute
+        its statement: ``EXPLAIN ANALYZE`` does), and what runs runs in a transaction that is
+        always rolled back, so a statement that slipped through still changes nothing.
+        """
         try:
             statements = duckdb.extract_statements(sql)
         except duckdb.Error as exc:
             raise PermanentError(str(exc).splitlines()[0]) from exc
-        allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-        refused = sorted({s.type.name for s in statements if s.type not in allowed})
+        refused = sorted(
+            {refusal for statement in statements if (refusal := _not_a_query(statement))}
+        )
         if refused:
             raise PermanentError(
-                f"only queries can run here (SELECT, EXPLAIN), not {', '.join(refused)}"
+                "only queries can run here (SELECT, SHOW, DESCRIBE, EXPLAIN without ANALYZE),"
+                f" not {', '.join(refused)}"
             )
         cursor = self._cursor()
         try:
+            cursor.execute("BEGIN TRANSACTION")
             relation = cursor.execute(sql)
             columns = [d[0] for d in relation.description or []]
             return QueryResult(columns, relation.fetchall() if columns else [])
         except duckdb.Error as exc:
             raise PermanentError(str(exc).splitlines()[0]) from exc
         finally:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
             cursor.close()
 
     def table_names(self) -> list[str]:
