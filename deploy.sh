@@ -79,6 +79,8 @@ if ((DRY_RUN == 0)); then
     fi
   fi
 fi
+# Only an --alert-email given on the command line moves an existing alert policy (see the end).
+ALERT_EMAIL_GIVEN=${ALERT_EMAIL:+1}
 ALERT_EMAIL=${ALERT_EMAIL:-${account:-ACCOUNT}}
 spec=$("$PYTHON" -m infra.provision spec --project="$PROJECT" --region="$REGION" --bucket="$BUCKET" --dataset="$DATASET")
 lines() { awk -F'\t' -v k="$1" '$1 == k' <<<"$spec"; }
@@ -197,23 +199,28 @@ if [[ $current == "(absent)" ]]; then
 elif [[ $current != "$FILTER" ]]; then
   run gcloud logging metrics update "$METRIC" --log-filter="$FILTER" --project="$PROJECT" --quiet
 fi
-channel=$(probe beta monitoring channels list --format='value(name)' --filter="$CHANNELS AND labels.email_address=\"$ALERT_EMAIL\"" | head -n1 || true)
-if [[ -z $channel ]]; then
-  channel=$(run gcloud beta monitoring channels create --display-name="taxi-pipeline $ALERT_EMAIL" \
-    --type=email --channel-labels=email_address="$ALERT_EMAIL" --user-labels=app=taxi-pipeline \
-    --format='value(name)' --project="$PROJECT" --quiet)
-  channel=${channel:-CHANNEL}
-fi
+# The policy mails one address. Given --alert-email, its channels are set to that address's
+# alone; without it an existing policy is left as it is, so a colleague's redeploy neither moves
+# the alert to their gcloud account nor drops channels added by hand. A first deploy mails the account.
 policy=$(policy_of || true)
-if [[ -z $policy ]]; then
-  run gcloud alpha monitoring policies create --display-name="$POLICY" --combiner=OR \
-    --condition-display-name="failed runs" --if='> 0' --duration=0s --trigger-count=1 \
-    --condition-filter="metric.type=\"logging.googleapis.com/user/$METRIC\" AND resource.type=\"cloud_run_revision\"" \
-    --aggregation='{"alignmentPeriod": "300s", "perSeriesAligner": "ALIGN_SUM"}' \
-    --notification-channels="$channel" --project="$PROJECT" --quiet \
-    --documentation="A taxi-pipeline run failed: read its ERROR line (jsonPayload.alert) and the pipeline_runs table."
-elif [[ ${policy#*$'\t'} != "$channel" ]]; then # another --alert-email: mail only the new address
-  run gcloud alpha monitoring policies update "${policy%%$'\t'*}" --set-notification-channels="$channel" \
-    --project="$PROJECT" --quiet
+if [[ -z $policy || -n $ALERT_EMAIL_GIVEN ]]; then
+  channel=$(probe beta monitoring channels list --format='value(name)' --filter="$CHANNELS AND labels.email_address=\"$ALERT_EMAIL\"" | head -n1 || true)
+  if [[ -z $channel ]]; then
+    channel=$(run gcloud beta monitoring channels create --display-name="taxi-pipeline $ALERT_EMAIL" \
+      --type=email --channel-labels=email_address="$ALERT_EMAIL" --user-labels=app=taxi-pipeline \
+      --format='value(name)' --project="$PROJECT" --quiet)
+    channel=${channel:-CHANNEL}
+  fi
+  if [[ -z $policy ]]; then
+    run gcloud alpha monitoring policies create --display-name="$POLICY" --combiner=OR \
+      --condition-display-name="failed runs" --if='> 0' --duration=0s --trigger-count=1 \
+      --condition-filter="metric.type=\"logging.googleapis.com/user/$METRIC\" AND resource.type=\"cloud_run_revision\"" \
+      --aggregation='{"alignmentPeriod": "300s", "perSeriesAligner": "ALIGN_SUM"}' \
+      --notification-channels="$channel" --project="$PROJECT" --quiet \
+      --documentation="A taxi-pipeline run failed: read its ERROR line (jsonPayload.alert) and the pipeline_runs table."
+  elif [[ ${policy#*$'\t'} != "$channel" ]]; then
+    run gcloud alpha monitoring policies update "${policy%%$'\t'*}" --set-notification-channels="$channel" \
+      --project="$PROJECT" --quiet
+  fi
 fi
 echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, dataset $DATASET" >&2

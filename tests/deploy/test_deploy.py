@@ -110,6 +110,7 @@ def test_deploy_redeploy_change_destroy(bed: DeployBed) -> None:
 POLICY = "projects/demo-proj/alertPolicies/7"
 ADA = "projects/demo-proj/notificationChannels/42"
 BOB = "projects/demo-proj/notificationChannels/43"
+CAROL = "projects/demo-proj/notificationChannels/44"
 
 
 def _gcloud_actions(result: Result) -> list[str]:
@@ -142,23 +143,69 @@ def test_another_alert_email_repoints_the_policy(bed: DeployBed) -> None:
     assert _gcloud_actions(same) == []
     assert bed.read_state() == state
 
-    # Back to the first address: its channel exists, only the policy moves.
-    back = bed.deploy()
+    # Without --alert-email (ada, the gcloud account, runs it): the policy keeps mailing bob.
+    assert _gcloud_actions(bed.deploy()) == []
+    assert bed.read_state() == state
+
+    # Back to the first address, given explicitly: its channel exists, only the policy moves.
+    back = bed.deploy("--alert-email", "ada@example.com")
     assert _gcloud_actions(back) == [
         f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={ADA}"
         " --project=demo-proj --quiet"
     ]
     assert bed.read_state()["policies"] == {POLICY: [ADA]}
 
-    # A channel added by hand is dropped: the policy mails --alert-email only.
+    # A channel added by hand is dropped when --alert-email is given: the policy mails it only.
     state = bed.read_state()
     state["policies"] = {POLICY: [ADA, BOB]}
     bed.state.write_text(json.dumps(state))
-    extra = bed.deploy()
+    extra = bed.deploy("--alert-email", "ada@example.com")
     assert _gcloud_actions(extra) == [
         f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={ADA}"
         " --project=demo-proj --quiet"
     ]
+    assert _gcloud_actions(bed.deploy("--alert-email", "ada@example.com")) == []
+
+
+def test_redeploy_without_alert_email_leaves_the_policy_alone(bed: DeployBed) -> None:
+    """The default address is the gcloud account: a colleague's routine redeploy moves nothing."""
+    assert bed.deploy().returncode == 0
+    # Someone added bob's channel to the policy by hand.
+    state = bed.read_state()
+    state["channels"] = {ADA: "ada@example.com", BOB: "bob@example.com"}
+    state["policies"] = {POLICY: [ADA, BOB]}
+    bed.state.write_text(json.dumps(state))
+
+    bed.env["FAKE_GCLOUD_ACCOUNT"] = "carol@example.com"
+    colleague = bed.deploy()
+    assert _gcloud_actions(colleague) == []
+    # carol's channel is not even looked up: the existing policy decides.
+    looked_up = [shlex.join(c.argv) for c in colleague.gcloud_calls]
+    assert not [line for line in looked_up if " monitoring channels " in line]
+    assert bed.read_state() == state
+    assert _gcloud_actions(bed.deploy()) == []
+    assert bed.read_state() == state
+
+    # Given explicitly, carol's address is what the policy mails, and only that.
+    moved = bed.deploy("--alert-email", "carol@example.com")
+    assert _gcloud_actions(moved) == [
+        "gcloud beta monitoring channels create '--display-name=taxi-pipeline carol@example.com'"
+        " --type=email --channel-labels=email_address=carol@example.com"
+        " --user-labels=app=taxi-pipeline '--format=value(name)' --project=demo-proj --quiet",
+        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={CAROL}"
+        " --project=demo-proj --quiet",
+    ]
+    assert bed.read_state()["policies"] == {POLICY: [CAROL]}
+
+    # A policy deleted by hand is made again, mailing the account's (existing) channel.
+    state = bed.read_state()
+    state["policies"] = {}
+    bed.state.write_text(json.dumps(state))
+    remade = _gcloud_actions(bed.deploy())
+    assert [" ".join(shlex.split(a)[:5]) for a in remade] == [
+        "gcloud alpha monitoring policies create"
+    ]
+    assert f"--notification-channels={CAROL} " in remade[0]
     assert _gcloud_actions(bed.deploy()) == []
 
 
