@@ -48,6 +48,23 @@ def event_time(event: CloudEventLike) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+DEAD_LETTER_DELIVERY_COUNT: Final = "CloudPubSubDeadLetterSourceDeliveryCount"
+DEAD_LETTER_PUBLISH_TIME: Final = "CloudPubSubDeadLetterSourceTopicPublishTime"
+
+
+def dead_letter_attributes(
+    event: CloudEventLike, attributes: Mapping[str, str], deliveries: int
+) -> dict[str, str]:
+    """The attributes of the copy Pub/Sub forwards to a dead-letter topic: the original's, the
+    delivery count and the original publish time (the forwarded copy gets a new message id)."""
+    forwarded = dict(attributes) | {DEAD_LETTER_DELIVERY_COUNT: str(deliveries)}
+    published = event_time(event)
+    if published is not None:
+        stamp = published.astimezone(UTC).isoformat(timespec="milliseconds")
+        forwarded[DEAD_LETTER_PUBLISH_TIME] = stamp
+    return forwarded
+
+
 def _require_type(event: CloudEventLike, expected: str) -> None:
     actual = event.get("type")
     if actual != expected:

@@ -18,7 +18,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import InvalidMessage, NotPublished, PermanentError
-from taxi_pipeline.events import CloudEventLike, event_time, parse_gcs, parse_pubsub
+from taxi_pipeline.events import (
+    DEAD_LETTER_DELIVERY_COUNT,
+    DEAD_LETTER_PUBLISH_TIME,
+    CloudEventLike,
+    event_time,
+    parse_gcs,
+    parse_pubsub,
+)
 from taxi_pipeline.logs import log_context
 from taxi_pipeline.messages import (
     SCHEDULE_TIME_ZONE_ATTRIBUTE,
@@ -40,11 +47,6 @@ log = logging.getLogger(__name__)
 ALERT_LABEL = "taxi-pipeline-run-failed"
 """Value of the ``alert`` field on the ERROR line a log-based alert matches."""
 
-_SOURCE_DELIVERY_COUNT = ("CloudPubSubDeadLetterSourceDeliveryCount", "delivery_attempts")
-"""Where a dead-lettered message says how often it was delivered: the attribute Pub/Sub adds
-when it forwards to the dead-letter topic, and the in-process bus's own. The dead-letter
-delivery's ``deliveryAttempt`` counts deliveries of the forwarded copy, not of the original."""
-
 
 def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
     """Pub/Sub ``ingest-requests`` -> download."""
@@ -53,12 +55,25 @@ def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
         _check_age(event, ports, invocation)
         envelope, body = parse_pubsub(event)
         invocation.attempt = envelope.delivery_attempt or 1
-        if envelope.message.message_id:
-            invocation.delivery_id = f"message {envelope.message.message_id}"
+        message = envelope.message
+        invocation.delivery_id = message_identity(message.publish_time, message.message_id, body)
         request = parse_model(IngestRequest, body, "ingest request")
-        when = envelope.message.publish_time or event_time(event) or datetime.now(UTC)
-        when = _in_time_zone(when, envelope.message.attributes.get(SCHEDULE_TIME_ZONE_ATTRIBUTE))
+        when = message.publish_time or event_time(event) or datetime.now(UTC)
+        when = _in_time_zone(when, message.attributes.get(SCHEDULE_TIME_ZONE_ATTRIBUTE))
         download.run(request, when, invocation, ports)
+
+
+def message_identity(published: datetime | None, message_id: str, body: bytes) -> str:
+    """What names one published message on each of its deliveries and in its dead-lettered copy.
+
+    The copy Pub/Sub forwards to the dead-letter topic has a new message id but the same body,
+    and the original publish time as ``CloudPubSubDeadLetterSourceTopicPublishTime``; so the
+    publish time (to the millisecond, the precision both carry) and the body name the message.
+    """
+    if published is None:
+        return f"message {message_id}" if message_id else ""
+    stamp = published.astimezone(UTC).isoformat(timespec="milliseconds")
+    return f"published {stamp} {hashlib.sha256(body).hexdigest()[:16]}"
 
 
 def _in_time_zone(when: datetime, zone_name: str | None) -> datetime:
@@ -80,7 +95,9 @@ def handle_object_finalized(event: CloudEventLike, ports: Ports) -> None:
     invocation = Invocation("register")
     with _handling(event, invocation, ports):
         _check_age(event, ports, invocation)
-        register.run(parse_gcs(event), invocation, ports)
+        obj = parse_gcs(event)
+        invocation.delivery_id = f"object {obj.bucket}/{obj.name}#{obj.generation}"
+        register.run(obj, invocation, ports)
 
 
 def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
@@ -90,6 +107,7 @@ def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
         _check_age(event, ports, invocation)
         envelope, body = parse_pubsub(event)
         invocation.attempt = envelope.delivery_attempt or 1
+        invocation.delivery_id = f"message {envelope.message.message_id}"
         merge.run(parse_model(MergeRequest, body, "merge request"), invocation, ports)
 
 
@@ -99,14 +117,14 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
     with _handling(event, invocation, ports):  # no age limit: a failure must be recorded
         envelope, body = parse_pubsub(event)
         attributes = envelope.message.attributes
+        invocation.delivery_id = f"message {envelope.message.message_id}"
         _identify(attributes, invocation)
         if invocation.run_id is None:
-            _identify_from_body(body, invocation)
+            _identify_from_body(body, attributes, invocation, ports)
         last_error = _last_error(ports, invocation.run_id)
-        attempts = next(
-            (attributes[k] for k in _SOURCE_DELIVERY_COUNT if attributes.get(k, "").isdigit()),
-            "all",
-        )
+        # The dead-letter delivery's own ``deliveryAttempt`` counts deliveries of the copy.
+        count = attributes.get(DEAD_LETTER_DELIVERY_COUNT, "")
+        attempts = count if count.isdigit() else "all"
         reason = f"gave up after {attempts} delivery attempts" + (
             f"; last error: {last_error}" if last_error else ""
         )
@@ -115,21 +133,35 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
         _record_failure(ports, invocation, RunState.FAILED, reason, alert=True, strict=True)
 
 
-def _identify_from_body(body: bytes, invocation: Invocation) -> None:
+def _identify_from_body(
+    body: bytes, attributes: Mapping[str, str], invocation: Invocation, ports: Ports
+) -> None:
     """The run a dead letter belongs to when its attributes do not say (a request published by
-    hand without them, a Cloud Storage event): from the body, read as each message we consume."""
-    request: MergeRequest | IngestRequest | None = None
+    hand or by Cloud Scheduler, a Cloud Storage event): from the body, read as each message we
+    consume; an ingest request without a run id names the run its download derived."""
+    merge_request: MergeRequest | None = None
     with suppress(InvalidMessage):
-        request = parse_model(MergeRequest, body, "dead letter")
-    if request is None:
+        merge_request = parse_model(MergeRequest, body, "dead letter")
+    if merge_request is not None:
+        invocation.dataset, invocation.month = merge_request.dataset, merge_request.parsed_month
+        invocation.labels = dict(merge_request.labels)
+        invocation.run_id = merge_request.run_id
+        return
+    ingest_request: IngestRequest | None = None
+    with suppress(InvalidMessage):
+        ingest_request = parse_model(IngestRequest, body, "dead letter")
+    if ingest_request is not None:
+        published = _parse_time(attributes.get(DEAD_LETTER_PUBLISH_TIME, ""))
+        if published is None:
+            return
         with suppress(InvalidMessage):
-            request = parse_model(IngestRequest, body, "dead letter")
-    if request is not None:
-        month = request.parsed_month
-        if month is not None:
-            invocation.dataset, invocation.month = request.dataset, month
-            invocation.labels = dict(request.labels)
-            invocation.run_id = request.run_id or None
+            when = _in_time_zone(published, attributes.get(SCHEDULE_TIME_ZONE_ATTRIBUTE))
+            identity = message_identity(published, "", body)
+            run_id, month, labels = download.identify_run(
+                ingest_request, when, identity, ports.settings
+            )
+            invocation.dataset, invocation.month = ingest_request.dataset, month
+            invocation.run_id, invocation.labels = run_id, labels
         return
     try:
         obj = parse_model(GcsObject, body, "dead letter")
@@ -138,6 +170,14 @@ def _identify_from_body(body: bytes, invocation: Invocation) -> None:
         return
     invocation.dataset, invocation.month = dataset, month
     invocation.run_id, invocation.labels = register.run_of_object(obj)
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 def _last_error(ports: Ports, run_id: str | None) -> str | None:
@@ -241,7 +281,9 @@ def _record(
     Best effort unless ``strict``: a step's own failure must reach the platform even when the
     warehouse (the history's home) is what failed.
     """
-    run_id = invocation.run_id or "rejected-" + hashlib.sha256(reason.encode()).hexdigest()[:12]
+    # Per message too: unrelated rejections with the same reason are not one "run".
+    rejected = f"{reason} {invocation.delivery_id}".encode()
+    run_id = invocation.run_id or "rejected-" + hashlib.sha256(rejected).hexdigest()[:12]
     try:
         ports.warehouse.append_run_events(
             [

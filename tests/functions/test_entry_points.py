@@ -286,10 +286,16 @@ def test_a_request_without_run_id_stays_one_run_across_redeliveries(
     # A hand publish (or Cloud Scheduler) carries no run id; its redelivery is the same run.
     body = json_bytes({"dataset": "green", "month": "2019-01"})
     source.server.inject(source.green.name, Fault.unavailable(times=None))
-    first = pubsub_event(Topic.INGEST_REQUESTS, body, message_id="777", delivery_attempt=1)
+    published = datetime.now(UTC)
+    stamp = published.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    first = pubsub_event(
+        Topic.INGEST_REQUESTS, body, message_id="777", delivery_attempt=1, time=stamp
+    )
     assert functions.post("on_ingest_request", first).status_code == 500
     source.server.clear_faults()
-    again = pubsub_event(Topic.INGEST_REQUESTS, body, message_id="777", delivery_attempt=2)
+    again = pubsub_event(
+        Topic.INGEST_REQUESTS, body, message_id="777", delivery_attempt=2, time=stamp
+    )
     assert functions.post("on_ingest_request", again).status_code == 200
 
     download = functions.events("download")
@@ -303,7 +309,8 @@ def test_a_request_without_run_id_stays_one_run_across_redeliveries(
     stored = functions.ports.lake.stat(GREEN_OBJECT)
     assert stored is not None
     assert stored.metadata["run_id"] == run_id
-    other = pubsub_event(Topic.INGEST_REQUESTS, body, message_id="778")
+    later = (published + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    other = pubsub_event(Topic.INGEST_REQUESTS, body, message_id="778", time=later)
     assert functions.post("on_ingest_request", other).status_code == 200
     assert len({e.run_id for e in functions.events("download")}) == 2, "a new message, a new run"
 
@@ -420,3 +427,49 @@ def test_a_scheduled_request_with_an_unknown_time_zone_is_refused(functions: Fun
     assert functions.post("on_ingest_request", event).status_code == 200
     (error,) = _rejected(functions, "download")
     assert "not a known time zone" in error
+
+
+@pytest.mark.parametrize(
+    ("body", "attributes"),
+    [
+        ({"dataset": "green", "month": "2019-01"}, {}),
+        # Cloud Scheduler's static body: the month comes from the publish time in its zone.
+        ({"dataset": "green"}, {"trigger": "schedule", "time_zone": "Asia/Tokyo"}),
+    ],
+)
+def test_a_dead_lettered_request_without_run_id_fails_the_run_its_download_started(
+    functions: Functions,
+    source: Source,
+    monkeypatch: pytest.MonkeyPatch,
+    body: dict[str, str],
+    attributes: dict[str, str],
+) -> None:
+    monkeypatch.setenv("TAXI_PIPELINE_MAX_EVENT_AGE_SECONDS", str(10 * 365 * 86400))
+    bootstrap.reset_cloud_ports()
+    source.server.inject(source.green.name, Fault.unavailable(times=None))
+    published = "2026-10-31T16:30:00.123Z"
+    event = pubsub_event(
+        Topic.INGEST_REQUESTS, json_bytes(body), attributes, message_id="41", time=published
+    )
+    functions.post("on_ingest_request", event)
+    (run_id,) = {e.run_id for e in functions.events("download")}
+
+    # The copy Pub/Sub forwards: a new message id, the original's attributes and publish time.
+    forwarded = attributes | {
+        "CloudPubSubDeadLetterSourceDeliveryCount": "15",
+        "CloudPubSubDeadLetterSourceTopicPublishTime": "2026-10-31T16:30:00.123+00:00",
+    }
+    dead = pubsub_event(Topic.DEAD_LETTER, json_bytes(body), forwarded, message_id="9001")
+    assert functions.post("on_dead_letter", dead).status_code == 200
+    (failed,) = functions.events("dead-letter")
+    assert (failed.run_id, failed.state.value) == (run_id, "FAILED")
+    assert "gave up after 15 delivery attempts" in (failed.error or "")
+
+
+def test_rejected_messages_with_the_same_reason_are_not_one_run(functions: Functions) -> None:
+    for message_id in ("1", "2"):
+        event = pubsub_event(Topic.DEAD_LETTER, b"{}", {}, message_id=message_id)
+        assert functions.post("on_dead_letter", event).status_code == 200
+    ids = [e.run_id for e in functions.events("dead-letter")]
+    assert len(ids) == len(set(ids)) == 2
+    assert all(run_id.startswith("rejected-") for run_id in ids)

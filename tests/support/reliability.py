@@ -37,7 +37,13 @@ from taxi_pipeline.adapters.local.locks import ThreadLocks
 from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.devkit.generator import GeneratedFile
 from taxi_pipeline.devkit.source_server import SourceServer
-from taxi_pipeline.events import PUBSUB_PUBLISHED, CloudEventLike, build_gcs_event
+from taxi_pipeline.events import (
+    PUBSUB_PUBLISHED,
+    CloudEventLike,
+    build_gcs_event,
+    dead_letter_attributes,
+    event_time,
+)
 from taxi_pipeline.events import build_pubsub_event as _build_pubsub_event
 from taxi_pipeline.messages import IngestRequest, IngestResult, Topic, parse_model
 from taxi_pipeline.ports import (
@@ -215,8 +221,7 @@ class ChaosBus:
                 self.publish(
                     Topic.DEAD_LETTER,
                     delivery.body,
-                    delivery.attributes
-                    | {"CloudPubSubDeadLetterSourceDeliveryCount": str(delivery.attempt)},
+                    dead_letter_attributes(delivery.event, delivery.attributes, delivery.attempt),
                 )
             return
         attempt = delivery.attempt + 1
@@ -229,6 +234,7 @@ class ChaosBus:
                 delivery.attributes,
                 message_id=delivery.key,
                 delivery_attempt=attempt,
+                time=event_time(event),
             )
         self._enqueue(
             _Delivery(

@@ -101,17 +101,30 @@ def resolve_month(request: IngestRequest, event_time: datetime, settings: Settin
     return month
 
 
+def identify_run(
+    request: IngestRequest, event_time: datetime, message_identity: str, settings: Settings
+) -> tuple[str, Month, dict[str, str]]:
+    """The run an ingest request starts or continues: its id, month and labels.
+
+    A message without a run id (Cloud Scheduler's static body, a hand publish) starts a run
+    whose id is derived from ``message_identity``, so its redeliveries, and the dead-letter
+    handler given its forwarded copy, name that same run.
+    """
+    month = resolve_month(request, event_time, settings)
+    labels = dict(request.labels)
+    labels.setdefault("trigger", "manual" if request.month else "schedule")
+    run_id = request.run_id or new_run_id(request.dataset, month, derived_from=message_identity)
+    return run_id, month, labels
+
+
 def run(
     request: IngestRequest, event_time: datetime, invocation: Invocation, ports: Ports
 ) -> DownloadOutcome:
     """Download and verify one month into the lake (or reuse the verified object already there)."""
     dataset = request.dataset
-    month = resolve_month(request, event_time, ports.settings)
-    labels = dict(request.labels)
-    labels.setdefault("trigger", "manual" if request.month else "schedule")
-    # A message without a run id (Cloud Scheduler's static body, a hand publish) starts a run
-    # whose id is derived from the message, so its redeliveries continue that same run.
-    run_id = request.run_id or new_run_id(dataset, month, derived_from=invocation.delivery_id)
+    run_id, month, labels = identify_run(
+        request, event_time, invocation.delivery_id, ports.settings
+    )
     invocation.run_id, invocation.dataset, invocation.month = run_id, dataset, month
     invocation.labels = labels
 

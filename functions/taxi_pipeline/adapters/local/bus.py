@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 from cloudevents.http import CloudEvent
 
-from taxi_pipeline.events import PUBSUB_PUBLISHED, CloudEventLike, build_pubsub_event
+from taxi_pipeline.events import (
+    PUBSUB_PUBLISHED,
+    CloudEventLike,
+    build_pubsub_event,
+    dead_letter_attributes,
+    event_time,
+)
 from taxi_pipeline.messages import Topic
 
 log = logging.getLogger(__name__)
@@ -121,7 +127,9 @@ class InProcessBus:
                     self.publish(
                         Topic.DEAD_LETTER,
                         delivery.body,
-                        delivery.attributes | {"delivery_attempts": str(delivery.attempt)},
+                        dead_letter_attributes(
+                            delivery.event, delivery.attributes, delivery.attempt
+                        ),
                     )
                 return
             self._enqueue(self._redelivery(delivery))
@@ -136,6 +144,8 @@ class InProcessBus:
                 delivery.attributes,
                 message_id=str(delivery.event["id"]),
                 delivery_attempt=attempt,
+                # A redelivery is the same message: same id, same publish time.
+                time=event_time(delivery.event),
             )
         else:
             event = delivery.event
