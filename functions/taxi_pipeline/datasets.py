@@ -110,7 +110,7 @@ GREEN_LAYOUT: Final = Layout(
 
 LAYOUTS: Final[dict[Dataset, Layout]] = {Dataset.YELLOW: YELLOW_LAYOUT, Dataset.GREEN: GREEN_LAYOUT}
 
-_MONTH_RE: Final = re.compile(r"^(\d{4})-(\d{2})$")
+_MONTH_RE: Final = re.compile(r"([0-9]{4})-([0-9]{2})")
 
 
 @total_ordering
@@ -130,7 +130,7 @@ class Month:
     @classmethod
     def parse(cls, text: str) -> Month:
         """Parse ``YYYY-MM``; raises ``ValueError`` with a specific reason otherwise."""
-        match = _MONTH_RE.match(text)
+        match = _MONTH_RE.fullmatch(text)
         if not match:
             raise ValueError(f"month must look like YYYY-MM, got {text!r}")
         return cls(int(match.group(1)), int(match.group(2)))
@@ -205,13 +205,13 @@ def object_name(dataset: Dataset, month: Month) -> str:
 
 
 _OBJECT_RE: Final = re.compile(
-    r"^raw/(yellow|green)/(yellow|green)_tripdata_(\d{4}-\d{2})\.csv\.gz$"
+    r"^raw/(yellow|green)/(yellow|green)_tripdata_([0-9]{4}-[0-9]{2})\.csv\.gz$"
 )
 
 
 def parse_object_name(name: str) -> tuple[Dataset, Month]:
     """Reverse of :func:`object_name`; raises ``ValueError`` for anything else."""
-    match = _OBJECT_RE.match(name)
+    match = _OBJECT_RE.fullmatch(name)
     if not match or match.group(1) != match.group(2):
         raise ValueError(
             f"object name {name!r} is not of the form"
@@ -229,7 +229,7 @@ _MAX_OBJECT_NAME_BYTES: Final = 1024  # GCS's limit
 def is_safe_object_name(name: str) -> bool:
     """Whether ``name`` may name a lake object in every store: relative, ``/``-separated parts of
     letters, digits, ``._-``, no part starting with a dot (no ``..``, nothing hidden)."""
-    return bool(_SAFE_OBJECT_NAME.match(name)) and len(name.encode()) <= _MAX_OBJECT_NAME_BYTES
+    return bool(_SAFE_OBJECT_NAME.fullmatch(name)) and len(name.encode()) <= _MAX_OBJECT_NAME_BYTES
 
 
 def external_table(dataset: Dataset, month: Month) -> str:

@@ -49,7 +49,7 @@ LABEL_PREFIX: Final = "label_"
 
 def is_run_id(text: str) -> bool:
     """Whether ``text`` is a run id our messages could carry."""
-    return bool(_RUN_ID_RE.match(text))
+    return bool(_RUN_ID_RE.fullmatch(text))
 
 
 def labels_to_attributes(labels: Mapping[str, str]) -> dict[str, str]:
@@ -64,8 +64,8 @@ def labels_from_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
         key.removeprefix(LABEL_PREFIX): value
         for key, value in attributes.items()
         if key.startswith(LABEL_PREFIX)
-        and _LABEL_KEY_RE.match(key.removeprefix(LABEL_PREFIX))
-        and _LABEL_VALUE_RE.match(value)
+        and _LABEL_KEY_RE.fullmatch(key.removeprefix(LABEL_PREFIX))
+        and _LABEL_VALUE_RE.fullmatch(value)
     }
 
 

@@ -76,6 +76,8 @@ def test_names() -> None:
         "raw/green/../green_tripdata_2019-01.csv.gz",
         "raw/fhv/fhv_tripdata_2019-01.csv.gz",
         "raw/green/green_tripdata_2019-13.csv.gz",
+        "raw/green/green_tripdata_2019-01.csv.gz\n",
+        "raw/green/green_tripdata_\u0662\u0660\u0661\u0669-01.csv.gz",
     ],
 )
 def test_parse_object_name_refuses_anything_else(name: str) -> None:
@@ -100,3 +102,9 @@ def test_months() -> None:
             Month.parse(bad)
     with pytest.raises(ValueError, match="ends before"):
         parse_month_span("2019-03..2019-01")
+
+
+@pytest.mark.parametrize("text", ["2019-01\n", "\u0662\u0660\u0661\u0669-01", " 2019-01"])
+def test_a_month_is_exactly_four_ascii_digits_dash_two(text: str) -> None:
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        Month.parse(text)

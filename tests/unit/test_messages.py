@@ -9,7 +9,13 @@ from cloudevents.http import CloudEvent
 
 from taxi_pipeline.errors import InvalidMessage
 from taxi_pipeline.events import build_pubsub_event, parse_gcs, parse_pubsub
-from taxi_pipeline.messages import IngestRequest, MergeRequest, parse_model
+from taxi_pipeline.messages import (
+    IngestRequest,
+    MergeRequest,
+    is_run_id,
+    labels_from_attributes,
+    parse_model,
+)
 
 
 def test_ingest_request_round_trip_and_scheduler_body() -> None:
@@ -71,3 +77,11 @@ def test_gcs_event_fields_are_parsed_leniently() -> None:
         parse_gcs(CloudEvent(attributes, data | {"generation": "x1"}))
     with pytest.raises(InvalidMessage, match=r"expected a google\.cloud\.storage"):
         parse_gcs(CloudEvent(attributes | {"type": "other"}, data))
+
+
+def test_run_ids_and_labels_from_attributes_match_whole_values() -> None:
+    assert is_run_id("green-201901-3fa2c1d9")
+    assert not is_run_id("green-201901-3fa2c1d9\n")
+    assert labels_from_attributes({"label_trigger": "schedule\n", "label_ok": "yes"}) == {
+        "ok": "yes"
+    }
