@@ -17,7 +17,7 @@ from taxi_pipeline.admission import RunGate, Ticket
 from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.events import build_gcs_event
-from taxi_pipeline.messages import IngestRequest, IngestResult, Topic, parse_model
+from taxi_pipeline.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
 from taxi_pipeline.ports import (
     Bus,
     Lake,
@@ -88,7 +88,10 @@ class LocalPipeline:
     def _collect(self, data: bytes, attributes: Mapping[str, str]) -> None:
         result = parse_model(IngestResult, data, "ingest result")
         with self._lock:
-            self.results[result.run_id] = result
+            earlier = self.results.get(result.run_id)
+            # A redelivered merge repeats a loaded run's result with fewer figures: keep the first.
+            if earlier is None or earlier.state is not RunState.SUCCESS:
+                self.results[result.run_id] = result
         self.gate.done(result.run_id, result.dataset)
 
     def close(self) -> None:
