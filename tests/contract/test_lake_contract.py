@@ -24,10 +24,12 @@ import pytest
 from emulators import FakeGcs
 from google.api_core import exceptions as gexc
 from google.cloud.storage import Blob
+from google.cloud.storage.exceptions import DataCorruption
+from google.cloud.storage.fileio import BlobWriter
 
 from taxi_pipeline.adapters.gcp.gcs import GcsStore, _GcsWriter
 from taxi_pipeline.adapters.local.folder import STALE_PART_SECONDS, FolderStore
-from taxi_pipeline.errors import InvalidMessage, VerificationFailed
+from taxi_pipeline.errors import InvalidMessage, TransientError, VerificationFailed
 from taxi_pipeline.ports import Lake
 from taxi_pipeline.settings import Settings
 
@@ -259,6 +261,138 @@ def test_gcs_an_unverified_upload_that_cannot_be_deleted_says_so(
 ) -> None:
     store = _gcs_store(fake_gcs)
     _alter_uploads(monkeypatch)
+
+    def refuse(self: Blob, *args: Any, **kwargs: Any) -> None:
+        raise gexc.from_http_status(403, "no storage.objects.delete")  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(Blob, "delete", refuse)
+    with pytest.raises(VerificationFailed, match="could NOT be deleted"):
+        _write(store, NAME, b"some bytes")
+
+
+def _record_deletes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    deletes: list[dict[str, Any]] = []
+    real_delete = Blob.delete
+
+    def recording_delete(self: Blob, *args: Any, **kwargs: Any) -> None:
+        deletes.append(kwargs)
+        real_delete(self, *args, **kwargs)
+
+    monkeypatch.setattr(Blob, "delete", recording_delete)
+    return deletes
+
+
+HAND_UPLOAD = b"a user's own file, copied in by hand"
+
+
+def _on_close(
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    alter: bool = False,
+    hand_upload: GcsStore | None = None,
+    corrupted: bool = False,
+) -> None:
+    """Make the upload's ``close()`` commit it, then (in that order, each if asked): another
+    writer commits its own object under the same name (as ``gcloud storage cp`` would: none of
+    our metadata), and the SDK reports the CRC32C mismatch of a corruption in flight.
+    ``alter``: what reaches GCS differs from what we hashed."""
+    if alter:
+        _alter_uploads(monkeypatch)
+    real_close = BlobWriter.close
+
+    def close(self: BlobWriter) -> None:
+        if self.closed:
+            return
+        real_close(self)  # commits our upload
+        if hand_upload is not None:
+            hand_upload.blob(NAME).upload_from_string(HAND_UPLOAD)
+        if corrupted:
+            raise DataCorruption(None, "Checksum mismatch while uploading")
+
+    monkeypatch.setattr(BlobWriter, "close", close)
+
+
+def test_gcs_each_upload_carries_its_own_token_kept_out_of_the_metadata(
+    fake_gcs: FakeGcs,
+) -> None:
+    store = _gcs_store(fake_gcs)
+    tokens = []
+    for payload in (b"one", b"two"):
+        _write(store, NAME, payload)
+        raw = store._bucket().get_blob(NAME)
+        tokens.append(raw.metadata["upload_token"])
+        assert dict(raw.metadata) == META | {"upload_token": tokens[-1]}
+        assert dict(store.list("raw/")[0].metadata) == META
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in tokens)
+    assert tokens[0] != tokens[1]
+
+
+def test_gcs_another_writers_object_found_after_our_upload_is_left_alone(
+    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their object differs in size and MD5 from what we sent: were it taken for our upload, it
+    would be deleted as unverified and the download failed for good."""
+    store = _gcs_store(fake_gcs)
+    _on_close(monkeypatch, hand_upload=store)
+    deletes = _record_deletes(monkeypatch)
+    with pytest.raises(TransientError, match="replaced by another writer meanwhile") as err:
+        _write(store, NAME, os.urandom(2 * MIB + 5))
+    assert not isinstance(err.value, VerificationFailed)
+    assert deletes == []
+    assert store.read_head(NAME, 1000) == HAND_UPLOAD
+    kept = store.stat(NAME)
+    assert kept is not None
+    assert dict(kept.metadata) == {}
+
+
+def test_gcs_an_upload_corrupted_in_flight_is_deleted_and_the_error_is_transient(
+    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _gcs_store(fake_gcs)
+    _on_close(monkeypatch, alter=True, corrupted=True)
+    deletes = _record_deletes(monkeypatch)
+    with pytest.raises(TransientError, match="corrupted in flight") as err:
+        _write(store, NAME, os.urandom(MIB + 7))
+    assert not isinstance(err.value, VerificationFailed)
+    assert store.stat(NAME) is None
+    assert len(deletes) == 1
+    assert deletes[0].get("if_generation_match") is not None
+
+
+def test_gcs_a_corruption_in_flight_leaves_another_writers_object_alone(
+    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _gcs_store(fake_gcs)
+    _on_close(monkeypatch, alter=True, hand_upload=store, corrupted=True)
+    deletes = _record_deletes(monkeypatch)
+    with pytest.raises(TransientError, match="corrupted in flight"):
+        _write(store, NAME, b"some bytes")
+    assert deletes == []
+    assert store.read_head(NAME, 1000) == HAND_UPLOAD
+
+
+def test_gcs_a_corruption_in_flight_leaves_a_composite_object_alone(
+    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GCS gives a composite object (``gcloud storage cp`` of a large file composes parallel
+    uploads) no MD5: that alone once made it look corrupted, hence deleted. fake-gcs-server
+    computes one even for composed objects, so the missing MD5 is simulated."""
+    store = _gcs_store(fake_gcs)
+    _on_close(monkeypatch, alter=True, hand_upload=store, corrupted=True)
+    monkeypatch.setattr(Blob, "md5_hash", property(lambda self: None))
+    deletes = _record_deletes(monkeypatch)
+    with pytest.raises(TransientError, match="corrupted in flight"):
+        _write(store, NAME, b"some bytes")
+    assert deletes == []
+    assert store.read_head(NAME, 1000) == HAND_UPLOAD
+
+
+def test_gcs_an_upload_corrupted_in_flight_that_cannot_be_deleted_says_so(
+    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left in place it would be registered, and reused by a redelivered download: permanent."""
+    store = _gcs_store(fake_gcs)
+    _on_close(monkeypatch, alter=True, corrupted=True)
 
     def refuse(self: Blob, *args: Any, **kwargs: Any) -> None:
         raise gexc.from_http_status(403, "no storage.objects.delete")  # type: ignore[no-untyped-call]

@@ -59,6 +59,10 @@ STALE_LOCK_SECONDS: Final = 600.0
 # timeout. A wait that runs out is a transient error: the event comes back after a backoff.
 LOCK_WAIT_SECONDS: Final = 150.0
 _HOLDER_KEY: Final = "holder"  # lock object metadata: the token of the attempt that created it
+# Lake object metadata: a token new for every upload, so that after committing an upload can tell
+# its own generation from one another writer (a hand ``gcloud storage cp``) committed meanwhile,
+# and never deletes theirs. Internal to this adapter: kept out of ObjectInfo.metadata.
+_UPLOAD_TOKEN_KEY: Final = "upload_token"
 
 
 def check_object_name(name: str) -> str:
@@ -149,19 +153,24 @@ class GcsStore:
             uri=self.uri(str(blob.name)),
             md5_base64=blob.md5_hash or None,
             crc32c_base64=blob.crc32c or None,
-            metadata={str(k): str(v) for k, v in (blob.metadata or {}).items()},
+            metadata={
+                str(k): str(v) for k, v in (blob.metadata or {}).items() if k != _UPLOAD_TOKEN_KEY
+            },
         )
 
     # ------------------------------------------------------------------ the Lake port
 
     def stat(self, name: str) -> ObjectInfo | None:
         """The object's current generation, size, hashes and metadata; ``None`` if absent."""
+        blob = self._get_blob(name)
+        return None if blob is None else self._info(blob)
+
+    def _get_blob(self, name: str) -> Blob | None:
         check_object_name(name)
         try:
-            blob = self._bucket().get_blob(name, timeout=self.timeout)
+            return self._bucket().get_blob(name, timeout=self.timeout)
         except Exception as exc:
             raise translate(exc, f"stat {self.uri(name)}") from exc
-        return None if blob is None else self._info(blob)
 
     @contextmanager
     def writer(self, name: str, metadata: Mapping[str, str]) -> Iterator[_GcsWriter]:
@@ -170,13 +179,16 @@ class GcsStore:
         The upload is conditional on the generation seen when it starts (``0``: create only), so
         two concurrent writers cannot both win; the loser gets a :class:`TransientError` and its
         redelivery finds the winner's object. After the final chunk the stored size and MD5 are
-        compared with the bytes sent (the SDK checks CRC32C itself).
+        compared with the bytes sent (the SDK checks CRC32C itself). The object carries a token of
+        this upload (``upload_token``, not shown in :meth:`stat`'s metadata): only a generation
+        holding it is ours to delete when it turns out unverified.
         """
         uri = self.uri(name)
         blob = self.blob(name)
         current = self.stat(name)
         expected_generation = int(current.generation) if current is not None else 0
-        blob.metadata = dict(metadata)
+        token = uuid.uuid4().hex
+        blob.metadata = {**metadata, _UPLOAD_TOKEN_KEY: token}
         try:
             stream = blob.open(
                 "wb",
@@ -203,20 +215,39 @@ class GcsStore:
                     f"upload {uri}: another writer replaced the object meanwhile (HTTP 412)"
                 ) from exc
             if type(exc).__name__ == "DataCorruption":
-                self._delete_if_not(name, writer.md5_base64)
+                # GCS's CRC32C of the committed object differs from the SDK's of the bytes it
+                # sent: the transfer to GCS went wrong, the source (verified) did not, so a new
+                # attempt will likely succeed. Transient, once no corrupted generation of ours
+                # is left for register to load or a redelivered download to reuse.
+                self._remove_corrupted(name, writer, token, exc)
+                raise TransientError(
+                    f"upload {uri}: corrupted in flight ({exc}); no corrupted object left"
+                ) from exc
             raise translate(exc, f"upload {uri}") from exc
-        self._check_stored(name, writer)
+        self._check_stored(name, writer, token)
 
-    def _check_stored(self, name: str, writer: _GcsWriter) -> None:
-        stored = self.stat(name)
-        if stored is None:
+    def _check_stored(self, name: str, writer: _GcsWriter, token: str) -> None:
+        blob = self._get_blob(name)
+        if blob is None:
             raise TransientError(f"{self.uri(name)} is not visible right after its upload")
+        stored = self._info(blob)
+        if (blob.metadata or {}).get(_UPLOAD_TOKEN_KEY) != token:
+            # Another writer committed after our upload (GCS keeps the last one): their object
+            # is not ours to judge or delete, and ours is gone. A new attempt sees theirs.
+            raise TransientError(
+                f"{self.uri(name)} was replaced by another writer meanwhile (generation"
+                f" {stored.generation} is not our upload; left alone)"
+            )
         if stored.size != writer.size or (
             stored.md5_base64 is not None and stored.md5_base64 != writer.md5_base64
         ):
             # Already committed (and announced by its finalize event): remove it, so that no
             # unverified object stays in raw/ for register to load or a redelivered download to
-            # reuse. Only the generation found mismatching is deleted, never a newer one.
+            # reuse. Only our generation found mismatching is deleted, never a newer one.
+            # Permanent, unlike a corruption in flight: the SDK's CRC32C check passed, so GCS
+            # stored what the SDK sent, and that differs from the bytes we wrote and verified.
+            # That is a fault on this side (SDK, buffering), which a retry would likely repeat,
+            # committing (and announcing) another unverified object each time.
             removed = self._delete_generation(name, stored.generation)
             raise VerificationFailed(
                 f"{self.uri(name)} as stored (generation {stored.generation}, {stored.size} bytes,"
@@ -245,15 +276,36 @@ class GcsStore:
         log.warning("deleted unverified upload %s", uri)
         return True
 
-    def _delete_if_not(self, name: str, md5_base64: str) -> None:
-        """Remove a finalized object whose content is not what we sent (corrupted in flight)."""
+    def _remove_corrupted(
+        self, name: str, writer: _GcsWriter, token: str, cause: Exception
+    ) -> None:
+        """Delete our upload that was corrupted in flight, if it is still there.
+
+        Only a generation carrying our ``token`` is ours: another writer's object (even a
+        composite one, which has no MD5) is left alone. Ours is kept when its size and MD5 are
+        those of the bytes we sent (its content is then the verified one). Raises
+        :class:`VerificationFailed` when a corrupted object of ours may still be there (it could
+        not be checked or deleted): it would be registered, and reused by a redelivery.
+        """
+        uri = self.uri(name)
         try:
-            stored = self.stat(name)
+            blob = self._get_blob(name)
         except Exception as exc:
-            log.error("could not check %s after a corrupted upload: %s", self.uri(name), exc)
+            raise VerificationFailed(
+                f"upload {uri}: corrupted in flight ({cause}), and the object could NOT be"
+                f" checked ({exc}); remove it by hand if it is our corrupted upload"
+            ) from cause
+        if blob is None or (blob.metadata or {}).get(_UPLOAD_TOKEN_KEY) != token:
+            return  # gone, or replaced by another writer: nothing of ours is left
+        stored = self._info(blob)
+        if stored.size == writer.size and stored.md5_base64 == writer.md5_base64:
+            log.warning("%s reported corrupted in flight, but stored as sent: kept", uri)
             return
-        if stored is not None and stored.md5_base64 != md5_base64:
-            self._delete_generation(name, stored.generation)
+        if not self._delete_generation(name, stored.generation):
+            raise VerificationFailed(
+                f"upload {uri}: corrupted in flight ({cause}); the stored object (generation"
+                f" {stored.generation}) could NOT be deleted, remove it by hand"
+            ) from cause
 
     def read_head(self, name: str, size: int) -> bytes:
         """The first ``size`` bytes (one ranged GET)."""
