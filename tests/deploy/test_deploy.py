@@ -118,6 +118,21 @@ def _gcloud_actions(result: Result) -> list[str]:
     return [a for a in result.actions if a.startswith("gcloud ")]
 
 
+def _channel_create(email: str) -> str:
+    return (
+        f"gcloud beta monitoring channels create '--display-name=taxi-pipeline {email}'"
+        f" --type=email --channel-labels=email_address={email}"
+        " --user-labels=app=taxi-pipeline '--format=value(name)' --project=demo-proj --quiet"
+    )
+
+
+def _policy_channels_set(channel: str) -> str:
+    return (
+        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={channel}"
+        " --project=demo-proj --quiet"
+    )
+
+
 def test_another_alert_email_repoints_the_policy(bed: DeployBed) -> None:
     assert bed.deploy().returncode == 0
     deployed = bed.read_state()
@@ -126,11 +141,8 @@ def test_another_alert_email_repoints_the_policy(bed: DeployBed) -> None:
     # Another address: its channel is made and the policy's channels set to it, nothing else.
     moved = bed.deploy("--alert-email", "bob@example.com")
     assert _gcloud_actions(moved) == [
-        "gcloud beta monitoring channels create '--display-name=taxi-pipeline bob@example.com'"
-        " --type=email --channel-labels=email_address=bob@example.com"
-        " --user-labels=app=taxi-pipeline '--format=value(name)' --project=demo-proj --quiet",
-        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={BOB}"
-        " --project=demo-proj --quiet",
+        _channel_create("bob@example.com"),
+        _policy_channels_set(BOB),
     ]
     state = bed.read_state()
     assert state["policies"] == {POLICY: [BOB]}
@@ -149,10 +161,7 @@ def test_another_alert_email_repoints_the_policy(bed: DeployBed) -> None:
 
     # Back to the first address, given explicitly: its channel exists, only the policy moves.
     back = bed.deploy("--alert-email", "ada@example.com")
-    assert _gcloud_actions(back) == [
-        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={ADA}"
-        " --project=demo-proj --quiet"
-    ]
+    assert _gcloud_actions(back) == [_policy_channels_set(ADA)]
     assert bed.read_state()["policies"] == {POLICY: [ADA]}
 
     # A channel added by hand is dropped when --alert-email is given: the policy mails it only.
@@ -160,10 +169,7 @@ def test_another_alert_email_repoints_the_policy(bed: DeployBed) -> None:
     state["policies"] = {POLICY: [ADA, BOB]}
     bed.state.write_text(json.dumps(state))
     extra = bed.deploy("--alert-email", "ada@example.com")
-    assert _gcloud_actions(extra) == [
-        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={ADA}"
-        " --project=demo-proj --quiet"
-    ]
+    assert _gcloud_actions(extra) == [_policy_channels_set(ADA)]
     assert _gcloud_actions(bed.deploy("--alert-email", "ada@example.com")) == []
 
 
@@ -189,11 +195,8 @@ def test_redeploy_without_alert_email_leaves_the_policy_alone(bed: DeployBed) ->
     # Given explicitly, carol's address is what the policy mails, and only that.
     moved = bed.deploy("--alert-email", "carol@example.com")
     assert _gcloud_actions(moved) == [
-        "gcloud beta monitoring channels create '--display-name=taxi-pipeline carol@example.com'"
-        " --type=email --channel-labels=email_address=carol@example.com"
-        " --user-labels=app=taxi-pipeline '--format=value(name)' --project=demo-proj --quiet",
-        f"gcloud alpha monitoring policies update {POLICY} --set-notification-channels={CAROL}"
-        " --project=demo-proj --quiet",
+        _channel_create("carol@example.com"),
+        _policy_channels_set(CAROL),
     ]
     assert bed.read_state()["policies"] == {POLICY: [CAROL]}
 
