@@ -22,8 +22,9 @@ from taxi_pipeline.ports import ObjectInfo
 PUBSUB_PUBLISHED: Final = "google.cloud.pubsub.topic.v1.messagePublished"
 GCS_FINALIZED: Final = "google.cloud.storage.object.v1.finalized"
 
-# Random start: message ids must not repeat across processes, since a run id may be derived
-# from one (see ``runs.new_run_id``), like Pub/Sub's own ids that are unique per topic.
+# Random start: like Pub/Sub's (unique per topic), message ids must not repeat across
+# processes, since what is recorded about a message may be keyed by its id (handlers: a
+# rejected message's record, a run id when a message has no publish time).
 _message_ids = itertools.count(10**15 + secrets.randbelow(8 * 10**15))
 
 

@@ -96,7 +96,7 @@ def handle_object_finalized(event: CloudEventLike, ports: Ports) -> None:
     with _handling(event, invocation, ports):
         _check_age(event, ports, invocation)
         obj = parse_gcs(event)
-        invocation.delivery_id = f"object {obj.bucket}/{obj.name}#{obj.generation}"
+        invocation.delivery_id = obj.identity
         register.run(obj, invocation, ports)
 
 

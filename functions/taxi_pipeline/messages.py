@@ -208,6 +208,11 @@ class GcsObject(_Lenient):
     content_type: str | None = Field(default=None, alias="contentType")
     metadata: dict[str, str] = Field(default_factory=dict)
 
+    @property
+    def identity(self) -> str:
+        """What names this object generation on every event about it (GCS's dedup key)."""
+        return f"object {self.bucket}/{self.name}#{self.generation}"
+
     @field_validator("generation", mode="before")
     @classmethod
     def _generation_digits(cls, value: object) -> str:

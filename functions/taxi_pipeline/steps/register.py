@@ -66,10 +66,7 @@ def run_of_object(obj: GcsObject) -> tuple[str, dict[str, str]]:
     run_id = obj.metadata.get("run_id", "")
     if is_run_id(run_id):
         return run_id, labels_from_attributes(obj.metadata)
-    derived = new_run_id(
-        dataset, month, derived_from=f"object {obj.bucket}/{obj.name}#{obj.generation}"
-    )
-    return derived, {"trigger": "upload"}
+    return new_run_id(dataset, month, derived_from=obj.identity), {"trigger": "upload"}
 
 
 def _check_head(head: bytes, dataset: Dataset) -> None:
