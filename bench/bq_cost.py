@@ -2,7 +2,8 @@
 
 ``python -m bench.bq_cost``:
 
-1. builds the MERGE with the BigQuery adapter's own builder (``adapters.gcp.bigquery.merge_sql``)
+1. builds the MERGE with the BigQuery adapter's own builder
+   (``adapters.bigquery.warehouse.merge_sql``)
    for the pickup dates of a generated month (``steps.merge.pickup_ranges``), so the page shows
    the constant pickup ranges in its ON clause;
 2. runs that MERGE on the BigQuery emulator (local-bigquery): a dry run (the emulator reports
@@ -29,9 +30,9 @@ from typing import Any
 import duckdb
 
 from bench.common import FULL_MONTH_ROWS, REPO, generate, say, scratch, write_results
-from taxi_pipeline.adapters.gcp.bigquery import final_table_sql, merge_sql
-from taxi_pipeline.datasets import Dataset, Month, csv_name
-from taxi_pipeline.steps.merge import pickup_ranges
+from taxi_pipeline.adapters.bigquery.warehouse import final_table_sql, merge_sql
+from taxi_pipeline.domain.datasets import Dataset, Month, csv_name
+from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 _ID_BYTES = 2 + 16
 _TIMESTAMP_BYTES = 8

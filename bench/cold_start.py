@@ -26,12 +26,13 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from bench.common import PYTHON, REPO, child_env, generate, median, say, scratch, write_results
-from taxi_pipeline import bootstrap, handlers
-from taxi_pipeline.adapters.local.bus import InProcessBus
-from taxi_pipeline.datasets import Dataset, Month, object_name
+from taxi_pipeline import bootstrap
+from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.devkit.source_server import serve_directory
-from taxi_pipeline.events import build_gcs_event, build_pubsub_event
-from taxi_pipeline.messages import IngestRequest, Topic
+from taxi_pipeline.domain.datasets import Dataset, Month, object_name
+from taxi_pipeline.domain.messages import IngestRequest, Topic
+from taxi_pipeline.pipeline import handlers
+from taxi_pipeline.pipeline.cloudevents import build_gcs_event, build_pubsub_event
 
 TARGETS = ("on_ingest_request", "on_object_finalized", "on_merge_request", "on_dead_letter")
 _PROJECT = "test-project"

@@ -53,20 +53,20 @@ def worker(target: str, base_url: str, month: str, dest: str) -> dict[str, Any]:
     import psutil
 
     from bench.common import hwm
-    from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
-    from taxi_pipeline.adapters.http import HttpxSource
-    from taxi_pipeline.adapters.local.bus import InProcessBus
-    from taxi_pipeline.adapters.local.folder import FolderStore
-    from taxi_pipeline.adapters.local.locks import ThreadLocks
-    from taxi_pipeline.datasets import Dataset, Month, object_name
-    from taxi_pipeline.ports import Lake, Ports
+    from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
+    from taxi_pipeline.adapters.folder.store import FolderStore
+    from taxi_pipeline.adapters.http.source import HttpxSource
+    from taxi_pipeline.adapters.memory.bus import InProcessBus
+    from taxi_pipeline.adapters.memory.locks import ThreadLocks
+    from taxi_pipeline.domain.datasets import Dataset, Month, object_name
+    from taxi_pipeline.pipeline.ports import Lake, Ports
+    from taxi_pipeline.pipeline.steps.download import _download_once, source_file_url
     from taxi_pipeline.settings import Settings
-    from taxi_pipeline.steps.download import _download_once, source_file_url
 
     settings = Settings(source_url=base_url, gcp_project=_PROJECT)
     lake: Lake
     if target == "gcs":
-        from taxi_pipeline.adapters.gcp.gcs import GcsStore
+        from taxi_pipeline.adapters.gcs.store import GcsStore
 
         lake = GcsStore(dest, settings)
     else:

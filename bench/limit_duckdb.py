@@ -15,8 +15,8 @@ from pathlib import Path
 
 import duckdb
 
-from taxi_pipeline.adapters.local.duckdb_warehouse import unique_row_id_sql
-from taxi_pipeline.datasets import Dataset
+from taxi_pipeline.adapters.duckdb.warehouse import unique_row_id_sql
+from taxi_pipeline.domain.datasets import Dataset
 
 _FINAL_TYPES = {
     "string": "VARCHAR",

@@ -309,7 +309,7 @@ def _bq_cost(data: dict[str, Any]) -> str:
     lines = [
         "## 5. BigQuery cost of a monthly merge",
         "",
-        "The MERGE as `adapters.gcp.bigquery.merge_sql` builds it for the pickup dates of a"
+        "The MERGE as `adapters.bigquery.warehouse.merge_sql` builds it for the pickup dates of a"
         f" generated month of {b['rows']:,} rows ({b['rows_out_of_month']} out-of-month rows on"
         f" {len(b['out_of_month_days'])} stray dates): the target's scan is bounded by constant"
         f" ranges on its partition column, from the staging data's own dates: {ranges}.",

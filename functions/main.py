@@ -11,7 +11,8 @@ from __future__ import annotations
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from taxi_pipeline import bootstrap, handlers
+from taxi_pipeline import bootstrap
+from taxi_pipeline.pipeline import handlers
 
 
 @functions_framework.cloud_event

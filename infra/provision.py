@@ -42,9 +42,9 @@ from infra.resources import (
     Target,
     schedules,
 )
-from taxi_pipeline.datasets import Dataset
-from taxi_pipeline.messages import SCHEDULE_TIME_ZONE_ATTRIBUTE, Topic
-from taxi_pipeline.schedules import Schedule
+from taxi_pipeline.domain.datasets import Dataset
+from taxi_pipeline.domain.messages import SCHEDULE_TIME_ZONE_ATTRIBUTE, Topic
+from taxi_pipeline.domain.schedules import Schedule
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -415,7 +415,7 @@ def _credentials() -> Credentials | None:
 
 
 def _final_tables(target: Target, clients: Clients) -> FinalTables:
-    from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
+    from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
     from taxi_pipeline.settings import Settings
 
     settings = Settings(

@@ -9,7 +9,7 @@ Sizing, for the largest month the pipeline loads (yellow 2019-01: 7.7 M rows, ~1
 
 - ``taxi-download`` streams the file from HTTP to GCS in 8 MiB resumable chunks while a streaming
   verifier inflates it on a second thread (ISA-L's inflate via python-isal, see
-  ``taxi_pipeline/verify.py``: gzip CRC and size, header, row count): RSS stays near the
+  ``taxi_pipeline/pipeline/verify.py``: gzip CRC and size, header, row count): RSS stays near the
   interpreter + clients (~200 MB) + one upload chunk + at most 8 MiB queued for the verifier, but
   inflating ~690 MB is CPU work, so 1 GiB buys 0.583 vCPU (vs 0.333 at 512 MiB) and keeps a month
   at well under a minute. ``/tmp`` is never used.
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from taxi_pipeline.messages import Topic
-from taxi_pipeline.schedules import Schedule, load_schedules
+from taxi_pipeline.domain.messages import Topic
+from taxi_pipeline.domain.schedules import Schedule, load_schedules
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 SCHEDULES_FILE: Final = ROOT / "infra" / "schedules.toml"

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from taxi_pipeline import handlers
-from taxi_pipeline.adapters.local.bus import InProcessBus
-from taxi_pipeline.adapters.local.locks import ThreadLocks
-from taxi_pipeline.admission import RunGate, Ticket
-from taxi_pipeline.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.adapters.memory.bus import InProcessBus
+from taxi_pipeline.adapters.memory.locks import ThreadLocks
+from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
 from taxi_pipeline.errors import ConfigurationError
-from taxi_pipeline.events import build_gcs_event
-from taxi_pipeline.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
-from taxi_pipeline.ports import (
+from taxi_pipeline.local.admission import RunGate, Ticket
+from taxi_pipeline.pipeline import handlers
+from taxi_pipeline.pipeline.cloudevents import build_gcs_event
+from taxi_pipeline.pipeline.ports import (
     Bus,
     Lake,
     NullProgress,
@@ -28,10 +28,10 @@ from taxi_pipeline.ports import (
     Source,
     Warehouse,
 )
-from taxi_pipeline.runs import new_run_id, queued_event
+from taxi_pipeline.pipeline.recorder import new_run_id, queued_event
+from taxi_pipeline.pipeline.steps.common import run_attributes
+from taxi_pipeline.pipeline.steps.download import check_source_base
 from taxi_pipeline.settings import LogFormat, Settings
-from taxi_pipeline.steps.common import run_attributes
-from taxi_pipeline.steps.download import check_source_base
 
 LAKE_EVENTS_TOPIC = "lake-object-finalized"
 """In-process stand-in for the GCS trigger (Eventarc) of the register function."""
@@ -109,7 +109,7 @@ def _file_path(url: str, what: str) -> Path:
 
 def build_local(settings: Settings, progress: Progress | None = None) -> LocalPipeline:
     """Wire the embedded default. Lake and warehouse may still be chosen by URL."""
-    from taxi_pipeline.adapters.local.folder import FolderStore
+    from taxi_pipeline.adapters.folder.store import FolderStore
 
     check_source_base(settings)
     bus = InProcessBus(project="local", max_attempts=settings.max_delivery_attempts)
@@ -155,13 +155,13 @@ def build_warehouse(settings: Settings) -> Warehouse:
     url = settings.resolved_warehouse_url
     scheme = urlsplit(url).scheme
     if scheme == "duckdb":
-        from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
+        from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 
         return DuckDbWarehouse.from_url(
             url, memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
         )
     if scheme == "bigquery":
-        from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
+        from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
 
         return BigQueryWarehouse.from_url(url, settings, client=_bigquery_emulator_client(settings))
     raise ConfigurationError(
@@ -188,13 +188,13 @@ def _bigquery_emulator_client(settings: Settings) -> Any:
 
 def build_lake(settings: Settings) -> Lake:
     """The lake named by ``TAXI_PIPELINE_LAKE_URL`` (no event wiring: for reading)."""
-    from taxi_pipeline.adapters.local.folder import FolderStore
+    from taxi_pipeline.adapters.folder.store import FolderStore
 
     url = settings.resolved_lake_url
     if url.startswith("file://"):
         return FolderStore(_file_path(url, "TAXI_PIPELINE_LAKE_URL"))
     if url.startswith("gs://"):
-        from taxi_pipeline.adapters.gcp.gcs import GcsStore
+        from taxi_pipeline.adapters.gcs.store import GcsStore
 
         return GcsStore.from_url(url, settings)
     raise ConfigurationError(f"unknown lake URL scheme in {url!r} (use file:// or gs://)")
@@ -235,7 +235,7 @@ def cloud_ports() -> Ports:
 
 def build_cloud(settings: Settings) -> Ports:
     """GCS lake, BigQuery warehouse, Pub/Sub bus (or whatever the URLs name)."""
-    from taxi_pipeline.adapters.gcp.gcs import GcsLocks, GcsStore
+    from taxi_pipeline.adapters.gcs.store import GcsLocks, GcsStore
 
     check_source_base(settings)
     lake = build_lake(settings)
@@ -259,7 +259,7 @@ def build_bus(settings: Settings) -> Bus:
         url = f"pubsub://{project}"
     parts = urlsplit(url)
     if parts.scheme == "pubsub" and parts.netloc and parts.path in ("", "/"):
-        from taxi_pipeline.adapters.gcp.pubsub import PubSubBus
+        from taxi_pipeline.adapters.pubsub.bus import PubSubBus
 
         return PubSubBus(parts.netloc)
     if parts.scheme == "memory":
@@ -269,7 +269,7 @@ def build_bus(settings: Settings) -> Bus:
 
 def _http_source(settings: Settings) -> Source:
     # Imported here: httpx pulls in its CLI's dependencies (~0.1 s), which cold starts skip.
-    from taxi_pipeline.adapters.http import HttpxSource
+    from taxi_pipeline.adapters.http.source import HttpxSource
 
     return HttpxSource(settings.http_timeout_seconds)
 

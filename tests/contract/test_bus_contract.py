@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from emulators import PubSubEmulator
 
-from taxi_pipeline.adapters.gcp.pubsub import PubSubBus
-from taxi_pipeline.adapters.local.bus import InProcessBus
+from taxi_pipeline.adapters.memory.bus import InProcessBus
+from taxi_pipeline.adapters.pubsub.bus import PubSubBus
+from taxi_pipeline.domain.messages import Topic
 from taxi_pipeline.errors import PermanentError
-from taxi_pipeline.events import parse_pubsub
-from taxi_pipeline.messages import Topic
-from taxi_pipeline.ports import Bus
+from taxi_pipeline.pipeline.cloudevents import parse_pubsub
+from taxi_pipeline.pipeline.ports import Bus
 
 Received = list[tuple[bytes, dict[str, str]]]
 

@@ -27,10 +27,10 @@ from google.cloud.storage import Blob
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.fileio import BlobWriter
 
-from taxi_pipeline.adapters.gcp.gcs import GcsStore, _GcsWriter
-from taxi_pipeline.adapters.local.folder import STALE_PART_SECONDS, FolderStore
+from taxi_pipeline.adapters.folder.store import STALE_PART_SECONDS, FolderStore
+from taxi_pipeline.adapters.gcs.store import GcsStore, _GcsWriter
 from taxi_pipeline.errors import InvalidMessage, TransientError, VerificationFailed
-from taxi_pipeline.ports import Lake
+from taxi_pipeline.pipeline.ports import Lake
 from taxi_pipeline.settings import Settings
 
 MIB = 1024 * 1024

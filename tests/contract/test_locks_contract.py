@@ -20,10 +20,10 @@ from google.api_core import exceptions as gexc
 from google.cloud.storage import Blob, Bucket
 
 from infra.resources import FUNCTIONS
-from taxi_pipeline.adapters.gcp.gcs import GcsLocks, GcsStore
-from taxi_pipeline.adapters.local.locks import ThreadLocks
+from taxi_pipeline.adapters.gcs.store import GcsLocks, GcsStore
+from taxi_pipeline.adapters.memory.locks import ThreadLocks
 from taxi_pipeline.errors import PermanentError, TransientError
-from taxi_pipeline.ports import Locks
+from taxi_pipeline.pipeline.ports import Locks
 from taxi_pipeline.settings import Settings
 
 

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
-from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
-from taxi_pipeline.datasets import Dataset, Month, object_name
+from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
+from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
+from taxi_pipeline.domain.datasets import Dataset, Month, object_name
+from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PermanentError
-from taxi_pipeline.messages import RunState
-from taxi_pipeline.ports import JobContext, LoadRecord, ObjectInfo, RunEvent, Warehouse
+from taxi_pipeline.pipeline.ports import JobContext, LoadRecord, ObjectInfo, RunEvent, Warehouse
+from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
-from taxi_pipeline.steps.merge import pickup_ranges
 
 GREEN, JAN = Dataset.GREEN, Month(2019, 1)
 ROWS = 2500

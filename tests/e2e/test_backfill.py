@@ -11,14 +11,14 @@ import pytest
 from typer.testing import CliRunner
 
 from support.e2e import Cli, Source, serve_months
-from taxi_pipeline import history
-from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
-from taxi_pipeline.backfill import plan_backfill, run_backfill
+from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 from taxi_pipeline.bootstrap import LocalPipeline, build_local
-from taxi_pipeline.datasets import Dataset, Month, month_range
-from taxi_pipeline.messages import RunState
-from taxi_pipeline.schedules import load_schedules
-from taxi_pipeline.scheduling import Scheduler
+from taxi_pipeline.domain import history
+from taxi_pipeline.domain.datasets import Dataset, Month, month_range
+from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.schedules import load_schedules
+from taxi_pipeline.local.backfill import plan_backfill, run_backfill
+from taxi_pipeline.local.scheduler import Scheduler
 from taxi_pipeline.settings import Settings
 
 YEAR = month_range(Month(2019, 1), Month(2019, 12))

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from support.e2e import Cli, Source
-from taxi_pipeline.datasets import Dataset, Month
 from taxi_pipeline.devkit.source_server import Fault
+from taxi_pipeline.domain.datasets import Dataset, Month
 
 _RUN_ID = re.compile(r"^((?:green|yellow)-\d{6}-[0-9a-f]{8})\s", re.MULTILINE)
 
@@ -188,7 +188,10 @@ def test_the_log_lines_a_step_writes_while_it_works_carry_its_run(cli: Cli) -> N
     ]
     in_steps = [line for line in lines if line.get("step") in ("download", "register", "merge")]
     loggers = {line["logger"] for line in in_steps}
-    assert {"taxi_pipeline.steps.download", "taxi_pipeline.steps.merge"} <= loggers, lines
+    assert {
+        "taxi_pipeline.pipeline.steps.download",
+        "taxi_pipeline.pipeline.steps.merge",
+    } <= loggers, lines
     run_ids = {line.get("run_id") for line in in_steps}
     assert len(run_ids) == 1, in_steps
     (run_id,) = run_ids

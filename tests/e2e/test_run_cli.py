@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from support.e2e import Cli, Source
-from taxi_pipeline.datasets import Dataset, Month, object_name
 from taxi_pipeline.devkit.generator import GeneratedFile
+from taxi_pipeline.domain.datasets import Dataset, Month, object_name
 
 
 def _expected_ids(generated: GeneratedFile) -> list[str]:

@@ -15,11 +15,11 @@ import pytest
 from support.cloud_events import gcs_event, json_bytes, pubsub_event
 from support.functions import GREEN_2019_01, Functions, Source
 from taxi_pipeline import bootstrap
-from taxi_pipeline.datasets import Month, object_name
 from taxi_pipeline.devkit.source_server import Fault
+from taxi_pipeline.domain.datasets import Month, object_name
+from taxi_pipeline.domain.messages import Topic
 from taxi_pipeline.errors import TransientError
-from taxi_pipeline.handlers import ALERT_LABEL
-from taxi_pipeline.messages import Topic
+from taxi_pipeline.pipeline.handlers import ALERT_LABEL
 
 MODES = ["binary", "structured"]
 GREEN_OBJECT = object_name(*GREEN_2019_01)

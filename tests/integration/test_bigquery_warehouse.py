@@ -22,14 +22,14 @@ from google.cloud import bigquery
 from google.cloud.storage import Bucket
 from google.cloud.storage import Client as StorageClient
 
-from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse, target_pickup_predicate
-from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
-from taxi_pipeline.datasets import Dataset, Month, external_table, object_name, staging_table
+from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse, target_pickup_predicate
+from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
+from taxi_pipeline.domain.datasets import Dataset, Month, external_table, object_name, staging_table
 from taxi_pipeline.errors import ConfigurationError, PermanentError
-from taxi_pipeline.ports import JobContext, ObjectInfo, StagingSummary
+from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo, StagingSummary
+from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
-from taxi_pipeline.steps.merge import pickup_ranges
 
 pytestmark = pytest.mark.emulator
 

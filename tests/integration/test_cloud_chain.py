@@ -38,11 +38,11 @@ from cloudevents.http import CloudEvent
 from emulators import BigQueryEmulator, FakeGcs, PubSubEmulator, free_port
 from google.api_core import exceptions as gexc
 
-from taxi_pipeline.datasets import Dataset, Month
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
-from taxi_pipeline.events import GCS_FINALIZED, PUBSUB_PUBLISHED
-from taxi_pipeline.messages import Topic
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.messages import Topic
+from taxi_pipeline.pipeline.cloudevents import GCS_FINALIZED, PUBSUB_PUBLISHED
 
 pytestmark = pytest.mark.emulator
 

@@ -18,13 +18,14 @@ from emulators import BigQueryEmulator, PubSubEmulator
 from google.cloud import bigquery
 from typer.testing import CliRunner
 
-from taxi_pipeline import history
-from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
-from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
-from taxi_pipeline.cli import app
-from taxi_pipeline.datasets import Dataset, Month
-from taxi_pipeline.messages import IngestRequest, RunState
-from taxi_pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
+from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.cli.app import app
+from taxi_pipeline.domain import history
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.messages import IngestRequest, RunState
+from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.render import text as render_text
 from taxi_pipeline.settings import Settings
 
 pytestmark = pytest.mark.emulator
@@ -114,9 +115,9 @@ def test_bigquery_and_duckdb_give_the_same_derived_history(
     ]
     assert cloud == local
     now = T0 + timedelta(minutes=1)
-    assert history.runs_table(cloud, now) == history.runs_table(local, now)
-    shown = history.describe_run(cloud[0], width=20, now=now)
-    assert shown == history.describe_run(local[0], width=20, now=now)
+    assert render_text.runs_table(cloud, now) == render_text.runs_table(local, now)
+    shown = render_text.describe_run(cloud[0], width=20, now=now)
+    assert shown == render_text.describe_run(local[0], width=20, now=now)
     assert "duration  4.50s" in shown
     assert any(line.startswith("merge") and "░░░" in line for line in shown)
     assert cloud[3].error == "header does not match"

@@ -23,9 +23,9 @@ from google.api_core.exceptions import NotFound
 from google.cloud.scheduler_v1 import CloudSchedulerClient, Job, PubsubTarget
 from google.protobuf import field_mask_pb2
 
-from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
-from taxi_pipeline.messages import Topic
-from taxi_pipeline.schedules import load_schedules
+from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
+from taxi_pipeline.domain.messages import Topic
+from taxi_pipeline.domain.schedules import load_schedules
 from taxi_pipeline.settings import Settings
 
 # infra/ sits at the repo root, which pytest's pythonpath ("tests") does not include.

@@ -22,9 +22,9 @@ from support.reliability import (
     make_cloud_rig,
     make_rig,
 )
-from taxi_pipeline.datasets import Dataset, Month
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
+from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.logs import configure_logging
 from taxi_pipeline.settings import LogFormat
 

@@ -15,11 +15,11 @@ from support.reliability import (
     RigFactory,
     Source,
 )
-from taxi_pipeline.datasets import Dataset
+from taxi_pipeline.domain.datasets import Dataset
+from taxi_pipeline.domain.messages import RunState, Topic
 from taxi_pipeline.errors import TransientError
-from taxi_pipeline.events import build_pubsub_event
-from taxi_pipeline.handlers import ALERT_LABEL
-from taxi_pipeline.messages import RunState, Topic
+from taxi_pipeline.pipeline.cloudevents import build_pubsub_event
+from taxi_pipeline.pipeline.handlers import ALERT_LABEL
 
 RUN = "green-201901-alerts"
 

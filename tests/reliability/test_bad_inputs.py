@@ -28,10 +28,10 @@ from support.reliability import (
     assert_exact,
     gzip_bytes,
 )
-from taxi_pipeline.datasets import Dataset, Month, file_name, object_name
 from taxi_pipeline.devkit.source_server import Fault
-from taxi_pipeline.events import GCS_FINALIZED, PUBSUB_PUBLISHED, build_pubsub_event
-from taxi_pipeline.messages import Topic
+from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name
+from taxi_pipeline.domain.messages import Topic
+from taxi_pipeline.pipeline.cloudevents import GCS_FINALIZED, PUBSUB_PUBLISHED, build_pubsub_event
 
 FEB = Month(2019, 2)
 GREEN = Dataset.GREEN.layout.header

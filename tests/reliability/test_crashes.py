@@ -16,8 +16,8 @@ from support.reliability import (
     Source,
     assert_exact,
 )
-from taxi_pipeline.datasets import Dataset, object_name
-from taxi_pipeline.messages import RunState
+from taxi_pipeline.domain.datasets import Dataset, object_name
+from taxi_pipeline.domain.messages import RunState
 
 # (kill point, which occurrence): the side effects of download, register and merge, in order.
 KILL_POINTS = [

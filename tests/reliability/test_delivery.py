@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support.reliability import RigFactory, Source, assert_exact
-from taxi_pipeline.messages import RunState
+from taxi_pipeline.domain.messages import RunState
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])

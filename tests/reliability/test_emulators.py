@@ -17,9 +17,9 @@ from support.reliability import (
     Source,
     assert_exact,
 )
-from taxi_pipeline.datasets import Dataset, file_name, object_name
 from taxi_pipeline.devkit.source_server import Fault
-from taxi_pipeline.messages import RunState
+from taxi_pipeline.domain.datasets import Dataset, file_name, object_name
+from taxi_pipeline.domain.messages import RunState
 
 pytestmark = pytest.mark.emulator
 NAME = file_name(Dataset.GREEN, JAN)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from support.reliability import JAN, Rig, RigFactory, Source, assert_exact, gzip_bytes, make_rig
-from taxi_pipeline.datasets import Dataset, Month, file_name
 from taxi_pipeline.devkit.source_server import Fault
-from taxi_pipeline.messages import RunState
+from taxi_pipeline.domain.datasets import Dataset, Month, file_name
+from taxi_pipeline.domain.messages import RunState
 
 FEB = Month(2019, 2)
 LAYOUT = Dataset.GREEN.layout

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from support.reliability import JAN, JsonLog, Rig, RigFactory, Source, assert_exact
-from taxi_pipeline.adapters.local.folder import FolderStore
-from taxi_pipeline.datasets import Dataset
+from taxi_pipeline.adapters.folder.store import FolderStore
+from taxi_pipeline.domain.datasets import Dataset
+from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import ConfigurationError, InvalidMessage
-from taxi_pipeline.messages import RunState
+from taxi_pipeline.pipeline.steps.download import check_source_base
 from taxi_pipeline.settings import Settings
-from taxi_pipeline.steps.download import check_source_base
 
 SECRET = "s3cr3t-t0ken-4242"
 

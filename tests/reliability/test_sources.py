@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from support.reliability import JAN, Rig, RigFactory, Source, assert_exact, gzip_bytes
-from taxi_pipeline.datasets import Dataset, Month, file_name, object_name
 from taxi_pipeline.devkit.source_server import Fault
-from taxi_pipeline.messages import RunState
+from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name
+from taxi_pipeline.domain.messages import RunState
 
 NAME = file_name(Dataset.GREEN, JAN)
 RUN = "green-201901-source"

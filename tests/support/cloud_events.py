@@ -1,7 +1,8 @@
 """CloudEvents in the exact shapes Eventarc delivers (Pub/Sub messagePublished, GCS finalized).
 
-Built field by field (not with ``taxi_pipeline.events``) so the tests check the parsing against
-the platform's shapes, extra fields included: ``@type``, ``message_id``, ``kind``, ``storageClass``.
+Built field by field (not with ``taxi_pipeline.pipeline.cloudevents``) so the tests check the
+parsing against the platform's shapes, extra fields included: ``@type``, ``message_id``, ``kind``,
+``storageClass``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from cloudevents.http import CloudEvent
 
-from taxi_pipeline.events import GCS_FINALIZED, PUBSUB_PUBLISHED
+from taxi_pipeline.pipeline.cloudevents import GCS_FINALIZED, PUBSUB_PUBLISHED
 
 PROJECT = "test-project"
 

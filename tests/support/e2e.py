@@ -9,10 +9,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from taxi_pipeline.cli import app
-from taxi_pipeline.datasets import Dataset, Month
+from taxi_pipeline.cli.app import app
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
+from taxi_pipeline.domain.datasets import Dataset, Month
 
 MONTHS = {
     (Dataset.GREEN, Month(2019, 1)): 3_000,

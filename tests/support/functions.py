@@ -12,11 +12,11 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from taxi_pipeline import bootstrap
-from taxi_pipeline.adapters.local.bus import InProcessBus
-from taxi_pipeline.datasets import Dataset, Month
+from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.devkit.generator import GeneratedFile
 from taxi_pipeline.devkit.source_server import SourceServer
-from taxi_pipeline.ports import Ports, RunEvent
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.pipeline.ports import Ports, RunEvent
 
 MAIN = Path(__file__).resolve().parents[2] / "functions" / "main.py"
 GREEN_2019_01 = (Dataset.GREEN, Month(2019, 1))

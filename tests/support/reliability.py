@@ -29,24 +29,24 @@ from typing import Any, Protocol, TypeVar, cast
 
 from cloudevents.http import CloudEvent
 
-from taxi_pipeline import handlers
-from taxi_pipeline.adapters.http import HttpxSource
-from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
-from taxi_pipeline.adapters.local.folder import FolderStore
-from taxi_pipeline.adapters.local.locks import ThreadLocks
-from taxi_pipeline.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.folder.store import FolderStore
+from taxi_pipeline.adapters.http.source import HttpxSource
+from taxi_pipeline.adapters.memory.locks import ThreadLocks
 from taxi_pipeline.devkit.generator import GeneratedFile
 from taxi_pipeline.devkit.source_server import SourceServer
-from taxi_pipeline.events import (
+from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.domain.messages import IngestRequest, IngestResult, Topic, parse_model
+from taxi_pipeline.pipeline import handlers
+from taxi_pipeline.pipeline.cloudevents import (
     PUBSUB_PUBLISHED,
     CloudEventLike,
     build_gcs_event,
     dead_letter_attributes,
     event_time,
 )
-from taxi_pipeline.events import build_pubsub_event as _build_pubsub_event
-from taxi_pipeline.messages import IngestRequest, IngestResult, Topic, parse_model
-from taxi_pipeline.ports import (
+from taxi_pipeline.pipeline.cloudevents import build_pubsub_event as _build_pubsub_event
+from taxi_pipeline.pipeline.ports import (
     Bus,
     DateRange,
     JobContext,
@@ -611,8 +611,8 @@ def make_cloud_rig(
 ) -> Rig:
     """The same pipeline over GcsStore (fake-gcs-server) and BigQueryWarehouse (emulator,
     load-mode staging: the emulator has no external tables)."""
-    from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
-    from taxi_pipeline.adapters.gcp.gcs import GcsStore
+    from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
+    from taxi_pipeline.adapters.gcs.store import GcsStore
     from taxi_pipeline.settings import StagingMode
 
     options: dict[str, object] = {

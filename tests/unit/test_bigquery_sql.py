@@ -8,7 +8,7 @@ from datetime import date
 
 import pytest
 
-from taxi_pipeline.adapters.gcp.bigquery import (
+from taxi_pipeline.adapters.bigquery.warehouse import (
     BigQueryWarehouse,
     external_table_sql,
     final_table_sql,
@@ -22,11 +22,11 @@ from taxi_pipeline.adapters.gcp.bigquery import (
     typed_sql,
     unique_row_id_sql,
 )
-from taxi_pipeline.datasets import Column, Dataset, Month
+from taxi_pipeline.domain.datasets import Column, Dataset, Month
 from taxi_pipeline.errors import ConfigurationError
-from taxi_pipeline.ports import DateRange, JobContext, ObjectInfo
+from taxi_pipeline.pipeline.ports import DateRange, JobContext, ObjectInfo
+from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
-from taxi_pipeline.steps.merge import pickup_ranges
 
 GREEN, JAN = Dataset.GREEN, Month(2019, 1)
 FINAL, STAGING = "`p.d.green_tripdata`", "`p.d.green_tripdata_2019_01`"
@@ -231,7 +231,7 @@ def test_load_mode_registers_without_a_job_and_stage_needs_gs_uris() -> None:
 
 def test_import_does_not_load_the_bigquery_client() -> None:
     code = (
-        "import sys, taxi_pipeline.adapters.gcp.bigquery as m;"
+        "import sys, taxi_pipeline.adapters.bigquery.warehouse as m;"
         "m.BigQueryWarehouse.from_url('bigquery://my-project/taxi', m.Settings());"
         "print('google.cloud.bigquery' in sys.modules)"
     )

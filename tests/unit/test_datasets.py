@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from taxi_pipeline.datasets import (
+from taxi_pipeline.domain.datasets import (
     Dataset,
     Month,
     csv_name,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from taxi_pipeline.adapters.gcp.pubsub import PubSubBus
+from taxi_pipeline.adapters.pubsub.bus import PubSubBus
 from taxi_pipeline.bootstrap import build_bus
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.settings import Settings, settings_markdown

@@ -7,7 +7,7 @@ import concurrent.futures
 import pytest
 from google.api_core import exceptions as gexc
 
-from taxi_pipeline.adapters.gcp.errors import translate
+from taxi_pipeline.adapters.google_errors import translate
 from taxi_pipeline.errors import (
     ConfigurationError,
     PermanentError,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from taxi_pipeline.datasets import LAYOUTS, Dataset, Month, file_name
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, main, write_raw
+from taxi_pipeline.domain.datasets import LAYOUTS, Dataset, Month, file_name
 
 ROWS = 20_000
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")

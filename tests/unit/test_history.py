@@ -7,11 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from taxi_pipeline import history
-from taxi_pipeline.admission import RunGate, Ticket
-from taxi_pipeline.datasets import Dataset, Month
-from taxi_pipeline.messages import RunState
-from taxi_pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.domain import history
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.local.admission import RunGate, Ticket
+from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.render import text as render_text
 
 T0 = datetime(2024, 3, 1, 9, 0, 0, tzinfo=UTC)
 LABELS = {"trigger": "manual"}
@@ -166,7 +167,7 @@ def test_a_permanent_failure_is_failed_with_its_reason() -> None:
     ]
     run = history.derive_run(events)
     assert (run.state, run.error) == (RunState.FAILED, "object is not gzip-compressed")
-    lines = history.runs_table([run])
+    lines = render_text.runs_table([run])
     assert "FAILED" in lines[1]
     assert lines[1].endswith("object is not gzip-compressed")
 
@@ -177,7 +178,7 @@ def test_runs_are_grouped_filtered_and_listed_one_line_each() -> None:
     )
     runs = history.derive_runs(sorted(events, key=lambda e: e.recorded_at or T0))
     assert [r.run_id for r in runs] == ["green-201901-aaaa0000", "green-201902-bbbb0000"]
-    assert len(history.runs_table(runs)) == 3
+    assert len(render_text.runs_table(runs)) == 3
     assert history.filter_runs(runs, since=_at(50)) == [runs[1]]
     assert history.filter_runs(runs, states=[RunState.FAILED]) == []
     assert history.filter_runs(runs, dataset="yellow") == []
@@ -185,12 +186,12 @@ def test_runs_are_grouped_filtered_and_listed_one_line_each() -> None:
 
 
 def test_no_runs_give_the_header_alone() -> None:
-    (header,) = history.runs_table([])
+    (header,) = render_text.runs_table([])
     assert header.split()[:4] == ["RUN", "ID", "DATASET", "MONTH"]
 
 
 def test_gantt_draws_a_row_per_step_on_one_axis_with_the_lock_wait() -> None:
-    lines = history.gantt(history.derive_run(_successful_run()), width=16)
+    lines = render_text.gantt(history.derive_run(_successful_run()), width=16)
     assert lines[0].startswith("STEP")
     rows = {line.split()[0]: line.rsplit("|", 2)[1] for line in lines[1:]}
     assert list(rows) == ["queue", "download", "register", "merge"]
@@ -207,7 +208,7 @@ def test_describe_run_shows_the_error_section() -> None:
         _event("download", RunState.RUNNING, 1, 1),
         _event("download", RunState.FAILED, None, 2, error="header does not match"),
     ]
-    text = "\n".join(history.describe_run(history.derive_run(events)))
+    text = "\n".join(render_text.describe_run(history.derive_run(events)))
     assert "state     FAILED" in text
     assert "download (try 1, FAILED): header does not match" in text
 
@@ -238,7 +239,7 @@ def test_coverage_precedence_running_loaded_failed_skipped_missing() -> None:
     assert states == ["loaded", "running", "failed", "skipped", "missing"]
     assert cells[(Dataset.GREEN, Month(2019, 1))].loaded_rows == 3000
     assert cells[(Dataset.GREEN, Month(2019, 3))].error == "failed reason"
-    table = history.coverage_table([Dataset.GREEN], months, cells)
+    table = render_text.coverage_table([Dataset.GREEN], months, cells)
     assert "green: 1/5 loaded (3,000 rows), 1 missing, 1 failed, 1 running, 1 skipped" in table
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import date
 
-from taxi_pipeline.ports import DateRange
-from taxi_pipeline.steps.merge import pickup_ranges
+from taxi_pipeline.pipeline.ports import DateRange
+from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 
 def test_consecutive_days_fold_and_strays_stay_apart() -> None:

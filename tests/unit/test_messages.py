@@ -7,15 +7,15 @@ import base64
 import pytest
 from cloudevents.http import CloudEvent
 
-from taxi_pipeline.errors import InvalidMessage
-from taxi_pipeline.events import build_pubsub_event, parse_gcs, parse_pubsub
-from taxi_pipeline.messages import (
+from taxi_pipeline.domain.messages import (
     IngestRequest,
     MergeRequest,
     is_run_id,
     labels_from_attributes,
     parse_model,
 )
+from taxi_pipeline.errors import InvalidMessage
+from taxi_pipeline.pipeline.cloudevents import build_pubsub_event, parse_gcs, parse_pubsub
 
 
 def test_ingest_request_round_trip_and_scheduler_body() -> None:

@@ -59,7 +59,7 @@ def test_cloud_entry_points_import_without_local_only_packages() -> None:
         f"for name in {blocked!r}: sys.modules[name] = None\n"
         "import main\n"
         "from taxi_pipeline import bootstrap\n"
-        "from taxi_pipeline.adapters.gcp import errors\n"
+        "from taxi_pipeline.adapters import google_errors\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from taxi_pipeline.datasets import Dataset
+from taxi_pipeline.domain.datasets import Dataset
+from taxi_pipeline.domain.messages import Topic
+from taxi_pipeline.domain.schedules import DEFAULT_PATH, Schedule, load_schedules
 from taxi_pipeline.errors import ConfigurationError
-from taxi_pipeline.messages import Topic
-from taxi_pipeline.schedules import DEFAULT_PATH, Schedule, load_schedules
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,17 +8,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from taxi_pipeline.datasets import Dataset, Month
-from taxi_pipeline.messages import RunState
-from taxi_pipeline.ports import RunEvent
-from taxi_pipeline.schedules import Schedule, load_schedules
-from taxi_pipeline.scheduling import (
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.schedules import Schedule, load_schedules
+from taxi_pipeline.local.scheduler import (
     Scheduler,
     fire_times,
     fired_month,
     remembered_fires,
     schedule_label,
 )
+from taxi_pipeline.pipeline.ports import RunEvent
 
 GREEN = Schedule("taxi-green-monthly", Dataset.GREEN, "0 9 1 * *", "Etc/UTC", '{"dataset":"green"}')
 YELLOW = Schedule(

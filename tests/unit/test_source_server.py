@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from taxi_pipeline.datasets import Dataset, Month, file_name
 from taxi_pipeline.devkit.generator import generate_month
 from taxi_pipeline.devkit.source_server import Fault, SourceServer, serve_directory
+from taxi_pipeline.domain.datasets import Dataset, Month, file_name
 
 JAN = Month(2019, 1)
 NAME = file_name(Dataset.YELLOW, JAN)

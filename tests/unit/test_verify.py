@@ -6,9 +6,9 @@ import gzip
 
 import pytest
 
-from taxi_pipeline.datasets import Dataset
+from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.errors import VerificationFailed
-from taxi_pipeline.verify import BackgroundVerifier, GzipCsvVerifier
+from taxi_pipeline.pipeline.verify import BackgroundVerifier, GzipCsvVerifier
 
 HEADER = Dataset.GREEN.layout.header
 ROW = "2,2019-01-01 00:10:16,2019-01-01 00:16:32,N,1,97,49,1,.86,6,0.5,0.5,0,0,,0.3,7.3,2,1,0"

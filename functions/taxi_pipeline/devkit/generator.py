@@ -1,7 +1,7 @@
 """Synthetic taxi files in the exact published layouts, with the quirks of the real ones.
 
 ``generate_month`` writes ``{dataset}_tripdata_YYYY-MM.csv.gz`` with the published header and
-column order (taken from :data:`taxi_pipeline.datasets.LAYOUTS`), ``YYYY-MM-DD HH:MM:SS``
+column order (taken from :data:`taxi_pipeline.domain.datasets.LAYOUTS`), ``YYYY-MM-DD HH:MM:SS``
 timestamps, plausible values and the quirks the pipeline must survive:
 
 - empty fields: an "unknown trip" group with passenger_count, RatecodeID, store_and_fwd_flag,
@@ -37,7 +37,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from taxi_pipeline.datasets import LAYOUTS, Dataset, Month, file_name
+from taxi_pipeline.domain.datasets import LAYOUTS, Dataset, Month, file_name
 
 # zlib level 6 (gzip's default) gives published-like sizes; lower levels are faster but the
 # files grow ~25%, which would skew download/ingest benchmarks.

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO, Final
 from urllib.parse import unquote, urlsplit
 
-from taxi_pipeline.datasets import Dataset, Month, file_name
+from taxi_pipeline.domain.datasets import Dataset, Month, file_name
 
 _log = logging.getLogger(__name__)
 

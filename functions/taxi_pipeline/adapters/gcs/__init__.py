@@ -1,0 +1,1 @@
+"""Cloud Storage: the cloud lake and its locks."""

@@ -1,0 +1,1 @@
+"""HTTP: the source of the published files."""

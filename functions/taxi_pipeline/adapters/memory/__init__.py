@@ -1,0 +1,1 @@
+"""In-process bus and locks."""

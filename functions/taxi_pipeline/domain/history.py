@@ -1,0 +1,332 @@
+"""Run history, derived: a run's state, duration and timeline from its appended ``RunEvent``s.
+
+``pipeline_runs`` only ever grows (QUEUED when a request is submitted, then RUNNING and an
+outcome per step and attempt). Nothing is updated in place, so everything a user sees here is
+computed from the events, the way Kestra derives an execution's state from its task runs.
+
+How a run's state is derived (first rule that applies):
+
+1. a step whose latest event is FAILED (a permanent error, or the dead-letter path) -> FAILED;
+2. the merge step ended SUCCESS -> SUCCESS;
+3. a step ended SKIPPED with a reason (e.g. the month is not published upstream) -> SKIPPED;
+   a SKIPPED without an error (download skipped because the file is already in the lake) is a
+   skipped *step* and the run goes on;
+4. the latest event is RETRYING -> RETRYING (a transient error, a redelivery is coming);
+5. only QUEUED events -> QUEUED (waiting for a concurrency slot, or for a worker);
+6. otherwise RUNNING.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.pipeline.recorder import QUEUE_STEP
+
+FINAL_STEP: Final = "merge"
+"""The step whose SUCCESS completes a run."""
+
+TERMINAL: Final = frozenset({RunState.SUCCESS, RunState.FAILED, RunState.SKIPPED})
+ACTIVE: Final = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.RETRYING})
+
+_STEP_ORDER: Final = {QUEUE_STEP: 0, "download": 1, "register": 2, "merge": 3, "dead-letter": 4}
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """One attempt of one step, folded from its RUNNING and outcome events."""
+
+    step: str
+    attempt: int
+    state: RunState
+    started_at: datetime | None
+    """When the step began (for merge: before waiting for the dataset-month lock)."""
+    running_at: datetime | None
+    """When its RUNNING line was written (for merge: once the lock was held)."""
+    finished_at: datetime | None
+    rows: int | None = None
+    bytes: int | None = None
+    error: str | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    @property
+    def waited(self) -> timedelta:
+        """Time spent before the RUNNING line (the merge waiting for its lock)."""
+        if self.started_at is None or self.running_at is None:
+            return timedelta(0)
+        return max(self.running_at - self.started_at, timedelta(0))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run as derived from its events."""
+
+    run_id: str
+    dataset: str
+    month: str
+    state: RunState
+    labels: Mapping[str, str]
+    queued_at: datetime | None
+    started_at: datetime | None
+    """First moment any step began."""
+    finished_at: datetime | None
+    """Set when the run is in a terminal state."""
+    last_event_at: datetime | None
+    steps: tuple[StepRun, ...]
+    error: str | None
+    rows_in_file: int | None
+    rows_inserted: int | None
+    attempts: int
+
+    @property
+    def first_seen(self) -> datetime | None:
+        return self.queued_at or self.started_at or self.last_event_at
+
+    def duration(self, now: datetime | None = None) -> timedelta | None:
+        """From the first step's start to the end (or to ``now`` while active)."""
+        begin = self.started_at or self.queued_at
+        if begin is None:
+            return None
+        end = self.finished_at
+        if end is None:
+            end = now if now is not None else datetime.now(UTC)
+        return max(end - begin, timedelta(0))
+
+    @property
+    def queue_wait(self) -> timedelta | None:
+        if self.queued_at is None or self.started_at is None:
+            return None
+        return max(self.started_at - self.queued_at, timedelta(0))
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE
+
+
+def _when(event: RunEvent) -> datetime | None:
+    return event.recorded_at or event.finished_at or event.started_at
+
+
+def _fold_steps(events: Sequence[RunEvent]) -> list[StepRun]:
+    groups: dict[tuple[str, int], list[RunEvent]] = {}
+    for event in events:
+        if event.step == QUEUE_STEP:
+            continue
+        groups.setdefault((event.step, event.attempt), []).append(event)
+    steps = []
+    for (step, attempt), group in groups.items():
+        last = group[-1]
+        running = [e for e in group if e.state is RunState.RUNNING]
+        starts = [e.started_at for e in group if e.started_at is not None]
+        started = min(starts) if starts else (_when(running[0]) if running else None)
+        finished = None
+        if last.state is not RunState.RUNNING:
+            finished = last.finished_at or _when(last)
+        if started is None:
+            started = finished
+        rows = next((e.rows for e in reversed(group) if e.rows is not None), None)
+        bytes_ = next((e.bytes for e in reversed(group) if e.bytes is not None), None)
+        steps.append(
+            StepRun(
+                step=step,
+                attempt=attempt,
+                state=last.state,
+                started_at=started,
+                running_at=_when(running[0]) if running else started,
+                finished_at=finished,
+                rows=rows,
+                bytes=bytes_,
+                error=last.error,
+                details=dict(last.details),
+            )
+        )
+    far = datetime.max.replace(tzinfo=UTC)
+    steps.sort(key=lambda s: (s.started_at or far, _STEP_ORDER.get(s.step, 9), s.attempt))
+    return steps
+
+
+def _derive_state(events: Sequence[RunEvent], steps: Sequence[StepRun]) -> RunState:
+    latest_by_step: dict[str, StepRun] = {}
+    for step in steps:
+        latest_by_step[step.step] = step
+    if any(s.state is RunState.FAILED for s in latest_by_step.values()):
+        return RunState.FAILED
+    final = latest_by_step.get(FINAL_STEP)
+    if final is not None and final.state is RunState.SUCCESS:
+        return RunState.SUCCESS
+    if any(s.state is RunState.SKIPPED and s.error for s in latest_by_step.values()):
+        return RunState.SKIPPED
+    if not steps:
+        return RunState.QUEUED if events else RunState.RUNNING
+    last = events[-1]
+    if last.state is RunState.RETRYING:
+        return RunState.RETRYING
+    return RunState.RUNNING
+
+
+def derive_run(events: Sequence[RunEvent]) -> Run:
+    """Fold one run's events (oldest first) into a :class:`Run`."""
+    if not events:
+        raise ValueError("a run needs at least one event")
+    first = events[0]
+    steps = _fold_steps(events)
+    state = _derive_state(events, steps)
+    labels: dict[str, str] = {}
+    for event in events:
+        labels.update(event.labels)
+    queued = [_when(e) for e in events if e.state is RunState.QUEUED]
+    starts = [s.started_at for s in steps if s.started_at is not None]
+    ends = [s.finished_at for s in steps if s.finished_at is not None]
+    error = None
+    if state in (RunState.FAILED, RunState.SKIPPED, RunState.RETRYING):
+        error = next((e.error for e in reversed(events) if e.error), None)
+    merge = [s for s in steps if s.step == FINAL_STEP and s.state is RunState.SUCCESS]
+    download = [s for s in steps if s.step == "download" and s.rows is not None]
+    rows_in_file: int | None = None
+    if merge and merge[-1].details.get("rows_in_file", "").isdigit():
+        rows_in_file = int(merge[-1].details["rows_in_file"])
+    elif download:
+        rows_in_file = download[-1].rows
+    times = [t for t in (_when(e) for e in events) if t is not None]
+    return Run(
+        run_id=first.run_id,
+        dataset=next((e.dataset for e in events if e.dataset), ""),
+        month=next((e.month for e in events if e.month), ""),
+        state=state,
+        labels=labels,
+        queued_at=min((q for q in queued if q is not None), default=None),
+        started_at=min(starts) if starts else None,
+        finished_at=(max(ends) if ends else _when(events[-1])) if state in TERMINAL else None,
+        last_event_at=max(times) if times else None,
+        steps=tuple(steps),
+        error=error,
+        rows_in_file=rows_in_file,
+        rows_inserted=merge[-1].rows if merge else None,
+        attempts=max((s.attempt for s in steps), default=0),
+    )
+
+
+def derive_runs(events: Iterable[RunEvent]) -> list[Run]:
+    """Group events by run id and derive each run; ordered by first appearance."""
+    by_run: dict[str, list[RunEvent]] = {}
+    for event in events:
+        by_run.setdefault(event.run_id, []).append(event)
+    runs = [derive_run(group) for group in by_run.values()]
+    far = datetime.min.replace(tzinfo=UTC)
+    runs.sort(key=lambda r: (r.first_seen or far, r.run_id))
+    return runs
+
+
+def filter_runs(
+    runs: Iterable[Run],
+    *,
+    dataset: str | None = None,
+    states: Iterable[RunState] = (),
+    since: datetime | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> list[Run]:
+    """Runs matching every given filter (``since`` compares with the run's first event)."""
+    wanted = set(states)
+    out = []
+    for run in runs:
+        if dataset is not None and run.dataset != dataset:
+            continue
+        if wanted and run.state not in wanted:
+            continue
+        if since is not None and (run.first_seen is None or run.first_seen < since):
+            continue
+        if labels and any(run.labels.get(k) != v for k, v in labels.items()):
+            continue
+        out.append(run)
+    return out
+
+
+# -- parsing user input -------------------------------------------------------------------------
+
+_RELATIVE: Final = re.compile(r"^(\d+)\s*([mhdw])$")
+_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``2h`` / ``3d`` / ``1w`` / ``30m`` ago, or an ISO date or datetime (UTC when naive)."""
+    now = now or datetime.now(UTC)
+    match = _RELATIVE.match(text.strip().lower())
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise ValueError(
+            f"{text!r} is neither a duration like 2h / 3d nor an ISO date like 2019-01-31"
+        ) from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# -- coverage ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One dataset-month of the coverage matrix."""
+
+    dataset: Dataset
+    month: Month
+    loaded_rows: int | None
+    """Rows of the latest completed load (None: never loaded)."""
+    state: str
+    """``loaded``, ``running``, ``failed``, ``skipped`` or ``missing``."""
+    run_id: str | None = None
+    error: str | None = None
+
+
+def coverage(
+    datasets: Sequence[Dataset],
+    months: Sequence[Month],
+    loads: Iterable[LoadRecord],
+    runs: Iterable[Run],
+) -> dict[tuple[Dataset, Month], Cell]:
+    """The status matrix: running beats loaded beats failed beats skipped beats missing.
+
+    A loaded month whose latest run failed afterwards still shows loaded: its rows are there.
+    """
+    latest_load: dict[tuple[str, str], LoadRecord] = {}
+    for record in loads:
+        latest_load[(record.dataset.value, str(record.month))] = record
+    latest_run: dict[tuple[str, str], Run] = {}
+    active: dict[tuple[str, str], Run] = {}
+    for each in runs:
+        key = (each.dataset, each.month)
+        latest_run[key] = each
+        if each.is_active:
+            active[key] = each
+    cells = {}
+    for dataset in datasets:
+        for month in months:
+            key = (dataset.value, str(month))
+            load = latest_load.get(key)
+            run = latest_run.get(key)
+            rows = load.rows_in_file if load else None
+            if key in active:
+                cell = Cell(dataset, month, rows, "running", active[key].run_id)
+            elif load is not None:
+                cell = Cell(dataset, month, rows, "loaded", load.run_id)
+            elif run is not None and run.state is RunState.FAILED:
+                cell = Cell(dataset, month, None, "failed", run.run_id, run.error)
+            elif run is not None and run.state is RunState.SKIPPED:
+                cell = Cell(dataset, month, None, "skipped", run.run_id, run.error)
+            else:
+                cell = Cell(dataset, month, None, "missing")
+            cells[(dataset, month)] = cell
+    return cells

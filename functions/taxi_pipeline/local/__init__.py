@@ -1,0 +1,1 @@
+"""The embedded default's orchestration: admission, the scheduler, backfills."""

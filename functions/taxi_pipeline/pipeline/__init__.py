@@ -1,0 +1,1 @@
+"""The pipeline: ports, the steps over them, the CloudEvent handlers, verification."""

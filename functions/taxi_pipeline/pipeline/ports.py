@@ -1,0 +1,249 @@
+"""The ports: what the steps need from the outside world, as small protocols.
+
+Each port has a local adapter (folder, DuckDB, in-process) and a GCP adapter (GCS, BigQuery,
+Pub/Sub); ``tests/contract`` runs one suite per port over every adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Protocol
+
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.messages import RunState, Topic
+from taxi_pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A lake object as the store reports it (GCS semantics: generation changes on overwrite)."""
+
+    bucket: str
+    name: str
+    generation: str
+    size: int
+    uri: str
+    md5_base64: str | None = None
+    crc32c_base64: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class ObjectWriter(Protocol):
+    """Receives the bytes of an object being written; nothing is visible until commit."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+
+class Lake(Protocol):
+    """The raw-file store: a folder locally, a GCS bucket in the cloud."""
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        """The object's current info, or ``None`` when there is none."""
+
+    def writer(
+        self, name: str, metadata: Mapping[str, str]
+    ) -> AbstractContextManager[ObjectWriter]:
+        """Write ``name``: committed (and announced) on clean exit, discarded on an exception."""
+
+    def read_head(self, name: str, size: int) -> bytes:
+        """The first ``size`` bytes of the object (fewer if it is shorter)."""
+
+    def delete(self, name: str) -> None:
+        """Remove the object; no error when it is already gone."""
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Objects whose name starts with ``prefix``."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every warehouse job is labelled with."""
+
+    run_id: str
+    dataset: Dataset
+    month: Month
+    step: str
+
+
+@dataclass(frozen=True)
+class StagingSummary:
+    """What a staging table holds, measured before anything touches the final table."""
+
+    rows: int
+    rows_bad: int
+    rows_out_of_month: int
+    rows_without_pickup: int
+    pickup_dates: tuple[date, ...]
+    bad_samples: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """Half-open ``[start, end)`` range of pickup dates."""
+
+    start: date
+    end: date
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[object, ...]]
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One appended line of the run history (``pipeline_runs``)."""
+
+    run_id: str
+    dataset: str
+    month: str
+    step: str
+    state: RunState
+    attempt: int = 1
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    rows: int | None = None
+    bytes: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    error: str | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+    recorded_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """A lake object that was merged completely into its final table."""
+
+    dataset: Dataset
+    month: Month
+    object_name: str
+    generation: str
+    run_id: str
+    rows_in_file: int
+    rows_inserted: int
+    loaded_at: datetime
+
+
+class Warehouse(Protocol):
+    """DuckDB locally, BigQuery in the cloud. Table names come from :mod:`datasets`."""
+
+    def ensure_final_table(self, dataset: Dataset) -> None:
+        """Create the final table when missing (partitioned / pruned by pickup date)."""
+
+    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
+        """(Re)create ``{dataset}_tripdata_YYYY_MM_ext`` over the lake object; returns its name."""
+
+    def stage(
+        self, dataset: Dataset, month: Month, source: ObjectInfo, context: JobContext
+    ) -> StagingSummary:
+        """(Re)build the month's staging table with ``unique_row_id`` and ``filename``."""
+
+    def merge_staged(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+    ) -> int:
+        """Insert staged rows whose id is not in the final table; returns rows inserted.
+
+        Only target rows inside ``pickup_ranges`` (and NULL pickups when asked) are read.
+        """
+
+    def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
+        """Drop the month's staging and external tables; no error when already gone."""
+
+    def query(self, sql: str) -> QueryResult:
+        """Run the user's query (``taxi-pipeline sql``). The embedded warehouse refuses anything
+        but SELECT / EXPLAIN (its file is all the user's state); BigQuery runs what the caller's
+        IAM allows."""
+
+    def append_run_events(self, events: Sequence[RunEvent]) -> None:
+        """Append to ``pipeline_runs``; never updates."""
+
+    def run_events(
+        self, run_id: str | None = None, dataset: str | None = None, since: datetime | None = None
+    ) -> list[RunEvent]:
+        """Run history lines, oldest first."""
+
+    def record_load(self, record: LoadRecord) -> None:
+        """Remember that an object generation was merged completely."""
+
+    def find_load(self, object_name: str, generation: str) -> LoadRecord | None:
+        """The load of that exact object generation, if one completed."""
+
+    def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
+        """Every completed load, oldest first."""
+
+
+class Bus(Protocol):
+    """Pub/Sub in the cloud, an in-process queue locally."""
+
+    def publish(self, topic: Topic, data: bytes, attributes: Mapping[str, str]) -> str:
+        """Publish and wait for the confirmation; returns the message id."""
+
+
+class SourceResponse(Protocol):
+    status_code: int
+    content_length: int | None
+
+    def iter_bytes(self) -> Iterator[bytes]: ...
+
+
+class Source(Protocol):
+    """The HTTP source of the published files."""
+
+    def get(self, url: str) -> AbstractContextManager[SourceResponse]:
+        """Start a streaming GET; raises :class:`TransientError` on connection failures."""
+
+
+class Locks(Protocol):
+    """Mutual exclusion between runs (one merge per dataset-month at a time)."""
+
+    def hold(self, key: str) -> AbstractContextManager[None]:
+        """Wait until ``key`` is free, hold it for the block."""
+
+
+class ProgressTask(Protocol):
+    def advance(self, amount: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Progress(Protocol):
+    """Where long work reports progress (a progress bar in the CLI, nothing in the cloud)."""
+
+    def task(self, description: str, total: int | None) -> ProgressTask: ...
+
+
+class _NullTask:
+    def advance(self, amount: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NullProgress:
+    """No progress display (the cloud, tests)."""
+
+    def task(self, description: str, total: int | None) -> ProgressTask:
+        return _NullTask()
+
+
+@dataclass
+class Ports:
+    """Everything a step may use, built once by :mod:`taxi_pipeline.bootstrap`."""
+
+    settings: Settings
+    lake: Lake
+    warehouse: Warehouse
+    bus: Bus
+    source: Source
+    locks: Locks
+    progress: Progress = field(default_factory=NullProgress)

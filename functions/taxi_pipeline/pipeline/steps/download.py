@@ -1,0 +1,215 @@
+"""Step 1, download: stream the published file from the HTTP source into the lake, verified.
+
+Nothing unverified becomes a ``raw/`` object: the lake writer commits only after the whole stream
+passed :class:`GzipCsvVerifier`. The committed object announces itself (GCS finalize event, or the
+folder store's equivalent), which triggers the register step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name
+from taxi_pipeline.domain.messages import IngestRequest, RunState, labels_to_attributes
+from taxi_pipeline.errors import (
+    ConfigurationError,
+    InvalidMessage,
+    NotPublished,
+    PermanentError,
+    TransientError,
+)
+from taxi_pipeline.pipeline.ports import ObjectInfo, Ports
+from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
+from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
+from taxi_pipeline.pipeline.verify import BackgroundVerifier, GzipCsvVerifier, VerifiedFile
+from taxi_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EARLIEST_MONTH = Month(2009, 1)
+"""The first month of TLC trip records; anything earlier cannot exist upstream."""
+
+
+@dataclass(frozen=True)
+class DownloadOutcome:
+    run_id: str
+    object: ObjectInfo
+    downloaded: bool
+    verified: VerifiedFile | None
+
+
+def check_source_base(settings: Settings) -> str:
+    """The configured source base, refused unless https (plain http only on loopback or opt-in)."""
+    base = settings.source_url.rstrip("/")
+    parts = urlsplit(base)
+    # First, and without echoing the URL: the messages below quote it, and settings errors
+    # reach logs and run records.
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError("source URL must not carry a query, fragment or credentials")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ConfigurationError(f"source URL {base!r} must be an http(s) URL")
+    if (
+        parts.scheme == "http"
+        and not settings.allow_insecure_source
+        and not _is_loopback(parts.hostname)
+    ):
+        raise ConfigurationError(
+            f"source URL {base!r} is plain http; use https, or set"
+            " TAXI_PIPELINE_ALLOW_INSECURE_SOURCE=true to allow it"
+        )
+    return base
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def source_file_url(settings: Settings, dataset: Dataset, month: Month) -> str:
+    """``{base}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz`` from validated parts only."""
+    return f"{check_source_base(settings)}/{dataset.value}/{file_name(dataset, month)}"
+
+
+def resolve_month(request: IngestRequest, event_time: datetime, settings: Settings) -> Month:
+    """The request's month, or (scheduled runs) the event time's month minus the lag."""
+    explicit = request.parsed_month
+    if explicit is not None:
+        month = explicit
+    else:
+        month = Month(event_time.year, event_time.month).minus(settings.schedule_lag_months)
+    latest = Month(event_time.year, event_time.month)
+    if month < EARLIEST_MONTH:
+        raise InvalidMessage(f"month {month} is before the first published month {EARLIEST_MONTH}")
+    if latest < month:
+        raise InvalidMessage(f"month {month} is in the future (now {latest})")
+    return month
+
+
+def identify_run(
+    request: IngestRequest, event_time: datetime, message_identity: str, settings: Settings
+) -> tuple[str, Month, dict[str, str]]:
+    """The run an ingest request starts or continues: its id, month and labels.
+
+    A message without a run id (Cloud Scheduler's static body, a hand publish) starts a run
+    whose id is derived from ``message_identity``, so its redeliveries, and the dead-letter
+    handler given its forwarded copy, name that same run.
+    """
+    month = resolve_month(request, event_time, settings)
+    labels = dict(request.labels)
+    labels.setdefault("trigger", "manual" if request.month else "schedule")
+    run_id = request.run_id or new_run_id(request.dataset, month, derived_from=message_identity)
+    return run_id, month, labels
+
+
+def run(
+    request: IngestRequest, event_time: datetime, invocation: Invocation, ports: Ports
+) -> DownloadOutcome:
+    """Download and verify one month into the lake (or reuse the verified object already there)."""
+    dataset = request.dataset
+    run_id, month, labels = identify_run(
+        request, event_time, invocation.delivery_id, ports.settings
+    )
+    invocation.run_id, invocation.dataset, invocation.month = run_id, dataset, month
+    invocation.labels = labels
+
+    recorder = StepRecorder(
+        ports.warehouse, run_id, dataset, month, "download", invocation.attempt, labels
+    )
+    recorder.running()
+    url = source_file_url(ports.settings, dataset, month)
+    name = object_name(dataset, month)
+    # One download of an object at a time: a second run of the month (a schedule firing during
+    # a backfill, a duplicate request) waits, then finds the verified object and reuses it
+    # instead of writing a second generation that would be staged and merged again.
+    with ports.locks.hold(f"download-{dataset.value}-{month}"):
+        existing = ports.lake.stat(name)
+        if (
+            existing is not None
+            and existing.metadata.get("source_url") == url
+            and not request.force
+        ):
+            # Only verified downloads are ever committed with our metadata, so it is safe to
+            # reuse; no object event follows (nothing was written), so hand over to merge.
+            log.info(
+                "%s is already in the lake (generation %s); not downloading again",
+                name,
+                existing.generation,
+            )
+            request_merge(ports, run_id, dataset, month, existing, labels, force=request.force)
+            recorder.finish(RunState.SKIPPED, bytes_=0, details={"reason": "already in the lake"})
+            return DownloadOutcome(run_id, existing, downloaded=False, verified=None)
+
+        metadata = {
+            "run_id": run_id,
+            "dataset": dataset.value,
+            "month": str(month),
+            "source_url": url,
+        }
+        metadata.update(labels_to_attributes(labels))
+        verified = _download_with_retries(url, name, metadata, dataset, ports)
+        stored = ports.lake.stat(name)
+    if stored is None:
+        raise TransientError(f"{name} is not visible in the lake right after its upload")
+    recorder.finish(RunState.SUCCESS, rows=verified.rows, bytes_=verified.bytes_compressed)
+    log.info("downloaded %s: %d bytes, %d rows", name, verified.bytes_compressed, verified.rows)
+    return DownloadOutcome(run_id, stored, downloaded=True, verified=verified)
+
+
+def _download_with_retries(
+    url: str, name: str, metadata: dict[str, str], dataset: Dataset, ports: Ports
+) -> VerifiedFile:
+    retrying = Retrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(ports.settings.http_attempts),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+    return retrying(_download_once, url, name, metadata, dataset, ports)
+
+
+def _download_once(
+    url: str, name: str, metadata: dict[str, str], dataset: Dataset, ports: Ports
+) -> VerifiedFile:
+    with ports.source.get(url) as response:
+        status = response.status_code
+        if status in (404, 410):
+            raise NotPublished(f"{url} is not published (HTTP {status})")
+        if status in (408, 425, 429) or status >= 500:
+            # Timeout, too early, throttled, server trouble: worth another try.
+            raise TransientError(f"{url} answered HTTP {status}")
+        if status != 200:
+            raise PermanentError(f"{url} answered HTTP {status}")
+        verifier = BackgroundVerifier(
+            GzipCsvVerifier(
+                dataset.layout, response.content_length, ports.settings.min_rows_per_file
+            )
+        )
+        task = ports.progress.task(f"download {name.rsplit('/', 1)[-1]}", response.content_length)
+        try:
+            with ports.lake.writer(name, metadata) as writer:
+                for chunk in response.iter_bytes():
+                    verifier.feed(chunk)
+                    writer.write(chunk)
+                    task.advance(len(chunk))
+                # Raising here, before the block ends, discards the upload: no raw/ object.
+                return verifier.finish()
+        finally:
+            verifier.close()
+            task.close()

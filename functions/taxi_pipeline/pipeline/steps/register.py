@@ -1,0 +1,86 @@
+"""Step 2, register: a finalized ``raw/`` object becomes the month's external table.
+
+Triggered by the lake's object-finalized event, so a file a user uploads by hand into ``raw/``
+is loaded exactly like a downloaded one. Objects outside ``raw/`` are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+from taxi_pipeline.domain.datasets import Dataset, parse_object_name
+from taxi_pipeline.domain.messages import GcsObject, RunState, is_run_id, labels_from_attributes
+from taxi_pipeline.errors import InvalidMessage, PermanentError, VerificationFailed
+from taxi_pipeline.pipeline.ports import Ports
+from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
+from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
+
+log = logging.getLogger(__name__)
+
+RAW_PREFIX = "raw/"
+_HEAD_BYTES = 64 * 1024
+
+
+def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
+    """Create the external table and ask for the merge; returns the run id (None: ignored)."""
+    if not obj.name.startswith(RAW_PREFIX):
+        log.info("ignoring gs://%s/%s: not under %s", obj.bucket, obj.name, RAW_PREFIX)
+        return None
+    try:
+        dataset, month = parse_object_name(obj.name)
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from exc
+    invocation.dataset, invocation.month = dataset, month
+    run_id, labels = run_of_object(obj)
+    invocation.run_id, invocation.labels = run_id, labels
+
+    recorder = StepRecorder(
+        ports.warehouse, run_id, dataset, month, "register", invocation.attempt, labels
+    )
+    recorder.running()
+    current = ports.lake.stat(obj.name)
+    if current is None:
+        raise PermanentError(f"{obj.name} no longer exists in the lake")
+    if current.generation != obj.generation:
+        log.info(
+            "%s was replaced (generation %s -> %s); registering the current one",
+            obj.name,
+            obj.generation,
+            current.generation,
+        )
+    _check_head(ports.lake.read_head(obj.name, _HEAD_BYTES), dataset)
+
+    ports.warehouse.ensure_final_table(dataset)
+    table = ports.warehouse.create_external_table(dataset, month, current)
+    request_merge(ports, run_id, dataset, month, current, labels)
+    recorder.finish(RunState.SUCCESS, bytes_=current.size, details={"external_table": table})
+    return run_id
+
+
+def run_of_object(obj: GcsObject) -> tuple[str, dict[str, str]]:
+    """The run a ``raw/`` object belongs to, and its labels: the one its metadata names (a
+    download), or one derived from the object's generation (uploaded by hand, or by a tool that
+    sets no metadata), so redelivered events of that generation continue one run."""
+    dataset, month = parse_object_name(obj.name)
+    run_id = obj.metadata.get("run_id", "")
+    if is_run_id(run_id):
+        return run_id, labels_from_attributes(obj.metadata)
+    return new_run_id(dataset, month, derived_from=obj.identity), {"trigger": "upload"}
+
+
+def _check_head(head: bytes, dataset: Dataset) -> None:
+    """Cheap check of an object nobody verified (a hand upload): gzip, and the right header."""
+    if not head.startswith(b"\x1f\x8b"):
+        raise VerificationFailed("object is not gzip-compressed (no gzip magic bytes)")
+    try:
+        text = zlib.decompressobj(wbits=31).decompress(head, 16 * 1024)
+    except zlib.error as exc:
+        raise VerificationFailed(f"object is not a valid gzip stream: {exc}") from exc
+    line = text.split(b"\n", 1)[0].rstrip(b"\r")
+    expected = dataset.layout.header
+    if line.decode("utf-8", "replace").lstrip("\ufeff") != expected:
+        raise VerificationFailed(
+            f"header does not match the published {dataset.value} layout: expected"
+            f" {expected!r}, got {line[:300].decode('utf-8', 'replace')!r}"
+        )

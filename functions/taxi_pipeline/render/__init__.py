@@ -1,0 +1,1 @@
+"""Rendering of the run history for people: text tables and the HTML report."""
