@@ -28,6 +28,10 @@ class NotPublished(PermanentError):
     """The source has no file for this dataset and month (HTTP 404)."""
 
 
+class UnsupportedMonth(PermanentError):
+    """The month has no source file in a layout the pipeline reads (yellow before 2011-01)."""
+
+
 class VerificationFailed(PermanentError):
     """A downloaded file failed a check (length, gzip CRC, header, row count)."""
 
