@@ -57,16 +57,16 @@ _FLOAT_SPELLING_RARE_PM: Final = 5  # "1.0" in VendorID / RatecodeID
 
 # Manhattan zones (taxi_zone_lookup.csv): most yellow trips start and end there, which also
 # matters for compression (uniform ids over 1..265 make the files ~10% larger than real ones).
-_MANHATTAN_ZONES: Final = (
+MANHATTAN_ZONES: Final = (
     4, 12, 13, 24, 41, 42, 43, 45, 48, 50, 68, 74, 75, 79, 87, 88, 90, 100, 103, 107, 113, 114,
     116, 120, 125, 127, 128, 137, 140, 141, 142, 143, 144, 148, 151, 152, 153, 158, 161, 162, 163,
     164, 166, 170, 186, 194, 202, 209, 211, 224, 229, 230, 231, 232, 233, 234, 236, 237, 238, 239,
     243, 244, 246, 249, 261, 262, 263,
 )  # fmt: skip
-_MANHATTAN_SHARE_PM: Final = 850
+MANHATTAN_SHARE_PM: Final = 850
 
 # Pickup dates of stray rows, cycled; those inside the file's month are skipped.
-_FAR_STRAY_DATES: Final = (
+FAR_STRAY_DATES: Final = (
     date(2008, 12, 31),
     date(2088, 1, 24),
     date(2009, 1, 1),
@@ -241,14 +241,18 @@ def _plan(rows: int, strays: int, dups: int, month: Month) -> _Plan:
             raise ValueError(
                 f"cannot place {strays} strays beside {dups} duplicates in {rows} rows"
             )
+    return _Plan(stray_spread, duplicates, stray_dates(month))
+
+
+def stray_dates(month: Month) -> tuple[date, ...]:
+    """Pickup dates for the stray rows of ``month``, to be cycled: far-away dates (the famous
+    2008/2088 rows) alternating with the days just before and after the month."""
     first = date(month.year, month.month, 1)
     following = month.next()
     after = date(following.year, following.month, 1)
     neighbours = (first - timedelta(days=1), after)
-    far = tuple(d for d in _FAR_STRAY_DATES if not first <= d < after)
-    # Alternate far-away dates (the famous 2008/2088 rows) with the neighbouring days.
-    dates = (far[0], neighbours[0], far[1], neighbours[1], *far[2:])
-    return _Plan(stray_spread, duplicates, dates)
+    far = tuple(d for d in FAR_STRAY_DATES if not first <= d < after)
+    return (far[0], neighbours[0], far[1], neighbours[1], *far[2:])
 
 
 # --- SQL ----------------------------------------------------------------------------------------
@@ -278,15 +282,15 @@ def _query(dataset: Dataset, month: Month, rows: int, seed: int, plan: _Plan) ->
         # One independent uniform draw in [0, modulo) per (row, k).
         return f"(hash(b, {key}::BIGINT, {k}) % {modulo})"
 
-    zones = ", ".join(str(z) for z in _MANHATTAN_ZONES)
-    busy_share = 0 if green else _MANHATTAN_SHARE_PM
+    zones = ", ".join(str(z) for z in MANHATTAN_ZONES)
+    busy_share = 0 if green else MANHATTAN_SHARE_PM
 
     def zone(k: int) -> str:
         # Location ids 1..265; yellow trips mostly in Manhattan, green ones spread out.
         draw = f"hash(b, {key}::BIGINT, {k})"
         return (
             f"CASE WHEN {draw} % 1000 < {busy_share}"
-            f" THEN [{zones}][(({draw} // 1000) % {len(_MANHATTAN_ZONES)})::BIGINT + 1]"
+            f" THEN [{zones}][(({draw} // 1000) % {len(MANHATTAN_ZONES)})::BIGINT + 1]"
             f" ELSE ({draw} // 1000) % 265 + 1 END"
         )
 

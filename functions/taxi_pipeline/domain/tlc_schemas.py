@@ -420,6 +420,12 @@ _BEFORE_FIRST: Final = {
 # --- lookups ------------------------------------------------------------------------------------
 
 
+def tlc_file_name(dataset: str, month: Month) -> str:
+    """The TLC's file name, e.g. ``yellow_tripdata_2024-01.parquet`` (``{base}/{name}``)."""
+    _periods(dataset)
+    return f"{dataset}_tripdata_{month}.parquet"
+
+
 def first_month(dataset: str) -> Month:
     """The first month the pipeline reads from the TLC for ``dataset``."""
     return _periods(dataset)[0].first
