@@ -1,9 +1,16 @@
-"""A local stand-in for the GitHub release downloads, with fault injection.
+"""A local stand-in for the GitHub release downloads and the TLC's CDN, with fault injection.
 
 ``serve_directory(d)`` answers ``GET {base_url}/{tag}/{name}`` with the file ``d/{tag}/{name}``,
 or ``d/{name}`` when ``name`` starts with ``{tag}_`` (the flat folder ``generate_month`` writes):
 the layout of ``https://github.com/DataTalksClub/nyc-tlc-data/releases/download/{tag}/{name}``.
 Anything else is a 404, like a month that was never published.
+
+It also answers the TLC's layout, ``{base_url}/trip-data/{dataset}_tripdata_YYYY-MM.parquet``
+(so ``TAXI_PIPELINE_TLC_URL={base_url}/trip-data``), from ``d/trip-data/{name}`` or ``d/{name}``
+(the flat folder ``generate_parquet_month`` writes), the way CloudFront in front of S3 does:
+``ETag`` (S3's: the MD5 of the bytes, or ``"{md5 of the parts' MD5s}-{parts}"`` for a multipart
+upload), ``Last-Modified`` (the file's mtime: touch a file to "re-publish" it), and 403 with an
+S3 ``AccessDenied`` body for a month that is not there.
 
 Bodies go out with ``socket.sendfile`` (zero-copy on Linux), so benchmarks measure the client,
 not this server. Faults are queued per file name and consumed one request at a time::
@@ -17,6 +24,7 @@ not this server. Faults are queued per file name and consumed one request at a t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -24,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +40,7 @@ from typing import BinaryIO, Final
 from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name
+from taxi_pipeline.domain.tlc_schemas import tlc_file_name
 
 _log = logging.getLogger(__name__)
 
@@ -38,6 +48,34 @@ _RANGE_RE: Final = re.compile(r"^bytes=(\d*)-(\d*)$")
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9._-]+$")
 _CORRUPT_SPAN: Final = 64
 _SENDFILE_CHUNK: Final = 8 << 20
+# How long the request log waits for requests still being answered (see SourceServer.served).
+_SETTLE_SECONDS: Final = 5.0
+
+TLC_PREFIX: Final = "trip-data"
+"""The first path segment of the TLC's file URLs."""
+_TLC_NAME_RE: Final = re.compile(r"^(yellow|green|fhv|fhvhv)_tripdata_[0-9]{4}-[0-9]{2}\.parquet$")
+# What S3 answers through CloudFront for a key that is not there (no ListBucket permission).
+_ACCESS_DENIED: Final = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+)
+MULTIPART_PART_BYTES: Final = 8 << 20
+"""The part size of the AWS CLI's multipart uploads (and its threshold for using them)."""
+
+
+def s3_etag(path: Path, part_bytes: int = MULTIPART_PART_BYTES) -> str:
+    """The ``ETag`` S3 gives ``path`` uploaded in parts of ``part_bytes`` (quotes included).
+
+    A file of at most one part: the MD5 of its bytes. Larger: the MD5 of the concatenated
+    parts' MD5 digests, then ``-`` and the number of parts (the TLC's ``"...-12"``).
+    """
+    digests = []
+    with path.open("rb") as handle:
+        while part := handle.read(part_bytes):
+            digests.append(hashlib.md5(part).digest())
+    if len(digests) <= 1:
+        return f'"{(digests[0] if digests else hashlib.md5(b"").digest()).hex()}"'
+    return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
 
 
 @dataclass(frozen=True)
@@ -109,10 +147,44 @@ class Served:
 @dataclass
 class _State:
     directory: Path
+    tlc_missing_status: int = HTTPStatus.FORBIDDEN
+    part_bytes: int = MULTIPART_PART_BYTES
     lock: threading.Lock = field(default_factory=threading.Lock)
     served: list[Served] = field(default_factory=list)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     bytes_sent: int = 0
+    etags: dict[tuple[Path, int, int], str] = field(default_factory=dict)
+    in_flight: int = 0
+    """Requests being answered; the log is complete when it is 0."""
+    settled: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settled = threading.Condition(self.lock)
+
+    def begin(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self.settled:
+            self.in_flight -= 1
+            self.settled.notify_all()
+
+    def wait_settled(self) -> None:
+        """Wait (bounded) until no request is being answered; call with ``settled`` held."""
+        self.settled.wait_for(lambda: self.in_flight == 0, timeout=_SETTLE_SECONDS)
+
+    def etag(self, path: Path) -> str:
+        """:func:`s3_etag` of ``path``, computed once per (size, mtime) of the file."""
+        stat = path.stat()
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        with self.lock:
+            known = self.etags.get(key)
+        if known is None:
+            known = s3_etag(path, self.part_bytes)
+            with self.lock:
+                self.etags[key] = known
+        return known
 
     def take_fault(self, name: str) -> Fault | None:
         """Consume one use of the first queued fault for ``name``."""
@@ -152,6 +224,15 @@ class SourceServer:
         """URL of a month's file, shaped like the GitHub release download URL."""
         return f"{self.base_url}/{dataset.value}/{file_name(dataset, month)}"
 
+    @property
+    def tlc_base_url(self) -> str:
+        """``{base_url}/trip-data``: the value for ``TAXI_PIPELINE_TLC_URL``."""
+        return f"{self.base_url}/{TLC_PREFIX}"
+
+    def tlc_url(self, dataset: str, month: Month) -> str:
+        """URL of a month's Parquet file, shaped like the TLC's."""
+        return f"{self.tlc_base_url}/{tlc_file_name(dataset, month)}"
+
     def inject(self, name: str, fault: Fault) -> None:
         """Queue ``fault`` for requests of the file called ``name`` (after earlier faults)."""
         if fault.times is not None and fault.times < 1:
@@ -169,8 +250,13 @@ class SourceServer:
 
     @property
     def served(self) -> list[Served]:
-        """Every answered request, in order (a copy)."""
-        with self._state.lock:
+        """Every answered request, in order (a copy).
+
+        Waits (up to 5 s) for requests still being answered: a request is logged after its last
+        byte went out, which its client may have seen already.
+        """
+        with self._state.settled:
+            self._state.wait_settled()
             return list(self._state.served)
 
     @property
@@ -180,8 +266,9 @@ class SourceServer:
 
     @property
     def bytes_sent(self) -> int:
-        """Body bytes sent over all requests (headers excluded)."""
-        with self._state.lock:
+        """Body bytes sent over all requests (headers excluded); waits like :attr:`served`."""
+        with self._state.settled:
+            self._state.wait_settled()
             return self._state.bytes_sent
 
     def reset_log(self) -> None:
@@ -192,9 +279,23 @@ class SourceServer:
 
 
 @contextlib.contextmanager
-def serve_directory(directory: Path) -> Iterator[SourceServer]:
-    """Serve ``directory`` on ``127.0.0.1`` at a free port until the block exits."""
-    state = _State(directory=directory)
+def serve_directory(
+    directory: Path,
+    *,
+    tlc_missing_status: int = HTTPStatus.FORBIDDEN,
+    multipart_part_bytes: int = MULTIPART_PART_BYTES,
+) -> Iterator[SourceServer]:
+    """Serve ``directory`` on ``127.0.0.1`` at a free port until the block exits.
+
+    ``tlc_missing_status``: the answer for a TLC file that is not there (CloudFront over S3 gives
+    403; 404 is what a public bucket would say). ``multipart_part_bytes``: the upload part size
+    the TLC ETags are computed for (files above it get S3's multipart ``"...-N"`` ETag).
+    """
+    state = _State(
+        directory=directory,
+        tlc_missing_status=tlc_missing_status,
+        part_bytes=multipart_part_bytes,
+    )
 
     class Handler(_Handler):
         pass
@@ -220,10 +321,18 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "taxi-source"
 
     def do_GET(self) -> None:
-        self._answer(head=False)
+        self.state.begin()
+        try:
+            self._answer(head=False)
+        finally:
+            self.state.end()
 
     def do_HEAD(self) -> None:
-        self._answer(head=True)
+        self.state.begin()
+        try:
+            self._answer(head=True)
+        finally:
+            self.state.end()
 
     def log_message(self, format: str, *args: object) -> None:
         # The default writes to stderr, which pytest would show as noise.
@@ -231,9 +340,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, *, head: bool) -> None:
         path = unquote(urlsplit(self.path).path)
-        target = self._resolve(path)
+        tlc = path.strip("/").split("/")[0] == TLC_PREFIX
+        target = self._resolve_tlc(path) if tlc else self._resolve(path)
         if target is None:
-            self._empty(path, HTTPStatus.NOT_FOUND)
+            if tlc:
+                self._denied(path, head=head)
+            else:
+                self._empty(path, HTTPStatus.NOT_FOUND)
             return
         fault = self.state.take_fault(target.name)
         if fault is not None and fault.delay:
@@ -245,7 +358,29 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.body is not None:
             self._send_bytes(path, fault.body, fault, head=head)
             return
-        self._send_file(path, target, fault, head=head)
+        self._send_file(path, target, fault, head=head, tlc=tlc)
+
+    def _resolve_tlc(self, path: str) -> Path | None:
+        parts = path.strip("/").split("/")
+        if len(parts) != 2 or not _TLC_NAME_RE.match(parts[1]):
+            return None
+        for candidate in (
+            self.state.directory / TLC_PREFIX / parts[1],
+            self.state.directory / parts[1],
+        ):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def _denied(self, path: str, *, head: bool) -> None:
+        status = self.state.tlc_missing_status
+        body = _ACCESS_DENIED if status == HTTPStatus.FORBIDDEN else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        sent = 0 if head else self._write(body)
+        self.state.record(Served(self.command, path, status, sent))
 
     def _resolve(self, path: str) -> Path | None:
         parts = path.strip("/").split("/")
@@ -283,7 +418,9 @@ class _Handler(BaseHTTPRequestHandler):
         end = int(match.group(2)) + 1 if match.group(2) else size
         return (start, min(end, size))
 
-    def _send_file(self, path: str, target: Path, fault: Fault | None, *, head: bool) -> None:
+    def _send_file(
+        self, path: str, target: Path, fault: Fault | None, *, head: bool, tlc: bool = False
+    ) -> None:
         size = target.stat().st_size
         span = self._range(size)
         start, end = span if span else (0, size)
@@ -296,7 +433,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status = HTTPStatus.PARTIAL_CONTENT if span else HTTPStatus.OK
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        if tlc:
+            # S3's type for an object uploaded without one, and its validators.
+            self.send_header("Content-Type", "binary/octet-stream")
+            self.send_header("ETag", self.state.etag(target))
+            self.send_header("Last-Modified", formatdate(target.stat().st_mtime, usegmt=True))
+        else:
+            self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(end - start))
         if span:
