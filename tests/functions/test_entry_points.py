@@ -240,7 +240,7 @@ def test_dead_letter_of_garbage_is_still_acknowledged(functions: Functions) -> N
 
 
 def test_import_of_main_reads_no_environment_and_builds_no_client() -> None:
-    """``import main`` must not touch the Google SDKs (cold starts)."""
+    """``import main`` must not touch the Google SDKs or pyarrow (cold starts)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -248,7 +248,7 @@ def test_import_of_main_reads_no_environment_and_builds_no_client() -> None:
     code = (
         "import sys, main\n"
         "heavy = sorted(m for m in sys.modules if m.startswith(('google.cloud.storage',"
-        " 'google.cloud.bigquery', 'google.cloud.pubsub', 'grpc', 'duckdb', 'httpx')))\n"
+        " 'google.cloud.bigquery', 'google.cloud.pubsub', 'grpc', 'duckdb', 'httpx', 'pyarrow')))\n"
         "print(heavy)"
     )
     functions_dir = Path(__file__).resolve().parents[2] / "functions"

@@ -225,9 +225,8 @@ def write_month(directory: Path, spec: ParquetMonthSpec) -> GeneratedParquet:
             tmp,
             schema,
             compression=_COMPRESSION,
+            # 2.6 keeps each column's unit: TIMESTAMP_MICROS, or nanoseconds for a retyped one.
             version="2.6",
-            # Spark-era readers and BigQuery read TIMESTAMP_MICROS; never nanoseconds.
-            coerce_timestamps="us",
         ) as writer:
             for batch in _batches(spec, plan, schema):
                 writer.write_table(batch, row_group_size=spec.row_group_rows)
