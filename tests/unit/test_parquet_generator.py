@@ -266,3 +266,34 @@ def test_a_full_yellow_month_is_generated_in_seconds(
     metadata = pq.read_metadata(generated.path)
     assert (metadata.num_rows, metadata.num_row_groups) == (3_000_000, 4)
     assert 40e6 < generated.size_bytes < 75e6, "published 2024 months: 48-63 MB"
+
+
+@pytest.mark.parametrize(
+    ("dataset", "month", "types"),
+    [
+        ("yellow", Month(2016, 1), {"passenger_count": "BIGINT", "airport_fee": '"NULL"'}),
+        ("yellow", Month(2019, 3), {"passenger_count": "DOUBLE", "congestion_surcharge": "DOUBLE"}),
+        ("yellow", Month(2025, 1), {"VendorID": "INTEGER", "Airport_fee": "DOUBLE"}),
+        ("green", Month(2020, 1), {"ehail_fee": '"NULL"', "trip_type": "DOUBLE"}),
+    ],
+)
+def test_duckdb_reads_the_files_as_the_warehouse_will(
+    tmp_path: Path, dataset: str, month: Month, types: dict[str, str]
+) -> None:
+    """What staging meets: wall-clock TIMESTAMP (no zone), null-typed columns as DuckDB's NULL."""
+    import duckdb
+
+    generated = generate(tmp_path, dataset, month)
+    with duckdb.connect() as con:
+        described = con.execute(
+            "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet(?))",
+            [str(generated.path)],
+        ).fetchall()
+        (count,) = con.execute(
+            "SELECT count(*) FROM read_parquet(?)", [str(generated.path)]
+        ).fetchone() or (None,)
+    got = dict(described)
+    assert {name: got[name] for name in types} == types
+    pickup = generated.spec.period.pickup
+    assert got[pickup] == "TIMESTAMP"
+    assert count == ROWS

@@ -14,6 +14,7 @@ from taxi_pipeline.domain.tlc_schemas import (
     first_month,
     period_of,
     recognise,
+    tlc_file_name,
 )
 from taxi_pipeline.errors import PermanentError, UnsupportedMonth
 
@@ -341,3 +342,10 @@ def test_fields_in_refuses_a_month_outside_the_period() -> None:
         period.fields_in(Month(2024, 1))
     with pytest.raises(KeyError, match="no column 'Airport_fee'"):
         period.column("Airport_fee")
+
+
+def test_tlc_file_names() -> None:
+    assert tlc_file_name("yellow", Month(2024, 1)) == "yellow_tripdata_2024-01.parquet"
+    assert tlc_file_name(Dataset.GREEN, Month(2013, 8)) == "green_tripdata_2013-08.parquet"
+    with pytest.raises(ValueError, match="unknown TLC dataset"):
+        tlc_file_name("purple", Month(2024, 1))
