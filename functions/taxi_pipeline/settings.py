@@ -6,14 +6,17 @@ else reads the environment.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SOURCE_URL: Final = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
+# What DuckDB's memory_limit accepts, from KB up (a few bytes only make every query fail).
+_MEMORY_SIZE: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?\s*(?:[kmgt]i?b)", re.IGNORECASE)
 
 
 class StagingMode(StrEnum):
@@ -52,8 +55,25 @@ class Settings(BaseSettings):
     allow_insecure_source: bool = False
     """Allow a plain-http source base on a non-loopback host (loopback is always allowed)."""
 
-    http_timeout_seconds: float = 60.0
-    """Connect/read timeout of the source download."""
+    http_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Connect/read timeout of the source download (each read; see the download timeout)."""
+
+    download_timeout_seconds: float = Field(default=480.0, gt=0)
+    """Most time one delivery spends downloading a file, all attempts and redirects included;
+    past it the download fails as transient (redelivered). Below the functions' 540 s timeout,
+    so the failure is recorded rather than the instance killed."""
+
+    download_min_bytes_per_second: int = Field(default=16 * 1024, ge=0)
+    """Slowest acceptable download, averaged over the speed window; slower fails as transient.
+    0: no minimum."""
+
+    download_speed_window_seconds: float = Field(default=30.0, gt=0)
+    """Window of the minimum-speed check, and its grace period after the answer starts."""
+
+    max_inflated_bytes: int = Field(default=8 * 1024**3, ge=1)
+    """Largest uncompressed size of one month's file (the default source's largest months
+    inflate to about 0.7 GiB); a file that inflates past it fails verification (a decompression
+    bomb)."""
 
     http_attempts: int = Field(default=3, ge=1, le=10)
     """Attempts of a download inside one step on transient HTTP failures, before redelivery."""
@@ -110,6 +130,16 @@ class Settings(BaseSettings):
     duckdb_memory_limit: str = "600MB"
     """DuckDB's memory limit; past it DuckDB spills to disk instead of growing. 600MB keeps a
     full yellow month under 1 GiB peak RSS at the same speed (BENCHMARKS.md)."""
+
+    @field_validator("duckdb_memory_limit")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        if not _MEMORY_SIZE.fullmatch(value.strip()):
+            raise ValueError(
+                f"TAXI_PIPELINE_DUCKDB_MEMORY_LIMIT must be a size like 600MB, 2GB or 1.5GiB,"
+                f" got {value[:40]!r}"
+            )
+        return value.strip()
 
     duckdb_threads: int | None = Field(default=None, ge=1, le=256)
     """DuckDB worker threads; unset, DuckDB uses every core."""

@@ -560,7 +560,9 @@ def make_rig(
         lake=wrap_lake(lake) if wrap_lake else lake,
         warehouse=wrap_warehouse(warehouse) if wrap_warehouse else warehouse,
         bus=wrap_bus(bus) if wrap_bus else bus,
-        source=HttpxSource(config.http_timeout_seconds),
+        source=HttpxSource(
+            config.http_timeout_seconds, allow_insecure=config.allow_insecure_source
+        ),
         locks=ThreadLocks(),
     )
     bus.ports = ports
@@ -637,7 +639,9 @@ def make_cloud_rig(
         lake=wrap_lake(lake) if wrap_lake else lake,
         warehouse=wrap_warehouse(warehouse) if wrap_warehouse else warehouse,
         bus=wrap_bus(bus) if wrap_bus else bus,
-        source=HttpxSource(config.http_timeout_seconds),
+        source=HttpxSource(
+            config.http_timeout_seconds, allow_insecure=config.allow_insecure_source
+        ),
         locks=ThreadLocks(),
     )
     bus.ports = ports

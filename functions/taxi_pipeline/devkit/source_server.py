@@ -19,6 +19,10 @@ not this server. Faults are queued per file name and consumed one request at a t
         server.inject("yellow_tripdata_2019-01.csv.gz", Fault.unavailable(times=2))
         server.inject("yellow_tripdata_2019-01.csv.gz", Fault.cut(after_bytes=1000))
         # 1st and 2nd GET: 503; 3rd: body cut after 1000 bytes; 4th: the whole file.
+
+Hostile sources too: :meth:`Fault.trickle` (an honest length, then a few bytes now and then),
+:meth:`Fault.redirect` (any ``Location``: another scheme, plain http, itself for a loop) and
+``Fault.cut(..., announce_length=False)`` (no ``Content-Length``: the cut looks like a clean end).
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ class Fault:
     Effects combine: ``delay`` first, then ``status`` (an error answer with no file bytes), or
     else the body, replaced by ``body`` or damaged by ``flip_at``, cut after ``cut_after``
     bytes. Prefer the constructors: :meth:`unavailable`, :meth:`cut`, :meth:`corrupt`,
-    :meth:`replace_body`, :meth:`slow`.
+    :meth:`replace_body`, :meth:`slow`, :meth:`trickle`, :meth:`redirect`.
     """
 
     times: int | None = 1
@@ -101,6 +105,14 @@ class Fault:
     """Serve these bytes (with their own length) instead of the file."""
     flip_at: int | None = None
     """Invert 64 bytes at this offset: same length, broken gzip (CRC or deflate error)."""
+    announce_length: bool = True
+    """``False``: no ``Content-Length``; the body ends when the connection closes."""
+    trickle_bytes: int | None = None
+    """Send the body this many bytes at a time, ``trickle_seconds`` apart."""
+    trickle_seconds: float = 0.0
+    redirect_to: str | None = None
+    """Answer ``redirect_status`` with this ``Location`` instead of the file."""
+    redirect_status: int = 302
 
     @classmethod
     def unavailable(
@@ -110,9 +122,15 @@ class Fault:
         return cls(times=times, status=status, retry_after=retry_after)
 
     @classmethod
-    def cut(cls, after_bytes: int, times: int | None = 1) -> Fault:
-        """Close the connection after ``after_bytes`` body bytes (a truncated download)."""
-        return cls(times=times, cut_after=after_bytes)
+    def cut(
+        cls, after_bytes: int, times: int | None = 1, *, announce_length: bool = True
+    ) -> Fault:
+        """Close the connection after ``after_bytes`` body bytes (a truncated download).
+
+        ``announce_length=False`` sends no ``Content-Length`` (a body delimited by the end of
+        the connection), so the client cannot tell the cut from the end of the file.
+        """
+        return cls(times=times, cut_after=after_bytes, announce_length=announce_length)
 
     @classmethod
     def corrupt(cls, at: int = 1024, times: int | None = 1) -> Fault:
@@ -128,6 +146,19 @@ class Fault:
     def slow(cls, seconds: float, times: int | None = 1) -> Fault:
         """Wait ``seconds`` before answering (for timeouts)."""
         return cls(times=times, delay=seconds)
+
+    @classmethod
+    def trickle(cls, every_bytes: int, seconds: float, times: int | None = 1) -> Fault:
+        """Announce the full ``Content-Length``, then send ``every_bytes`` every ``seconds``:
+        each read arrives well within a read timeout, yet the whole file would take hours."""
+        if every_bytes < 1 or seconds < 0:
+            raise ValueError("a trickle sends at least one byte at a time")
+        return cls(times=times, trickle_bytes=every_bytes, trickle_seconds=seconds)
+
+    @classmethod
+    def redirect(cls, location: str, times: int | None = 1, status: int = 302) -> Fault:
+        """Answer ``status`` (a redirect) to ``location``, whatever its scheme."""
+        return cls(times=times, redirect_to=location, redirect_status=status)
 
 
 @dataclass(frozen=True)
@@ -355,6 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
             extra = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
             self._empty(path, fault.status, fault, extra)
             return
+        if fault is not None and fault.redirect_to is not None:
+            self._empty(path, fault.redirect_status, fault, {"Location": fault.redirect_to})
+            return
         if fault is not None and fault.body is not None:
             self._send_bytes(path, fault.body, fault, head=head)
             return
@@ -441,7 +475,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start))
+        if fault is None or fault.announce_length:
+            self.send_header("Content-Length", str(end - start))
+        else:
+            # Delimited by the end of the connection (RFC 9112, 6.3 item 8).
+            self.send_header("Connection", "close")
+            self.close_connection = True
         if span:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
@@ -453,6 +492,8 @@ class _Handler(BaseHTTPRequestHandler):
             with target.open("rb") as source:
                 if fault is not None and fault.flip_at is not None:
                     sent = self._send_flipped(source, start, limit, fault.flip_at)
+                elif fault is not None and fault.trickle_bytes is not None:
+                    sent = self._send_trickle(source, start, limit, fault)
                 else:
                     sent = self._sendfile(source, start, limit)
             if sent < end - start:
@@ -492,6 +533,20 @@ class _Handler(BaseHTTPRequestHandler):
         for i in range(lo, min(lo + _CORRUPT_SPAN, len(data))):
             data[i] ^= 0xFF
         return self._write(bytes(data))
+
+    def _send_trickle(self, source: BinaryIO, offset: int, count: int, fault: Fault) -> int:
+        """A few bytes, a pause, a few bytes...; stops when the client goes away."""
+        assert fault.trickle_bytes is not None
+        source.seek(offset)
+        sent = 0
+        while sent < count:
+            piece = source.read(min(fault.trickle_bytes, count - sent))
+            if not piece or self._write(piece) == 0:
+                break
+            sent += len(piece)
+            if sent < count:
+                time.sleep(fault.trickle_seconds)
+        return sent
 
     def _send_bytes(self, path: str, body: bytes, fault: Fault, *, head: bool) -> None:
         self.send_response(HTTPStatus.OK)

@@ -198,8 +198,12 @@ class SourceResponse(Protocol):
 class Source(Protocol):
     """The HTTP source of the published files."""
 
-    def get(self, url: str) -> AbstractContextManager[SourceResponse]:
-        """Start a streaming GET; raises :class:`TransientError` on connection failures."""
+    def get(
+        self, url: str, deadline: float | None = None
+    ) -> AbstractContextManager[SourceResponse]:
+        """Start a streaming GET; raises :class:`TransientError` on connection failures and
+        past ``deadline`` (a ``time.monotonic()`` instant, for the whole GET and its body),
+        :class:`PermanentError` on a redirect that may not be followed."""
 
 
 class Locks(Protocol):

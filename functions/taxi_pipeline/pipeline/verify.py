@@ -2,7 +2,9 @@
 
 Fed chunk by chunk while the bytes stream to the lake, so verification costs no second pass and
 no disk: complete length, gzip integrity (CRC-32 and size trailer of every member), the header
-equal to the dataset's published layout, and a plausible row count.
+equal to the dataset's published layout, a plausible row count, and an inflated size under a cap
+(a decompression bomb fails here, clearly, rather than deep inside the warehouse's CSV parser).
+The register step runs the same verifier over a hand-uploaded object, read from the lake.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ from isal import isal_zlib
 
 from taxi_pipeline.domain.datasets import Layout
 from taxi_pipeline.errors import VerificationFailed
+from taxi_pipeline.pipeline.ports import Lake
 
 _MAX_HEADER_BYTES = 4096
+_READ_CHUNK = 1024 * 1024
+_INFLATE_STEP = 4 * 1024 * 1024
+DEFAULT_MAX_INFLATED_BYTES = 8 * 1024**3
 # isal's stub declares ``error`` as an instance of Exception; at run time it is the class.
 _INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)
+
+
+class TruncatedStream(VerificationFailed):
+    """The gzip stream ended without its end-of-stream marker and trailer."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +47,17 @@ class GzipCsvVerifier:
     download can go (BENCHMARKS.md, section 3).
     """
 
-    def __init__(self, layout: Layout, expected_length: int | None, min_rows: int = 1) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        expected_length: int | None,
+        min_rows: int = 1,
+        max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+    ) -> None:
         self._layout = layout
         self._expected_length = expected_length
         self._min_rows = min_rows
+        self._max_inflated = max_inflated_bytes
         self._inflater = isal_zlib.decompressobj(wbits=31)
         self._compressed = 0
         self._uncompressed = 0
@@ -56,24 +73,34 @@ class GzipCsvVerifier:
                 f"received more than the announced {self._expected_length} bytes"
             )
         data = chunk
-        while data:
+        while True:
             try:
-                out = self._inflater.decompress(data)
+                # Bounded output per call: a few KiB of a bomb inflate to gigabytes at once.
+                out = self._inflater.decompress(data, _INFLATE_STEP)
             except _INFLATE_ERROR as exc:
                 raise VerificationFailed(f"not a valid gzip stream: {exc}") from exc
             self._consume(out)
             if self._inflater.eof:
                 # Concatenated gzip members are legal gzip: start the next one.
                 data = self._inflater.unused_data
-                if data:
-                    self._inflater = isal_zlib.decompressobj(wbits=31)
+                if not data:
+                    return
+                self._inflater = isal_zlib.decompressobj(wbits=31)
             else:
-                data = b""
+                data = self._inflater.unconsumed_tail
+                if not data and len(out) < _INFLATE_STEP:
+                    return  # input used up and no output left pending: wait for more
 
     def _consume(self, out: bytes) -> None:
         if not out:
             return
         self._uncompressed += len(out)
+        if self._uncompressed > self._max_inflated:
+            raise VerificationFailed(
+                f"file inflates to more than {self._max_inflated:,} bytes, the most a month may"
+                " hold (TAXI_PIPELINE_MAX_INFLATED_BYTES): a decompression bomb, or a file that"
+                " is not a taxi month"
+            )
         self._newlines += out.count(b"\n")
         self._last_byte = out[-1:]
         if self._header is None:
@@ -108,7 +135,7 @@ class GzipCsvVerifier:
         if self._compressed == 0:
             raise VerificationFailed("empty download")
         if not self._inflater.eof:
-            raise VerificationFailed("gzip stream is truncated (no end-of-stream and CRC trailer)")
+            raise TruncatedStream("gzip stream is truncated (no end-of-stream and CRC trailer)")
         if self._header is None:
             if self._head:
                 self._check_header(bytes(self._head))
@@ -163,3 +190,23 @@ class BackgroundVerifier:
         if self._thread.is_alive():
             self._chunks.put(None)
             self._thread.join()
+
+
+def verify_lake_object(
+    lake: Lake,
+    name: str,
+    layout: Layout,
+    size: int,
+    min_rows: int = 1,
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
+) -> VerifiedFile:
+    """Read the whole object once, streaming, and verify it as a download is verified.
+
+    For objects the download step did not write (hand uploads): they must pass the same checks
+    before anything is staged. ``size`` is the object's size as the lake reports it.
+    """
+    verifier = GzipCsvVerifier(layout, size, min_rows, max_inflated_bytes)
+    with lake.open_read(name) as handle:
+        while chunk := handle.read(_READ_CHUNK):
+            verifier.feed(chunk)
+    return verifier.finish()

@@ -7,8 +7,9 @@ folder store's equivalent), which triggers the register step.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -18,11 +19,13 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_any,
     wait_exponential,
 )
 
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name
 from taxi_pipeline.domain.messages import IngestRequest, RunState, labels_to_attributes
+from taxi_pipeline.domain.sources import INSECURE_OPT_IN, display_url, is_loopback
 from taxi_pipeline.errors import (
     ConfigurationError,
     InvalidMessage,
@@ -33,7 +36,12 @@ from taxi_pipeline.errors import (
 from taxi_pipeline.pipeline.ports import ObjectInfo, Ports
 from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
 from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
-from taxi_pipeline.pipeline.verify import BackgroundVerifier, GzipCsvVerifier, VerifiedFile
+from taxi_pipeline.pipeline.verify import (
+    BackgroundVerifier,
+    GzipCsvVerifier,
+    TruncatedStream,
+    VerifiedFile,
+)
 from taxi_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,30 +63,23 @@ def check_source_base(settings: Settings) -> str:
     base = settings.source_url.rstrip("/")
     parts = urlsplit(base)
     # First, and without echoing the URL: the messages below quote it, and settings errors
-    # reach logs and run records.
-    if "@" in parts.netloc or parts.query or parts.fragment:
-        raise ConfigurationError("source URL must not carry a query, fragment or credentials")
+    # reach logs and run records. ";params" in the path are as good a place for a token as a
+    # query string (and the file URL appends to the base, so they would reach every request).
+    if "@" in parts.netloc or parts.query or parts.fragment or ";" in parts.path:
+        raise ConfigurationError(
+            "source URL must not carry a query, fragment, ;parameters or credentials"
+        )
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ConfigurationError(f"source URL {base!r} must be an http(s) URL")
     if (
         parts.scheme == "http"
         and not settings.allow_insecure_source
-        and not _is_loopback(parts.hostname)
+        and not is_loopback(parts.hostname)
     ):
         raise ConfigurationError(
-            f"source URL {base!r} is plain http; use https, or set"
-            " TAXI_PIPELINE_ALLOW_INSECURE_SOURCE=true to allow it"
+            f"source URL {base!r} is plain http; use https, or set {INSECURE_OPT_IN} to allow it"
         )
     return base
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def source_file_url(settings: Settings, dataset: Dataset, month: Month) -> str:
@@ -174,20 +175,81 @@ def run(
 def _download_with_retries(
     url: str, name: str, metadata: dict[str, str], dataset: Dataset, ports: Ports
 ) -> VerifiedFile:
+    """Up to ``http_attempts`` attempts, all within one deadline: a source that is slow (or
+    trickles bytes, each read well within the read timeout) fails as transient in time for the
+    failure to be recorded, before the platform's function timeout kills the instance."""
+    settings = ports.settings
+    deadline = time.monotonic() + settings.download_timeout_seconds
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(ports.settings.http_attempts),
+        stop=stop_any(
+            stop_after_attempt(settings.http_attempts),
+            lambda _: time.monotonic() >= deadline,
+        ),
         wait=wait_exponential(multiplier=0.5, max=8),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     )
-    return retrying(_download_once, url, name, metadata, dataset, ports)
+    try:
+        return retrying(_download_once, url, name, metadata, dataset, ports, deadline)
+    except TransientError as exc:
+        if time.monotonic() < deadline:
+            raise
+        raise TransientError(
+            f"downloading {display_url(url)} took longer than"
+            f" {settings.download_timeout_seconds:g} s (TAXI_PIPELINE_DOWNLOAD_TIMEOUT_SECONDS):"
+            f" {exc}"
+        ) from exc
+
+
+class SpeedFloor:
+    """Fails a download slower than ``min_rate`` bytes/s, averaged over ``window`` seconds.
+
+    The first ``window`` seconds after the answer are a grace period (TCP slow start, a CDN
+    warming up); after that, every chunk checks the bytes of the last ``window`` seconds.
+    ``min_rate`` 0 turns the check off.
+    """
+
+    def __init__(self, min_rate: int, window: float, now: float | None = None) -> None:
+        self._min_rate = min_rate
+        self._window = window
+        start = time.monotonic() if now is None else now
+        self._start = start
+        self._received = 0
+        self._samples: deque[tuple[float, int]] = deque([(start, 0)])
+
+    def received(self, amount: int, now: float | None = None) -> None:
+        """Count ``amount`` more bytes; raise :class:`TransientError` when too slow."""
+        self._received += amount
+        if not self._min_rate:
+            return
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, self._received))
+        # Keep the newest sample that is at least a window old: the start of the window.
+        while len(self._samples) > 1 and self._samples[1][0] <= now - self._window:
+            self._samples.popleft()
+        since, then = self._samples[0]
+        if now - self._start < self._window or now - since < self._window:
+            return
+        rate = (self._received - then) / (now - since)
+        if rate < self._min_rate:
+            raise TransientError(
+                f"download too slow: {rate:,.0f} bytes/s over the last {now - since:.0f} s,"
+                f" under the minimum {self._min_rate:,} bytes/s"
+                " (TAXI_PIPELINE_DOWNLOAD_MIN_BYTES_PER_SECOND)"
+            )
 
 
 def _download_once(
-    url: str, name: str, metadata: dict[str, str], dataset: Dataset, ports: Ports
+    url: str,
+    name: str,
+    metadata: dict[str, str],
+    dataset: Dataset,
+    ports: Ports,
+    deadline: float,
 ) -> VerifiedFile:
-    with ports.source.get(url) as response:
+    settings = ports.settings
+    with ports.source.get(url, deadline=deadline) as response:
         status = response.status_code
         if status in (404, 410):
             raise NotPublished(f"{url} is not published (HTTP {status})")
@@ -198,8 +260,14 @@ def _download_once(
             raise PermanentError(f"{url} answered HTTP {status}")
         verifier = BackgroundVerifier(
             GzipCsvVerifier(
-                dataset.layout, response.content_length, ports.settings.min_rows_per_file
+                dataset.layout,
+                response.content_length,
+                settings.min_rows_per_file,
+                settings.max_inflated_bytes,
             )
+        )
+        speed = SpeedFloor(
+            settings.download_min_bytes_per_second, settings.download_speed_window_seconds
         )
         task = ports.progress.task(f"download {name.rsplit('/', 1)[-1]}", response.content_length)
         try:
@@ -208,8 +276,23 @@ def _download_once(
                     verifier.feed(chunk)
                     writer.write(chunk)
                     task.advance(len(chunk))
+                    speed.received(len(chunk))
                 # Raising here, before the block ends, discards the upload: no raw/ object.
-                return verifier.finish()
+                return _finish(verifier, response.content_length)
         finally:
             verifier.close()
             task.close()
+
+
+def _finish(verifier: BackgroundVerifier, content_length: int | None) -> VerifiedFile:
+    try:
+        return verifier.finish()
+    except TruncatedStream as exc:
+        if content_length is not None:
+            raise  # every announced byte arrived: the file itself is cut short
+        # No length announced: a connection that closed early looks exactly like the end of
+        # the body, so the cut may be in transit. Retried, bounded like a cut with a length.
+        raise TransientError(
+            f"download ended early: {exc} (the source announced no length, so the connection"
+            " may have been cut)"
+        ) from exc
