@@ -87,7 +87,8 @@ def worker(target: str, base_url: str, month: str, dest: str) -> dict[str, Any]:
         lake.stat(name)  # the client and its connection exist before the clock starts
     rss_ready = int(psutil.Process().memory_info().rss)
     started = time.perf_counter()
-    verified = _download_once(url, name, {"source_url": url}, dataset, ports)
+    deadline = time.monotonic() + settings.download_timeout_seconds
+    verified = _download_once(url, name, {"source_url": url}, dataset, ports, deadline)
     seconds = time.perf_counter() - started
     stored = lake.stat(name)
     if stored is None or stored.size != verified.bytes_compressed:

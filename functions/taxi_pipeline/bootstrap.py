@@ -271,9 +271,7 @@ def _http_source(settings: Settings) -> Source:
     # Imported here: httpx pulls in its CLI's dependencies (~0.1 s), which cold starts skip.
     from taxi_pipeline.adapters.http.source import HttpxSource
 
-    return HttpxSource(
-        settings.http_timeout_seconds, allow_insecure=settings.allow_insecure_source
-    )
+    return HttpxSource(settings.http_timeout_seconds, allow_insecure=settings.allow_insecure_source)
 
 
 def reset_cloud_ports() -> None:

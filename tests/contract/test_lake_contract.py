@@ -29,7 +29,12 @@ from google.cloud.storage.fileio import BlobWriter
 
 from taxi_pipeline.adapters.folder.store import STALE_PART_SECONDS, FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore, _GcsWriter
-from taxi_pipeline.errors import InvalidMessage, TransientError, VerificationFailed
+from taxi_pipeline.errors import (
+    InvalidMessage,
+    PermanentError,
+    TransientError,
+    VerificationFailed,
+)
 from taxi_pipeline.pipeline.ports import Lake
 from taxi_pipeline.settings import Settings
 
@@ -150,6 +155,25 @@ def test_read_head_of_a_short_object_and_of_nothing(lake: Lake) -> None:
     _write(lake, "raw/x/short.bin", b"abc")
     assert lake.read_head("raw/x/short.bin", 1000) == b"abc"
     assert lake.read_head("raw/x/short.bin", 0) == b""
+
+
+def test_open_read_streams_the_whole_object(lake: Lake) -> None:
+    payload = os.urandom(3 * MIB + 12_345)  # several of the GCS store's 1 MiB ranged reads
+    _write(lake, NAME, payload)
+    pieces = []
+    with lake.open_read(NAME) as handle:
+        while piece := handle.read(700_000):
+            assert len(piece) <= 700_000
+            pieces.append(piece)
+    assert b"".join(pieces) == payload
+    _write(lake, "raw/x/empty.bin", b"")
+    with lake.open_read("raw/x/empty.bin") as handle:
+        assert handle.read(10) == b""
+
+
+def test_open_read_of_a_missing_object_is_permanent(lake: Lake) -> None:
+    with pytest.raises(PermanentError, match="is not in the lake"), lake.open_read(NAME):
+        pass
 
 
 def test_list_by_prefix_and_delete(lake: Lake) -> None:

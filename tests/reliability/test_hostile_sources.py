@@ -3,6 +3,7 @@ without a length. Each ends the way its cause calls for, in bounded time and req
 
 from __future__ import annotations
 
+import gzip
 import time
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from support.reliability import JAN, Rig, RigFactory, Source, assert_exact
 from taxi_pipeline.adapters.http.source import MAX_REDIRECTS, HttpxSource
 from taxi_pipeline.devkit.source_server import Fault
-from taxi_pipeline.domain.datasets import Dataset, file_name
+from taxi_pipeline.domain.datasets import Dataset, file_name, object_name
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PermanentError
 
@@ -189,3 +190,30 @@ def test_a_body_always_cut_without_a_length_is_bounded_then_dead_lettered(
     assert "gave up after 2 delivery attempts" in error
     assert "download ended early: gzip stream is truncated" in error
     _assert_nothing_partial(rig)
+
+
+def _bomb() -> bytes:
+    """A valid header, then 24 MiB of newlines: about 24 KiB compressed."""
+    return gzip.compress(Dataset.GREEN.layout.header.encode() + b"\n" * (24 * 1024 * 1024))
+
+
+@pytest.mark.parametrize("how", ["download", "hand-upload"])
+def test_a_decompression_bomb_fails_verification_clearly_and_at_once(
+    rig_factory: RigFactory, source: Source, how: str
+) -> None:
+    rig = rig_factory(max_inflated_bytes=4 * 1024 * 1024)
+    if how == "download":
+        source.server.inject(NAME, Fault.replace_body(_bomb(), times=None))
+        rig.bus.submit(Dataset.GREEN, JAN, RUN)
+    else:
+        with rig.lake.writer(object_name(Dataset.GREEN, JAN), {}) as writer:
+            writer.write(_bomb())  # announced on commit: the register step sees it first
+    rig.run()
+    assert set(rig.bus.deliveries.values()) == {1}  # permanent: no retry, no redelivery
+    (failed,) = [e for e in rig.events() if e.state is RunState.FAILED]
+    assert failed.step == ("download" if how == "download" else "register")
+    assert failed.error is not None
+    assert "file inflates to more than 4,194,304 bytes" in failed.error
+    assert "TAXI_PIPELINE_MAX_INFLATED_BYTES" in failed.error
+    assert rig.warehouse.loads() == []
+    assert not rig.table_exists(Dataset.GREEN) or rig.final_count(Dataset.GREEN) == 0

@@ -21,11 +21,11 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 from cloudevents.http import CloudEvent
 
@@ -325,6 +325,9 @@ class KillingLake:
     def read_head(self, name: str, size: int) -> bytes:
         return self.inner.read_head(name, size)
 
+    def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
+        return self.inner.open_read(name)
+
     def delete(self, name: str) -> None:
         self.inner.delete(name)
 
@@ -590,6 +593,9 @@ class AnnouncingLake:
 
     def read_head(self, name: str, size: int) -> bytes:
         return self.inner.read_head(name, size)
+
+    def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
+        return self.inner.open_read(name)
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

@@ -122,9 +122,7 @@ class Fault:
         return cls(times=times, status=status, retry_after=retry_after)
 
     @classmethod
-    def cut(
-        cls, after_bytes: int, times: int | None = 1, *, announce_length: bool = True
-    ) -> Fault:
+    def cut(cls, after_bytes: int, times: int | None = 1, *, announce_length: bool = True) -> Fault:
         """Close the connection after ``after_bytes`` body bytes (a truncated download).
 
         ``announce_length=False`` sends no ``Content-Length`` (a body delimited by the end of

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import RunState, Topic
@@ -50,6 +50,10 @@ class Lake(Protocol):
 
     def read_head(self, name: str, size: int) -> bytes:
         """The first ``size`` bytes of the object (fewer if it is shorter)."""
+
+    def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
+        """The whole object as a stream, read in chunks (never all in memory); a missing
+        object raises :class:`PermanentError`."""
 
     def delete(self, name: str) -> None:
         """Remove the object; no error when it is already gone."""

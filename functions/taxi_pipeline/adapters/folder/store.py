@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from taxi_pipeline.domain.datasets import is_safe_object_name
-from taxi_pipeline.errors import InvalidMessage
+from taxi_pipeline.errors import InvalidMessage, PermanentError
 from taxi_pipeline.pipeline.ports import ObjectInfo
 
 STALE_PART_SECONDS = 3600
@@ -137,6 +138,16 @@ class FolderStore:
     def read_head(self, name: str, size: int) -> bytes:
         with self._path(name).open("rb") as handle:
             return handle.read(size)
+
+    @contextmanager
+    def open_read(self, name: str) -> Iterator[BinaryIO]:
+        path = self._path(name)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError as exc:
+            raise PermanentError(f"{name} is not in the lake") from exc
+        with handle:
+            yield handle
 
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 from urllib.parse import urlsplit
 
 from taxi_pipeline.adapters.google_errors import translate
@@ -34,6 +34,7 @@ from taxi_pipeline.domain.datasets import is_safe_object_name
 from taxi_pipeline.errors import (
     ConfigurationError,
     InvalidMessage,
+    PermanentError,
     TransientError,
     VerificationFailed,
 )
@@ -322,6 +323,31 @@ class GcsStore:
         except Exception as exc:
             raise translate(exc, f"read {self.uri(name)}") from exc
         return data[:size]
+
+    @contextmanager
+    def open_read(self, name: str) -> Iterator[BinaryIO]:
+        """The object as a stream of ranged GETs of ``upload_chunk_mib`` each (bounded memory);
+        SDK errors while opening or reading are translated."""
+        from google.api_core.exceptions import NotFound
+
+        what = f"read {self.uri(name)}"
+        # Fetched first: the blob then carries its generation, and every ranged read asks for
+        # that one, so a concurrent overwrite cannot splice two objects together.
+        blob = self._get_blob(name)
+        if blob is None:
+            raise PermanentError(f"{name} is not in the lake")
+        try:
+            reader = blob.open("rb", chunk_size=self.chunk_size, timeout=self.timeout)
+        except Exception as exc:
+            raise translate(exc, what) from exc
+        try:
+            with reader:
+                yield cast("BinaryIO", reader)
+        except NotFound as exc:
+            raise PermanentError(f"{name} is not in the lake any more") from exc
+        except Exception as exc:
+            # Reads happen in the caller's block; our own errors pass through translate as they are.
+            raise translate(exc, what) from exc
 
     def delete(self, name: str) -> None:
         """Remove the object; no error when it is already gone."""

@@ -10,6 +10,7 @@ the whole GET, a connection that falls silent included.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -56,10 +57,8 @@ class _Watchdog:
 
         def fire() -> None:
             self.fired = True
-            try:
+            with contextlib.suppress(OSError):  # already closed: the download ended meanwhile
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed: the download ended meanwhile
 
         self._timer = threading.Timer(max(self.deadline - time.monotonic(), 0.0), fire)
         self._timer.daemon = True
@@ -168,8 +167,7 @@ class HttpxSource:
             current = str(response.next_request.url)
             log.debug("redirected (HTTP %d) to %s", response.status_code, display_url(current))
         raise PermanentError(
-            f"{display_url(url)} redirects more than {self._max_redirects} times"
-            " (a redirect loop?)"
+            f"{display_url(url)} redirects more than {self._max_redirects} times (a redirect loop?)"
         )
 
     def _send(self, url: str, deadline: float | None) -> httpx.Response:

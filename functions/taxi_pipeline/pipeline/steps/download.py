@@ -19,7 +19,7 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_any,
+    stop_before_delay,
     wait_exponential,
 )
 
@@ -182,10 +182,9 @@ def _download_with_retries(
     deadline = time.monotonic() + settings.download_timeout_seconds
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
-        stop=stop_any(
-            stop_after_attempt(settings.http_attempts),
-            lambda _: time.monotonic() >= deadline,
-        ),
+        # No attempt starts (or backs off) past the deadline.
+        stop=stop_after_attempt(settings.http_attempts)
+        | stop_before_delay(settings.download_timeout_seconds),
         wait=wait_exponential(multiplier=0.5, max=8),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,

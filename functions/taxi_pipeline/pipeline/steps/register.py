@@ -1,13 +1,17 @@
 """Step 2, register: a finalized ``raw/`` object becomes the month's external table.
 
 Triggered by the lake's object-finalized event, so a file a user uploads by hand into ``raw/``
-is loaded exactly like a downloaded one. Objects outside ``raw/`` are ignored.
+is loaded exactly like a downloaded one. Objects outside ``raw/`` are ignored. An object the
+download step did not write (a hand upload, ``taxi-pipeline load``) was never verified: it is read
+once in full and verified as a download is (every gzip member's CRC and size, the header, the
+row count, the inflated size) before anything is staged.
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Mapping
 
 from taxi_pipeline.domain.datasets import Dataset, parse_object_name
 from taxi_pipeline.domain.messages import GcsObject, RunState, is_run_id, labels_from_attributes
@@ -15,6 +19,7 @@ from taxi_pipeline.errors import InvalidMessage, PermanentError, VerificationFai
 from taxi_pipeline.pipeline.ports import Ports
 from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
 from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
+from taxi_pipeline.pipeline.verify import verify_lake_object
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,16 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
             current.generation,
         )
     _check_head(ports.lake.read_head(obj.name, _HEAD_BYTES), dataset)
+    if not _written_by_download(current.metadata):
+        verified = verify_lake_object(
+            ports.lake,
+            obj.name,
+            dataset.layout,
+            current.size,
+            ports.settings.min_rows_per_file,
+            ports.settings.max_inflated_bytes,
+        )
+        log.info("verified hand-uploaded %s: %d rows", obj.name, verified.rows)
 
     ports.warehouse.ensure_final_table(dataset)
     table = ports.warehouse.create_external_table(dataset, month, current)
@@ -67,6 +82,11 @@ def run_of_object(obj: GcsObject) -> tuple[str, dict[str, str]]:
     if is_run_id(run_id):
         return run_id, labels_from_attributes(obj.metadata)
     return new_run_id(dataset, month, derived_from=obj.identity), {"trigger": "upload"}
+
+
+def _written_by_download(metadata: Mapping[str, str]) -> bool:
+    """The download step commits an object only after verifying it, and marks it so."""
+    return is_run_id(metadata.get("run_id", "")) and bool(metadata.get("source_url"))
 
 
 def _check_head(head: bytes, dataset: Dataset) -> None:
