@@ -16,10 +16,13 @@ from support.reliability import (
     Source,
 )
 from taxi_pipeline.domain.datasets import Dataset
-from taxi_pipeline.domain.messages import RunState, Topic
+from taxi_pipeline.domain.history import derive_run
+from taxi_pipeline.domain.messages import MergeRequest, RunState, Topic
 from taxi_pipeline.errors import TransientError
-from taxi_pipeline.pipeline.cloudevents import build_pubsub_event
+from taxi_pipeline.pipeline.cloudevents import build_pubsub_event, dead_letter_attributes
 from taxi_pipeline.pipeline.handlers import ALERT_LABEL
+from taxi_pipeline.pipeline.ports import RunEvent
+from taxi_pipeline.pipeline.steps.common import run_attributes
 
 RUN = "green-201901-alerts"
 
@@ -97,3 +100,59 @@ def test_a_dead_letter_with_garbage_attributes_is_still_recorded_once(rig: Rig) 
     (recorded,) = rig.events()
     assert recorded.state is RunState.FAILED
     assert recorded.run_id != attributes["run_id"]
+
+
+def test_a_dead_letter_after_the_run_succeeded_is_a_note_not_a_failure(
+    loaded_rig: Rig, source: Source, json_log: JsonLog
+) -> None:
+    """At-least-once delivery: one copy of the merge request completes the run, another copy
+    exhausts its deliveries later (it kept losing the lock, say) and reaches the dead letter."""
+    rig = loaded_rig
+    run_id = "green-201901-baseline"
+    (load,) = rig.warehouse.loads()
+    assert derive_run(rig.events(run_id)).state is RunState.SUCCESS
+    request = MergeRequest(
+        dataset=Dataset.GREEN, month=str(JAN), run_id=run_id, object_name=load.object_name,
+        generation=load.generation,
+    )  # fmt: skip
+    attributes = run_attributes(run_id, Dataset.GREEN, JAN, {})
+    original = build_pubsub_event(PROJECT, Topic.MERGE_REQUESTS, request.to_bytes(), attributes)
+    before = len(rig.events(run_id))
+    rig.bus.publish(
+        Topic.DEAD_LETTER, request.to_bytes(), dead_letter_attributes(original, attributes, 5)
+    )
+    rig.run()
+
+    run = derive_run(rig.events(run_id))
+    assert run.state is RunState.SUCCESS
+    assert run.error is None
+    (note,) = rig.events(run_id)[before:]
+    assert (note.step, note.state, note.error) == ("dead-letter", RunState.SKIPPED, None)
+    assert "after the run had succeeded" in note.details["note"]
+    assert run.finished_at is not None
+    assert note.recorded_at is not None
+    assert run.finished_at < note.recorded_at  # the note does not stretch the run's duration
+    assert _alerts(json_log()) == []
+    assert rig.bus.results() == []  # no FAILED result replaces the run's SUCCESS
+    assert rig.final_count(Dataset.GREEN) == source.files[(Dataset.GREEN, JAN)].rows
+
+
+def test_a_dead_letter_line_recorded_after_a_success_does_not_undo_it() -> None:
+    """History lines as an older version (or a race with the check above) wrote them."""
+    now = datetime.now(UTC)
+
+    def line(step: str, state: RunState, seconds: int, error: str | None = None) -> RunEvent:
+        when = now + timedelta(seconds=seconds)
+        return RunEvent(
+            run_id=RUN, dataset="green", month="2019-01", step=step, state=state,
+            started_at=when, finished_at=when, recorded_at=when, error=error,
+        )  # fmt: skip
+
+    events = [
+        line("download", RunState.SUCCESS, 0),
+        line("register", RunState.SUCCESS, 1),
+        line("merge", RunState.SUCCESS, 2),
+        line("dead-letter", RunState.FAILED, 60, "gave up after 5 delivery attempts"),
+    ]
+    assert derive_run(events).state is RunState.SUCCESS
+    assert derive_run([*events[:2], events[3]]).state is RunState.FAILED  # no success: failed

@@ -45,6 +45,8 @@ def test_https_and_loopback_sources_are_accepted(url: str) -> None:
         (f"ftp://{SECRET}@example.com/releases", False, "credentials"),
         (f"https://example.com/releases?token={SECRET}", False, "query"),
         (f"http://127.0.0.1:8000/?sig={SECRET}", False, "query"),
+        (f"https://example.com/releases;token={SECRET}", False, ";parameters"),
+        (f"https://example.com/releases;{SECRET}/download", False, ";parameters"),
     ],
 )
 def test_other_sources_are_refused_without_echoing_credentials(

@@ -75,6 +75,10 @@ def test_gcs_event_fields_are_parsed_leniently() -> None:
     assert obj.generation == "1587627537231057"
     with pytest.raises(InvalidMessage, match="generation"):
         parse_gcs(CloudEvent(attributes, data | {"generation": "x1"}))
+    # Digits of other scripts and superscripts pass str.isdigit(); GCS generations are ASCII.
+    for unicode_digits in ("\u0661\u0662\u0663", "12\u00b2", "\uff11\uff12"):
+        with pytest.raises(InvalidMessage, match="generation must be a decimal number"):
+            parse_gcs(CloudEvent(attributes, data | {"generation": unicode_digits}))
     with pytest.raises(InvalidMessage, match=r"expected a google\.cloud\.storage"):
         parse_gcs(CloudEvent(attributes | {"type": "other"}, data))
 

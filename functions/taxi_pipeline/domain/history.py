@@ -6,7 +6,9 @@ computed from the events, the way Kestra derives an execution's state from its t
 
 How a run's state is derived (first rule that applies):
 
-1. a step whose latest event is FAILED (a permanent error, or the dead-letter path) -> FAILED;
+1. a step whose latest event is FAILED (a permanent error, or the dead-letter path) -> FAILED,
+   except the dead-letter step once the merge ended SUCCESS (a late dead-lettered copy under
+   at-least-once delivery does not undo loaded rows);
 2. the merge step ended SUCCESS -> SUCCESS;
 3. a step ended SKIPPED with a reason (e.g. the month is not published upstream) -> SKIPPED;
    a SKIPPED without an error (download skipped because the file is already in the lake) is a
@@ -14,6 +16,9 @@ How a run's state is derived (first rule that applies):
 4. the latest event is RETRYING -> RETRYING (a transient error, a redelivery is coming);
 5. only QUEUED events -> QUEUED (waiting for a concurrency slot, or for a worker);
 6. otherwise RUNNING.
+
+Lines carrying a :data:`NOTE` (a dead letter for a run that had already succeeded) are remarks:
+shown with the run's steps, but no state or end time is derived from them.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from taxi_pipeline.pipeline.recorder import QUEUE_STEP
 
 FINAL_STEP: Final = "merge"
 """The step whose SUCCESS completes a run."""
+DEAD_LETTER_STEP: Final = "dead-letter"
+NOTE: Final = "note"
+"""``details`` key of a line that is a remark, not an outcome."""
 
 TERMINAL: Final = frozenset({RunState.SUCCESS, RunState.FAILED, RunState.SKIPPED})
 ACTIVE: Final = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.RETRYING})
 
-_STEP_ORDER: Final = {QUEUE_STEP: 0, "download": 1, "register": 2, "merge": 3, "dead-letter": 4}
+_STEP_ORDER: Final = {QUEUE_STEP: 0, "download": 1, "register": 2, "merge": 3, DEAD_LETTER_STEP: 4}
 
 
 @dataclass(frozen=True)
@@ -160,11 +168,16 @@ def _fold_steps(events: Sequence[RunEvent]) -> list[StepRun]:
 def _derive_state(events: Sequence[RunEvent], steps: Sequence[StepRun]) -> RunState:
     latest_by_step: dict[str, StepRun] = {}
     for step in steps:
-        latest_by_step[step.step] = step
-    if any(s.state is RunState.FAILED for s in latest_by_step.values()):
-        return RunState.FAILED
+        if NOTE not in step.details:
+            latest_by_step[step.step] = step
     final = latest_by_step.get(FINAL_STEP)
-    if final is not None and final.state is RunState.SUCCESS:
+    succeeded = final is not None and final.state is RunState.SUCCESS
+    if any(
+        s.state is RunState.FAILED and not (succeeded and s.step == DEAD_LETTER_STEP)
+        for s in latest_by_step.values()
+    ):
+        return RunState.FAILED
+    if succeeded:
         return RunState.SUCCESS
     if any(s.state is RunState.SKIPPED and s.error for s in latest_by_step.values()):
         return RunState.SKIPPED
@@ -188,7 +201,7 @@ def derive_run(events: Sequence[RunEvent]) -> Run:
         labels.update(event.labels)
     queued = [_when(e) for e in events if e.state is RunState.QUEUED]
     starts = [s.started_at for s in steps if s.started_at is not None]
-    ends = [s.finished_at for s in steps if s.finished_at is not None]
+    ends = [s.finished_at for s in steps if s.finished_at is not None and NOTE not in s.details]
     error = None
     if state in (RunState.FAILED, RunState.SKIPPED, RunState.RETRYING):
         error = next((e.error for e in reversed(events) if e.error), None)

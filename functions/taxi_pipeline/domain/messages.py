@@ -217,7 +217,9 @@ class GcsObject(_Lenient):
     @classmethod
     def _generation_digits(cls, value: object) -> str:
         text = str(value)
-        if not text.isdigit():
+        # ASCII only: str.isdigit() also accepts "١٢٣" or "²", which GCS never sends and which
+        # would reach run ids, SQL parameters and preconditions.
+        if not (text.isascii() and text.isdigit()):
             raise ValueError("generation must be a decimal number")
         return text
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.domain.history import NOTE, derive_run
 from taxi_pipeline.domain.messages import (
     SCHEDULE_TIME_ZONE_ATTRIBUTE,
     GcsObject,
@@ -112,7 +113,8 @@ def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
 
 
 def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
-    """Dead-letter topic: a message that exhausted its deliveries. Mark the run FAILED, alert."""
+    """Dead-letter topic: a message that exhausted its deliveries. Mark the run FAILED, alert;
+    unless the run already succeeded (another copy finished it): then only a note is kept."""
     invocation = Invocation("dead-letter")
     with _handling(event, invocation, ports):  # no age limit: a failure must be recorded
         envelope, body = parse_pubsub(event)
@@ -121,10 +123,21 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
         _identify(attributes, invocation)
         if invocation.run_id is None:
             _identify_from_body(body, attributes, invocation, ports)
-        last_error = _last_error(ports, invocation.run_id)
+        events = ports.warehouse.run_events(run_id=invocation.run_id) if invocation.run_id else []
+        last_error = next((e.error for e in reversed(events) if e.error), None)
         # The dead-letter delivery's own ``deliveryAttempt`` counts deliveries of the copy.
         count = attributes.get(DEAD_LETTER_DELIVERY_COUNT, "")
-        attempts = count if count.isdigit() else "all"
+        attempts = count if count.isascii() and count.isdigit() else "all"
+        if events and derive_run(events).state is RunState.SUCCESS:
+            # At-least-once delivery: a copy of a message can exhaust its deliveries after
+            # another copy completed the run. The rows are loaded; nothing failed.
+            note = (
+                f"a copy of a message of this run was dead-lettered after {attempts} delivery"
+                " attempts, after the run had succeeded; nothing to do"
+            )
+            log.info("dead letter for a run that succeeded: %s", note)
+            _record(ports, invocation, RunState.SKIPPED, note, strict=True, as_note=True)
+            return
         reason = f"gave up after {attempts} delivery attempts" + (
             f"; last error: {last_error}" if last_error else ""
         )
@@ -178,13 +191,6 @@ def _parse_time(text: str) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else None
-
-
-def _last_error(ports: Ports, run_id: str | None) -> str | None:
-    if not run_id:
-        return None
-    errors = [e.error for e in ports.warehouse.run_events(run_id=run_id) if e.error]
-    return errors[-1] if errors else None
 
 
 @contextmanager
@@ -274,12 +280,19 @@ def _record_failure(
 
 
 def _record(
-    ports: Ports, invocation: Invocation, state: RunState, reason: str, *, strict: bool = False
+    ports: Ports,
+    invocation: Invocation,
+    state: RunState,
+    reason: str,
+    *,
+    strict: bool = False,
+    as_note: bool = False,
 ) -> None:
     """Append the outcome; an event we could not even parse is recorded under a stable id.
 
     Best effort unless ``strict``: a step's own failure must reach the platform even when the
-    warehouse (the history's home) is what failed.
+    warehouse (the history's home) is what failed. ``as_note``: ``reason`` is no error, only a
+    remark (:data:`history.NOTE`), which no run state is derived from.
     """
     # Per message too: unrelated rejections with the same reason are not one "run".
     rejected = f"{reason} {invocation.delivery_id}".encode()
@@ -296,7 +309,8 @@ def _record(
                     attempt=invocation.attempt,
                     finished_at=utcnow(),
                     labels=invocation.labels,
-                    error=reason[:2000],
+                    error=None if as_note else reason[:2000],
+                    details={NOTE: reason[:2000]} if as_note else {},
                     recorded_at=utcnow(),
                 )
             ]
