@@ -25,8 +25,8 @@ def test_a_local_file_loads_as_a_hand_upload(cli: Cli, source: Source) -> None:
     assert f"SUCCESS, {green.rows:,} of {green.rows:,} rows inserted" in out
     assert _lake_objects(cli) == ["raw/green/green_tripdata_2019-01.csv.gz"]
     assert cli.rows("SELECT count(*) FROM green_tripdata") == [[str(green.rows)]]
-    labels = cli.rows("SELECT DISTINCT labels FROM pipeline_runs WHERE step = 'register'")
-    assert labels and "upload" in labels[0][0]
+    (labels,) = cli.rows("SELECT DISTINCT labels FROM pipeline_runs WHERE step = 'register'")
+    assert "upload" in labels[0]
 
     code, out = cli("load", str(green.path))  # the same file again: a new generation
     assert code == 0, out
@@ -60,6 +60,6 @@ def test_a_file_with_a_corrupt_gzip_trailer_fails_verification_and_loads_nothing
     assert "not a valid gzip stream" in out
     assert cli.rows("SELECT count(*) FROM pipeline_loads") == [["0"]]
     tables = cli.rows("SELECT table_name FROM information_schema.tables ORDER BY 1")
-    assert ["green_tripdata"] not in tables or cli.rows(
-        "SELECT count(*) FROM green_tripdata"
-    ) == [["0"]]
+    assert ["green_tripdata"] not in tables or cli.rows("SELECT count(*) FROM green_tripdata") == [
+        ["0"]
+    ]

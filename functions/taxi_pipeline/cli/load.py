@@ -63,9 +63,7 @@ def load(
     dataset: Annotated[
         Dataset | None, typer.Option(help="yellow or green (default: from the file name)")
     ] = None,
-    month: Annotated[
-        str | None, typer.Option(help="YYYY-MM (default: from the file name)")
-    ] = None,
+    month: Annotated[str | None, typer.Option(help="YYYY-MM (default: from the file name)")] = None,
     home: HomeOption = None,
 ) -> None:
     """Load a local file as a hand upload: copied into the lake's raw/, verified, merged."""
