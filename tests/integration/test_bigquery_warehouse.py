@@ -11,6 +11,7 @@ over a stand-in holding what BigQuery would read through the external table.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -141,11 +142,12 @@ def test_load_mode_end_to_end(
     assert len(ranges) >= 3  # the month plus strays years away, each its own range
     inserted = warehouse.merge_staged(GREEN, JAN, ranges, False, context)
     assert inserted == ROWS  # duplicates inside one file are all kept, as in the reference
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == 0
-    again = warehouse.stage(GREEN, JAN, source, context)
-    assert (
-        warehouse.merge_staged(GREEN, JAN, pickup_ranges(again.pickup_dates), False, context) == 0
-    )
+    # The same run's merge again (a redelivery) attaches to its job: the same figure, no new
+    # insert. Another run of the month stages and merges anew and inserts nothing.
+    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
+    other = JobContext(_unique("green-201901").replace("_", "-"), GREEN, JAN, "merge")
+    again = warehouse.stage(GREEN, JAN, source, other)
+    assert warehouse.merge_staged(GREEN, JAN, pickup_ranges(again.pickup_dates), False, other) == 0
     (count,) = warehouse.query("SELECT COUNT(*) AS n FROM green_tripdata").rows
     assert count == (ROWS,)
 
@@ -178,7 +180,7 @@ def test_load_mode_end_to_end(
     # Jobs carry the run's labels and the cap; the MERGE read only the staging data's dates.
     jobs = _jobs(bigquery_client, context.run_id)
     merges = [j for j in jobs if isinstance(j, bigquery.QueryJob) and j.query.startswith("MERGE")]
-    assert len(merges) == 3
+    assert len(merges) == 1  # its repeat attached to it (the third merge was another run's)
     prune = target_pickup_predicate(GREEN, ranges, False, "T")
     for job in merges:
         assert job.labels == {
@@ -192,7 +194,7 @@ def test_load_mode_end_to_end(
         assert "TIMESTAMP '2088-01-24'" in job.query
     assert all(j.maximum_bytes_billed == CAP for j in jobs if isinstance(j, bigquery.QueryJob))
     loads = [j for j in jobs if isinstance(j, bigquery.LoadJob)]
-    assert len(loads) == 2
+    assert len(loads) == 1
     assert loads[0].labels["step"] == "merge"
     assert all(j.allow_quoted_newlines for j in loads)  # read as DuckDB reads the file
 
@@ -365,3 +367,111 @@ def test_sdk_errors_are_translated(make_warehouse: Factory) -> None:
         warehouse.query("SELEC nonsense")
     with pytest.raises(PermanentError, match="merge green_tripdata_2019_01 into green_tripdata"):
         warehouse.merge_staged(GREEN, JAN, [], True, context)  # no tables at all
+
+
+class _StallsAfterSubmittingTheMerge:
+    """The first delivery's BigQuery client: its MERGE job is submitted, then the delivery
+    stalls before it reads the outcome, as one killed or stuck while its job runs (whose lock
+    another delivery then breaks). Everything else goes to the real client."""
+
+    def __init__(self, client: bigquery.Client) -> None:
+        self._client = client
+        self.submitted = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+    def query(self, sql: str, **options: object) -> bigquery.QueryJob:
+        job = self._client.query(sql, **options)  # type: ignore[arg-type]
+        if sql.startswith("MERGE"):
+            self.submitted.set()
+            assert self.release.wait(60), "the test never released the first delivery"
+        return job
+
+
+def _merge_jobs(client: bigquery.Client, run_id: str) -> list[bigquery.QueryJob]:
+    return [
+        j
+        for j in _jobs(client, run_id)
+        if isinstance(j, bigquery.QueryJob) and (j.query or "").startswith("MERGE")
+    ]
+
+
+def test_a_redelivered_merge_attaches_to_the_first_ones_job_instead_of_inserting_again(
+    bigquery_client: bigquery.Client, bq_dataset: str, bucket: Bucket, green_file: GeneratedFile
+) -> None:
+    """Issue 12: the second merge of a run starts while the first one's MERGE job is in flight.
+    Under the same deterministic job ids, the second delivery's staging and MERGE jobs are the
+    first one's: BigQuery refuses the duplicates ("Already Exists") and the second delivery
+    waits for those jobs. (The emulator finishes a job before it answers the insert, so it
+    shows the refusal, not two MERGEs racing: on BigQuery, random ids let both insert.)"""
+    settings = Settings(staging_mode=StagingMode.LOAD)
+    stalling = _StallsAfterSubmittingTheMerge(bigquery_client)
+    first = BigQueryWarehouse(
+        bigquery_client.project,
+        bq_dataset,
+        settings,
+        client=stalling,  # type: ignore[arg-type]
+    )
+    second = BigQueryWarehouse(
+        bigquery_client.project, bq_dataset, settings, client=bigquery_client
+    )
+    source = _upload(bucket, green_file.path)
+    context = JobContext(
+        _unique("green-201901").replace("_", "-"), GREEN, JAN, "merge", source.generation
+    )
+    first.ensure_final_table(GREEN)
+    staged = first.stage(GREEN, JAN, source, context)
+    ranges = pickup_ranges(staged.pickup_dates)
+    outcome: dict[str, int] = {}
+    delivery = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "first", first.merge_staged(GREEN, JAN, ranges, False, context)
+        )
+    )
+    delivery.start()
+    try:
+        assert stalling.submitted.wait(60)
+        # The redelivery: stages again and merges, while the first delivery still waits.
+        again = second.stage(GREEN, JAN, source, context)
+        assert again == staged
+        outcome["second"] = second.merge_staged(GREEN, JAN, ranges, False, context)
+    finally:
+        stalling.release.set()
+        delivery.join(60)
+
+    assert outcome == {"first": ROWS, "second": ROWS}  # both report the one MERGE's inserts
+    (count,) = second.query("SELECT COUNT(*) AS n FROM green_tripdata").rows
+    assert count == (ROWS,)
+    (merge,) = _merge_jobs(bigquery_client, context.run_id)  # one MERGE ran, not two
+    assert merge.job_id == second.job_id(context, "merge")
+    stages = [
+        j
+        for j in _jobs(bigquery_client, context.run_id)
+        if isinstance(j, bigquery.QueryJob) and (j.query or "").startswith("CREATE OR REPLACE")
+    ]
+    assert [j.job_id for j in stages] == [second.job_id(context, "stage")]
+
+
+def test_a_job_that_failed_runs_again_under_the_next_id(
+    make_warehouse: Factory, bigquery_client: bigquery.Client, bucket: Bucket,
+    green_file: GeneratedFile,
+) -> None:  # fmt: skip
+    warehouse = make_warehouse(StagingMode.LOAD)
+    source = _upload(bucket, green_file.path)
+    context = JobContext(
+        _unique("green-201901").replace("_", "-"), GREEN, JAN, "merge", source.generation
+    )
+    warehouse.ensure_final_table(GREEN)
+    with pytest.raises(PermanentError, match="merge green_tripdata_2019_01"):
+        warehouse.merge_staged(GREEN, JAN, [], True, context)  # no staging table yet: fails
+    staged = warehouse.stage(GREEN, JAN, source, context)
+    inserted = warehouse.merge_staged(GREEN, JAN, pickup_ranges(staged.pickup_dates), True, context)
+    assert inserted == ROWS
+    failed, done = sorted(_merge_jobs(bigquery_client, context.run_id), key=lambda j: j.job_id)
+    assert (failed.job_id, failed.error_result is not None) == (
+        warehouse.job_id(context, "merge", 0),
+        True,
+    )
+    assert (done.job_id, done.error_result) == (warehouse.job_id(context, "merge", 1), None)

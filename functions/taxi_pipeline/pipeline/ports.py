@@ -70,6 +70,9 @@ class JobContext:
     dataset: Dataset
     month: Month
     step: str
+    generation: str = ""
+    """The lake object generation the job reads: with the run and step, what names the job
+    (BigQuery job ids), so a redelivery attaches to the job instead of running it twice."""
 
 
 @dataclass(frozen=True)

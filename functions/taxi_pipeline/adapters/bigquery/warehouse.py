@@ -19,16 +19,25 @@
   data touches are scanned.
 - Every job is labelled (dataset, month, run id, step) and query jobs are capped by
   ``settings.maximum_bytes_billed``. SDK errors go through :func:`errors.translate`.
+- The jobs of a step (load, staging, measure, merge) have ids derived from the run, the object
+  generation, the step and the job's role (:meth:`BigQueryWarehouse.job_id`). BigQuery refuses a
+  second job with an id it knows ("Already Exists"), so a redelivered merge (its lock broken
+  after a killed attempt, say) attaches to the job that is still running or done instead of
+  starting a second insert-only MERGE beside it: BigQuery does not serialise INSERT DML, and
+  two such MERGEs could both insert. Only a job that ended in an error is run again, under the
+  next id.
 
 ``google.cloud.bigquery`` is imported only when the client is first needed (cold starts).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
@@ -44,7 +53,7 @@ from taxi_pipeline.domain.datasets import (
     staging_table,
 )
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.errors import ConfigurationError
+from taxi_pipeline.errors import ConfigurationError, TransientError
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
@@ -59,12 +68,16 @@ from taxi_pipeline.settings import Settings, StagingMode
 if TYPE_CHECKING:
     from google.cloud import bigquery
 
+log = logging.getLogger(__name__)
+
 RUNS_TABLE: Final = "pipeline_runs"
 LOADS_TABLE: Final = "pipeline_loads"
 STAGING_EXPIRATION: Final = timedelta(days=1)
 _BAD_SAMPLES: Final = 5
 # One DML INSERT per batch; BigQuery allows 10,000 query parameters per query.
 _EVENTS_PER_INSERT: Final = 500
+# Jobs of one name that may end in an error before a step gives up (transient, redelivered).
+_MAX_RERUNS: Final = 50
 
 # https://cloud.google.com/resource-manager/docs/creating-managing-projects: 6-30 characters,
 # lowercase letters, digits and hyphens, starting with a letter, not ending with a hyphen;
@@ -471,16 +484,63 @@ class BigQueryWarehouse:
         except Exception as exc:
             raise translate(exc, what) from exc
 
+    def job_id(self, context: JobContext, role: str, rerun: int = 0) -> str:
+        """The id of the ``role`` job (``stage``, ``merge``, ...) of a run's step over one object
+        generation; ``rerun`` counts the times a job of that name ended in an error."""
+        key = "\n".join(
+            (self.project, self.dataset, context.run_id, context.generation, context.step, role)
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        step = label_value(context.step).replace("-", "_")
+        return f"taxi_{step}_{role}_{digest}_{rerun}"
+
+    def _run_job(
+        self,
+        what: str,
+        submit: Callable[[str | None], Any],
+        identity: tuple[JobContext, str] | None,
+    ) -> Any:
+        """Submit a job and wait for it; with an ``identity``, under its deterministic id,
+        attaching to the job of that id when BigQuery already has one that did not fail."""
+        from google.api_core.exceptions import Conflict
+
+        if identity is None:
+            with self._translated(what):
+                job = submit(None)
+                job.result()
+            return job
+        context, role = identity
+        for rerun in range(_MAX_RERUNS):
+            job_id = self.job_id(context, role, rerun)
+            with self._translated(what):
+                try:
+                    job = submit(job_id)
+                except Conflict:
+                    job = self.client.get_job(job_id, location=self.settings.bigquery_location)
+                    if job.state == "DONE" and job.error_result:
+                        continue  # that one failed: run the statement again, under the next id
+                    log.info(
+                        "%s: attaching to job %s (%s), submitted by an earlier delivery",
+                        what,
+                        job_id,
+                        job.state,
+                    )
+                job.result()
+            return job
+        raise TransientError(f"{what}: {_MAX_RERUNS} jobs under this run's ids all failed")
+
     def _query(
         self,
         what: str,
         sql: str,
         labels: Mapping[str, str],
         params: Sequence[Any] = (),
+        identity: tuple[JobContext, str] | None = None,
     ) -> tuple[bigquery.QueryJob, list[bigquery.Row], list[str]]:
         """Run a query job to completion: labelled, capped, errors translated.
 
-        Returns the job, its rows and its column names.
+        ``identity`` (the job context and the job's role in its step) gives the job its
+        deterministic id (:meth:`job_id`). Returns the job, its rows and its column names.
         """
         from google.cloud import bigquery
 
@@ -493,13 +553,27 @@ class BigQueryWarehouse:
             default_dataset=f"{self.project}.{self.dataset}",
         )
         prefix = f"taxi_{labels.get('step', 'query').replace('-', '_')}_"
-        with self._translated(what):
-            job = self.client.query(
+
+        def submit(job_id: str | None) -> bigquery.QueryJob:
+            if job_id is None:
+                return self.client.query(
+                    sql,
+                    job_config=config,
+                    job_id_prefix=prefix,
+                    location=self.settings.bigquery_location,
+                )
+            # A job that failed is run again under the next id (_run_job), never by the
+            # client's own job retry, which cannot reuse an id.
+            return self.client.query(
                 sql,
                 job_config=config,
-                job_id_prefix=prefix,
+                job_id=job_id,
+                job_retry=None,
                 location=self.settings.bigquery_location,
             )
+
+        job: bigquery.QueryJob = self._run_job(what, submit, identity)
+        with self._translated(what):
             result = job.result()
             rows = list(result)
         return job, rows, [field.name for field in result.schema or ()]
@@ -553,11 +627,13 @@ class BigQueryWarehouse:
             f"build staging table {staging}",
             staging_sql(dataset, month, self.table_ref(staging), self.table_ref(source_name)),
             labels,
+            identity=(context, "stage"),
         )
         _, rows, _ = self._query(
             f"measure staging table {staging}",
             measure_sql(dataset, month, self.table_ref(staging)),
             labels,
+            identity=(context, "measure"),
         )
         (row,) = rows
         return StagingSummary(
@@ -572,18 +648,29 @@ class BigQueryWarehouse:
     def _load_raw(self, dataset: Dataset, month: Month, uri: str, context: JobContext) -> str:
         """Load the gzip CSV into the month's raw STRING table with a (free) load job."""
         name = raw_table(dataset, month)
-        with self._translated(f"load {uri} into {name}"):
-            job = self.client.load_table_from_uri(
+        what = f"load {uri} into {name}"
+
+        def submit(job_id: str | None) -> bigquery.LoadJob:
+            return self.client.load_table_from_uri(
                 uri,
                 self.table_id(name),
                 job_config=raw_load_config(dataset, job_labels(context)),
-                job_id_prefix=f"taxi_{label_value(context.step).replace('-', '_')}_load_",
+                job_id=job_id,
                 location=self.settings.bigquery_location,
             )
-            job.result()
+
+        from google.api_core.exceptions import NotFound
+
+        self._run_job(what, submit, (context, "load"))
+        with self._translated(what):
             # A load job cannot set an expiration; set it right away (the next run of the
             # month replaces the table anyway, and drop_month_objects deletes it).
-            table = self.client.get_table(self.table_id(name))
+            try:
+                table = self.client.get_table(self.table_id(name))
+            except NotFound:
+                # Attached to the load of an earlier delivery whose month tables were dropped
+                # after its merge: the staging and merge jobs it ran are attached to as well.
+                return name
             table.expires = datetime.now(UTC) + STAGING_EXPIRATION
             self.client.update_table(table, ["expires"])
         return name
@@ -606,6 +693,7 @@ class BigQueryWarehouse:
                 include_null_pickup,
             ),
             job_labels(context),
+            identity=(context, "merge"),
         )
         return int(job.num_dml_affected_rows or 0)
 

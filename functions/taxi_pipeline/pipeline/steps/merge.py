@@ -78,12 +78,12 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
     recorder = StepRecorder(
         ports.warehouse, request.run_id, dataset, month, "merge", invocation.attempt, request.labels
     )
-    context = JobContext(request.run_id, dataset, month, "merge")
     with ports.locks.hold(f"merge-{dataset.value}-{month}"):
         recorder.running()
         source = ports.lake.stat(request.object_name)
         if source is None:
             raise PermanentError(f"{request.object_name} is not in the lake any more")
+        context = JobContext(request.run_id, dataset, month, "merge", source.generation)
         done = ports.warehouse.find_load(source.name, source.generation)
         if done is not None and not request.force:
             log.info(
