@@ -118,3 +118,31 @@ def test_out_of_month_rows_are_kept_and_counted(rig_factory: RigFactory, source:
     merge_done = [e for e in rig.events("green-201901-strays") if e.step == "merge"][-1]
     assert merge_done.details["rows_out_of_month"] == str(generated.out_of_month_rows)
     assert_exact(rig, generated)
+
+
+def test_a_header_line_repeated_in_the_body_is_a_bad_row_never_loaded(
+    quality_rig: Rig, source: Source
+) -> None:
+    """Two files concatenated by hand: the second header is no trip (issue 12)."""
+    rig = quality_rig
+    lines = [_good(i) for i in range(100)] + [LAYOUT.header] + [_good(i) for i in range(100, 200)]
+    source.server.inject(
+        file_name(Dataset.GREEN, FEB), Fault.replace_body(gzip_bytes(LAYOUT.header, lines), None)
+    )
+    rig.bus.submit(Dataset.GREEN, FEB, "green-201902-header")
+    rig.run()
+
+    (result,) = [r for r in rig.bus.results() if r.run_id == "green-201902-header"]
+    assert result.state is RunState.SUCCESS
+    counts = (result.rows_in_file, result.rows_inserted, result.rows_already_present)
+    assert counts == (200, 200, 0)
+    assert result.rows_bad == 1
+    feb = "WHERE filename = 'green_tripdata_2019-02.csv'"
+    assert rig.scalar(f"SELECT count(*) FROM green_tripdata {feb}") == 200
+    assert rig.scalar(f"SELECT count(*) FROM green_tripdata {feb} AND VendorID IS NULL") == 0
+    (merge,) = [
+        e
+        for e in rig.events("green-201902-header")
+        if e.step == "merge" and e.state is RunState.SUCCESS
+    ]
+    assert merge.details["bad_samples"].startswith("VendorID,lpep_pickup_datetime,")

@@ -280,19 +280,27 @@ def staging_sql(dataset: Dataset, month: Month, table_ref: str, source_ref: str)
         if c.kind != "string"
     )
     line = ", ".join(f"IFNULL(r.{n}, '')" for n in names)
+    # The header line repeated inside the body: a bad row (its text among the samples) that
+    # measure_sql does not count as a row and drop_repeated_headers_sql removes before the merge.
+    header = " AND ".join(f"r.{quote_ident(n)} = {quote_text(n)}" for n in layout.names)
     return (
         f"CREATE OR REPLACE TABLE {table_ref}\n"
         f"OPTIONS ({_expiration_option()})\nAS\n"
         f"SELECT {unique_row_id_sql(dataset)} AS unique_row_id,\n"
         f"  {quote_text(csv_name(dataset, month))} AS filename,\n"
         f"  {', '.join(names)},\n"
-        "  _bad_row IS NOT NULL AS _bad,\n  _bad_row\n"
+        "  _bad_row IS NOT NULL AS _bad,\n  _bad_row,\n  _header\n"
         "FROM (\n"
         f"  SELECT {typed_list},\n"
-        f"    IF({bad}, ARRAY_TO_STRING([{line}], ','), NULL) AS _bad_row\n"
+        f"    IF({bad}, ARRAY_TO_STRING([{line}], ','), NULL) AS _bad_row,\n"
+        f"    IFNULL({header}, FALSE) AS _header\n"
         f"  FROM (SELECT {nulled} FROM {source_ref}) AS r\n"
         ")"
     )
+
+
+def drop_repeated_headers_sql(table_ref: str) -> str:
+    return f"DELETE FROM {table_ref} WHERE _header"
 
 
 def measure_sql(dataset: Dataset, month: Month, table_ref: str) -> str:
@@ -304,10 +312,11 @@ def measure_sql(dataset: Dataset, month: Month, table_ref: str) -> str:
     # ARRAY(subquery) rather than ARRAY_AGG(... IGNORE NULLS LIMIT n): the emulator keeps NULLs
     # when a LIMIT is given; both forms mean the same in BigQuery.
     return (
-        "SELECT COUNT(*) AS rows_total, COUNTIF(_bad) AS rows_bad,\n"
+        "SELECT COUNTIF(NOT _header) AS rows_total, COUNTIF(_bad) AS rows_bad,\n"
         f"  COUNTIF({pickup} < TIMESTAMP '{first.isoformat()}'"
         f" OR {pickup} >= TIMESTAMP '{after.isoformat()}') AS rows_out_of_month,\n"
-        f"  COUNTIF({pickup} IS NULL) AS rows_without_pickup,\n"
+        f"  COUNTIF({pickup} IS NULL AND NOT _header) AS rows_without_pickup,\n"
+        "  COUNTIF(_header) AS repeated_headers,\n"
         f"  ARRAY_AGG(DISTINCT DATE({pickup}) IGNORE NULLS) AS pickup_dates,\n"
         f"  ARRAY(SELECT _bad_row FROM {table_ref} WHERE _bad LIMIT {_BAD_SAMPLES})"
         " AS bad_samples\n"
@@ -636,6 +645,13 @@ class BigQueryWarehouse:
             identity=(context, "measure"),
         )
         (row,) = rows
+        if int(row["repeated_headers"]):
+            self._query(
+                f"drop repeated header lines from {staging}",
+                drop_repeated_headers_sql(self.table_ref(staging)),
+                labels,
+                identity=(context, "drop_headers"),
+            )
         return StagingSummary(
             rows=int(row["rows_total"]),
             rows_bad=int(row["rows_bad"]),

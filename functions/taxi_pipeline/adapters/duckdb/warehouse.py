@@ -270,6 +270,12 @@ class DuckDbWarehouse:
         bad = " OR ".join(
             f"({_raw_alias(c)} IS NOT NULL AND {_quote_ident(c.name)} IS NULL)" for c in checked
         )
+        # The header line again inside the body (files concatenated by hand): no trip. Counted
+        # as a bad row, shown among the samples, never staged.
+        header = " AND ".join(
+            f"{_raw_alias(c) if c in checked else _quote_ident(c.name)} = {_quote_text(c.name)}"
+            for c in layout.columns
+        )
         names = ", ".join(_quote_ident(n) for n in layout.names)
         pickup = _quote_ident(layout.pickup)
         first_day = date(month.year, month.month, 1)
@@ -280,18 +286,22 @@ class DuckDbWarehouse:
             "build staging table",
             f"CREATE OR REPLACE TEMP TABLE {stg} AS"
             f" SELECT {unique_row_id_sql(dataset)} AS unique_row_id,"
-            f" {_quote_text(csv_name(dataset, month))} AS filename, {names}, ({bad}) AS _bad"
+            f" {_quote_text(csv_name(dataset, month))} AS filename, {names}, ({bad}) AS _bad,"
+            f" coalesce({header}, false) AS _header"
             f" FROM (SELECT {typed} FROM (SELECT {as_text} FROM {ext}))",
             cursor=cursor,
         )
-        ((rows, rows_bad, out_of_month, no_pickup),) = self._run(
+        ((rows, rows_bad, out_of_month, no_pickup, headers),) = self._run(
             "measure staging table",
-            f"SELECT count(*), count(*) FILTER (WHERE _bad),"
+            f"SELECT count(*) FILTER (WHERE NOT _header), count(*) FILTER (WHERE _bad),"
             f" count(*) FILTER (WHERE {pickup} < ? OR {pickup} >= ?),"
-            f" count(*) FILTER (WHERE {pickup} IS NULL) FROM {stg}",
+            f" count(*) FILTER (WHERE {pickup} IS NULL AND NOT _header),"
+            f" count(*) FILTER (WHERE _header) FROM {stg}",
             [first_day, after_last],
             cursor=cursor,
         )
+        if headers:
+            self._run("drop repeated headers", f"DELETE FROM {stg} WHERE _header", cursor=cursor)
         dates = self._run(
             "list staging dates",
             f"SELECT DISTINCT CAST({pickup} AS DATE) FROM {stg} WHERE {pickup} IS NOT NULL",
