@@ -94,6 +94,7 @@ def runs_table(runs: Sequence[Run], now: datetime | None = None) -> list[str]:
         "ROWS IN",
         "INSERTED",
         "LABELS",
+        "ERROR",
     )
     rows = [
         (
@@ -106,9 +107,11 @@ def runs_table(runs: Sequence[Run], now: datetime | None = None) -> list[str]:
             _number(r.rows_in_file),
             _number(r.rows_inserted),
             format_labels(r.labels),
+            _one_line(r.error, 100) if r.error and r.state is not RunState.SUCCESS else "",
         )
         for r in runs
     ]
+    # The error is last and not padded: its column starts where its header does.
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
     right = {5, 6, 7}
 
@@ -118,13 +121,7 @@ def runs_table(runs: Sequence[Run], now: datetime | None = None) -> list[str]:
         ]
         return "  ".join(parts).rstrip()
 
-    out = [line(header)]
-    for run, row in zip(runs, rows, strict=True):
-        text = line(row)
-        if run.error and run.state is not RunState.SUCCESS:
-            text += f"  {_one_line(run.error, 100)}"
-        out.append(text)
-    return out
+    return [line(header), *(line(row) for row in rows)]
 
 
 def _one_line(text: str, limit: int) -> str:
