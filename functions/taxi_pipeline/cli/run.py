@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 import typer
 from rich import box
 from rich.table import Table
-from rich.text import Text
 
 from taxi_pipeline.bootstrap import LocalPipeline
 from taxi_pipeline.cli.common import (
@@ -39,7 +38,7 @@ from taxi_pipeline.cli.common import (
 from taxi_pipeline.domain.datasets import Dataset, Month, parse_month_span
 from taxi_pipeline.domain.messages import IngestResult, RunState
 from taxi_pipeline.errors import PipelineError
-from taxi_pipeline.render.text import plural, printable
+from taxi_pipeline.render.text import aligned, plural, printable
 from taxi_pipeline.settings import Settings
 
 
@@ -266,23 +265,18 @@ def _write_json(columns: Sequence[str], rows: Sequence[tuple[object, ...]]) -> N
 
 
 def _print_table(columns: Sequence[str], rows: Sequence[tuple[object, ...]]) -> None:
-    table = Table(box=box.SIMPLE_HEAD)
-    numeric = [
-        all(isinstance(row[i], int | float | Decimal) or row[i] is None for row in rows)
-        and any(row[i] is not None for row in rows)
+    numeric = {
+        i
         for i in range(len(columns))
+        if any(row[i] is not None for row in rows)
+        and all(row[i] is None or isinstance(row[i], int | float | Decimal) for row in rows)
+    }
+    cells = [
+        ["NULL" if v is None else printable(cell_text(v), one_line=True) for v in row]
+        for row in rows
     ]
-    for column, is_number in zip(columns, numeric, strict=True):
-        table.add_column(
-            Text(printable(column, one_line=True)), justify="right" if is_number else "left"
-        )
-    for row in rows:
-        table.add_row(
-            *(
-                Text("NULL", style="dim")
-                if v is None
-                else Text(printable(cell_text(v), one_line=True))
-                for v in row
-            )
-        )
-    console.print(table)
+    header = [printable(c, one_line=True) for c in columns]
+    lines = aligned(header, cells, right=numeric)
+    print_line(lines[0], style="bold")
+    for line in lines[1:]:
+        print_line(line)

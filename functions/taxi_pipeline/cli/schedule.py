@@ -151,13 +151,17 @@ def _catch_up_agreed(
 ) -> bool:
     """Say what the catch-up is about to fire; on a terminal, ask before more than a few."""
     since = min(baselines[f.schedule.name] for f in missed)
-    per_schedule = {f.schedule.name: 0 for f in missed}
+    per_schedule: dict[str, list[Fire]] = {}
     for fire in missed:
-        per_schedule[fire.schedule.name] += 1
-    detail = ", ".join(f"{name} {n}" for name, n in per_schedule.items())
+        per_schedule.setdefault(fire.schedule.name, []).append(fire)
+    detail = "; ".join(
+        f"{name} {len(fires)}: {fires[0].dataset.value} {fires[0].month}"
+        + (f" .. {fires[-1].month}" if len(fires) > 1 else "")
+        for name, fires in per_schedule.items()
+    )
     print_line(
         f"catching up {plural(len(missed), 'missed fire')} since {since:%Y-%m-%d %H:%M} UTC"
-        f" ({detail}): {missed[0].month} .. {missed[-1].month}",
+        f" ({detail})",
         err=True,
     )
     if not ask or len(missed) <= ASK_ABOVE:

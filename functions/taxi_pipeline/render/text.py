@@ -53,6 +53,24 @@ def rows_phrase(rows_in_file: int | None, rows_inserted: int | None) -> str:
 # -- text rendering (pure: the CLI prints what these return) -------------------------------------
 
 
+def aligned(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    right: set[int] | frozenset[int] = frozenset(),
+) -> list[str]:
+    """Columns padded to their widest cell (``right``: right-aligned), two spaces apart, each
+    line stripped at its end. Nothing is cut or wrapped: a wide result stays one line per row."""
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
+
+
 def format_duration(value: timedelta | None) -> str:
     """``0.42s``, ``12.3s``, ``4m05s``, ``2h03m``; empty when unknown."""
     if value is None:
@@ -107,21 +125,12 @@ def runs_table(runs: Sequence[Run], now: datetime | None = None) -> list[str]:
             _number(r.rows_in_file),
             _number(r.rows_inserted),
             format_labels(r.labels),
-            _one_line(r.error, 100) if r.error and r.state is not RunState.SUCCESS else "",
+            _one_line(r.error, 160) if r.error and r.state is not RunState.SUCCESS else "",
         )
         for r in runs
     ]
-    # The error is last and not padded: its column starts where its header does.
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
-    right = {5, 6, 7}
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ]
-        return "  ".join(parts).rstrip()
-
-    return [line(header), *(line(row) for row in rows)]
+    # The error is last: its column starts where its header does.
+    return aligned(header, rows, right={5, 6, 7})
 
 
 def _one_line(text: str, limit: int) -> str:
