@@ -193,6 +193,24 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert "FileNotFoundError" in loud.stderr
 
 
+@pytest.mark.parametrize("output", ["table", "csv"])
+def test_a_reader_that_goes_away_ends_the_command_quietly(cli: Cli, output: str) -> None:
+    """``taxi-pipeline sql ... | head -1``: no error line, no traceback, status 141."""
+    assert cli("run", "green", "2019-01")[0] == 0
+    process = subprocess.Popen(
+        [str(SCRIPT), "sql", "SELECT unique_row_id FROM green_tripdata", "--format", output,
+         "--limit", "0", "--home", str(cli.home)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.readline().strip()
+    process.stdout.close()  # as `head -1` does, long before the 3,000 rows are written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert stderr == ""
+
+
 # -- 4. read-only commands on a home that does not exist ------------------------------------------
 
 

@@ -21,6 +21,8 @@ app = typer.Typer(
     " 2 bad arguments or settings (nothing ran), 3 none failed but some SKIPPED.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Docstring paragraphs are joined and re-wrapped to the terminal, not kept line by line.
+    rich_markup_mode="markdown",
 )
 
 for group in (run, history, schedule, backfill):

@@ -58,6 +58,8 @@ class ExitStatus(IntEnum):
     """No run failed, but some were SKIPPED (not published upstream)."""
     INTERRUPTED = 130
     """Stopped with Ctrl-C."""
+    BROKEN_PIPE = 141
+    """The reader of the output went away (``| head``): 128 + SIGPIPE, as for other tools."""
 
 
 def exit_status(states: Iterable[RunState]) -> ExitStatus:
@@ -95,8 +97,15 @@ def _width(stream: TextIO) -> int | None:
     return max(shutil.get_terminal_size((120, 24)).columns, 120)
 
 
-console = Console(width=_width(sys.stdout), highlight=False)
-err_console = Console(stderr=True, width=_width(sys.stderr), highlight=False)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # Rich exits with 1 here; the app's error handling gives every command the same 141.
+        self.quiet = True
+        raise BrokenPipeError
+
+
+console = _Console(width=_width(sys.stdout), highlight=False)
+err_console = _Console(stderr=True, width=_width(sys.stderr), highlight=False)
 
 STATE_STYLES: Final = {
     RunState.SUCCESS: "green",
@@ -181,9 +190,14 @@ class TaxiPipelineGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         token = _DEBUG.set(False)
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that went away is noticed here, not at exit
+            return result
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise  # typer's own: usage errors, exit statuses
+        except BrokenPipeError as exc:
+            _silence_stdout()
+            raise typer.Exit(int(ExitStatus.BROKEN_PIPE)) from exc
         except (Exception, KeyboardInterrupt) as exc:
             if _DEBUG.get():
                 raise
@@ -199,6 +213,15 @@ class TaxiPipelineGroup(TyperGroup):
             raise typer.Exit(int(status)) from exc
         finally:
             _DEBUG.reset(token)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        pass  # not a real file (a test runner's buffer): nothing will flush into a closed pipe
 
 
 # -- options and settings -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from taxi_pipeline.render import text as render_text
 runs_app = typer.Typer(
     help="Runs and their states (derived from the pipeline_runs history).",
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 
 
