@@ -36,7 +36,7 @@ from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestResult, RunState
 from taxi_pipeline.errors import ConfigurationError, PipelineError
-from taxi_pipeline.logs import configure_logging
+from taxi_pipeline.logs import configure_logging, redact
 from taxi_pipeline.pipeline.ports import ProgressTask, Warehouse
 from taxi_pipeline.pipeline.steps.download import EARLIEST_MONTH, source_file_url
 from taxi_pipeline.render.text import printable, rows_phrase
@@ -129,7 +129,7 @@ def print_line(line: str, *, err: bool = False, style: str | None = None) -> Non
 def print_error(message: str) -> None:
     """``error: <message>`` on stderr, on one line."""
     err_console.print(
-        Text.assemble(("error: ", "bold red"), printable(" ".join(message.split()))),
+        Text.assemble(("error: ", "bold red"), redact(printable(" ".join(message.split())))),
         soft_wrap=True,
     )
 
