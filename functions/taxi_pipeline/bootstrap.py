@@ -150,15 +150,19 @@ def build_local(settings: Settings, progress: Progress | None = None) -> LocalPi
     return pipeline
 
 
-def build_warehouse(settings: Settings) -> Warehouse:
-    """The warehouse named by ``TAXI_PIPELINE_WAREHOUSE_URL``."""
+def build_warehouse(settings: Settings, *, read_only: bool = False) -> Warehouse:
+    """The warehouse named by ``TAXI_PIPELINE_WAREHOUSE_URL``; ``read_only``: an existing one,
+    opened for reading without creating anything (DuckDB: no file, no folder, no tables)."""
     url = settings.resolved_warehouse_url
     scheme = urlsplit(url).scheme
     if scheme == "duckdb":
         from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 
         return DuckDbWarehouse.from_url(
-            url, memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
+            url,
+            memory_limit=settings.duckdb_memory_limit,
+            threads=settings.duckdb_threads,
+            read_only=read_only,
         )
     if scheme == "bigquery":
         from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse

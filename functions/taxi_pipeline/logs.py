@@ -134,8 +134,8 @@ class _TextFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(log_format: LogFormat, level: str = "INFO") -> None:
-    """Install one handler on the root logger (idempotent)."""
+def configure_logging(log_format: LogFormat, level: str = "INFO") -> logging.Handler:
+    """Install one handler on the root logger (idempotent); returns it."""
     use_json = log_format is LogFormat.JSON or (
         log_format is LogFormat.AUTO and not sys.stderr.isatty()
     )
@@ -151,3 +151,4 @@ def configure_logging(log_format: LogFormat, level: str = "INFO") -> None:
     handler._taxi_pipeline = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    return handler

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     bomb)."""
 
     http_attempts: int = Field(default=3, ge=1, le=10)
-    """Attempts of a download inside one step on transient HTTP failures, before redelivery."""
+    """Attempts of a download inside one step on transient HTTP failures, before redelivery.
+    The CLI's default is 2: offline, a month fails in seconds."""
 
     min_rows_per_file: int = Field(default=1, ge=1)
     """A downloaded file with fewer data rows than this fails verification."""
@@ -88,7 +89,8 @@ class Settings(BaseSettings):
     """Events older than this are dropped (and recorded) instead of retried again."""
 
     max_delivery_attempts: int = Field(default=5, ge=1, le=100)
-    """Deliveries of one event before it goes to the dead-letter path (in-process bus)."""
+    """Deliveries of one event before it goes to the dead-letter path (in-process bus). The
+    CLI's default is 2."""
 
     max_concurrent_runs_per_dataset: int = Field(default=4, ge=1, le=64)
     """Runs of one dataset that may be in flight at once (local backfills and schedules)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +49,8 @@ class Cli:
     source_url: str
     runner: CliRunner
 
-    def __call__(self, *args: str) -> tuple[int, str]:
+    def __call__(self, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str]:
+        """Run ``taxi-pipeline *args``; the exit status and stdout + stderr as one text."""
         result = self.runner.invoke(
             app,
             list(args),
@@ -57,6 +58,7 @@ class Cli:
                 "TAXI_PIPELINE_HOME": str(self.home),
                 "TAXI_PIPELINE_SOURCE_URL": self.source_url,
                 "COLUMNS": "200",
+                **(env or {}),
             },
             catch_exceptions=False,
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from taxi_pipeline.adapters.pubsub.bus import PubSubBus
 from taxi_pipeline.bootstrap import build_bus
+from taxi_pipeline.cli.common import ExitStatus
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.settings import Settings, settings_markdown
 
@@ -64,3 +66,11 @@ def test_the_derived_defaults_are_what_the_code_derives(tmp_path: Path) -> None:
     assert bus.project == "other-one", "bus_url unset: pubsub://{gcp_project}"
     with pytest.raises(ConfigurationError, match="TAXI_PIPELINE_GCP_PROJECT"):
         build_bus(Settings(home=tmp_path))
+
+
+def test_readme_documents_every_exit_status() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- exit-statuses -->")
+    table = readme[start : readme.index("<!-- /exit-statuses -->")]
+    documented = {int(cell) for cell in re.findall(r"^\| `(\d+)` \|", table, re.MULTILINE)}
+    assert documented == {int(status) for status in ExitStatus}

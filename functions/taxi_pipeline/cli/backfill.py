@@ -19,19 +19,23 @@ from rich.progress import (
 
 from taxi_pipeline.bootstrap import LocalPipeline, build_bus
 from taxi_pipeline.cli.common import (
+    CliError,
+    DatasetArgument,
     HomeOption,
     SourceOption,
+    check_loadable,
     err_console,
+    exit_with,
     load_settings,
     open_local,
     open_warehouse,
     parse_month_option,
     print_line,
     result_line,
+    source_hint,
 )
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestResult, RunState, Topic
-from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.local.backfill import (
     BackfillPlan,
     BackfillReport,
@@ -40,6 +44,7 @@ from taxi_pipeline.local.backfill import (
     run_backfill,
 )
 from taxi_pipeline.pipeline.ports import Bus
+from taxi_pipeline.render.text import plural
 from taxi_pipeline.settings import Settings
 
 
@@ -52,9 +57,9 @@ def register(app: typer.Typer) -> None:
 
 
 def backfill(
-    dataset: Annotated[Dataset, typer.Argument(help="yellow or green")],
-    first: Annotated[str, typer.Option("--from", help="First month, YYYY-MM.")],
-    last: Annotated[str, typer.Option("--to", help="Last month, YYYY-MM.")],
+    dataset: DatasetArgument,
+    first: Annotated[str, typer.Option("--from", metavar="YYYY-MM", help="First month.")],
+    last: Annotated[str, typer.Option("--to", metavar="YYYY-MM", help="Last month.")],
     only_missing: Annotated[
         bool, typer.Option(help="Skip months that already have a completed load.")
     ] = False,
@@ -63,6 +68,7 @@ def backfill(
         typer.Option(
             min=1,
             max=64,
+            metavar="N",
             help="Runs at a time, local backfills only"
             " (default: TAXI_PIPELINE_MAX_CONCURRENT_RUNS_PER_DATASET).",
         ),
@@ -79,9 +85,11 @@ def backfill(
 ) -> None:
     """Load a range of months, N at a time locally, or publish them with --cloud.
 
-    --cloud publishes one ingest-requests message per month, labelled backfill=true. The
-    cloud has no per-backfill limit: each function's maximum instances (infra/resources.py)
-    bound how many steps run at once, so --concurrency is refused with --cloud."""
+    --cloud publishes one ingest-requests message per month, labelled backfill=true. The cloud
+    has no per-backfill limit: each function's maximum instances (infra/resources.py) bound how
+    many steps run at once, so --concurrency is refused with --cloud.
+
+    Exit status as for `run`: 0 all SUCCESS, 1 any FAILED, 3 none failed but some SKIPPED."""
     if cloud and concurrency is not None:
         # Nothing on the publishing side could honour it: every month is published at once.
         raise typer.BadParameter(
@@ -91,6 +99,7 @@ def backfill(
             param_hint="--concurrency",
         )
     first_month, last_month = parse_month_option(first, "--from"), parse_month_option(last, "--to")
+    check_loadable([first_month], "--from")
     settings = load_settings(home, source_url)
     if concurrency is not None:
         settings = settings.model_copy(update={"max_concurrent_runs_per_dataset": concurrency})
@@ -112,17 +121,17 @@ def backfill(
         report = _run_with_progress(pipeline, plan, settings.max_concurrent_runs_per_dataset)
     finally:
         pipeline.close()
-    for line in _backfill_lines(plan, report.run_ids, report.results):
+    for line in _backfill_lines(plan, report.run_ids, report.results, settings):
         print_line(line)
     counts = {s: report.count(s) for s in RunState if report.count(s)}
     summary = ", ".join(f"{n} {s.value}" for s, n in counts.items()) or "nothing to run"
     print_line(
         f"backfill {plan.backfill_id}: {dataset.value} {first_month}..{last_month}: {summary};"
         f" {len(plan.already_loaded)} already loaded and skipped;"
-        f" {report.rows_inserted:,} rows inserted; at most {report.peak_in_flight} runs at a time"
+        f" {plural(report.rows_inserted, 'row')} inserted;"
+        f" at most {plural(report.peak_in_flight, 'run')} at a time"
     )
-    if report.count(RunState.FAILED):
-        raise typer.Exit(1)
+    exit_with(report.state_of(month) for month in plan.months)
 
 
 def _run_with_progress(
@@ -157,7 +166,10 @@ def _run_with_progress(
 
 
 def _backfill_lines(
-    plan: BackfillPlan, run_ids: Mapping[Month, str], results: Mapping[str, IngestResult]
+    plan: BackfillPlan,
+    run_ids: Mapping[Month, str],
+    results: Mapping[str, IngestResult],
+    settings: Settings,
 ) -> list[str]:
     lines = []
     for month in plan.months:
@@ -165,7 +177,7 @@ def _backfill_lines(
         if result is None:
             lines.append(f"{plan.dataset.value} {month} {run_ids[month]}: no result recorded")
         else:
-            lines.append(result_line(result))
+            lines.append(result_line(result) + source_hint(settings, result))
     return lines
 
 
@@ -181,18 +193,16 @@ def _backfill_cloud(
     try:
         # The functions' own bus: Pub/Sub of gcp_project (or the warehouse's project).
         bus = build_bus(settings)
-    except (PipelineError, ImportError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except ImportError as exc:
+        raise CliError(f"the cloud bus needs the Google client libraries: {exc}") from exc
     # QUEUED lines go to the cloud warehouse only: a local DuckDB would split the history.
     cloud_history = settings.resolved_warehouse_url.startswith("bigquery://")
     if only_missing and not cloud_history:
-        err_console.print(
-            "[red]error:[/red] --only-missing with --cloud needs the cloud warehouse"
+        raise CliError(
+            "--only-missing with --cloud needs the cloud warehouse"
             " (TAXI_PIPELINE_WAREHOUSE_URL=bigquery://project/dataset)"
         )
-        raise typer.Exit(2)
-    context = open_warehouse(settings) if cloud_history else _no_warehouse()
+    context = open_warehouse(settings, read_only=False) if cloud_history else _no_warehouse()
     with context as warehouse:
         try:
             plan = plan_backfill(

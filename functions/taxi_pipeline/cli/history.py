@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from taxi_pipeline.cli.common import (
+    CliError,
     HomeOption,
-    err_console,
     load_settings,
     open_warehouse,
     parse_when,
@@ -24,6 +24,7 @@ from taxi_pipeline.render import text as render_text
 runs_app = typer.Typer(
     help="Runs and their states (derived from the pipeline_runs history).",
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 
 
@@ -39,18 +40,31 @@ def register(app: typer.Typer) -> None:
 @runs_app.callback(invoke_without_command=True)
 def runs(
     ctx: typer.Context,
-    dataset: Annotated[Dataset | None, typer.Option(help="Only this dataset.")] = None,
+    dataset: Annotated[
+        Dataset | None,
+        typer.Option(metavar="DATASET", case_sensitive=False, help="Only this dataset."),
+    ] = None,
     state: Annotated[
         list[RunState] | None,
-        typer.Option(help="Only runs in this state (repeatable).", case_sensitive=False),
+        typer.Option(
+            metavar="STATE",
+            case_sensitive=False,
+            help="Only runs in this state (repeatable): "
+            + ", ".join(s.value.lower() for s in RunState)
+            + ".",
+        ),
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="Only runs that began after this: 2h, 3d, 2019-01-31.")
+        str | None,
+        typer.Option(metavar="WHEN", help="Only runs that began after this: 2h, 3d, 2019-01-31."),
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option(help="Only runs with this label, key=value (repeatable).")
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="Only runs with this label (repeatable)."),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Show at most the latest N runs (0: all).")] = 50,
+    limit: Annotated[
+        int, typer.Option(metavar="N", min=0, help="Show at most the latest N runs (0: all).")
+    ] = 50,
     home: HomeOption = None,
 ) -> None:
     """One line per run: state, start, duration, rows, labels (and the error of failed runs)."""
@@ -74,27 +88,28 @@ def runs(
     )
     if not found:
         if dataset or state or after or labels:
-            err_console.print("no runs match")
+            print_line("no runs match", err=True)
         else:
-            err_console.print(
+            print_line(
                 f"no runs recorded yet in {settings.resolved_warehouse_url}"
                 " (start one with `taxi-pipeline run DATASET YYYY-MM`)",
-                soft_wrap=True,
-                highlight=False,
-                markup=False,
+                err=True,
             )
         return
     shown = found[-limit:] if limit > 0 else found
     for line in render_text.runs_table(shown):
         print_line(line)
     if len(shown) < len(found):
-        err_console.print(f"({len(found) - len(shown)} older runs not shown; use --limit 0)")
+        hidden = render_text.plural(len(found) - len(shown), "older run")
+        print_line(f"({hidden} not shown; use --limit 0)", err=True)
 
 
 @runs_app.command("show")
 def show(
-    run_id: Annotated[str, typer.Argument(help="The run id (as `runs` lists it).")],
-    width: Annotated[int, typer.Option(help="Width of the timeline bars.")] = 50,
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN_ID", help="The run id (as `runs` lists it).")
+    ],
+    width: Annotated[int, typer.Option(metavar="COLUMNS", help="Width of the timeline bars.")] = 50,
     home: HomeOption = None,
 ) -> None:
     """A run's steps with their timings drawn as a timeline (Gantt), rows, and the error."""
@@ -102,8 +117,7 @@ def show(
     with open_warehouse(settings) as warehouse:
         events = warehouse.run_events(run_id=run_id)
     if not events:
-        err_console.print(f"[red]error:[/red] no run {run_id!r}")
-        raise typer.Exit(1)
+        raise CliError(f"no run {run_id!r} in {settings.resolved_warehouse_url}")
     for line in render_text.describe_run(history.derive_run(events), width=max(width, 10)):
         print_line(line)
 
@@ -113,9 +127,13 @@ def show(
 
 def status(
     html: Annotated[
-        Path | None, typer.Option("--html", help="Also write the matrix and a timeline here.")
+        Path | None,
+        typer.Option("--html", metavar="FILE", help="Also write the matrix and a timeline here."),
     ] = None,
-    dataset: Annotated[Dataset | None, typer.Option(help="Only this dataset.")] = None,
+    dataset: Annotated[
+        Dataset | None,
+        typer.Option(metavar="DATASET", case_sensitive=False, help="Only this dataset."),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Coverage: dataset x month matrix of loaded, missing, failed and running months.
@@ -131,7 +149,12 @@ def status(
     cells = history.coverage(datasets, months, loads, all_runs)
     for line in render_text.coverage_table(datasets, months, cells):
         print_line(line)
+    print_line(f"read {settings.resolved_warehouse_url}")
     if html is not None:
         shown = [r for r in all_runs if dataset is None or r.dataset == dataset.value]
-        html.write_text(report_html.render(datasets, months, cells, shown), encoding="utf-8")
-        err_console.print(f"wrote {html}")
+        page = report_html.render(datasets, months, cells, shown)
+        try:
+            html.write_text(page, encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write --html {html}: {exc.strerror or exc}") from exc
+        print_line(f"wrote {html}", err=True)

@@ -59,6 +59,10 @@ def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
         message = envelope.message
         invocation.delivery_id = message_identity(message.publish_time, message.message_id, body)
         request = parse_model(IngestRequest, body, "ingest request")
+        # Known before the step checks the request: a refusal (a month in the future) is
+        # recorded against this run, with its dataset and month, not as a stray rejection.
+        invocation.run_id, invocation.dataset = request.run_id, request.dataset
+        invocation.month, invocation.labels = request.parsed_month, dict(request.labels)
         when = message.publish_time or event_time(event) or datetime.now(UTC)
         when = _in_time_zone(when, message.attributes.get(SCHEDULE_TIME_ZONE_ATTRIBUTE))
         download.run(request, when, invocation, ports)

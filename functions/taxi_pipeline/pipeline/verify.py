@@ -120,11 +120,7 @@ class GzipCsvVerifier:
             raise VerificationFailed("header is not UTF-8") from exc
         expected = self._layout.header
         if text.lstrip("\ufeff") != expected:
-            got = text.split(",")
-            raise VerificationFailed(
-                f"header does not match the published layout: expected {len(expected.split(','))}"
-                f" columns {expected!r}, got {len(got)} columns {text[:300]!r}"
-            )
+            raise VerificationFailed(header_mismatch(expected, text.lstrip("\ufeff")))
 
     def finish(self) -> VerifiedFile:
         """Raise :class:`VerificationFailed` unless the stream was complete and plausible."""
@@ -149,6 +145,23 @@ class GzipCsvVerifier:
                 f"file has {rows} data rows, fewer than the plausible minimum {self._min_rows}"
             )
         return VerifiedFile(self._compressed, self._uncompressed, rows)
+
+
+def header_mismatch(expected: str, got: str, layout: str = "published") -> str:
+    """Where a header first differs from the layout: ``column 2 is 'pickup', expected
+    'tpep_pickup_datetime' (18 columns expected, 3 found)``. The file's text is quoted with
+    ``repr`` (cut at 60 characters), so nothing in it reaches a log or a terminal raw."""
+    want, have = expected.split(","), got.split(",")
+    counts = f"({len(want)} columns expected, {len(have)} found)"
+    lead = f"header does not match the {layout} layout:"
+    for position, (name, found) in enumerate(zip(want, have, strict=False), start=1):
+        if name != found:
+            return f"{lead} column {position} is {found[:60]!r}, expected {name!r} {counts}"
+    if len(have) < len(want):
+        missing = want[len(have)]
+        return f"{lead} column {len(have) + 1} ({missing!r}) is missing {counts}"
+    extra = have[len(want)]
+    return f"{lead} column {len(want) + 1} ({extra[:60]!r}) is not in it {counts}"
 
 
 class BackgroundVerifier:

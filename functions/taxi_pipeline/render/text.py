@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -13,7 +14,61 @@ from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import Cell, Run
 from taxi_pipeline.domain.messages import RunState
 
+# -- values from data -----------------------------------------------------------------------------
+
+# C0 and C1 control characters and DEL (terminal escape sequences start with ESC or CSI, a
+# carriage return overwrites the line) and the bidirectional overrides that reorder what a
+# terminal shows; tab and newline are harmless and kept unless ``one_line``.
+_UNPRINTABLE: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNPRINTABLE_ONE_LINE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """``text`` safe to show on a terminal: every control character written out as ``\\x1b``.
+
+    Everything that comes from data (file headers, bad-value samples, query results, labels,
+    errors quoting them) passes through here before it is printed: an escape sequence in a file
+    must not retitle the window or clear the screen, and is shown rather than silently dropped.
+    ``one_line``: newlines and tabs too, so one value stays on one line (a table cell).
+    """
+    pattern = _UNPRINTABLE_ONE_LINE if one_line else _UNPRINTABLE
+    return pattern.sub(_escape, text)
+
+
+def plural(count: int, singular: str, many: str | None = None) -> str:
+    """``1 run``, ``3 runs``, ``1,500 rows``."""
+    return f"{count:,} {singular if count == 1 else (many or singular + 's')}"
+
+
+def rows_phrase(rows_in_file: int | None, rows_inserted: int | None) -> str:
+    """The words every command uses for a run's rows: ``1,500 in file, 1,500 inserted``."""
+    return f"{_number(rows_in_file) or '-'} in file, {_number(rows_inserted) or '-'} inserted"
+
+
 # -- text rendering (pure: the CLI prints what these return) -------------------------------------
+
+
+def aligned(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    right: set[int] | frozenset[int] = frozenset(),
+) -> list[str]:
+    """Columns padded to their widest cell (``right``: right-aligned), two spaces apart, each
+    line stripped at its end. Nothing is cut or wrapped: a wide result stays one line per row."""
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return [line(header), *(line(row) for row in rows)]
 
 
 def format_duration(value: timedelta | None) -> str:
@@ -39,7 +94,7 @@ def _stamp(value: datetime | None) -> str:
 
 
 def format_labels(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return printable(",".join(f"{k}={v}" for k, v in sorted(labels.items())), one_line=True)
 
 
 def runs_table(runs: Sequence[Run], now: datetime | None = None) -> list[str]:
@@ -57,41 +112,29 @@ def runs_table(runs: Sequence[Run], now: datetime | None = None) -> list[str]:
         "ROWS IN",
         "INSERTED",
         "LABELS",
+        "ERROR",
     )
     rows = [
         (
-            r.run_id,
-            r.dataset or "-",
-            r.month or "-",
+            printable(r.run_id, one_line=True),
+            printable(r.dataset, one_line=True) or "-",
+            printable(r.month, one_line=True) or "-",
             r.state.value,
             _stamp(r.started_at or r.queued_at),
             format_duration(r.duration(now)),
             _number(r.rows_in_file),
             _number(r.rows_inserted),
             format_labels(r.labels),
+            _one_line(r.error, 160) if r.error and r.state is not RunState.SUCCESS else "",
         )
         for r in runs
     ]
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
-    right = {5, 6, 7}
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ]
-        return "  ".join(parts).rstrip()
-
-    out = [line(header)]
-    for run, row in zip(runs, rows, strict=True):
-        text = line(row)
-        if run.error and run.state is not RunState.SUCCESS:
-            text += f"  {_one_line(run.error, 100)}"
-        out.append(text)
-    return out
+    # The error is last: its column starts where its header does.
+    return aligned(header, rows, right={5, 6, 7})
 
 
 def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()), one_line=True)
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -145,7 +188,7 @@ def gantt(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
         wait_to = col(start + step.waited)
         rows.append(
             (
-                step.step,
+                printable(step.step, one_line=True),
                 str(step.attempt),
                 step.state.value,
                 "+" + _dur(start - origin),
@@ -184,8 +227,9 @@ def _bar(start: int, stop: int, width: int, mark: str, wait_from: int, wait_to: 
 def describe_run(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
     """``runs show``: the run's header, its Gantt timeline and its error."""
     lines = [
-        f"run       {run.run_id}",
-        f"dataset   {run.dataset or '-'}   month {run.month or '-'}",
+        f"run       {printable(run.run_id, one_line=True)}",
+        f"dataset   {printable(run.dataset, one_line=True) or '-'}"
+        f"   month {printable(run.month, one_line=True) or '-'}",
         f"state     {run.state.value}",
         f"labels    {format_labels(run.labels) or '-'}",
         f"queued    {_stamp(run.queued_at) or '-'}"
@@ -195,13 +239,10 @@ def describe_run(run: Run, width: int = 50, now: datetime | None = None) -> list
         f"duration  {format_duration(run.duration(now)) or '-'}",
     ]
     if run.rows_in_file is not None or run.rows_inserted is not None:
-        lines.append(
-            f"rows      {_number(run.rows_in_file) or '-'} in file,"
-            f" {_number(run.rows_inserted) or '-'} inserted"
-        )
+        lines.append(f"rows      {rows_phrase(run.rows_in_file, run.rows_inserted)}")
     lines += ["", *gantt(run, width, now)]
     notes = [
-        f"  {s.step} (try {s.attempt}): {v}"
+        f"  {printable(s.step)} (try {s.attempt}): {printable(v)}"
         for s in run.steps
         for k, v in sorted(s.details.items())
         if k == "reason" and v
@@ -211,7 +252,10 @@ def describe_run(run: Run, width: int = 50, now: datetime | None = None) -> list
     failures = [s for s in run.steps if s.error]
     if failures:
         lines += ["", "errors and reasons"]
-        lines += [f"  {s.step} (try {s.attempt}, {s.state.value}): {s.error}" for s in failures]
+        lines += [
+            f"  {printable(s.step)} (try {s.attempt}, {s.state.value}): {printable(s.error or '')}"
+            for s in failures
+        ]
     return lines
 
 

@@ -142,10 +142,20 @@ class DuckDbWarehouse:
     """The warehouse in one DuckDB file; thread-safe (a cursor per call)."""
 
     def __init__(
-        self, path: Path, *, memory_limit: str = "600MB", threads: int | None = None
+        self,
+        path: Path,
+        *,
+        memory_limit: str = "600MB",
+        threads: int | None = None,
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: open an existing file for reading; create nothing (the CLI's
+        ``status``, ``runs``, ``sql``)."""
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if read_only and not path.is_file():
+            raise ConfigurationError(f"no warehouse at {path}")
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = {
             # No network on many machines: never try to fetch an extension.
             "autoinstall_known_extensions": False,
@@ -158,7 +168,7 @@ class DuckDbWarehouse:
         if threads:
             config["threads"] = threads
         try:
-            self._conn = duckdb.connect(str(path), config=config)
+            self._conn = duckdb.connect(str(path), read_only=read_only, config=config)
         except duckdb.IOException as exc:
             raise ConfigurationError(
                 f"cannot open the warehouse {path}: {str(exc).splitlines()[0]}"
@@ -170,9 +180,10 @@ class DuckDbWarehouse:
         # leaves none behind. A TEMP table lives in one connection, so each month being merged
         # keeps its own cursor from stage() to drop_month_objects().
         self._staging: dict[str, duckdb.DuckDBPyConnection] = {}
-        with self._ddl_lock:
-            self._conn.execute(_RUNS_DDL)
-            self._conn.execute(_LOADS_DDL)
+        if not read_only:
+            with self._ddl_lock:
+                self._conn.execute(_RUNS_DDL)
+                self._conn.execute(_LOADS_DDL)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> DuckDbWarehouse:

@@ -19,7 +19,7 @@ from taxi_pipeline.errors import InvalidMessage, PermanentError, VerificationFai
 from taxi_pipeline.pipeline.ports import Ports
 from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
 from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
-from taxi_pipeline.pipeline.verify import verify_lake_object
+from taxi_pipeline.pipeline.verify import header_mismatch, verify_lake_object
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,6 @@ def _check_head(head: bytes, dataset: Dataset) -> None:
         raise VerificationFailed(f"object is not a valid gzip stream: {exc}") from exc
     line = text.split(b"\n", 1)[0].rstrip(b"\r")
     expected = dataset.layout.header
-    if line.decode("utf-8", "replace").lstrip("\ufeff") != expected:
-        raise VerificationFailed(
-            f"header does not match the published {dataset.value} layout: expected"
-            f" {expected!r}, got {line[:300].decode('utf-8', 'replace')!r}"
-        )
+    got = line.decode("utf-8", "replace").lstrip("\ufeff")
+    if got != expected:
+        raise VerificationFailed(header_mismatch(expected, got, f"published {dataset.value}"))
