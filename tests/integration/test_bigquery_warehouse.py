@@ -23,7 +23,7 @@ from google.cloud import bigquery
 from google.cloud.storage import Bucket
 from google.cloud.storage import Client as StorageClient
 
-from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse, target_pickup_predicate
+from taxi_pipeline.adapters.bigquery.warehouse import SQL, BigQueryWarehouse
 from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.domain.datasets import Dataset, Month, external_table, object_name, staging_table
@@ -181,7 +181,7 @@ def test_load_mode_end_to_end(
     jobs = _jobs(bigquery_client, context.run_id)
     merges = [j for j in jobs if isinstance(j, bigquery.QueryJob) and j.query.startswith("MERGE")]
     assert len(merges) == 1  # its repeat attached to it (the third merge was another run's)
-    prune = target_pickup_predicate(GREEN, ranges, False, "T")
+    prune = SQL.target_pickup_predicate(GREEN, ranges, False, "T")
     for job in merges:
         assert job.labels == {
             "component": "taxi-pipeline",

@@ -84,7 +84,9 @@ class StagingSummary:
     rows_out_of_month: int
     rows_without_pickup: int
     pickup_dates: tuple[date, ...]
+    """The dates the target is read on: each row's pickup date, its dropoff date without one."""
     bad_samples: tuple[str, ...] = ()
+    rows_without_dropoff: int = 0
 
 
 @dataclass(frozen=True)
