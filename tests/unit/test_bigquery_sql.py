@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from taxi_pipeline.adapters.bigquery.warehouse import (
     label_value,
     raw_load_config,
 )
+from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, csv_name
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.pipeline.ports import DateRange, JobContext, ObjectInfo
@@ -218,13 +220,14 @@ class _NoClient:
         raise AssertionError(f"the client was used: {name}")
 
 
-def test_load_mode_registers_without_a_job_and_stage_needs_gs_uris() -> None:
+def test_load_mode_registers_without_a_job_and_stage_needs_gs_uris(tmp_path: Path) -> None:
     settings = Settings(staging_mode=StagingMode.LOAD)
     warehouse = BigQueryWarehouse("my-project", "taxi", settings, client=_NoClient())  # type: ignore[arg-type]
     source = ObjectInfo("b", "raw/green/x", "1", 10, "file:///tmp/x.csv.gz")
-    assert warehouse.create_external_table(GREEN, JAN, source) == "green_tripdata_2019_01_raw"
+    lake = FolderStore(tmp_path)
+    assert warehouse.create_external_table(GREEN, JAN, source, lake) == "green_tripdata_2019_01_raw"
     with pytest.raises(ConfigurationError, match="gs:// objects only"):
-        warehouse.stage(GREEN, JAN, source, JobContext("r", GREEN, JAN, "merge"))
+        warehouse.stage(GREEN, JAN, source, lake, JobContext("r", GREEN, JAN, "merge"))
 
 
 def test_import_does_not_load_the_bigquery_client() -> None:

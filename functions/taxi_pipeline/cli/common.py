@@ -135,9 +135,7 @@ def open_warehouse(settings: Settings) -> Iterator[Warehouse]:
     try:
         yield warehouse
     finally:
-        close = getattr(warehouse, "close", None)
-        if close is not None:
-            close()
+        warehouse.close()
 
 
 def print_line(line: str) -> None:

@@ -59,6 +59,7 @@ from taxi_pipeline.errors import ConfigurationError, TransientError
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
+    LakeReader,
     LoadRecord,
     ObjectInfo,
     QueryResult,
@@ -376,7 +377,9 @@ class BigQueryWarehouse:
             job_labels(step="ensure-final-table", dataset=dataset),
         )
 
-    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
+    def create_external_table(
+        self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
+    ) -> str:
         """(Re)create the month's external table; returns its name.
 
         In ``load`` staging mode nothing is created here (:meth:`stage` loads the object into
@@ -404,7 +407,12 @@ class BigQueryWarehouse:
         return name
 
     def stage(
-        self, dataset: Dataset, month: Month, source: ObjectInfo, context: JobContext
+        self,
+        dataset: Dataset,
+        month: Month,
+        source: ObjectInfo,
+        lake: LakeReader,
+        context: JobContext,
     ) -> StagingSummary:
         uri = _gcs_uri(source)
         _, _, fmt = parse_object(source.name)

@@ -34,6 +34,7 @@ from taxi_pipeline.errors import ConfigurationError, PermanentError, TransientEr
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
+    LakeReader,
     LoadRecord,
     ObjectInfo,
     QueryResult,
@@ -178,7 +179,9 @@ class DuckDbWarehouse:
         with self._ddl_lock:
             self._run("create final table", SQL.final_table_sql(dataset, dataset.final_table))
 
-    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
+    def create_external_table(
+        self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
+    ) -> str:
         _, _, fmt = parse_object(source.name)
         relation = DUCKDB.read_source(fmt, str(_local_path(source)), dataset)
         name = external_table(dataset, month)
@@ -187,7 +190,12 @@ class DuckDbWarehouse:
         return name
 
     def stage(
-        self, dataset: Dataset, month: Month, source: ObjectInfo, context: JobContext
+        self,
+        dataset: Dataset,
+        month: Month,
+        source: ObjectInfo,
+        lake: LakeReader,
+        context: JobContext,
     ) -> StagingSummary:
         ext, stg = external_table(dataset, month), staging_table(dataset, month)
         _, _, fmt = parse_object(source.name)

@@ -128,8 +128,8 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
         ports.warehouse.ensure_final_table(dataset)
         try:
             # Recreated here too: a crash between register and merge must not strand the run.
-            ports.warehouse.create_external_table(dataset, month, source)
-            staged = ports.warehouse.stage(dataset, month, source, context)
+            ports.warehouse.create_external_table(dataset, month, source, ports.lake)
+            staged = ports.warehouse.stage(dataset, month, source, ports.lake, context)
             _check_staged(staged, source.name, ports)
             ranges = pickup_ranges(staged.pickup_dates)
             with ports.locks.hold(f"insert-{dataset.value}"):

@@ -67,7 +67,7 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
         log.info("verified hand-uploaded %s: %d rows", obj.name, verified.rows)
 
     ports.warehouse.ensure_final_table(dataset)
-    table = ports.warehouse.create_external_table(dataset, month, current)
+    table = ports.warehouse.create_external_table(dataset, month, current, ports.lake)
     request_merge(ports, run_id, dataset, month, current, labels)
     recorder.finish(RunState.SUCCESS, bytes_=current.size, details={"external_table": table})
     return run_id
