@@ -116,7 +116,7 @@ class Publication:
     """What a source publishes of a dataset: a file format and the months it covers."""
 
     format: str
-    """A name in ``pipeline/formats.py`` (``csv.gz``)."""
+    """A name in :data:`formats.FORMATS` (``csv.gz``)."""
     first: Month
     last: Month
 

@@ -23,10 +23,12 @@ if TYPE_CHECKING:
     from taxi_pipeline.domain.datasets import Layout
 
 
-class VerifiedStream(Protocol):
+@dataclass(frozen=True)
+class VerifiedFile:
     """What a verifier reports once a whole stream passed."""
 
     bytes_compressed: int
+    bytes_uncompressed: int
     rows: int
 
 
@@ -36,11 +38,11 @@ class StreamVerifier(Protocol):
 
     def feed(self, chunk: bytes) -> None: ...
 
-    def finish(self) -> VerifiedStream: ...
+    def finish(self) -> VerifiedFile: ...
 
 
-VerifierFactory = Callable[["Layout", "int | None", int], StreamVerifier]
-"""``(layout, expected length or None, minimum rows) -> verifier``."""
+VerifierFactory = Callable[["Layout", "int | None", int, int], StreamVerifier]
+"""``(layout, expected length or None, minimum rows, maximum inflated bytes) -> verifier``."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,11 @@ class SourceFormat:
     the CSV's name: ``.csv`` for a ``.csv.gz`` file)."""
 
     def verifier(
-        self, layout: Layout, expected_length: int | None, min_rows: int
+        self, layout: Layout, expected_length: int | None, min_rows: int, max_inflated: int
     ) -> StreamVerifier:
         module, _, attribute = self.verifier_path.partition(":")
         factory = cast("VerifierFactory", getattr(importlib.import_module(module), attribute))
-        return factory(layout, expected_length, min_rows)
+        return factory(layout, expected_length, min_rows, max_inflated)
 
     def row_filename(self, file_name: str) -> str:
         """The ``filename`` column value of the rows of ``file_name``."""

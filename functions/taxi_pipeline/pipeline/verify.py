@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
 from typing import cast
 
 from isal import isal_zlib
 
 from taxi_pipeline.domain.datasets import Layout
+from taxi_pipeline.domain.formats import StreamVerifier
+from taxi_pipeline.domain.formats import VerifiedFile as VerifiedFile
 from taxi_pipeline.errors import VerificationFailed
 from taxi_pipeline.pipeline.ports import Lake
 
@@ -30,13 +31,6 @@ _INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)
 
 class TruncatedStream(VerificationFailed):
     """The gzip stream ended without its end-of-stream marker and trailer."""
-
-
-@dataclass(frozen=True)
-class VerifiedFile:
-    bytes_compressed: int
-    bytes_uncompressed: int
-    rows: int
 
 
 class GzipCsvVerifier:
@@ -152,13 +146,14 @@ class GzipCsvVerifier:
 
 
 class BackgroundVerifier:
-    """Runs a :class:`GzipCsvVerifier` on its own thread, so inflating (which releases the GIL)
-    overlaps with receiving and uploading the same bytes. At most ``depth`` chunks wait in
-    between, which bounds the memory it adds. A verification failure surfaces on the next
-    :meth:`feed` or at :meth:`finish`, always before the upload can be committed.
+    """Runs a format's verifier (:class:`GzipCsvVerifier` for ``csv.gz``) on its own thread, so
+    inflating (which releases the GIL) overlaps with receiving and uploading the same bytes. At
+    most ``depth`` chunks wait in between, which bounds the memory it adds. A verification
+    failure surfaces on the next :meth:`feed` or at :meth:`finish`, always before the upload can
+    be committed.
     """
 
-    def __init__(self, verifier: GzipCsvVerifier, depth: int = 8) -> None:
+    def __init__(self, verifier: StreamVerifier, depth: int = 8) -> None:
         self._verifier = verifier
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self._failure: BaseException | None = None
