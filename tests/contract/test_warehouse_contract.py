@@ -14,7 +14,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -180,6 +180,34 @@ def test_rows_without_pickup_merge_once(harness: Harness, tmp_path: Path) -> Non
     other = JobContext("green-201901-nopickup2", GREEN, JAN, "merge")
     assert warehouse.merge_staged(GREEN, JAN, ranges, True, other) == 0
     assert _count(warehouse, GREEN.final_table) == 3
+
+
+def test_impossible_timestamps_and_non_numeral_ids_are_bad_values(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Issue 12, items 5 and 9, on every engine: NULL, counted, out of the pickup dates."""
+    good = "2,2019-01-05 10:00:00,2019-01-05 10:10:00,N,1,74,75,1,1.2,7,0,0.5,0,0,,0.3,7.8,2,1,"
+    lines = [
+        good,
+        good.replace("2,", "1.0,", 1),  # a whole decimal, as some months write it: fine
+        good.replace("2019-01-05 10:00:00", "infinity", 1),
+        good.replace("2019-01-05 10:00:00", "9999-12-31 23:59:59", 1),
+        good.replace("2019-01-05 10:00:00", "10000-01-01 00:00:00", 1),
+        good.replace("2019-01-05 10:10:00", "infinity", 1),
+        good.replace("2,", "22019-03-01 10:00:00+00,", 1),
+        good.replace(",74,75,", ",7 4,75,", 1),
+    ]
+    path = write_raw(tmp_path / "green.csv.gz", GREEN.layout.header, lines)
+    warehouse = harness.warehouse
+    source = harness.put(path, GREEN, JAN)
+    context = JobContext("green-201901-impossible", GREEN, JAN, "merge")
+    warehouse.ensure_final_table(GREEN)
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
+    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (8, 6, 3)
+    assert staged.rows_without_dropoff == 1
+    assert staged.pickup_dates == (date(2019, 1, 5),)
+    assert len(staged.bad_samples) == 5  # at most five samples
 
 
 def test_drop_month_objects_leaves_nothing(harness: Harness, green_file: GeneratedFile) -> None:
