@@ -3,7 +3,7 @@
 ``python -m bench.bq_cost``:
 
 1. builds the MERGE with the BigQuery adapter's own builder
-   (``adapters.bigquery.warehouse.merge_sql``)
+   (``adapters.sql.statements.Statements.merge_sql``)
    for the pickup dates of a generated month (``steps.merge.pickup_ranges``), so the page shows
    the constant pickup ranges in its ON clause;
 2. runs that MERGE on the BigQuery emulator (local-bigquery): a dry run (the emulator reports
@@ -30,7 +30,7 @@ from typing import Any
 import duckdb
 
 from bench.common import FULL_MONTH_ROWS, REPO, generate, say, scratch, write_results
-from taxi_pipeline.adapters.bigquery.warehouse import final_table_sql, merge_sql
+from taxi_pipeline.adapters.bigquery.warehouse import SQL
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
@@ -136,7 +136,7 @@ def _emulator_run(work: Path, sql_for: dict[str, str]) -> dict[str, Any]:
         client.create_dataset(f"{_PROJECT}.{_DATASET}")
         final = f"`{_PROJECT}.{_DATASET}.yellow_tripdata`"
         staging = f"`{_PROJECT}.{_DATASET}.yellow_tripdata_2019_01`"
-        client.query(final_table_sql(Dataset.YELLOW, final)).result()
+        client.query(SQL.final_table_sql(Dataset.YELLOW, final)).result()
         client.query(f"CREATE TABLE {staging} AS SELECT * FROM {final} WHERE FALSE").result()
         client.query(
             f"INSERT INTO {staging} (unique_row_id, filename, tpep_pickup_datetime)"
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         dates = [d for d, _, _ in days if d is not None]
         ranges = pickup_ranges(dates)
         has_null = any(d is None for d, _, _ in days)
-        generated = merge_sql(Dataset.YELLOW, "{final}", "{staging}", ranges, has_null)
+        generated = SQL.merge_sql(Dataset.YELLOW, "{final}", "{staging}", ranges, has_null)
         emulator: dict[str, Any] = {"skipped": "--no-emulator"}
         if not args.no_emulator:
             say("running the generated MERGE on local-bigquery")

@@ -95,9 +95,7 @@ class LocalPipeline:
         self.gate.done(result.run_id, result.dataset)
 
     def close(self) -> None:
-        close = getattr(self.ports.warehouse, "close", None)
-        if close is not None:
-            close()
+        self.ports.close()
 
 
 def _file_path(url: str, what: str) -> Path:
@@ -283,9 +281,7 @@ def reset_cloud_ports() -> None:
     global _cloud_ports
     with _cloud_lock:
         if _cloud_ports is not None:
-            close = getattr(_cloud_ports.warehouse, "close", None)
-            if close is not None:
-                close()
+            _cloud_ports.close()
         _cloud_ports = None
 
 

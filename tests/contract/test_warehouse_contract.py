@@ -14,18 +14,27 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
 from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.folder.store import FolderStore
+from taxi_pipeline.adapters.gcs.store import GcsStore
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.domain.datasets import Dataset, Month, object_name
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PermanentError
-from taxi_pipeline.pipeline.ports import JobContext, LoadRecord, ObjectInfo, RunEvent, Warehouse
+from taxi_pipeline.pipeline.ports import (
+    JobContext,
+    LakeReader,
+    LoadRecord,
+    ObjectInfo,
+    RunEvent,
+    Warehouse,
+)
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
 
@@ -40,6 +49,7 @@ class Harness:
     """A warehouse plus how to put a file where it reads from, and list what it holds."""
 
     warehouse: Warehouse
+    lake: LakeReader
     put: Callable[[Path, Dataset, Month], ObjectInfo]
     table_names: Callable[[], list[str]]
 
@@ -61,7 +71,7 @@ def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
         shutil.copyfile(path, target)
         return ObjectInfo("lake", name, "1", target.stat().st_size, target.as_uri())
 
-    yield Harness(warehouse, put, warehouse.table_names)
+    yield Harness(warehouse, FolderStore(lake), put, warehouse.table_names)
     warehouse.close()
 
 
@@ -83,7 +93,8 @@ def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
         uri = f"gs://{bucket.name}/{blob.name}"
         return ObjectInfo(bucket.name, blob.name, str(blob.generation), blob.size, uri)
 
-    yield Harness(warehouse, put, warehouse.table_names)
+    lake = GcsStore(bucket.name, Settings(), client=storage)
+    yield Harness(warehouse, lake, put, warehouse.table_names)
     client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
 
 
@@ -126,9 +137,9 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     source = harness.put(green_file.path, GREEN, JAN)
     context = JobContext("green-201901-contract", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
-    warehouse.create_external_table(GREEN, JAN, source)
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
 
-    staged = warehouse.stage(GREEN, JAN, source, context)
+    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (ROWS, 0, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     assert set(green_file.stray_pickup_dates) <= set(staged.pickup_dates)
@@ -140,9 +151,9 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     # repeats their figures, test_bigquery_warehouse.py) inserts nothing.
     other = JobContext("green-201901-contract2", GREEN, JAN, "merge")
     assert warehouse.merge_staged(GREEN, JAN, ranges, False, other) == 0  # re-merge
-    warehouse.create_external_table(GREEN, JAN, source)
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
     rerun = JobContext("green-201901-contract3", GREEN, JAN, "merge")
-    again = warehouse.stage(GREEN, JAN, source, rerun)
+    again = warehouse.stage(GREEN, JAN, source, harness.lake, rerun)
     assert again == staged
     assert warehouse.merge_staged(GREEN, JAN, ranges, False, rerun) == 0  # re-run
     assert _count(warehouse, GREEN.final_table) == ROWS
@@ -159,8 +170,8 @@ def test_rows_without_pickup_merge_once(harness: Harness, tmp_path: Path) -> Non
     source = harness.put(path, GREEN, JAN)
     context = JobContext("green-201901-nopickup", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
-    warehouse.create_external_table(GREEN, JAN, source)
-    staged = warehouse.stage(GREEN, JAN, source, context)
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
+    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (3, 1, 1)
     assert staged.bad_samples == (bad_number,)
     ranges = pickup_ranges(staged.pickup_dates)
@@ -171,12 +182,42 @@ def test_rows_without_pickup_merge_once(harness: Harness, tmp_path: Path) -> Non
     assert _count(warehouse, GREEN.final_table) == 3
 
 
+def test_impossible_timestamps_and_non_numeral_ids_are_bad_values(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Issue 12, items 5 and 9, on every engine: NULL, counted, out of the pickup dates."""
+    good = "2,2019-01-05 10:00:00,2019-01-05 10:10:00,N,1,74,75,1,1.2,7,0,0.5,0,0,,0.3,7.8,2,1,"
+    lines = [
+        good,
+        good.replace("2,", "1.0,", 1),  # a whole decimal, as some months write it: fine
+        good.replace("2019-01-05 10:00:00", "infinity", 1),
+        good.replace("2019-01-05 10:00:00", "9999-12-31 23:59:59", 1),
+        good.replace("2019-01-05 10:00:00", "10000-01-01 00:00:00", 1),
+        good.replace("2019-01-05 10:10:00", "infinity", 1),
+        good.replace("2,", "22019-03-01 10:00:00+00,", 1),
+        good.replace(",74,75,", ",7 4,75,", 1),
+    ]
+    path = write_raw(tmp_path / "green.csv.gz", GREEN.layout.header, lines)
+    warehouse = harness.warehouse
+    source = harness.put(path, GREEN, JAN)
+    context = JobContext("green-201901-impossible", GREEN, JAN, "merge")
+    warehouse.ensure_final_table(GREEN)
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
+    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (8, 6, 3)
+    assert staged.rows_without_dropoff == 1
+    assert staged.pickup_dates == (date(2019, 1, 5),)
+    assert len(staged.bad_samples) == 5  # at most five samples
+
+
 def test_drop_month_objects_leaves_nothing(harness: Harness, green_file: GeneratedFile) -> None:
     warehouse = harness.warehouse
     source = harness.put(green_file.path, GREEN, JAN)
     warehouse.ensure_final_table(GREEN)
-    warehouse.create_external_table(GREEN, JAN, source)
-    warehouse.stage(GREEN, JAN, source, JobContext("green-201901-drop", GREEN, JAN, "merge"))
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
+    warehouse.stage(
+        GREEN, JAN, source, harness.lake, JobContext("green-201901-drop", GREEN, JAN, "merge")
+    )
     assert len(set(harness.table_names()) - HISTORY) > 1
 
     warehouse.drop_month_objects(GREEN, JAN)

@@ -22,7 +22,7 @@ def test_a_local_file_loads_as_a_hand_upload(cli: Cli, source: Source) -> None:
     code, out = cli("load", str(green.path))
     assert code == 0, out
     assert "green 2019-01 green-201901-" in out
-    assert f"SUCCESS, {green.rows:,} of {green.rows:,} rows inserted" in out
+    assert f"SUCCESS, rows {green.rows:,} in file, {green.rows:,} inserted" in out
     assert _lake_objects(cli) == ["raw/green/green_tripdata_2019-01.csv.gz"]
     assert cli.rows("SELECT count(*) FROM green_tripdata") == [[str(green.rows)]]
     (labels,) = cli.rows("SELECT DISTINCT labels FROM pipeline_runs WHERE step = 'register'")
@@ -30,7 +30,7 @@ def test_a_local_file_loads_as_a_hand_upload(cli: Cli, source: Source) -> None:
 
     code, out = cli("load", str(green.path))  # the same file again: a new generation
     assert code == 0, out
-    assert f"SUCCESS, 0 of {green.rows:,} rows inserted" in out
+    assert f"SUCCESS, rows {green.rows:,} in file, 0 inserted" in out
     assert cli.rows("SELECT count(*) FROM green_tripdata") == [[str(green.rows)]]
 
 

@@ -11,6 +11,7 @@ over a stand-in holding what BigQuery would read through the external table.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections import Counter
@@ -23,8 +24,10 @@ from google.cloud import bigquery
 from google.cloud.storage import Bucket
 from google.cloud.storage import Client as StorageClient
 
-from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse, target_pickup_predicate
+from taxi_pipeline.adapters.bigquery.warehouse import SQL, BigQueryWarehouse
 from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.folder.store import FolderStore
+from taxi_pipeline.adapters.gcs.store import GcsStore
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.domain.datasets import Dataset, Month, external_table, object_name, staging_table
 from taxi_pipeline.errors import ConfigurationError, PermanentError
@@ -83,11 +86,23 @@ def _upload(bucket: Bucket, path: Path, dataset: Dataset = GREEN, month: Month =
     )
 
 
+def _gcs(bucket: Bucket) -> GcsStore:
+    """The bucket as the lake (the reader the staging port is given)."""
+    return GcsStore(bucket.name, Settings(), client=bucket.client)
+
+
+def _folder(tmp_path: Path) -> FolderStore:
+    return FolderStore(tmp_path / "lake")
+
+
 def _duckdb(tmp_path: Path, path: Path) -> tuple[DuckDbWarehouse, ObjectInfo]:
     warehouse = DuckDbWarehouse(tmp_path / "warehouse.duckdb", threads=1)
-    info = ObjectInfo("local", object_name(GREEN, JAN), "1", path.stat().st_size, path.as_uri())
+    target = tmp_path / "lake" / object_name(GREEN, JAN)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    info = ObjectInfo("local", object_name(GREEN, JAN), "1", path.stat().st_size, target.as_uri())
     warehouse.ensure_final_table(GREEN)
-    warehouse.create_external_table(GREEN, JAN, info)
+    warehouse.create_external_table(GREEN, JAN, info, _folder(tmp_path))
     return warehouse, info
 
 
@@ -125,8 +140,11 @@ def test_load_mode_end_to_end(
         ("lpep_pickup_datetime", "TIMESTAMP"),
     ]
 
-    assert warehouse.create_external_table(GREEN, JAN, source) == "green_tripdata_2019_01_raw"
-    staged = warehouse.stage(GREEN, JAN, source, context)
+    assert (
+        warehouse.create_external_table(GREEN, JAN, source, _gcs(bucket))
+        == "green_tripdata_2019_01_raw"
+    )
+    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (ROWS, 0, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     assert set(green_file.stray_pickup_dates) <= set(staged.pickup_dates)
@@ -146,7 +164,7 @@ def test_load_mode_end_to_end(
     # insert. Another run of the month stages and merges anew and inserts nothing.
     assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
     other = JobContext(_unique("green-201901").replace("_", "-"), GREEN, JAN, "merge")
-    again = warehouse.stage(GREEN, JAN, source, other)
+    again = warehouse.stage(GREEN, JAN, source, _gcs(bucket), other)
     assert warehouse.merge_staged(GREEN, JAN, pickup_ranges(again.pickup_dates), False, other) == 0
     (count,) = warehouse.query("SELECT COUNT(*) AS n FROM green_tripdata").rows
     assert count == (ROWS,)
@@ -163,7 +181,7 @@ def test_load_mode_end_to_end(
 
     # Same file, same ids as the DuckDB adapter (the same reference formula on both engines).
     duck, local = _duckdb(tmp_path, green_file.path)
-    duck_staged = duck.stage(GREEN, JAN, local, context)
+    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
     assert duck_staged == staged
     duck.merge_staged(GREEN, JAN, pickup_ranges(duck_staged.pickup_dates), False, context)
     bq_ids = Counter(
@@ -181,7 +199,7 @@ def test_load_mode_end_to_end(
     jobs = _jobs(bigquery_client, context.run_id)
     merges = [j for j in jobs if isinstance(j, bigquery.QueryJob) and j.query.startswith("MERGE")]
     assert len(merges) == 1  # its repeat attached to it (the third merge was another run's)
-    prune = target_pickup_predicate(GREEN, ranges, False, "T")
+    prune = SQL.target_pickup_predicate(GREEN, ranges, False, "T")
     for job in merges:
         assert job.labels == {
             "component": "taxi-pipeline",
@@ -241,10 +259,10 @@ def test_values_that_do_not_fit_are_counted_like_duckdb(
     source = _upload(bucket, path)
     context = JobContext("green-201901-badvalues", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
-    staged = warehouse.stage(GREEN, JAN, source, context)
+    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
 
     duck, local = _duckdb(tmp_path, path)
-    duck_staged = duck.stage(GREEN, JAN, local, context)
+    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
     duck.close()
     expected_bad = {lines[2], lines[3], lines[5]}
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (7, 3, 1)
@@ -285,7 +303,7 @@ def test_external_mode_as_far_as_the_emulator_goes(
 
     # The DDL is accepted, but the emulator makes an ordinary empty table: refused loudly.
     with pytest.raises(ConfigurationError, match="not an external one"):
-        warehouse.create_external_table(GREEN, JAN, source)
+        warehouse.create_external_table(GREEN, JAN, source, _gcs(bucket))
     made = bigquery_client.get_table(warehouse.table_id(ext))
     assert (made.table_type, made.num_rows) == ("TABLE", 0)
     assert [(f.name, f.field_type) for f in made.schema] == [
@@ -306,7 +324,7 @@ def test_external_mode_as_far_as_the_emulator_goes(
     )
     load.result()
     context = JobContext("green-201901-external", GREEN, JAN, "merge")
-    staged = warehouse.stage(GREEN, JAN, source, context)
+    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
     assert (staged.rows, staged.rows_bad) == (ROWS, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     ranges = pickup_ranges(staged.pickup_dates)
@@ -326,7 +344,7 @@ def test_a_truncated_file_fails_the_load_permanently(
     warehouse = make_warehouse(StagingMode.LOAD)
     context = JobContext("green-201901-truncated", GREEN, JAN, "merge")
     with pytest.raises(PermanentError, match="load gs://"):
-        warehouse.stage(GREEN, JAN, _upload(bucket, path), context)
+        warehouse.stage(GREEN, JAN, _upload(bucket, path), _gcs(bucket), context)
 
 
 def test_quoted_newlines_load_as_one_row_like_duckdb(
@@ -345,10 +363,10 @@ def test_quoted_newlines_load_as_one_row_like_duckdb(
     path = write_raw(tmp_path / "green_tripdata_2019-01.csv.gz", GREEN.layout.header, lines)
     warehouse = make_warehouse(StagingMode.LOAD)
     context = JobContext(_unique("green-201901-newlines").replace("_", "-"), GREEN, JAN, "merge")
-    staged = warehouse.stage(GREEN, JAN, _upload(bucket, path), context)
+    staged = warehouse.stage(GREEN, JAN, _upload(bucket, path), _gcs(bucket), context)
 
     duck, local = _duckdb(tmp_path, path)
-    duck_staged = duck.stage(GREEN, JAN, local, context)
+    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
     duck.close()
     assert (staged.rows, staged.rows_bad) == (3, 1)
     assert staged == duck_staged
@@ -422,7 +440,7 @@ def test_a_redelivered_merge_attaches_to_the_first_ones_job_instead_of_inserting
         _unique("green-201901").replace("_", "-"), GREEN, JAN, "merge", source.generation
     )
     first.ensure_final_table(GREEN)
-    staged = first.stage(GREEN, JAN, source, context)
+    staged = first.stage(GREEN, JAN, source, _gcs(bucket), context)
     ranges = pickup_ranges(staged.pickup_dates)
     outcome: dict[str, int] = {}
     delivery = threading.Thread(
@@ -434,7 +452,7 @@ def test_a_redelivered_merge_attaches_to_the_first_ones_job_instead_of_inserting
     try:
         assert stalling.submitted.wait(60)
         # The redelivery: stages again and merges, while the first delivery still waits.
-        again = second.stage(GREEN, JAN, source, context)
+        again = second.stage(GREEN, JAN, source, _gcs(bucket), context)
         assert again == staged
         outcome["second"] = second.merge_staged(GREEN, JAN, ranges, False, context)
     finally:
@@ -466,7 +484,7 @@ def test_a_job_that_failed_runs_again_under_the_next_id(
     warehouse.ensure_final_table(GREEN)
     with pytest.raises(PermanentError, match="merge green_tripdata_2019_01"):
         warehouse.merge_staged(GREEN, JAN, [], True, context)  # no staging table yet: fails
-    staged = warehouse.stage(GREEN, JAN, source, context)
+    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
     inserted = warehouse.merge_staged(GREEN, JAN, pickup_ranges(staged.pickup_dates), True, context)
     assert inserted == ROWS
     failed, done = sorted(_merge_jobs(bigquery_client, context.run_id), key=lambda j: j.job_id)

@@ -51,6 +51,7 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     Lake,
+    LakeReader,
     LoadRecord,
     ObjectInfo,
     ObjectWriter,
@@ -351,16 +352,25 @@ class KillingWarehouse:
     def ensure_final_table(self, dataset: Dataset) -> None:
         self._around("ensure_final_table", lambda: self.inner.ensure_final_table(dataset))
 
-    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
+    def create_external_table(
+        self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
+    ) -> str:
         return self._around(
             "create_external_table",
-            lambda: self.inner.create_external_table(dataset, month, source),
+            lambda: self.inner.create_external_table(dataset, month, source, lake),
         )
 
     def stage(
-        self, dataset: Dataset, month: Month, source: ObjectInfo, context: JobContext
+        self,
+        dataset: Dataset,
+        month: Month,
+        source: ObjectInfo,
+        lake: LakeReader,
+        context: JobContext,
     ) -> StagingSummary:
-        return self._around("stage", lambda: self.inner.stage(dataset, month, source, context))
+        return self._around(
+            "stage", lambda: self.inner.stage(dataset, month, source, lake, context)
+        )
 
     def merge_staged(
         self,
@@ -399,6 +409,9 @@ class KillingWarehouse:
 
     def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
         return self.inner.loads(dataset)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class KillingBus:

@@ -5,29 +5,27 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import date
+from pathlib import Path
 
 import pytest
 
 from taxi_pipeline.adapters.bigquery.warehouse import (
+    SQL,
     BigQueryWarehouse,
     external_table_sql,
-    final_table_sql,
     job_labels,
     label_value,
-    measure_sql,
-    merge_sql,
     raw_load_config,
-    staging_sql,
-    target_pickup_predicate,
-    typed_sql,
-    unique_row_id_sql,
 )
-from taxi_pipeline.domain.datasets import Column, Dataset, Month
+from taxi_pipeline.adapters.folder.store import FolderStore
+from taxi_pipeline.domain.datasets import Column, Dataset, Month, csv_name
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.pipeline.ports import DateRange, JobContext, ObjectInfo
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
 
+final_table_sql, measure_sql, merge_sql = SQL.final_table_sql, SQL.measure_sql, SQL.merge_sql
+target_pickup_predicate, typed_sql = SQL.target_pickup_predicate, SQL.typed_sql
 GREEN, JAN = Dataset.GREEN, Month(2019, 1)
 FINAL, STAGING = "`p.d.green_tripdata`", "`p.d.green_tripdata_2019_01`"
 
@@ -75,7 +73,7 @@ def test_merge_is_insert_only_with_the_final_columns() -> None:
 
 
 def test_unique_row_id_is_the_reference_formula() -> None:
-    assert unique_row_id_sql(Dataset.YELLOW) == (
+    assert SQL.unique_row_id_sql(Dataset.YELLOW) == (
         'MD5(CONCAT(COALESCE(CAST(`VendorID` AS STRING), ""),'
         ' COALESCE(CAST(`tpep_pickup_datetime` AS STRING), ""),'
         ' COALESCE(CAST(`tpep_dropoff_datetime` AS STRING), ""),'
@@ -85,12 +83,14 @@ def test_unique_row_id_is_the_reference_formula() -> None:
 
 
 def test_staging_sql_types_nulls_flags_and_expires() -> None:
-    sql = staging_sql(GREEN, JAN, STAGING, "`p.d.green_tripdata_2019_01_raw`")
+    sql = SQL.staging_sql(
+        GREEN, JAN, STAGING, "`p.d.green_tripdata_2019_01_raw`", csv_name(GREEN, JAN)
+    )
     assert sql.startswith(
         f"CREATE OR REPLACE TABLE {STAGING}\nOPTIONS (expiration_timestamp = "
         "TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 1 DAY))\nAS\n"
     )
-    assert f"SELECT {unique_row_id_sql(GREEN)} AS unique_row_id," in sql
+    assert f"SELECT {SQL.unique_row_id_sql(GREEN)} AS unique_row_id," in sql
     assert "'green_tripdata_2019-01.csv' AS filename" in sql
     assert "NULLIF(`ehail_fee`, '') AS `ehail_fee`" in sql  # empty field = NULL, as in DuckDB
     assert "SAFE_CAST(r.`lpep_pickup_datetime` AS TIMESTAMP) AS `lpep_pickup_datetime`" in sql
@@ -220,13 +220,14 @@ class _NoClient:
         raise AssertionError(f"the client was used: {name}")
 
 
-def test_load_mode_registers_without_a_job_and_stage_needs_gs_uris() -> None:
+def test_load_mode_registers_without_a_job_and_stage_needs_gs_uris(tmp_path: Path) -> None:
     settings = Settings(staging_mode=StagingMode.LOAD)
     warehouse = BigQueryWarehouse("my-project", "taxi", settings, client=_NoClient())  # type: ignore[arg-type]
     source = ObjectInfo("b", "raw/green/x", "1", 10, "file:///tmp/x.csv.gz")
-    assert warehouse.create_external_table(GREEN, JAN, source) == "green_tripdata_2019_01_raw"
+    lake = FolderStore(tmp_path)
+    assert warehouse.create_external_table(GREEN, JAN, source, lake) == "green_tripdata_2019_01_raw"
     with pytest.raises(ConfigurationError, match="gs:// objects only"):
-        warehouse.stage(GREEN, JAN, source, JobContext("r", GREEN, JAN, "merge"))
+        warehouse.stage(GREEN, JAN, source, lake, JobContext("r", GREEN, JAN, "merge"))
 
 
 def test_import_does_not_load_the_bigquery_client() -> None:

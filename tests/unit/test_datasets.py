@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from taxi_pipeline.adapters.sql.dialects import BIGQUERY
 from taxi_pipeline.domain.datasets import (
     Dataset,
     Month,
@@ -35,14 +36,14 @@ def test_layouts_match_the_published_headers() -> None:
 
 
 def test_reference_types() -> None:
-    yellow = {c.name: c.bigquery_type for c in Dataset.YELLOW.layout.columns}
+    yellow = {c.name: BIGQUERY.column_type(c) for c in Dataset.YELLOW.layout.columns}
     assert yellow["VendorID"] == "STRING"
     assert yellow["tpep_pickup_datetime"] == "TIMESTAMP"
     assert yellow["passenger_count"] == "INT64"
     assert yellow["payment_type"] == "INT64"
     assert yellow["RatecodeID"] == "STRING"
     assert yellow["total_amount"] == "NUMERIC"
-    green = {c.name: c.bigquery_type for c in Dataset.GREEN.layout.columns}
+    green = {c.name: BIGQUERY.column_type(c) for c in Dataset.GREEN.layout.columns}
     assert green["trip_type"] == "STRING"
     assert green["ehail_fee"] == "NUMERIC"
     assert Dataset.GREEN.layout.id_columns == (

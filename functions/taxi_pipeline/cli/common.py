@@ -398,9 +398,7 @@ def open_warehouse(settings: Settings, *, read_only: bool = True) -> Iterator[Wa
     try:
         yield warehouse
     finally:
-        close = getattr(warehouse, "close", None)
-        if close is not None:
-            close()
+        warehouse.close()
 
 
 # -- run outcomes ---------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ _VENDOR_EMPTY_PM: Final = 1
 _FLOAT_SPELLING_PM: Final = 20  # "1.0" in passenger_count / payment_type
 _FLOAT_SPELLING_RARE_PM: Final = 5  # "1.0" in VendorID / RatecodeID
 
-# Manhattan zones (taxi_zone_lookup.csv): most yellow trips start and end there, which also
+# Manhattan zones (taxi_zone_lookup.csv): most trips of a dataset start and end there (its profile's
+# manhattan_share_pm), which also
 # matters for compression (uniform ids over 1..265 make the files ~10% larger than real ones).
 MANHATTAN_ZONES: Final = (
     4, 12, 13, 24, 41, 42, 43, 45, 48, 50, 68, 74, 75, 79, 87, 88, 90, 100, 103, 107, 113, 114,
@@ -270,9 +271,9 @@ def _query(dataset: Dataset, month: Month, rows: int, seed: int, plan: _Plan) ->
     stray_list = ", ".join(f"TIMESTAMP '{d.isoformat()}'" for d in plan.stray_dates)
     n_dates = len(plan.stray_dates)
     early = month < Month(2019, 2)
-    green = dataset is Dataset.GREEN
+    profile = dataset.spec.profile
 
-    # One key per (seed, dataset, month): yellow and green, or two months, with the same seed
+    # One key per (seed, dataset, month): two datasets, or two months, with the same seed
     # must not share their draws (a join across them would find look-alike trips).
     key = int.from_bytes(
         hashlib.blake2b(f"{seed}/{dataset.value}/{month}".encode(), digest_size=7).digest()
@@ -283,10 +284,11 @@ def _query(dataset: Dataset, month: Month, rows: int, seed: int, plan: _Plan) ->
         return f"(hash(b, {key}::BIGINT, {k}) % {modulo})"
 
     zones = ", ".join(str(z) for z in MANHATTAN_ZONES)
-    busy_share = 0 if green else MANHATTAN_SHARE_PM
+    busy_share = profile.manhattan_share_pm
 
     def zone(k: int) -> str:
-        # Location ids 1..265; yellow trips mostly in Manhattan, green ones spread out.
+        # Location ids 1..265; a dataset's share of trips in Manhattan (its profile), the rest
+        # spread out.
         draw = f"hash(b, {key}::BIGINT, {k})"
         return (
             f"CASE WHEN {draw} % 1000 < {busy_share}"
@@ -302,18 +304,21 @@ def _query(dataset: Dataset, month: Month, rows: int, seed: int, plan: _Plan) ->
         return f"({value})::VARCHAR || CASE WHEN {h(k, 1000)} < {per_mille} THEN '.0' ELSE '' END"
 
     pay_dist = (
-        "CASE WHEN q < 500 THEN 1 WHEN q < 950 THEN 2 WHEN q < 975 THEN 3 WHEN q < 995 THEN 4"
-        " ELSE 5 END"
-        if green
-        else "CASE WHEN q < 710 THEN 1 WHEN q < 985 THEN 2 WHEN q < 993 THEN 3 WHEN q < 998 THEN 4"
-        " ELSE 5 END"
+        "CASE "
+        + " ".join(
+            f"WHEN q < {limit} THEN {kind}"
+            for kind, limit in enumerate(profile.payment_thresholds_pm, start=1)
+        )
+        + " ELSE 5 END"
     )
     if early:
         congestion = "CASE WHEN unknown OR q_cong < 998 THEN NULL ELSE 0 END"
-    elif green:
-        congestion = "CASE WHEN unknown THEN NULL WHEN q_cong < 850 THEN 0 ELSE 275 END"
     else:
-        congestion = "CASE WHEN unknown THEN NULL WHEN q_cong < 100 THEN 0 ELSE 250 END"
+        free = 1000 - profile.congestion_charged_pm
+        congestion = (
+            f"CASE WHEN unknown THEN NULL WHEN q_cong < {free} THEN 0"
+            f" ELSE {profile.congestion_cents} END"
+        )
 
     draws = f"""
         SELECT i, b,

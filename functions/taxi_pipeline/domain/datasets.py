@@ -13,18 +13,25 @@ from enum import StrEnum
 from functools import total_ordering
 from typing import Final, Literal
 
+from taxi_pipeline.domain.formats import FORMATS, SourceFormat, format_named, format_of
+
 ColumnKind = Literal["string", "timestamp", "integer", "numeric"]
 
 
 class Dataset(StrEnum):
-    """A published taxi dataset (a release tag of DataTalksClub/nyc-tlc-data)."""
+    """A published taxi dataset (a release tag of DataTalksClub/nyc-tlc-data). Everything about
+    one is its :class:`DatasetSpec` in :data:`SPECS`."""
 
     YELLOW = "yellow"
     GREEN = "green"
 
     @property
+    def spec(self) -> DatasetSpec:
+        return SPECS[self]
+
+    @property
     def layout(self) -> Layout:
-        return LAYOUTS[self]
+        return SPECS[self].layout
 
     @property
     def final_table(self) -> str:
@@ -34,22 +41,23 @@ class Dataset(StrEnum):
 
 @dataclass(frozen=True)
 class Column:
-    """One CSV column with the reference (BigQuery) type."""
+    """One published column with its reference type (each warehouse's name for the type is in
+    its dialect, ``adapters/sql/dialects.py``).
+
+    ``numeral``: a code written as a number (digits, optionally a decimal part: some months
+    write ``1.0``); any other text is a bad value. The id columns that are text (VendorID and
+    the location ids) are numerals, which is what keeps the reference's separator-less
+    ``unique_row_id`` concatenation unambiguous about where the pickup is (see README).
+    """
 
     name: str
     kind: ColumnKind
+    numeral: bool = False
 
     @property
-    def bigquery_type(self) -> str:
-        return _BIGQUERY_TYPES[self.kind]
-
-
-_BIGQUERY_TYPES: Final[dict[ColumnKind, str]] = {
-    "string": "STRING",
-    "timestamp": "TIMESTAMP",
-    "integer": "INT64",
-    "numeric": "NUMERIC",
-}
+    def checked(self) -> bool:
+        """Whether a text can fail this column (and the row then counts as bad)."""
+        return self.kind != "string" or self.numeral
 
 
 @dataclass(frozen=True)
@@ -76,19 +84,69 @@ class Layout:
 
 
 def _columns(spec: str) -> tuple[Column, ...]:
-    kinds: dict[str, ColumnKind] = {"S": "string", "T": "timestamp", "I": "integer", "N": "numeric"}
+    """``name:K`` items: S string, C numeral code (a string), T timestamp, I integer, N numeric."""
+    kinds: dict[str, ColumnKind] = {
+        "S": "string",
+        "C": "string",
+        "T": "timestamp",
+        "I": "integer",
+        "N": "numeric",
+    }
     out = []
     for item in spec.split():
         name, kind = item.split(":")
-        out.append(Column(name, kinds[kind]))
+        out.append(Column(name, kinds[kind], numeral=kind == "C"))
     return tuple(out)
+
+
+@dataclass(frozen=True)
+class TripProfile:
+    """How a dataset's trips look, for the synthetic files of ``devkit/generator.py``: per mille
+    of trips inside Manhattan, payment types as cumulative per mille thresholds of types 1..4
+    (the rest is 5), and the congestion surcharge from 2019-02 on (per mille charged, cents)."""
+
+    manhattan_share_pm: int
+    payment_thresholds_pm: tuple[int, int, int, int]
+    congestion_charged_pm: int
+    congestion_cents: int
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What a source publishes of a dataset: a file format and the months it covers."""
+
+    format: str
+    """A name in :data:`formats.FORMATS` (``csv.gz``)."""
+    first: Month
+    last: Month
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything about one dataset, in one declaration: its layout and reference types, the id,
+    pickup/dropoff and clustering columns, what the source publishes, how its trips look."""
+
+    dataset: Dataset
+    layout: Layout
+    cluster_columns: tuple[str, ...]
+    """Clustering of the final table where the warehouse clusters (BigQuery)."""
+    publications: tuple[Publication, ...]
+    profile: TripProfile
+
+    @property
+    def id_columns(self) -> tuple[str, ...]:
+        return self.layout.id_columns
+
+    def published_months(self) -> list[Month]:
+        months = {m for p in self.publications for m in month_range(p.first, p.last)}
+        return sorted(months)
 
 
 # Reference types from the zoomcamp's 08_gcp_taxi flow (see shared/reference/zoomcamp-pipeline.md).
 YELLOW_LAYOUT: Final = Layout(
     columns=_columns(
-        "VendorID:S tpep_pickup_datetime:T tpep_dropoff_datetime:T passenger_count:I"
-        " trip_distance:N RatecodeID:S store_and_fwd_flag:S PULocationID:S DOLocationID:S"
+        "VendorID:C tpep_pickup_datetime:T tpep_dropoff_datetime:T passenger_count:I"
+        " trip_distance:N RatecodeID:S store_and_fwd_flag:S PULocationID:C DOLocationID:C"
         " payment_type:I fare_amount:N extra:N mta_tax:N tip_amount:N tolls_amount:N"
         " improvement_surcharge:N total_amount:N congestion_surcharge:N"
     ),
@@ -98,8 +156,8 @@ YELLOW_LAYOUT: Final = Layout(
 
 GREEN_LAYOUT: Final = Layout(
     columns=_columns(
-        "VendorID:S lpep_pickup_datetime:T lpep_dropoff_datetime:T store_and_fwd_flag:S"
-        " RatecodeID:S PULocationID:S DOLocationID:S passenger_count:I trip_distance:N"
+        "VendorID:C lpep_pickup_datetime:T lpep_dropoff_datetime:T store_and_fwd_flag:S"
+        " RatecodeID:S PULocationID:C DOLocationID:C passenger_count:I trip_distance:N"
         " fare_amount:N extra:N mta_tax:N tip_amount:N tolls_amount:N ehail_fee:N"
         " improvement_surcharge:N total_amount:N payment_type:I trip_type:S"
         " congestion_surcharge:N"
@@ -107,8 +165,6 @@ GREEN_LAYOUT: Final = Layout(
     pickup="lpep_pickup_datetime",
     dropoff="lpep_dropoff_datetime",
 )
-
-LAYOUTS: Final[dict[Dataset, Layout]] = {Dataset.YELLOW: YELLOW_LAYOUT, Dataset.GREEN: GREEN_LAYOUT}
 
 _MONTH_RE: Final = re.compile(r"([0-9]{4})-([0-9]{2})")
 
@@ -183,41 +239,83 @@ def parse_month_span(text: str) -> list[Month]:
 # What the source publishes (release tags yellow/green of DataTalksClub/nyc-tlc-data).
 PUBLISHED_FIRST: Final = Month(2019, 1)
 PUBLISHED_LAST: Final = Month(2021, 7)
+_ZONES: Final = ("PULocationID", "DOLocationID")
+
+SPECS: Final[dict[Dataset, DatasetSpec]] = {
+    Dataset.YELLOW: DatasetSpec(
+        Dataset.YELLOW,
+        YELLOW_LAYOUT,
+        cluster_columns=_ZONES,
+        publications=(Publication("csv.gz", PUBLISHED_FIRST, PUBLISHED_LAST),),
+        profile=TripProfile(850, (710, 985, 993, 998), 900, 250),
+    ),
+    Dataset.GREEN: DatasetSpec(
+        Dataset.GREEN,
+        GREEN_LAYOUT,
+        cluster_columns=_ZONES,
+        publications=(Publication("csv.gz", PUBLISHED_FIRST, PUBLISHED_LAST),),
+        profile=TripProfile(0, (500, 950, 975, 995), 150, 275),
+    ),
+}
+LAYOUTS: Final[dict[Dataset, Layout]] = {d: spec.layout for d, spec in SPECS.items()}
 
 
-def published_months() -> list[Month]:
-    return month_range(PUBLISHED_FIRST, PUBLISHED_LAST)
+def published_months(dataset: Dataset | None = None) -> list[Month]:
+    """The months the source publishes of ``dataset`` (of any dataset when ``None``)."""
+    specs = [SPECS[dataset]] if dataset else list(SPECS.values())
+    return sorted({m for spec in specs for m in spec.published_months()})
 
 
-def file_name(dataset: Dataset, month: Month) -> str:
+def source_format(dataset: Dataset) -> SourceFormat:
+    """The format the source publishes ``dataset`` in (its first publication's)."""
+    return format_named(SPECS[dataset].publications[0].format)
+
+
+def file_name(dataset: Dataset, month: Month, fmt: SourceFormat | None = None) -> str:
     """The published file name, e.g. ``green_tripdata_2019-01.csv.gz``."""
-    return f"{dataset.value}_tripdata_{month}.csv.gz"
+    return f"{dataset.value}_tripdata_{month}{(fmt or source_format(dataset)).suffix}"
 
 
-def csv_name(dataset: Dataset, month: Month) -> str:
-    """The ``filename`` column value: the published file name without ``.gz``."""
-    return file_name(dataset, month).removesuffix(".gz")
+def csv_name(dataset: Dataset, month: Month, fmt: SourceFormat | None = None) -> str:
+    """The ``filename`` column value: the published CSV's name (without ``.gz``)."""
+    chosen = fmt or source_format(dataset)
+    return chosen.row_filename(file_name(dataset, month, chosen))
 
 
-def object_name(dataset: Dataset, month: Month) -> str:
+def object_name(dataset: Dataset, month: Month, fmt: SourceFormat | None = None) -> str:
     """The lake object name (same in the folder store and in GCS)."""
-    return f"raw/{dataset.value}/{file_name(dataset, month)}"
+    return f"raw/{dataset.value}/{file_name(dataset, month, fmt)}"
 
 
 _OBJECT_RE: Final = re.compile(
-    r"^raw/(yellow|green)/(yellow|green)_tripdata_([0-9]{4}-[0-9]{2})\.csv\.gz$"
+    r"^raw/([a-z0-9_]+)/([a-z0-9_]+)_tripdata_([0-9]{4}-[0-9]{2})(\..+)$"
 )
 
 
-def parse_object_name(name: str) -> tuple[Dataset, Month]:
+def parse_object(name: str) -> tuple[Dataset, Month, SourceFormat]:
     """Reverse of :func:`object_name`; raises ``ValueError`` for anything else."""
     match = _OBJECT_RE.fullmatch(name)
-    if not match or match.group(1) != match.group(2):
+    fmt = format_of(name)
+    known = {d.value for d in Dataset}
+    suffixes = "|".join(f.suffix for f in FORMATS.values())
+    if (
+        not match
+        or match.group(1) != match.group(2)
+        or match.group(1) not in known
+        or fmt is None
+        or match.group(4) != fmt.suffix
+    ):
         raise ValueError(
             f"object name {name!r} is not of the form"
-            " raw/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz"
+            f" raw/{{dataset}}/{{dataset}}_tripdata_YYYY-MM{{{suffixes}}}"
         )
-    return Dataset(match.group(1)), Month.parse(match.group(3))
+    return Dataset(match.group(1)), Month.parse(match.group(3)), fmt
+
+
+def parse_object_name(name: str) -> tuple[Dataset, Month]:
+    """The dataset and month of a lake object name; raises ``ValueError`` for anything else."""
+    dataset, month, _ = parse_object(name)
+    return dataset, month
 
 
 _SAFE_OBJECT_NAME: Final = re.compile(

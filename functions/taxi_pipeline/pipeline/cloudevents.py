@@ -15,6 +15,7 @@ from typing import Any, Final, Protocol
 
 from cloudevents.http import CloudEvent
 
+from taxi_pipeline.domain.formats import format_of
 from taxi_pipeline.domain.messages import GcsObject, PubSubEnvelope, Topic, parse_model
 from taxi_pipeline.errors import InvalidMessage
 from taxi_pipeline.pipeline.ports import ObjectInfo
@@ -149,7 +150,7 @@ def build_gcs_event(info: ObjectInfo, *, time: datetime | None = None) -> CloudE
         "generation": info.generation,
         "metageneration": "1",
         "size": str(info.size),
-        "contentType": "application/gzip",
+        "contentType": fmt.content_type if (fmt := format_of(info.name)) else "",
         "timeCreated": when,
         "updated": when,
         "metadata": dict(info.metadata),

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
@@ -28,7 +29,7 @@ from taxi_pipeline.domain.messages import (
     labels_from_attributes,
     parse_model,
 )
-from taxi_pipeline.errors import InvalidMessage, NotPublished, PermanentError
+from taxi_pipeline.errors import InvalidMessage, NotPublished, PermanentError, PipelineError
 from taxi_pipeline.logs import log_context
 from taxi_pipeline.pipeline.cloudevents import (
     DEAD_LETTER_DELIVERY_COUNT,
@@ -209,6 +210,13 @@ def _handling(event: CloudEventLike, invocation: Invocation, ports: Ports) -> It
         except PermanentError as exc:
             _record_failure(ports, invocation, RunState.FAILED, str(exc), alert=True)
         except Exception as exc:
+            if _raised_by_the_core(exc):
+                # A bug or an input our own code cannot handle fails the same way on every
+                # delivery: record it and acknowledge instead of retrying until the dead letter.
+                log.warning("%s failed in the pipeline's own code", invocation.step, exc_info=True)
+                reason = f"{type(exc).__name__}: {exc}"
+                _record_failure(ports, invocation, RunState.FAILED, reason, alert=True)
+                return
             # Transient or unknown: let the platform redeliver (bounded by age and attempts).
             _record(ports, invocation, RunState.RETRYING, f"{type(exc).__name__}: {exc}")
             log.warning(
@@ -218,6 +226,25 @@ def _handling(event: CloudEventLike, invocation: Invocation, ports: Ports) -> It
                 exc,
             )
             raise
+
+
+_CORE_PACKAGES: Final = ("taxi_pipeline.domain.", "taxi_pipeline.pipeline.")
+
+
+def _raised_by_the_core(exc: Exception) -> bool:
+    r"""Whether ``exc`` is unexpected and was raised by the core's own (pure) code: the innermost
+    frame is in ``domain/`` or ``pipeline/``. Errors raised in an adapter, an SDK or anything the
+    core calls out to (the innermost frame is there) stay transient, as do our own
+    :class:`PipelineError`\ s, which say what they are."""
+    if isinstance(exc, PipelineError):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return module.startswith(_CORE_PACKAGES)
 
 
 def _identify(attributes: Mapping[str, str], invocation: Invocation) -> None:

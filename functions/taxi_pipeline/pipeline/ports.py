@@ -37,7 +37,16 @@ class ObjectWriter(Protocol):
     def write(self, chunk: bytes) -> None: ...
 
 
-class Lake(Protocol):
+class LakeReader(Protocol):
+    """Reading a lake object whole, as a stream: what a warehouse that cannot read the lake
+    itself (one fed through its client) stages from."""
+
+    def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
+        """The whole object as a stream, read in chunks (never all in memory); a missing
+        object raises :class:`PermanentError`."""
+
+
+class Lake(LakeReader, Protocol):
     """The raw-file store: a folder locally, a GCS bucket in the cloud."""
 
     def stat(self, name: str) -> ObjectInfo | None:
@@ -50,10 +59,6 @@ class Lake(Protocol):
 
     def read_head(self, name: str, size: int) -> bytes:
         """The first ``size`` bytes of the object (fewer if it is shorter)."""
-
-    def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
-        """The whole object as a stream, read in chunks (never all in memory); a missing
-        object raises :class:`PermanentError`."""
 
     def delete(self, name: str) -> None:
         """Remove the object; no error when it is already gone."""
@@ -84,7 +89,9 @@ class StagingSummary:
     rows_out_of_month: int
     rows_without_pickup: int
     pickup_dates: tuple[date, ...]
+    """The dates the target is read on: each row's pickup date, its dropoff date without one."""
     bad_samples: tuple[str, ...] = ()
+    rows_without_dropoff: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,17 +142,25 @@ class LoadRecord:
     loaded_at: datetime
 
 
-class Warehouse(Protocol):
-    """DuckDB locally, BigQuery in the cloud. Table names come from :mod:`datasets`."""
+class Staging(Protocol):
+    """Staging a lake object and merging it into the final table (the merge step's port)."""
 
     def ensure_final_table(self, dataset: Dataset) -> None:
         """Create the final table when missing (partitioned / pruned by pickup date)."""
 
-    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
-        """(Re)create ``{dataset}_tripdata_YYYY_MM_ext`` over the lake object; returns its name."""
+    def create_external_table(
+        self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
+    ) -> str:
+        """(Re)create the month's table over the lake object; returns its name. ``lake`` reads
+        the object for a warehouse that cannot read the lake by ``source.uri`` itself."""
 
     def stage(
-        self, dataset: Dataset, month: Month, source: ObjectInfo, context: JobContext
+        self,
+        dataset: Dataset,
+        month: Month,
+        source: ObjectInfo,
+        lake: LakeReader,
+        context: JobContext,
     ) -> StagingSummary:
         """(Re)build the month's staging table with ``unique_row_id`` and ``filename``."""
 
@@ -165,10 +180,17 @@ class Warehouse(Protocol):
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop the month's staging and external tables; no error when already gone."""
 
+
+class UserQueries(Protocol):
+    """``taxi-pipeline sql``."""
+
     def query(self, sql: str) -> QueryResult:
-        """Run the user's query (``taxi-pipeline sql``). The embedded warehouse refuses anything
-        but SELECT / EXPLAIN (its file is all the user's state); BigQuery runs what the caller's
-        IAM allows."""
+        """Run the user's query. The embedded warehouse refuses anything but SELECT / EXPLAIN
+        (its file is all the user's state); BigQuery runs what the caller's IAM allows."""
+
+
+class RunHistory(Protocol):
+    """The append-only run history (``pipeline_runs``)."""
 
     def append_run_events(self, events: Sequence[RunEvent]) -> None:
         """Append to ``pipeline_runs``; never updates."""
@@ -178,6 +200,10 @@ class Warehouse(Protocol):
     ) -> list[RunEvent]:
         """Run history lines, oldest first."""
 
+
+class LoadLedger(Protocol):
+    """Completed loads (``pipeline_loads``): what makes a re-run of a loaded object a no-op."""
+
     def record_load(self, record: LoadRecord) -> None:
         """Remember that an object generation was merged completely."""
 
@@ -186,6 +212,16 @@ class Warehouse(Protocol):
 
     def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
         """Every completed load, oldest first."""
+
+
+class Closeable(Protocol):
+    def close(self) -> None:
+        """Release what the adapter holds (connections, clients); idempotent."""
+
+
+class Warehouse(Staging, UserQueries, RunHistory, LoadLedger, Closeable, Protocol):
+    """DuckDB locally, BigQuery in the cloud: every warehouse port in one adapter. Code that
+    needs one part takes that part's protocol."""
 
 
 class Bus(Protocol):
@@ -202,7 +238,7 @@ class SourceResponse(Protocol):
     def iter_bytes(self) -> Iterator[bytes]: ...
 
 
-class Source(Protocol):
+class Source(Closeable, Protocol):
     """The HTTP source of the published files."""
 
     def get(
@@ -258,3 +294,8 @@ class Ports:
     source: Source
     locks: Locks
     progress: Progress = field(default_factory=NullProgress)
+
+    def close(self) -> None:
+        """Close the ports that hold resources (the warehouse's connection, the HTTP client)."""
+        self.warehouse.close()
+        self.source.close()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
 from typing import cast
 
 from isal import isal_zlib
 
 from taxi_pipeline.domain.datasets import Layout
+from taxi_pipeline.domain.formats import StreamVerifier, header_mismatch
+from taxi_pipeline.domain.formats import VerifiedFile as VerifiedFile
 from taxi_pipeline.errors import VerificationFailed
 from taxi_pipeline.pipeline.ports import Lake
 
@@ -30,13 +31,6 @@ _INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)
 
 class TruncatedStream(VerificationFailed):
     """The gzip stream ended without its end-of-stream marker and trailer."""
-
-
-@dataclass(frozen=True)
-class VerifiedFile:
-    bytes_compressed: int
-    bytes_uncompressed: int
-    rows: int
 
 
 class GzipCsvVerifier:
@@ -147,31 +141,15 @@ class GzipCsvVerifier:
         return VerifiedFile(self._compressed, self._uncompressed, rows)
 
 
-def header_mismatch(expected: str, got: str, layout: str = "published") -> str:
-    """Where a header first differs from the layout: ``column 2 is 'pickup', expected
-    'tpep_pickup_datetime' (18 columns expected, 3 found)``. The file's text is quoted with
-    ``repr`` (cut at 60 characters), so nothing in it reaches a log or a terminal raw."""
-    want, have = expected.split(","), got.split(",")
-    counts = f"({len(want)} columns expected, {len(have)} found)"
-    lead = f"header does not match the {layout} layout:"
-    for position, (name, found) in enumerate(zip(want, have, strict=False), start=1):
-        if name != found:
-            return f"{lead} column {position} is {found[:60]!r}, expected {name!r} {counts}"
-    if len(have) < len(want):
-        missing = want[len(have)]
-        return f"{lead} column {len(have) + 1} ({missing!r}) is missing {counts}"
-    extra = have[len(want)]
-    return f"{lead} column {len(want) + 1} ({extra[:60]!r}) is not in it {counts}"
-
-
 class BackgroundVerifier:
-    """Runs a :class:`GzipCsvVerifier` on its own thread, so inflating (which releases the GIL)
-    overlaps with receiving and uploading the same bytes. At most ``depth`` chunks wait in
-    between, which bounds the memory it adds. A verification failure surfaces on the next
-    :meth:`feed` or at :meth:`finish`, always before the upload can be committed.
+    """Runs a format's verifier (:class:`GzipCsvVerifier` for ``csv.gz``) on its own thread, so
+    inflating (which releases the GIL) overlaps with receiving and uploading the same bytes. At
+    most ``depth`` chunks wait in between, which bounds the memory it adds. A verification
+    failure surfaces on the next :meth:`feed` or at :meth:`finish`, always before the upload can
+    be committed.
     """
 
-    def __init__(self, verifier: GzipCsvVerifier, depth: int = 8) -> None:
+    def __init__(self, verifier: StreamVerifier, depth: int = 8) -> None:
         self._verifier = verifier
         self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self._failure: BaseException | None = None

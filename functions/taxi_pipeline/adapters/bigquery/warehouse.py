@@ -33,30 +33,33 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from taxi_pipeline.adapters.google_errors import translate
+from taxi_pipeline.adapters.sql.dialects import BIGQUERY, STAGING_EXPIRATION
+from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
+from taxi_pipeline.adapters.sql.statements import Statements
 from taxi_pipeline.domain.datasets import (
-    Column,
     Dataset,
     Month,
     csv_name,
     external_table,
+    parse_object,
     staging_table,
 )
-from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
 from taxi_pipeline.errors import ConfigurationError, TransientError
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
+    LakeReader,
     LoadRecord,
     ObjectInfo,
     QueryResult,
@@ -70,10 +73,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RUNS_TABLE: Final = "pipeline_runs"
-LOADS_TABLE: Final = "pipeline_loads"
-STAGING_EXPIRATION: Final = timedelta(days=1)
-_BAD_SAMPLES: Final = 5
+SQL: Final = Statements(BIGQUERY)
 # One DML INSERT per batch; BigQuery allows 10,000 query parameters per query.
 _EVENTS_PER_INSERT: Final = 500
 # Jobs of one name that may end in an error before a step gives up (transient, redelivered).
@@ -119,14 +119,8 @@ def validate_table(table: str) -> str:
     return table
 
 
-def quote_ident(name: str) -> str:
-    """A backquoted GoogleSQL identifier."""
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-def quote_text(text: str) -> str:
-    """A GoogleSQL string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+quote_ident: Final = BIGQUERY.quote_ident
+quote_text: Final = BIGQUERY.quote_text
 
 
 def label_value(text: str) -> str:
@@ -167,246 +161,33 @@ def raw_table(dataset: Dataset, month: Month) -> str:
     return f"{staging_table(dataset, month)}_raw"
 
 
-def final_table_sql(dataset: Dataset, table_ref: str) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` of the partitioned, clustered final table."""
-    layout = dataset.layout
-    columns = ",\n  ".join(f"{quote_ident(c.name)} {c.bigquery_type}" for c in layout.columns)
-    # Clustering by zone: within a pickup-date partition, the question users ask most ("trips
-    # from/to zone X") then reads only the blocks of that zone instead of the whole day, which
-    # the reference (no clustering) pays for in full. Re-clustering is automatic and free.
-    # Clustering by unique_row_id would not help the MERGE: a join prunes no blocks, only
-    # constant filters do, and the partition bounds already narrow its scan.
-    return (
-        f"CREATE TABLE IF NOT EXISTS {table_ref} (\n"
-        f"  unique_row_id BYTES,\n  filename STRING,\n  {columns}\n)\n"
-        f"PARTITION BY DATE({quote_ident(layout.pickup)})\n"
-        f"CLUSTER BY {quote_ident('PULocationID')}, {quote_ident('DOLocationID')}\n"
-        f"OPTIONS (description = {quote_text(_final_description(dataset))})"
-    )
-
-
-def _final_description(dataset: Dataset) -> str:
-    return (
-        f"NYC {dataset.value} taxi trips, one row per published CSV row; unique_row_id is the"
-        " zoomcamp reference MD5 id. Written by taxi-pipeline."
-    )
-
-
-def _expiration_option() -> str:
-    days = STAGING_EXPIRATION.days
-    return f"expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {days} DAY)"
-
-
-def external_table_sql(dataset: Dataset, table_ref: str, uri: str) -> str:
-    """``CREATE OR REPLACE EXTERNAL TABLE`` over the gzip CSV, every column STRING.
-
-    Strict like DuckDB's ``read_csv``: a line with too few or too many fields fails the query
-    (no ``ignore_unknown_values``, no jagged rows), so a truncated file cannot load partially.
-    Like ``read_csv`` too, a newline inside a quoted field is part of the field
-    (``allow_quoted_newlines``): without it BigQuery fails such a file that DuckDB loads. The
-    option stops BigQuery from splitting a CSV file across workers, which a gzip file never is.
-    """
+def external_table_sql(
+    dataset: Dataset, table_ref: str, uri: str, fmt: SourceFormat = CSV_GZ
+) -> str:
+    """``CREATE OR REPLACE EXTERNAL TABLE`` over the lake object, every column STRING, read as
+    the format's options say (:meth:`BigQueryDialect.external_options`)."""
     columns = ",\n  ".join(f"{quote_ident(c.name)} STRING" for c in dataset.layout.columns)
+    options = ",\n  ".join([*BIGQUERY.external_options(fmt), f"uris = [{quote_text(uri)}]"])
     return (
         f"CREATE OR REPLACE EXTERNAL TABLE {table_ref} (\n  {columns}\n)\n"
-        f"OPTIONS (\n  format = 'CSV',\n  uris = [{quote_text(uri)}],\n"
-        "  skip_leading_rows = 1,\n  compression = 'GZIP',\n  field_delimiter = ',',\n"
-        "  quote = '\"',\n  allow_quoted_newlines = true,\n  encoding = 'UTF8',\n"
-        f"  {_expiration_option()}\n)"
+        f"OPTIONS (\n  {options},\n  {BIGQUERY.expiration_option()}\n)"
     )
 
 
-def raw_load_config(dataset: Dataset, labels: Mapping[str, str]) -> bigquery.LoadJobConfig:
-    """The load job of ``load`` staging mode: the gzip CSV into the raw table, every column STRING.
-
-    The same reading as :func:`external_table_sql`: strict like DuckDB's ``read_csv`` (a short,
-    long or malformed line fails the load) and newlines inside quoted fields allowed.
-    """
+def raw_load_config(
+    dataset: Dataset, labels: Mapping[str, str], fmt: SourceFormat = CSV_GZ
+) -> bigquery.LoadJobConfig:
+    """The load job of ``load`` staging mode: the object into the raw table, every column STRING,
+    read as the external table reads it (:meth:`BigQueryDialect.load_options`)."""
     from google.cloud import bigquery
 
     return bigquery.LoadJobConfig(
-        source_format=bigquery.SourceFormat.CSV,
         schema=[bigquery.SchemaField(c.name, "STRING") for c in dataset.layout.columns],
-        skip_leading_rows=1,
-        field_delimiter=",",
-        quote_character='"',
-        # As DuckDB reads them; it only stops BigQuery splitting the file, and gzip is unsplittable.
-        allow_quoted_newlines=True,
-        encoding="UTF-8",
-        allow_jagged_rows=False,
-        ignore_unknown_values=False,
-        max_bad_records=0,
         write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
         create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
         labels=dict(labels),
+        **BIGQUERY.load_options(fmt),
     )
-
-
-def typed_sql(column: Column, ref: str) -> str:
-    """The typed value of a raw STRING column; NULL when it does not fit (as DuckDB's TRY_CAST)."""
-    if column.kind == "string":
-        return ref
-    if column.kind == "integer":
-        # "1.0" appears in some published months: accept whole decimals, refuse "1.5". A plain
-        # SAFE_CAST(... AS INT64) refuses "1.0" in BigQuery (and rounds "1.5" in the emulator).
-        number = f"SAFE_CAST({ref} AS NUMERIC)"
-        return f"IF({number} = TRUNC({number}), SAFE_CAST({number} AS INT64), NULL)"
-    return f"SAFE_CAST({ref} AS {column.bigquery_type})"
-
-
-def unique_row_id_sql(dataset: Dataset) -> str:
-    """The reference id over the typed columns, exactly the zoomcamp formula (BYTES)."""
-    parts = [
-        f'COALESCE(CAST({quote_ident(name)} AS STRING), "")' for name in dataset.layout.id_columns
-    ]
-    return f"MD5(CONCAT({', '.join(parts)}))"
-
-
-def staging_sql(dataset: Dataset, month: Month, table_ref: str, source_ref: str) -> str:
-    """CTAS of the staging table from the raw STRING table (external or loaded).
-
-    Empty fields become NULL first (DuckDB reads them with ``nullstr = ''``); ``_bad`` flags a row
-    with a value that does not fit its column type and ``_bad_row`` keeps such a row's text, so
-    the samples never need a second read of the source.
-    """
-    layout = dataset.layout
-    names = [quote_ident(n) for n in layout.names]
-    nulled = ", ".join(f"NULLIF({n}, '') AS {n}" for n in names)
-    typed = {c.name: typed_sql(c, "r." + quote_ident(c.name)) for c in layout.columns}
-    typed_list = ",\n    ".join(f"{typed[c.name]} AS {quote_ident(c.name)}" for c in layout.columns)
-    bad = " OR ".join(
-        f"(r.{quote_ident(c.name)} IS NOT NULL AND {typed[c.name]} IS NULL)"
-        for c in layout.columns
-        if c.kind != "string"
-    )
-    line = ", ".join(f"IFNULL(r.{n}, '')" for n in names)
-    # The header line repeated inside the body: a bad row (its text among the samples) that
-    # measure_sql does not count as a row and drop_repeated_headers_sql removes before the merge.
-    header = " AND ".join(f"r.{quote_ident(n)} = {quote_text(n)}" for n in layout.names)
-    return (
-        f"CREATE OR REPLACE TABLE {table_ref}\n"
-        f"OPTIONS ({_expiration_option()})\nAS\n"
-        f"SELECT {unique_row_id_sql(dataset)} AS unique_row_id,\n"
-        f"  {quote_text(csv_name(dataset, month))} AS filename,\n"
-        f"  {', '.join(names)},\n"
-        "  _bad_row IS NOT NULL AS _bad,\n  _bad_row,\n  _header\n"
-        "FROM (\n"
-        f"  SELECT {typed_list},\n"
-        f"    IF({bad}, ARRAY_TO_STRING([{line}], ','), NULL) AS _bad_row,\n"
-        f"    IFNULL({header}, FALSE) AS _header\n"
-        f"  FROM (SELECT {nulled} FROM {source_ref}) AS r\n"
-        ")"
-    )
-
-
-def drop_repeated_headers_sql(table_ref: str) -> str:
-    return f"DELETE FROM {table_ref} WHERE _header"
-
-
-def measure_sql(dataset: Dataset, month: Month, table_ref: str) -> str:
-    """One query over the staging table: counts, distinct pickup dates, bad-row samples."""
-    pickup = quote_ident(dataset.layout.pickup)
-    first = date(month.year, month.month, 1)
-    following = month.next()
-    after = date(following.year, following.month, 1)
-    # ARRAY(subquery) rather than ARRAY_AGG(... IGNORE NULLS LIMIT n): the emulator keeps NULLs
-    # when a LIMIT is given; both forms mean the same in BigQuery.
-    return (
-        "SELECT COUNTIF(NOT _header) AS rows_total, COUNTIF(_bad) AS rows_bad,\n"
-        f"  COUNTIF({pickup} < TIMESTAMP '{first.isoformat()}'"
-        f" OR {pickup} >= TIMESTAMP '{after.isoformat()}') AS rows_out_of_month,\n"
-        f"  COUNTIF({pickup} IS NULL AND NOT _header) AS rows_without_pickup,\n"
-        "  COUNTIF(_header) AS repeated_headers,\n"
-        f"  ARRAY_AGG(DISTINCT DATE({pickup}) IGNORE NULLS) AS pickup_dates,\n"
-        f"  ARRAY(SELECT _bad_row FROM {table_ref} WHERE _bad LIMIT {_BAD_SAMPLES})"
-        " AS bad_samples\n"
-        f"FROM {table_ref}"
-    )
-
-
-def target_pickup_predicate(
-    dataset: Dataset, ranges: Sequence[DateRange], include_null: bool, alias: str = "T"
-) -> str:
-    """Constant bounds on the target's partition column: only these partitions are scanned.
-
-    A join predicate alone does not prune a MERGE target; constants in its ON clause do. Each
-    range is its own term, so a stray date years away adds one small range, not the years between.
-    """
-    pickup = f"{alias}.{quote_ident(dataset.layout.pickup)}"
-    terms = [
-        f"({pickup} >= TIMESTAMP '{r.start.isoformat()}'"
-        f" AND {pickup} < TIMESTAMP '{r.end.isoformat()}')"
-        for r in ranges
-    ]
-    if include_null:
-        terms.append(f"{pickup} IS NULL")
-    return " OR ".join(terms) or "FALSE"
-
-
-def merge_sql(
-    dataset: Dataset,
-    final_ref: str,
-    staging_ref: str,
-    ranges: Sequence[DateRange],
-    include_null_pickup: bool,
-) -> str:
-    """The insert-only MERGE of the staging table into the final table, partition-pruned."""
-    columns = ["unique_row_id", "filename", *(quote_ident(n) for n in dataset.layout.names)]
-    prune = target_pickup_predicate(dataset, ranges, include_null_pickup, "T")
-    return (
-        f"MERGE {final_ref} AS T\nUSING {staging_ref} AS S\n"
-        f"ON T.unique_row_id = S.unique_row_id\n  AND ({prune})\n"
-        f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)})\n"
-        f"  VALUES ({', '.join('S.' + c for c in columns)})"
-    )
-
-
-def run_history_sql(runs_ref: str, loads_ref: str) -> str:
-    """Script creating ``pipeline_runs`` and ``pipeline_loads`` when missing."""
-    return (
-        f"CREATE TABLE IF NOT EXISTS {runs_ref} (\n"
-        "  run_id STRING NOT NULL, dataset STRING, month STRING, step STRING NOT NULL,\n"
-        "  state STRING NOT NULL, attempt INT64, started_at TIMESTAMP, finished_at TIMESTAMP,\n"
-        "  `rows` INT64, `bytes` INT64, labels STRING, error STRING, details STRING,\n"
-        "  recorded_at TIMESTAMP NOT NULL, seq INT64\n"
-        ")\nPARTITION BY DATE(recorded_at)\nCLUSTER BY dataset, run_id;\n"
-        f"CREATE TABLE IF NOT EXISTS {loads_ref} (\n"
-        "  dataset STRING NOT NULL, month STRING NOT NULL, object_name STRING NOT NULL,\n"
-        "  generation STRING NOT NULL, run_id STRING NOT NULL, rows_in_file INT64 NOT NULL,\n"
-        "  rows_inserted INT64 NOT NULL, loaded_at TIMESTAMP NOT NULL\n"
-        ")\nCLUSTER BY object_name"
-    )
-
-
-_ParamValue = str | int | datetime | None
-
-_RUN_COLUMNS: Final = (
-    ("run_id", "STRING"),
-    ("dataset", "STRING"),
-    ("month", "STRING"),
-    ("step", "STRING"),
-    ("state", "STRING"),
-    ("attempt", "INT64"),
-    ("started_at", "TIMESTAMP"),
-    ("finished_at", "TIMESTAMP"),
-    ("rows", "INT64"),
-    ("bytes", "INT64"),
-    ("labels", "STRING"),
-    ("error", "STRING"),
-    ("details", "STRING"),
-    ("recorded_at", "TIMESTAMP"),
-    ("seq", "INT64"),
-)
-_LOAD_COLUMNS: Final = (
-    ("dataset", "STRING"),
-    ("month", "STRING"),
-    ("object_name", "STRING"),
-    ("generation", "STRING"),
-    ("run_id", "STRING"),
-    ("rows_in_file", "INT64"),
-    ("rows_inserted", "INT64"),
-    ("loaded_at", "TIMESTAMP"),
-)
 
 
 class BigQueryWarehouse:
@@ -592,11 +373,13 @@ class BigQueryWarehouse:
     def ensure_final_table(self, dataset: Dataset) -> None:
         self._query(
             f"create final table {dataset.final_table}",
-            final_table_sql(dataset, self.table_ref(dataset.final_table)),
+            SQL.final_table_sql(dataset, self.table_ref(dataset.final_table)),
             job_labels(step="ensure-final-table", dataset=dataset),
         )
 
-    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
+    def create_external_table(
+        self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
+    ) -> str:
         """(Re)create the month's external table; returns its name.
 
         In ``load`` staging mode nothing is created here (:meth:`stage` loads the object into
@@ -606,9 +389,10 @@ class BigQueryWarehouse:
             return raw_table(dataset, month)
         name = external_table(dataset, month)
         uri = _gcs_uri(source)
+        _, _, fmt = parse_object(source.name)
         self._query(
             f"create external table {name}",
-            external_table_sql(dataset, self.table_ref(name), uri),
+            external_table_sql(dataset, self.table_ref(name), uri, fmt),
             job_labels(step="create-external-table", dataset=dataset, month=month),
         )
         with self._translated(f"check external table {name}"):
@@ -623,46 +407,53 @@ class BigQueryWarehouse:
         return name
 
     def stage(
-        self, dataset: Dataset, month: Month, source: ObjectInfo, context: JobContext
+        self,
+        dataset: Dataset,
+        month: Month,
+        source: ObjectInfo,
+        lake: LakeReader,
+        context: JobContext,
     ) -> StagingSummary:
         uri = _gcs_uri(source)
+        _, _, fmt = parse_object(source.name)
         if self.settings.staging_mode is StagingMode.LOAD:
-            source_name = self._load_raw(dataset, month, uri, context)
+            source_name = self._load_raw(dataset, month, uri, fmt, context)
         else:
             source_name = external_table(dataset, month)
         staging = staging_table(dataset, month)
         labels = job_labels(context)
         self._query(
             f"build staging table {staging}",
-            staging_sql(dataset, month, self.table_ref(staging), self.table_ref(source_name)),
+            SQL.staging_sql(
+                dataset,
+                month,
+                self.table_ref(staging),
+                self.table_ref(source_name),
+                csv_name(dataset, month, fmt),
+            ),
             labels,
             identity=(context, "stage"),
         )
         _, rows, _ = self._query(
             f"measure staging table {staging}",
-            measure_sql(dataset, month, self.table_ref(staging)),
+            SQL.measure_sql(dataset, month, self.table_ref(staging)),
             labels,
             identity=(context, "measure"),
         )
         (row,) = rows
-        if int(row["repeated_headers"]):
+        if SQL.repeated_headers(tuple(row)):
             self._query(
                 f"drop repeated header lines from {staging}",
-                drop_repeated_headers_sql(self.table_ref(staging)),
+                SQL.drop_repeated_headers_sql(self.table_ref(staging)),
                 labels,
                 identity=(context, "drop_headers"),
             )
-        return StagingSummary(
-            rows=int(row["rows_total"]),
-            rows_bad=int(row["rows_bad"]),
-            rows_out_of_month=int(row["rows_out_of_month"]),
-            rows_without_pickup=int(row["rows_without_pickup"]),
-            pickup_dates=tuple(sorted(row["pickup_dates"] or ())),
-            bad_samples=tuple(row["bad_samples"] or ()),
-        )
+        return SQL.summary(tuple(row))
 
-    def _load_raw(self, dataset: Dataset, month: Month, uri: str, context: JobContext) -> str:
-        """Load the gzip CSV into the month's raw STRING table with a (free) load job."""
+    def _load_raw(
+        self, dataset: Dataset, month: Month, uri: str, fmt: SourceFormat, context: JobContext
+    ) -> str:
+        """Load the object into the month's raw STRING table with a (free) load job."""
         name = raw_table(dataset, month)
         what = f"load {uri} into {name}"
 
@@ -670,7 +461,7 @@ class BigQueryWarehouse:
             return self.client.load_table_from_uri(
                 uri,
                 self.table_id(name),
-                job_config=raw_load_config(dataset, job_labels(context)),
+                job_config=raw_load_config(dataset, job_labels(context), fmt),
                 job_id=job_id,
                 location=self.settings.bigquery_location,
             )
@@ -701,7 +492,7 @@ class BigQueryWarehouse:
     ) -> int:
         job, _, _ = self._query(
             f"merge {staging_table(dataset, month)} into {dataset.final_table}",
-            merge_sql(
+            SQL.merge_sql(
                 dataset,
                 self.table_ref(dataset.final_table),
                 self.table_ref(staging_table(dataset, month)),
@@ -731,43 +522,34 @@ class BigQueryWarehouse:
 
     # -- run history -------------------------------------------------------------------------
 
+    @property
+    def _history(self) -> History:
+        return History(BIGQUERY, self.table_ref(RUNS_TABLE), self.table_ref(LOADS_TABLE))
+
     def _ensure_history(self) -> None:
         with self._history_lock:
             if not self._history_ready:
                 self._query(
                     "create run history tables",
-                    run_history_sql(self.table_ref(RUNS_TABLE), self.table_ref(LOADS_TABLE)),
+                    ";\n".join(self._history.ddl()),
                     job_labels(step="history"),
                 )
                 self._history_ready = True
 
-    def _insert(
-        self,
-        what: str,
-        table: str,
-        columns: Sequence[tuple[str, str]],
-        rows: Sequence[Sequence[_ParamValue]],
-        labels: Mapping[str, str],
-    ) -> None:
-        """One DML INSERT ... VALUES with typed query parameters."""
+    def _history_query(
+        self, what: str, statement: tuple[str, list[Param]], labels: Mapping[str, str]
+    ) -> list[bigquery.Row]:
+        """A history statement with its parameters typed for BigQuery."""
         from google.cloud import bigquery
 
-        params: list[bigquery.ScalarQueryParameter] = []
-        tuples = []
-        for i, row in enumerate(rows):
-            names = []
-            for (column, kind), value in zip(columns, row, strict=True):
-                name = f"r{i}_{column}"
-                params.append(bigquery.ScalarQueryParameter(name, kind, value))
-                names.append(f"@{name}")
-            tuples.append(f"({', '.join(names)})")
-        column_list = ", ".join(quote_ident(c) for c, _ in columns)
-        self._query(
-            what,
-            f"INSERT INTO {self.table_ref(table)} ({column_list}) VALUES {', '.join(tuples)}",
-            labels,
-            params,
-        )
+        self._ensure_history()
+        sql, params = statement
+        typed = [
+            bigquery.ScalarQueryParameter(p.name, BIGQUERY.history_types[p.kind], p.value)
+            for p in params
+        ]
+        _, rows, _ = self._query(what, sql, labels, typed)
+        return rows
 
     def append_run_events(self, events: Sequence[RunEvent]) -> None:
         """Append with DML INSERT rather than streaming inserts.
@@ -780,29 +562,6 @@ class BigQueryWarehouse:
         """
         if not events:
             return
-        self._ensure_history()
-        now = datetime.now(UTC)
-        rows = []
-        for event in events:
-            rows.append(
-                (
-                    event.run_id,
-                    event.dataset,
-                    event.month,
-                    event.step,
-                    event.state.value,
-                    event.attempt,
-                    _utc(event.started_at),
-                    _utc(event.finished_at),
-                    event.rows,
-                    event.bytes,
-                    json.dumps(dict(event.labels), sort_keys=True),
-                    event.error,
-                    json.dumps(dict(event.details), sort_keys=True),
-                    _utc(event.recorded_at) or now,
-                    self._next_seq(),
-                )
-            )
         labels = job_labels(step="history")
         if events[0].dataset and events[0].month:
             labels |= {
@@ -810,13 +569,10 @@ class BigQueryWarehouse:
                 "month": label_value(events[0].month),
                 "run_id": label_value(events[0].run_id),
             }
-        for start in range(0, len(rows), _EVENTS_PER_INSERT):
-            self._insert(
-                "append run events",
-                RUNS_TABLE,
-                _RUN_COLUMNS,
-                rows[start : start + _EVENTS_PER_INSERT],
-                labels,
+        for start in range(0, len(events), _EVENTS_PER_INSERT):
+            batch = events[start : start + _EVENTS_PER_INSERT]
+            self._history_query(
+                "append run events", self._history.insert_events(batch, self._next_seq), labels
             )
 
     def _next_seq(self) -> int:
@@ -828,112 +584,32 @@ class BigQueryWarehouse:
     def run_events(
         self, run_id: str | None = None, dataset: str | None = None, since: datetime | None = None
     ) -> list[RunEvent]:
-        from google.cloud import bigquery
-
-        self._ensure_history()
-        where, params = ["TRUE"], []  # type: list[str], list[bigquery.ScalarQueryParameter]
-        if run_id is not None:
-            where.append("run_id = @run_id")
-            params.append(bigquery.ScalarQueryParameter("run_id", "STRING", run_id))
-        if dataset is not None:
-            where.append("dataset = @dataset")
-            params.append(bigquery.ScalarQueryParameter("dataset", "STRING", dataset))
-        if since is not None:
-            where.append("recorded_at >= @since")
-            params.append(bigquery.ScalarQueryParameter("since", "TIMESTAMP", _utc(since)))
-        columns = ", ".join(quote_ident(c) for c, _ in _RUN_COLUMNS)
-        _, rows, _ = self._query(
+        rows = self._history_query(
             "read run events",
-            f"SELECT {columns} FROM {self.table_ref(RUNS_TABLE)}"
-            f" WHERE {' AND '.join(where)} ORDER BY recorded_at, seq",
+            self._history.select_events(run_id, dataset, since),
             job_labels(step="history"),
-            params,
         )
-        return [
-            RunEvent(
-                run_id=r["run_id"],
-                dataset=r["dataset"],
-                month=r["month"],
-                step=r["step"],
-                state=RunState(r["state"]),
-                attempt=r["attempt"],
-                started_at=_utc(r["started_at"]),
-                finished_at=_utc(r["finished_at"]),
-                rows=r["rows"],
-                bytes=r["bytes"],
-                labels=json.loads(r["labels"] or "{}"),
-                error=r["error"],
-                details=json.loads(r["details"] or "{}"),
-                recorded_at=_utc(r["recorded_at"]),
-            )
-            for r in rows
-        ]
+        return [self._history.event(tuple(r)) for r in rows]
 
     def record_load(self, record: LoadRecord) -> None:
-        self._ensure_history()
-        self._insert(
+        self._history_query(
             "record load",
-            LOADS_TABLE,
-            _LOAD_COLUMNS,
-            [
-                (
-                    record.dataset.value,
-                    str(record.month),
-                    record.object_name,
-                    record.generation,
-                    record.run_id,
-                    record.rows_in_file,
-                    record.rows_inserted,
-                    _utc(record.loaded_at),
-                )
-            ],
+            self._history.insert_load(record),
             job_labels(JobContext(record.run_id, record.dataset, record.month, "record-load")),
         )
 
     def find_load(self, object_name: str, generation: str) -> LoadRecord | None:
-        from google.cloud import bigquery
-
-        loads = self._loads(
-            "object_name = @object_name AND generation = @generation",
-            [
-                bigquery.ScalarQueryParameter("object_name", "STRING", object_name),
-                bigquery.ScalarQueryParameter("generation", "STRING", generation),
-            ],
-        )
+        loads = self._loads(object_name=object_name, generation=generation)
         return loads[-1] if loads else None
 
     def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
-        from google.cloud import bigquery
+        return self._loads(dataset=dataset)
 
-        if dataset is None:
-            return self._loads("TRUE", [])
-        return self._loads(
-            "dataset = @dataset",
-            [bigquery.ScalarQueryParameter("dataset", "STRING", dataset.value)],
+    def _loads(self, **where: Any) -> list[LoadRecord]:
+        rows = self._history_query(
+            "read loads", self._history.select_loads(**where), job_labels(step="history")
         )
-
-    def _loads(self, where: str, params: Sequence[Any]) -> list[LoadRecord]:
-        self._ensure_history()
-        columns = ", ".join(quote_ident(c) for c, _ in _LOAD_COLUMNS)
-        _, rows, _ = self._query(
-            "read loads",
-            f"SELECT {columns} FROM {self.table_ref(LOADS_TABLE)} WHERE {where} ORDER BY loaded_at",
-            job_labels(step="history"),
-            params,
-        )
-        return [
-            LoadRecord(
-                Dataset(r["dataset"]),
-                Month.parse(r["month"]),
-                r["object_name"],
-                r["generation"],
-                r["run_id"],
-                r["rows_in_file"],
-                r["rows_inserted"],
-                _utc(r["loaded_at"]) or datetime.min.replace(tzinfo=UTC),
-            )
-            for r in rows
-        ]
+        return [self._history.load(tuple(r)) for r in rows]
 
 
 def _gcs_uri(source: ObjectInfo) -> str:

@@ -9,30 +9,32 @@ MD5 over the reference fields cast the way BigQuery casts them to STRING.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import threading
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import duckdb
 
+from taxi_pipeline.adapters.sql.dialects import DUCKDB
+from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
+from taxi_pipeline.adapters.sql.statements import Statements
 from taxi_pipeline.domain.datasets import (
-    Column,
     Dataset,
     Month,
     csv_name,
     external_table,
+    parse_object,
     staging_table,
 )
-from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import ConfigurationError, PermanentError, TransientError
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
+    LakeReader,
     LoadRecord,
     ObjectInfo,
     QueryResult,
@@ -40,69 +42,13 @@ from taxi_pipeline.pipeline.ports import (
     StagingSummary,
 )
 
-_DUCKDB_TYPES = {
-    "string": "VARCHAR",
-    "timestamp": "TIMESTAMP",
-    "integer": "BIGINT",
-    "numeric": "DECIMAL(38, 9)",
-}
-_TIMESTAMP_TEXT = "%Y-%m-%d %H:%M:%S"
-_BAD_SAMPLES = 5
-
-_RUNS_DDL = """
-CREATE TABLE IF NOT EXISTS pipeline_runs (
-    run_id VARCHAR NOT NULL, dataset VARCHAR, month VARCHAR, step VARCHAR NOT NULL,
-    state VARCHAR NOT NULL, attempt INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP,
-    rows BIGINT, bytes BIGINT, labels VARCHAR, error VARCHAR, details VARCHAR,
-    recorded_at TIMESTAMP NOT NULL
-)"""
-_LOADS_DDL = """
-CREATE TABLE IF NOT EXISTS pipeline_loads (
-    dataset VARCHAR NOT NULL, month VARCHAR NOT NULL, object_name VARCHAR NOT NULL,
-    generation VARCHAR NOT NULL, run_id VARCHAR NOT NULL, rows_in_file BIGINT NOT NULL,
-    rows_inserted BIGINT NOT NULL, loaded_at TIMESTAMP NOT NULL
-)"""
+SQL: Final = Statements(DUCKDB)
+HISTORY: Final = History(DUCKDB, RUNS_TABLE, LOADS_TABLE)
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _quote_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _typed(column: Column, raw: str) -> str:
-    """The reference type of ``raw`` (text), NULL where the text does not fit it."""
-    if column.kind == "string":
-        return raw
-    if column.kind == "integer":
-        # "1.0" appears in some published months: accept whole decimals, refuse "1.5".
-        number = f"TRY_CAST({raw} AS DECIMAL(38, 9))"
-        return f"CASE WHEN {number} = trunc({number}) THEN TRY_CAST({number} AS BIGINT) END"
-    return f"TRY_CAST({raw} AS {_DUCKDB_TYPES[column.kind]})"
-
-
-def _raw_alias(column: Column) -> str:
-    return _quote_ident(f"__text_{column.name}")
-
-
-def _bigquery_string(column: Column, ref: str) -> str:
-    """``CAST(col AS STRING)`` as BigQuery spells it (timestamps end in ``+00``)."""
-    if column.kind == "timestamp":
-        return f"strftime({ref}, '{_TIMESTAMP_TEXT}') || '+00'"
-    return f"CAST({ref} AS VARCHAR)"
-
-
-def unique_row_id_sql(dataset: Dataset, alias: str = "") -> str:
-    """The reference id: ``MD5(CONCAT(COALESCE(CAST(f AS STRING), ""), ...))`` as BYTES."""
-    by_name = {c.name: c for c in dataset.layout.columns}
-    prefix = f"{alias}." if alias else ""
-    parts = [
-        f"COALESCE({_bigquery_string(by_name[n], prefix + _quote_ident(n))}, '')"
-        for n in dataset.layout.id_columns
-    ]
-    return f"unhex(md5(concat({', '.join(parts)})))"
+def unique_row_id_sql(dataset: Dataset) -> str:
+    """The reference id in DuckDB's SQL (the benchmarks build their tables with it)."""
+    return SQL.unique_row_id_sql(dataset)
 
 
 def _translate(exc: duckdb.Error, what: str) -> Exception:
@@ -182,8 +128,8 @@ class DuckDbWarehouse:
         self._staging: dict[str, duckdb.DuckDBPyConnection] = {}
         if not read_only:
             with self._ddl_lock:
-                self._conn.execute(_RUNS_DDL)
-                self._conn.execute(_LOADS_DDL)
+                for statement in HISTORY.ddl():
+                    self._conn.execute(statement)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> DuckDbWarehouse:
@@ -241,102 +187,41 @@ class DuckDbWarehouse:
     # -- tables ---------------------------------------------------------------------------
 
     def ensure_final_table(self, dataset: Dataset) -> None:
-        columns = ", ".join(
-            f"{_quote_ident(c.name)} {_DUCKDB_TYPES[c.kind]}" for c in dataset.layout.columns
-        )
         with self._ddl_lock:
-            self._run(
-                "create final table",
-                f"CREATE TABLE IF NOT EXISTS {dataset.final_table}"
-                f" (unique_row_id BLOB, filename VARCHAR, {columns})",
-            )
+            self._run("create final table", SQL.final_table_sql(dataset, dataset.final_table))
 
-    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
-        path = _local_path(source)
-        columns = ", ".join(f"{_quote_text(c.name)}: 'VARCHAR'" for c in dataset.layout.columns)
+    def create_external_table(
+        self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
+    ) -> str:
+        _, _, fmt = parse_object(source.name)
+        relation = DUCKDB.read_source(fmt, str(_local_path(source)), dataset)
         name = external_table(dataset, month)
         with self._ddl_lock:
-            self._run(
-                "create external table",
-                f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_csv("
-                f"{_quote_text(str(path))}, header = true, auto_detect = false, delim = ',',"
-                f" quote = '\"', escape = '\"', nullstr = '', compression = 'gzip',"
-                f" strict_mode = true, columns = {{{columns}}})",
-            )
+            self._run("create external table", f"CREATE OR REPLACE VIEW {name} AS {relation}")
         return name
 
     def stage(
-        self, dataset: Dataset, month: Month, source: ObjectInfo, context: JobContext
+        self,
+        dataset: Dataset,
+        month: Month,
+        source: ObjectInfo,
+        lake: LakeReader,
+        context: JobContext,
     ) -> StagingSummary:
-        layout = dataset.layout
         ext, stg = external_table(dataset, month), staging_table(dataset, month)
-        checked = [c for c in layout.columns if c.kind != "string"]
-        # Each cast runs once: the text goes in under a private name, the typed value comes out
-        # under the column's, and a row is bad where a text did not survive its cast.
-        as_text = ", ".join(f"{_quote_ident(c.name)} AS {_raw_alias(c)}" for c in layout.columns)
-        typed = ", ".join(
-            [_raw_alias(c) for c in checked]
-            + [f"{_typed(c, _raw_alias(c))} AS {_quote_ident(c.name)}" for c in layout.columns]
-        )
-        bad = " OR ".join(
-            f"({_raw_alias(c)} IS NOT NULL AND {_quote_ident(c.name)} IS NULL)" for c in checked
-        )
-        # The header line again inside the body (files concatenated by hand): no trip. Counted
-        # as a bad row, shown among the samples, never staged.
-        header = " AND ".join(
-            f"{_raw_alias(c) if c in checked else _quote_ident(c.name)} = {_quote_text(c.name)}"
-            for c in layout.columns
-        )
-        names = ", ".join(_quote_ident(n) for n in layout.names)
-        pickup = _quote_ident(layout.pickup)
-        first_day = date(month.year, month.month, 1)
-        next_month = month.next()
-        after_last = date(next_month.year, next_month.month, 1)
+        _, _, fmt = parse_object(source.name)
         cursor = self._new_staging_cursor(stg)
         self._run(
             "build staging table",
-            f"CREATE OR REPLACE TEMP TABLE {stg} AS"
-            f" SELECT {unique_row_id_sql(dataset)} AS unique_row_id,"
-            f" {_quote_text(csv_name(dataset, month))} AS filename, {names}, ({bad}) AS _bad,"
-            f" coalesce({header}, false) AS _header"
-            f" FROM (SELECT {typed} FROM (SELECT {as_text} FROM {ext}))",
+            SQL.staging_sql(dataset, month, stg, ext, csv_name(dataset, month, fmt)),
             cursor=cursor,
         )
-        ((rows, rows_bad, out_of_month, no_pickup, headers),) = self._run(
-            "measure staging table",
-            f"SELECT count(*) FILTER (WHERE NOT _header), count(*) FILTER (WHERE _bad),"
-            f" count(*) FILTER (WHERE {pickup} < ? OR {pickup} >= ?),"
-            f" count(*) FILTER (WHERE {pickup} IS NULL AND NOT _header),"
-            f" count(*) FILTER (WHERE _header) FROM {stg}",
-            [first_day, after_last],
-            cursor=cursor,
+        (row,) = self._run(
+            "measure staging table", SQL.measure_sql(dataset, month, stg), cursor=cursor
         )
-        if headers:
-            self._run("drop repeated headers", f"DELETE FROM {stg} WHERE _header", cursor=cursor)
-        dates = self._run(
-            "list staging dates",
-            f"SELECT DISTINCT CAST({pickup} AS DATE) FROM {stg} WHERE {pickup} IS NOT NULL",
-            cursor=cursor,
-        )
-        samples: tuple[str, ...] = ()
-        if rows_bad:
-            unfit = " OR ".join(
-                f"({name} IS NOT NULL AND {_typed(c, name)} IS NULL)"
-                for c in checked
-                for name in [_quote_ident(c.name)]
-            )
-            sample_rows = self._run(
-                "sample bad rows", f"SELECT {names} FROM {ext} WHERE {unfit} LIMIT {_BAD_SAMPLES}"
-            )
-            samples = tuple(",".join("" if v is None else str(v) for v in r) for r in sample_rows)
-        return StagingSummary(
-            rows=rows,
-            rows_bad=rows_bad,
-            rows_out_of_month=out_of_month,
-            rows_without_pickup=no_pickup,
-            pickup_dates=tuple(sorted(d for (d,) in dates)),
-            bad_samples=samples,
-        )
+        if SQL.repeated_headers(row):
+            self._run("drop repeated headers", SQL.drop_repeated_headers_sql(stg), cursor=cursor)
+        return SQL.summary(row)
 
     def merge_staged(
         self,
@@ -347,17 +232,8 @@ class DuckDbWarehouse:
         context: JobContext,
     ) -> int:
         stg = staging_table(dataset, month)
-        columns = ", ".join(
-            ["unique_row_id", "filename", *(_quote_ident(n) for n in dataset.layout.names)]
-        )
-        prune = target_pickup_predicate(dataset, pickup_ranges, include_null_pickup, "t")
-        ((inserted,),) = self._run(
-            "merge into final table",
-            f"INSERT INTO {dataset.final_table} ({columns})"
-            f" SELECT {columns} FROM {stg} s WHERE NOT EXISTS (SELECT 1 FROM"
-            f" {dataset.final_table} t WHERE ({prune}) AND t.unique_row_id = s.unique_row_id)",
-            cursor=self._staging_cursor(stg),
-        )
+        sql = SQL.merge_sql(dataset, dataset.final_table, stg, pickup_ranges, include_null_pickup)
+        ((inserted,),) = self._run("merge into final table", sql, cursor=self._staging_cursor(stg))
         return int(inserted)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
@@ -409,136 +285,33 @@ class DuckDbWarehouse:
 
     # -- run history ------------------------------------------------------------------------
 
+    def _history(self, what: str, statement: tuple[str, list[Param]]) -> list[tuple[Any, ...]]:
+        sql, params = statement
+        return self._run(what, sql, [p.value for p in params])
+
     def append_run_events(self, events: Sequence[RunEvent]) -> None:
-        if not events:
-            return
-        rows = [
-            (
-                e.run_id,
-                e.dataset,
-                e.month,
-                e.step,
-                e.state.value,
-                e.attempt,
-                _naive(e.started_at),
-                _naive(e.finished_at),
-                e.rows,
-                e.bytes,
-                json.dumps(dict(e.labels), sort_keys=True),
-                e.error,
-                json.dumps(dict(e.details), sort_keys=True),
-                _naive(e.recorded_at or datetime.now(UTC)),
-            )
-            for e in events
-        ]
-        cursor = self._cursor()
-        try:
-            cursor.executemany(
-                "INSERT INTO pipeline_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-        except duckdb.Error as exc:
-            raise _translate(exc, "append run events") from exc
-        finally:
-            cursor.close()
+        if events:
+            # DuckDB orders lines recorded at the same instant by rowid: no sequence to fill.
+            self._history("append run events", HISTORY.insert_events(events, lambda: 0))
 
     def run_events(
         self, run_id: str | None = None, dataset: str | None = None, since: datetime | None = None
     ) -> list[RunEvent]:
-        where, params = ["TRUE"], []  # type: list[str], list[object]
-        if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if dataset is not None:
-            where.append("dataset = ?")
-            params.append(dataset)
-        if since is not None:
-            where.append("recorded_at >= ?")
-            params.append(_naive(since))
-        rows = self._run(
-            "read run events",
-            "SELECT run_id, dataset, month, step, state, attempt, started_at, finished_at, rows,"
-            " bytes, labels, error, details, recorded_at FROM pipeline_runs"
-            f" WHERE {' AND '.join(where)} ORDER BY recorded_at, rowid",
-            params,
-        )
-        return [
-            RunEvent(
-                run_id=r[0],
-                dataset=r[1],
-                month=r[2],
-                step=r[3],
-                state=RunState(r[4]),
-                attempt=r[5],
-                started_at=_aware(r[6]),
-                finished_at=_aware(r[7]),
-                rows=r[8],
-                bytes=r[9],
-                labels=json.loads(r[10] or "{}"),
-                error=r[11],
-                details=json.loads(r[12] or "{}"),
-                recorded_at=_aware(r[13]),
-            )
-            for r in rows
-        ]
+        rows = self._history("read run events", HISTORY.select_events(run_id, dataset, since))
+        return [HISTORY.event(r) for r in rows]
 
     def record_load(self, record: LoadRecord) -> None:
-        self._run(
-            "record load",
-            "INSERT INTO pipeline_loads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                record.dataset.value,
-                str(record.month),
-                record.object_name,
-                record.generation,
-                record.run_id,
-                record.rows_in_file,
-                record.rows_inserted,
-                _naive(record.loaded_at),
-            ],
-        )
+        self._history("record load", HISTORY.insert_load(record))
 
     def find_load(self, object_name: str, generation: str) -> LoadRecord | None:
-        loads = self._loads("object_name = ? AND generation = ?", [object_name, generation])
-        return loads[-1] if loads else None
+        rows = self._history(
+            "read loads", HISTORY.select_loads(object_name=object_name, generation=generation)
+        )
+        return HISTORY.load(rows[-1]) if rows else None
 
     def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
-        if dataset is None:
-            return self._loads("TRUE", [])
-        return self._loads("dataset = ?", [dataset.value])
-
-    def _loads(self, where: str, params: list[object]) -> list[LoadRecord]:
-        rows = self._run(
-            "read loads",
-            "SELECT dataset, month, object_name, generation, run_id, rows_in_file, rows_inserted,"
-            f" loaded_at FROM pipeline_loads WHERE {where} ORDER BY loaded_at",
-            params,
-        )
-        return [
-            LoadRecord(
-                Dataset(r[0]),
-                Month.parse(r[1]),
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                _aware(r[7]) or datetime.min,
-            )
-            for r in rows
-        ]
-
-
-def target_pickup_predicate(
-    dataset: Dataset, ranges: Sequence[DateRange], include_null: bool, alias: str
-) -> str:
-    """Constant pickup bounds on the target: only the dates the staging data has are read."""
-    pickup = f"{alias}.{_quote_ident(dataset.layout.pickup)}"
-    terms = [
-        f"({pickup} >= TIMESTAMP '{r.start}' AND {pickup} < TIMESTAMP '{r.end}')" for r in ranges
-    ]
-    if include_null:
-        terms.append(f"{pickup} IS NULL")
-    return " OR ".join(terms) or "FALSE"
+        rows = self._history("read loads", HISTORY.select_loads(dataset=dataset))
+        return [HISTORY.load(r) for r in rows]
 
 
 def _local_path(source: ObjectInfo) -> Path:
@@ -548,14 +321,3 @@ def _local_path(source: ObjectInfo) -> Path:
             f"the DuckDB warehouse reads local files only, got {source.uri!r}; use a file:// lake"
         )
     return Path(unquote(parts.path))
-
-
-def _naive(value: datetime | None) -> datetime | None:
-    """DuckDB TIMESTAMP holds UTC wall time without a zone."""
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)

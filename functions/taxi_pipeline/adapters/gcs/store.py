@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from taxi_pipeline.adapters.google_errors import translate
 from taxi_pipeline.domain.datasets import is_safe_object_name
+from taxi_pipeline.domain.formats import format_of
 from taxi_pipeline.errors import (
     ConfigurationError,
     InvalidMessage,
@@ -74,11 +75,8 @@ def check_object_name(name: str) -> str:
 
 
 def _content_type(name: str) -> str:
-    if name.endswith(".gz"):
-        return "application/gzip"
-    if name.endswith(".csv"):
-        return "text/csv"
-    return "application/octet-stream"
+    fmt = format_of(name)
+    return fmt.content_type if fmt else "application/octet-stream"
 
 
 class _GcsWriter:

@@ -23,7 +23,8 @@ from tenacity import (
     wait_exponential,
 )
 
-from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name
+from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name, source_format
+from taxi_pipeline.domain.formats import VerifiedFile
 from taxi_pipeline.domain.messages import IngestRequest, RunState, labels_to_attributes
 from taxi_pipeline.domain.sources import INSECURE_OPT_IN, display_url, is_loopback
 from taxi_pipeline.errors import (
@@ -36,12 +37,7 @@ from taxi_pipeline.errors import (
 from taxi_pipeline.pipeline.ports import ObjectInfo, Ports
 from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
 from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
-from taxi_pipeline.pipeline.verify import (
-    BackgroundVerifier,
-    GzipCsvVerifier,
-    TruncatedStream,
-    VerifiedFile,
-)
+from taxi_pipeline.pipeline.verify import BackgroundVerifier, TruncatedStream
 from taxi_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,7 +79,7 @@ def check_source_base(settings: Settings) -> str:
 
 
 def source_file_url(settings: Settings, dataset: Dataset, month: Month) -> str:
-    """``{base}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz`` from validated parts only."""
+    """``{base}/{dataset}/{file name}`` (:func:`datasets.file_name`) from validated parts only."""
     return f"{check_source_base(settings)}/{dataset.value}/{file_name(dataset, month)}"
 
 
@@ -258,7 +254,7 @@ def _download_once(
         if status != 200:
             raise PermanentError(f"{url} answered HTTP {status}")
         verifier = BackgroundVerifier(
-            GzipCsvVerifier(
+            source_format(dataset).verifier(
                 dataset.layout,
                 response.content_length,
                 settings.min_rows_per_file,

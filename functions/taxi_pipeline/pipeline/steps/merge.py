@@ -39,6 +39,13 @@ def pickup_ranges(dates: Iterable[date]) -> list[DateRange]:
     return ranges
 
 
+def _reads_null_pickups(staged: StagingSummary) -> bool:
+    """Whether the target's rows without a pickup may hold one of the staged ids: a staged row
+    without a pickup, or one without a dropoff (its id is that of a row with only that dropoff:
+    README, "Row ids")."""
+    return staged.rows_without_pickup > 0 or staged.rows_without_dropoff > 0
+
+
 def _check_staged(staged: StagingSummary, name: str, ports: Ports) -> None:
     """Refuse a month with no rows or too many values that do not fit the column types."""
     minimum = ports.settings.min_rows_per_file
@@ -121,13 +128,13 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
         ports.warehouse.ensure_final_table(dataset)
         try:
             # Recreated here too: a crash between register and merge must not strand the run.
-            ports.warehouse.create_external_table(dataset, month, source)
-            staged = ports.warehouse.stage(dataset, month, source, context)
+            ports.warehouse.create_external_table(dataset, month, source, ports.lake)
+            staged = ports.warehouse.stage(dataset, month, source, ports.lake, context)
             _check_staged(staged, source.name, ports)
             ranges = pickup_ranges(staged.pickup_dates)
             with ports.locks.hold(f"insert-{dataset.value}"):
                 inserted = ports.warehouse.merge_staged(
-                    dataset, month, ranges, staged.rows_without_pickup > 0, context
+                    dataset, month, ranges, _reads_null_pickups(staged), context
                 )
         except PermanentError:
             # A refused month leaves no external or staging table behind. (After a transient

@@ -10,21 +10,19 @@ row count, the inflated size) before anything is staged.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Mapping
 
-from taxi_pipeline.domain.datasets import Dataset, parse_object_name
+from taxi_pipeline.domain.datasets import parse_object
 from taxi_pipeline.domain.messages import GcsObject, RunState, is_run_id, labels_from_attributes
-from taxi_pipeline.errors import InvalidMessage, PermanentError, VerificationFailed
+from taxi_pipeline.errors import InvalidMessage, PermanentError
 from taxi_pipeline.pipeline.ports import Ports
 from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
 from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
-from taxi_pipeline.pipeline.verify import header_mismatch, verify_lake_object
+from taxi_pipeline.pipeline.verify import verify_lake_object
 
 log = logging.getLogger(__name__)
 
 RAW_PREFIX = "raw/"
-_HEAD_BYTES = 64 * 1024
 
 
 def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
@@ -33,7 +31,7 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
         log.info("ignoring gs://%s/%s: not under %s", obj.bucket, obj.name, RAW_PREFIX)
         return None
     try:
-        dataset, month = parse_object_name(obj.name)
+        dataset, month, fmt = parse_object(obj.name)
     except ValueError as exc:
         raise InvalidMessage(str(exc)) from exc
     invocation.dataset, invocation.month = dataset, month
@@ -54,7 +52,9 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
             obj.generation,
             current.generation,
         )
-    _check_head(ports.lake.read_head(obj.name, _HEAD_BYTES), dataset)
+    # Cheap check first (the format's head check), then, for an object nobody verified (a
+    # hand upload), the whole object as a download is verified.
+    fmt.check_head(ports.lake.read_head(obj.name, fmt.head_bytes), dataset.layout, dataset.value)
     if not _written_by_download(current.metadata):
         verified = verify_lake_object(
             ports.lake,
@@ -67,7 +67,7 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
         log.info("verified hand-uploaded %s: %d rows", obj.name, verified.rows)
 
     ports.warehouse.ensure_final_table(dataset)
-    table = ports.warehouse.create_external_table(dataset, month, current)
+    table = ports.warehouse.create_external_table(dataset, month, current, ports.lake)
     request_merge(ports, run_id, dataset, month, current, labels)
     recorder.finish(RunState.SUCCESS, bytes_=current.size, details={"external_table": table})
     return run_id
@@ -77,7 +77,7 @@ def run_of_object(obj: GcsObject) -> tuple[str, dict[str, str]]:
     """The run a ``raw/`` object belongs to, and its labels: the one its metadata names (a
     download), or one derived from the object's generation (uploaded by hand, or by a tool that
     sets no metadata), so redelivered events of that generation continue one run."""
-    dataset, month = parse_object_name(obj.name)
+    dataset, month, _ = parse_object(obj.name)
     run_id = obj.metadata.get("run_id", "")
     if is_run_id(run_id):
         return run_id, labels_from_attributes(obj.metadata)
@@ -87,18 +87,3 @@ def run_of_object(obj: GcsObject) -> tuple[str, dict[str, str]]:
 def _written_by_download(metadata: Mapping[str, str]) -> bool:
     """The download step commits an object only after verifying it, and marks it so."""
     return is_run_id(metadata.get("run_id", "")) and bool(metadata.get("source_url"))
-
-
-def _check_head(head: bytes, dataset: Dataset) -> None:
-    """Cheap check of an object nobody verified (a hand upload): gzip, and the right header."""
-    if not head.startswith(b"\x1f\x8b"):
-        raise VerificationFailed("object is not gzip-compressed (no gzip magic bytes)")
-    try:
-        text = zlib.decompressobj(wbits=31).decompress(head, 16 * 1024)
-    except zlib.error as exc:
-        raise VerificationFailed(f"object is not a valid gzip stream: {exc}") from exc
-    line = text.split(b"\n", 1)[0].rstrip(b"\r")
-    expected = dataset.layout.header
-    got = line.decode("utf-8", "replace").lstrip("\ufeff")
-    if got != expected:
-        raise VerificationFailed(header_mismatch(expected, got, f"published {dataset.value}"))

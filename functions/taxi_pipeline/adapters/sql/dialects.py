@@ -1,0 +1,336 @@
+"""Where the SQL warehouses differ: one small :class:`Dialect` each, side by side.
+
+The statements (:mod:`.statements`, :mod:`.history`) are written once over these hooks, the way
+dlt writes its merge SQL once in ``sql_jobs.py`` and lets each destination override a few. The
+base class speaks the standard SQL that DuckDB and PostgreSQL share; BigQuery overrides what
+GoogleSQL spells otherwise. Pure text: nothing here imports a database driver, so every
+dialect's SQL is unit-tested as text (``tests/unit/test_sql_dialects.py``).
+
+A new warehouse adds its class here (its type map beside the others) and, when it reads the lake
+itself, its reader per source format in :meth:`Dialect.read_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, Final, Literal
+
+from taxi_pipeline.domain.datasets import Column, ColumnKind, Dataset
+from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
+from taxi_pipeline.errors import ConfigurationError
+
+HistoryKind = Literal["text", "integer", "timestamp"]
+"""The kinds of the run-history columns (``pipeline_runs``, ``pipeline_loads``)."""
+
+MergeStyle = Literal["merge", "insert-missing"]
+"""``merge``: the reference's insert-only ``MERGE``; ``insert-missing``: ``INSERT ... SELECT ...
+WHERE NOT EXISTS``, the same effect where MERGE is missing or slower."""
+
+STAGING_EXPIRATION: Final = timedelta(days=1)
+"""How long a month's tables may outlive a crash where the warehouse can expire them."""
+
+
+class Dialect:
+    """A SQL dialect: quoting, types and the expressions the shared statements are built from."""
+
+    name: ClassVar[str]
+    column_types: ClassVar[Mapping[ColumnKind, str]]
+    """The final table's type of each reference column kind."""
+    history_types: ClassVar[Mapping[HistoryKind, str]]
+    id_type: ClassVar[str]
+    """The type of ``unique_row_id`` (an MD5 digest as bytes)."""
+    text_type: ClassVar[str]
+    merge_style: ClassVar[MergeStyle] = "insert-missing"
+    empty_text: ClassVar[str] = "''"
+    insertion_order: ClassVar[str] = "seq"
+    """What orders history rows recorded at the same instant (a column, or the engine's row id)."""
+    history_sequence: ClassVar[bool] = True
+    """Whether ``pipeline_runs`` has a ``seq`` column the writer fills (no engine row id)."""
+
+    # -- quoting --------------------------------------------------------------------------
+
+    def quote_ident(self, name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    def quote_text(self, text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    def param(self, name: str) -> str:
+        """The placeholder of a query parameter (positional ``?`` unless overridden)."""
+        return "?"
+
+    def to_timestamp(self, value: datetime | None) -> datetime | None:
+        """A timestamp as the driver takes it (aware UTC; a naive value is taken as UTC)."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def from_timestamp(self, value: datetime | None) -> datetime | None:
+        """A timestamp the driver returned, as aware UTC."""
+        return self.to_timestamp(value)
+
+    # -- types and casts ------------------------------------------------------------------
+
+    def column_type(self, column: Column) -> str:
+        return self.column_types[column.kind]
+
+    def try_cast(self, ref: str, sql_type: str) -> str:
+        """``ref`` as ``sql_type``, NULL where it does not fit (never an error)."""
+        return f"TRY_CAST({ref} AS {sql_type})"
+
+    def when(self, condition: str, value: str) -> str:
+        """``value`` where ``condition`` holds, NULL otherwise."""
+        return f"CASE WHEN {condition} THEN {value} END"
+
+    def trunc(self, ref: str) -> str:
+        return f"trunc({ref})"
+
+    def full_match(self, ref: str, pattern: str) -> str:
+        """Whether the whole text ``ref`` matches the regular expression ``pattern`` (which
+        holds no quote or backslash)."""
+        return f"regexp_full_match({ref}, '{pattern}')"
+
+    def nullify_empty(self, ref: str) -> str:
+        """An empty field as NULL (the readers that already do so return ``ref``)."""
+        return f"NULLIF({ref}, '')"
+
+    def date_of(self, ref: str) -> str:
+        return f"CAST({ref} AS DATE)"
+
+    # -- the reference id -----------------------------------------------------------------
+
+    def id_text(self, column: Column, ref: str) -> str:
+        """``CAST(ref AS STRING)`` as BigQuery spells it (the reference id's text)."""
+        if column.kind == "timestamp":
+            # BigQuery writes a UTC timestamp as "2019-01-01 10:00:00+00".
+            return f"strftime({ref}, '%Y-%m-%d %H:%M:%S') || '+00'"
+        return f"CAST({ref} AS {self.text_type})"
+
+    def digest(self, parts: Sequence[str]) -> str:
+        """MD5 of the concatenated texts, as bytes."""
+        return f"unhex(md5(concat({', '.join(parts)})))"
+
+    # -- aggregates -----------------------------------------------------------------------
+
+    def count_if(self, condition: str) -> str:
+        return f"count(*) FILTER (WHERE {condition})"
+
+    def distinct_dates(self, ref: str) -> str:
+        """The distinct dates of a timestamp expression, NULLs left out, as an array."""
+        return f"list(DISTINCT {self.date_of(ref)}) FILTER (WHERE {ref} IS NOT NULL)"
+
+    def first_values(self, column: str, table_ref: str, condition: str, limit: int) -> str:
+        """An array of at most ``limit`` values of ``column`` where ``condition`` holds."""
+        return f"ARRAY(SELECT {column} FROM {table_ref} WHERE {condition} LIMIT {limit})"
+
+    def join_texts(self, items: Sequence[str]) -> str:
+        """The texts joined by commas (every item is non-NULL)."""
+        return f"array_to_string([{', '.join(items)}], ',')"
+
+    # -- tables ---------------------------------------------------------------------------
+
+    def create_staging(self, table_ref: str) -> str:
+        """The head of the staging table's ``CREATE ... AS`` (replacing an earlier one)."""
+        return f"CREATE OR REPLACE TABLE {table_ref} AS"
+
+    def final_table_suffix(self, dataset: Dataset) -> str:
+        """What follows the final table's column list (partitioning, clustering, options)."""
+        return ""
+
+    def history_suffix(self, table: str) -> str:
+        """What follows a history table's column list."""
+        return ""
+
+    # -- the lake -------------------------------------------------------------------------
+
+    def read_source(self, fmt: SourceFormat, location: str, dataset: Dataset) -> str:
+        """A relation over the lake object at ``location`` with every column as text (a view
+        body); only warehouses that read the lake themselves have one."""
+        raise ConfigurationError(f"the {self.name} warehouse cannot read {fmt.name} objects")
+
+
+class DuckDbDialect(Dialect):
+    """DuckDB (the embedded default)."""
+
+    name = "duckdb"
+    column_types: ClassVar[Mapping[ColumnKind, str]] = {
+        "string": "VARCHAR",
+        "timestamp": "TIMESTAMP",
+        "integer": "BIGINT",
+        "numeric": "DECIMAL(38, 9)",
+    }
+    history_types: ClassVar[Mapping[HistoryKind, str]] = {
+        "text": "VARCHAR",
+        "integer": "BIGINT",
+        "timestamp": "TIMESTAMP",
+    }
+    id_type = "BLOB"
+    text_type = "VARCHAR"
+    insertion_order = "rowid"
+    history_sequence = False
+
+    def to_timestamp(self, value: datetime | None) -> datetime | None:
+        # DuckDB's TIMESTAMP holds UTC wall time without a zone.
+        aware = super().to_timestamp(value)
+        return None if aware is None else aware.replace(tzinfo=None)
+
+    def from_timestamp(self, value: datetime | None) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+    def nullify_empty(self, ref: str) -> str:
+        # read_csv reads empty fields (quoted or not) as NULL already (nullstr = '').
+        return ref
+
+    def create_staging(self, table_ref: str) -> str:
+        # A TEMP table: in memory (spilled past the memory limit), gone with its connection.
+        return f"CREATE OR REPLACE TEMP TABLE {table_ref} AS"
+
+    def read_source(self, fmt: SourceFormat, location: str, dataset: Dataset) -> str:
+        if fmt is CSV_GZ:
+            columns = ", ".join(
+                f"{self.quote_text(c.name)}: 'VARCHAR'" for c in dataset.layout.columns
+            )
+            return (
+                f"SELECT * FROM read_csv({self.quote_text(location)}, header = true,"
+                " auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
+                f" compression = 'gzip', strict_mode = true, columns = {{{columns}}})"
+            )
+        return super().read_source(fmt, location, dataset)
+
+
+class BigQueryDialect(Dialect):
+    """GoogleSQL (BigQuery and its emulator)."""
+
+    name = "bigquery"
+    column_types: ClassVar[Mapping[ColumnKind, str]] = {
+        "string": "STRING",
+        "timestamp": "TIMESTAMP",
+        "integer": "INT64",
+        "numeric": "NUMERIC",
+    }
+    history_types: ClassVar[Mapping[HistoryKind, str]] = {
+        "text": "STRING",
+        "integer": "INT64",
+        "timestamp": "TIMESTAMP",
+    }
+    id_type = "BYTES"
+    text_type = "STRING"
+    merge_style = "merge"
+    empty_text = '""'
+
+    def quote_ident(self, name: str) -> str:
+        return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+    def quote_text(self, text: str) -> str:
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+    def param(self, name: str) -> str:
+        return f"@{name}"
+
+    def try_cast(self, ref: str, sql_type: str) -> str:
+        return f"SAFE_CAST({ref} AS {sql_type})"
+
+    def when(self, condition: str, value: str) -> str:
+        return f"IF({condition}, {value}, NULL)"
+
+    def trunc(self, ref: str) -> str:
+        return f"TRUNC({ref})"
+
+    def full_match(self, ref: str, pattern: str) -> str:
+        return f"REGEXP_CONTAINS({ref}, r'^{pattern}$')"
+
+    def date_of(self, ref: str) -> str:
+        return f"DATE({ref})"
+
+    def id_text(self, column: Column, ref: str) -> str:
+        return f"CAST({ref} AS STRING)"
+
+    def digest(self, parts: Sequence[str]) -> str:
+        return f"MD5(CONCAT({', '.join(parts)}))"
+
+    def count_if(self, condition: str) -> str:
+        return f"COUNTIF({condition})"
+
+    def distinct_dates(self, ref: str) -> str:
+        return f"ARRAY_AGG(DISTINCT {self.date_of(ref)} IGNORE NULLS)"
+
+    def join_texts(self, items: Sequence[str]) -> str:
+        return f"ARRAY_TO_STRING([{', '.join(items)}], ',')"
+
+    def create_staging(self, table_ref: str) -> str:
+        return f"CREATE OR REPLACE TABLE {table_ref}\nOPTIONS ({self.expiration_option()})\nAS"
+
+    def expiration_option(self) -> str:
+        days = STAGING_EXPIRATION.days
+        return f"expiration_timestamp = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL {days} DAY)"
+
+    def final_table_suffix(self, dataset: Dataset) -> str:
+        spec = dataset.spec
+        # Clustering by zone: within a pickup-date partition, the question users ask most ("trips
+        # from/to zone X") then reads only the blocks of that zone instead of the whole day,
+        # which the reference (no clustering) pays for in full. Re-clustering is automatic and
+        # free. Clustering by unique_row_id would not help the MERGE: a join prunes no blocks,
+        # only constant filters do, and the partition bounds already narrow its scan.
+        cluster = ", ".join(self.quote_ident(c) for c in spec.cluster_columns)
+        description = (
+            f"NYC {dataset.value} taxi trips, one row per published CSV row; unique_row_id is the"
+            " zoomcamp reference MD5 id. Written by taxi-pipeline."
+        )
+        return (
+            f"\nPARTITION BY DATE({self.quote_ident(spec.layout.pickup)})\n"
+            + (f"CLUSTER BY {cluster}\n" if cluster else "")
+            + f"OPTIONS (description = {self.quote_text(description)})"
+        )
+
+    def history_suffix(self, table: str) -> str:
+        if table == "pipeline_runs":
+            return "\nPARTITION BY DATE(recorded_at)\nCLUSTER BY dataset, run_id"
+        return "\nCLUSTER BY object_name"
+
+    def external_options(self, fmt: SourceFormat) -> list[str]:
+        """The ``OPTIONS`` of an external table over ``fmt`` (``uris`` and the expiration aside).
+
+        Strict like DuckDB's ``read_csv``: a line with too few or too many fields fails the
+        query (no ``ignore_unknown_values``, no jagged rows), so a truncated file cannot load
+        partially. Like ``read_csv`` too, a newline inside a quoted field is part of the field
+        (``allow_quoted_newlines``): without it BigQuery fails such a file that DuckDB loads.
+        The option stops BigQuery from splitting a CSV file across workers, which a gzip file
+        never is.
+        """
+        if fmt is CSV_GZ:
+            return [
+                "format = 'CSV'",
+                "skip_leading_rows = 1",
+                "compression = 'GZIP'",
+                "field_delimiter = ','",
+                "quote = '\"'",
+                "allow_quoted_newlines = true",
+                "encoding = 'UTF8'",
+            ]
+        raise ConfigurationError(f"the {self.name} warehouse cannot read {fmt.name} objects")
+
+    def load_options(self, fmt: SourceFormat) -> dict[str, object]:
+        """Keyword arguments of the load job's ``LoadJobConfig`` for ``fmt`` (read as
+        :meth:`external_options` reads it)."""
+        if fmt is CSV_GZ:
+            return {
+                "source_format": "CSV",
+                "skip_leading_rows": 1,
+                "field_delimiter": ",",
+                "quote_character": '"',
+                # As DuckDB reads them; it only stops BigQuery splitting the file, and gzip is
+                # unsplittable.
+                "allow_quoted_newlines": True,
+                "encoding": "UTF-8",
+                "allow_jagged_rows": False,
+                "ignore_unknown_values": False,
+                "max_bad_records": 0,
+            }
+        raise ConfigurationError(f"the {self.name} warehouse cannot load {fmt.name} objects")
+
+
+DUCKDB: Final = DuckDbDialect()
+BIGQUERY: Final = BigQueryDialect()

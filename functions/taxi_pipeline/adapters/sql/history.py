@@ -1,0 +1,226 @@
+"""The run history tables of every SQL warehouse, written once: ``pipeline_runs`` (appended
+:class:`RunEvent` lines) and ``pipeline_loads`` (completed loads), their DDL, the statements that
+write and read them, and the mapping between rows and values."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from taxi_pipeline.adapters.sql.dialects import Dialect, HistoryKind
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+
+RUNS_TABLE: Final = "pipeline_runs"
+LOADS_TABLE: Final = "pipeline_loads"
+
+Value = str | int | datetime | None
+
+
+@dataclass(frozen=True)
+class HistoryColumn:
+    name: str
+    kind: HistoryKind
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query parameter: each adapter passes it in its driver's form."""
+
+    name: str
+    kind: HistoryKind
+    value: Value
+
+
+def _columns(spec: str) -> tuple[HistoryColumn, ...]:
+    """``name:kind[!]`` items (``!``: NOT NULL); kinds t(ext), i(nteger), ts (timestamp)."""
+    kinds: dict[str, HistoryKind] = {"t": "text", "i": "integer", "ts": "timestamp"}
+    out = []
+    for item in spec.split():
+        name, kind = item.split(":")
+        out.append(HistoryColumn(name, kinds[kind.rstrip("!")], kind.endswith("!")))
+    return tuple(out)
+
+
+RUN_COLUMNS: Final = _columns(
+    "run_id:t! dataset:t month:t step:t! state:t! attempt:i started_at:ts finished_at:ts"
+    " rows:i bytes:i labels:t error:t details:t recorded_at:ts!"
+)
+SEQ_COLUMN: Final = HistoryColumn("seq", "integer")
+LOAD_COLUMNS: Final = _columns(
+    "dataset:t! month:t! object_name:t! generation:t! run_id:t! rows_in_file:i!"
+    " rows_inserted:i! loaded_at:ts!"
+)
+
+
+class History:
+    """The history statements in one dialect, over the two tables' references."""
+
+    def __init__(self, dialect: Dialect, runs_ref: str, loads_ref: str) -> None:
+        self.dialect = dialect
+        self.runs_ref = runs_ref
+        self.loads_ref = loads_ref
+
+    @property
+    def run_columns(self) -> tuple[HistoryColumn, ...]:
+        return RUN_COLUMNS + ((SEQ_COLUMN,) if self.dialect.history_sequence else ())
+
+    def ddl(self) -> list[str]:
+        """``CREATE TABLE IF NOT EXISTS`` of both tables."""
+        return [
+            self._create(RUNS_TABLE, self.runs_ref, self.run_columns),
+            self._create(LOADS_TABLE, self.loads_ref, LOAD_COLUMNS),
+        ]
+
+    def _create(self, table: str, ref: str, columns: Sequence[HistoryColumn]) -> str:
+        d = self.dialect
+        listed = ",\n  ".join(
+            f"{d.quote_ident(c.name)} {d.history_types[c.kind]}"
+            + (" NOT NULL" if c.required else "")
+            for c in columns
+        )
+        return f"CREATE TABLE IF NOT EXISTS {ref} (\n  {listed}\n){d.history_suffix(table)}"
+
+    def insert(
+        self, ref: str, columns: Sequence[HistoryColumn], rows: Sequence[Sequence[Value]]
+    ) -> tuple[str, list[Param]]:
+        """One ``INSERT ... VALUES`` of ``rows`` with a parameter per value."""
+        d = self.dialect
+        params: list[Param] = []
+        tuples = []
+        for i, row in enumerate(rows):
+            names = []
+            for column, value in zip(columns, row, strict=True):
+                param = Param(f"r{i}_{column.name}", column.kind, value)
+                params.append(param)
+                names.append(d.param(param.name))
+            tuples.append(f"({', '.join(names)})")
+        listed = ", ".join(d.quote_ident(c.name) for c in columns)
+        return f"INSERT INTO {ref} ({listed}) VALUES {', '.join(tuples)}", params
+
+    # -- pipeline_runs --------------------------------------------------------------------
+
+    def event_row(
+        self, event: RunEvent, now: datetime, next_seq: Callable[[], int]
+    ) -> tuple[Value, ...]:
+        d = self.dialect
+        row: tuple[Value, ...] = (
+            event.run_id,
+            event.dataset,
+            event.month,
+            event.step,
+            event.state.value,
+            event.attempt,
+            d.to_timestamp(event.started_at),
+            d.to_timestamp(event.finished_at),
+            event.rows,
+            event.bytes,
+            json.dumps(dict(event.labels), sort_keys=True),
+            event.error,
+            json.dumps(dict(event.details), sort_keys=True),
+            d.to_timestamp(event.recorded_at or now),
+        )
+        return row + ((next_seq(),) if d.history_sequence else ())
+
+    def insert_events(
+        self, events: Sequence[RunEvent], next_seq: Callable[[], int]
+    ) -> tuple[str, list[Param]]:
+        now = datetime.now(UTC)
+        rows = [self.event_row(e, now, next_seq) for e in events]
+        return self.insert(self.runs_ref, self.run_columns, rows)
+
+    def select_events(
+        self, run_id: str | None, dataset: str | None, since: datetime | None
+    ) -> tuple[str, list[Param]]:
+        d = self.dialect
+        where, params = ["TRUE"], []  # type: list[str], list[Param]
+        for column, kind, value in (
+            ("run_id", "text", run_id),
+            ("dataset", "text", dataset),
+            ("since", "timestamp", d.to_timestamp(since)),
+        ):
+            if value is None:
+                continue
+            field = "recorded_at >=" if column == "since" else f"{column} ="
+            where.append(f"{field} {d.param(column)}")
+            params.append(Param(column, kind, value))  # type: ignore[arg-type]
+        listed = ", ".join(d.quote_ident(c.name) for c in RUN_COLUMNS)
+        return (
+            f"SELECT {listed} FROM {self.runs_ref}"
+            f" WHERE {' AND '.join(where)} ORDER BY recorded_at, {d.insertion_order}",
+            params,
+        )
+
+    def event(self, row: Sequence[Any]) -> RunEvent:
+        d = self.dialect
+        return RunEvent(
+            run_id=row[0],
+            dataset=row[1],
+            month=row[2],
+            step=row[3],
+            state=RunState(row[4]),
+            attempt=row[5],
+            started_at=d.from_timestamp(row[6]),
+            finished_at=d.from_timestamp(row[7]),
+            rows=row[8],
+            bytes=row[9],
+            labels=json.loads(row[10] or "{}"),
+            error=row[11],
+            details=json.loads(row[12] or "{}"),
+            recorded_at=d.from_timestamp(row[13]),
+        )
+
+    # -- pipeline_loads -------------------------------------------------------------------
+
+    def insert_load(self, record: LoadRecord) -> tuple[str, list[Param]]:
+        row: tuple[Value, ...] = (
+            record.dataset.value,
+            str(record.month),
+            record.object_name,
+            record.generation,
+            record.run_id,
+            record.rows_in_file,
+            record.rows_inserted,
+            self.dialect.to_timestamp(record.loaded_at),
+        )
+        return self.insert(self.loads_ref, LOAD_COLUMNS, [row])
+
+    def select_loads(
+        self,
+        *,
+        object_name: str | None = None,
+        generation: str | None = None,
+        dataset: Dataset | None = None,
+    ) -> tuple[str, list[Param]]:
+        d = self.dialect
+        where, params = ["TRUE"], []  # type: list[str], list[Param]
+        for column, value in (
+            ("object_name", object_name),
+            ("generation", generation),
+            ("dataset", dataset.value if dataset else None),
+        ):
+            if value is not None:
+                where.append(f"{column} = {d.param(column)}")
+                params.append(Param(column, "text", value))
+        listed = ", ".join(d.quote_ident(c.name) for c in LOAD_COLUMNS)
+        return (
+            f"SELECT {listed} FROM {self.loads_ref} WHERE {' AND '.join(where)} ORDER BY loaded_at",
+            params,
+        )
+
+    def load(self, row: Sequence[Any]) -> LoadRecord:
+        return LoadRecord(
+            Dataset(row[0]),
+            Month.parse(row[1]),
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            row[6],
+            self.dialect.from_timestamp(row[7]) or datetime.min.replace(tzinfo=UTC),
+        )

@@ -1,0 +1,140 @@
+"""The source formats: one entry each, the one place that knows a format.
+
+An entry says what a file of the format is called (its suffix), its content type, how a stream
+of it is verified before it may become a ``raw/`` object (the verifier's factory), how the head
+of a hand upload is checked, and what the ``filename`` column says for it. How each warehouse
+stages it is that warehouse's hook (``adapters/sql/dialects.py``: DuckDB's reader, BigQuery's
+external-table and load-job options).
+
+A new format (Parquet is next) adds its entry to :data:`FORMATS` and its verifier module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+from taxi_pipeline.errors import VerificationFailed
+
+if TYPE_CHECKING:
+    from taxi_pipeline.domain.datasets import Layout
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """What a verifier reports once a whole stream passed."""
+
+    bytes_compressed: int
+    bytes_uncompressed: int
+    rows: int
+
+
+class StreamVerifier(Protocol):
+    """Checks a file as it streams past, chunk by chunk; :meth:`finish` raises on anything
+    wrong (``VerificationFailed``), before the lake object may be committed."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> VerifiedFile: ...
+
+
+VerifierFactory = Callable[["Layout", "int | None", int, int], StreamVerifier]
+"""``(layout, expected length or None, minimum rows, maximum inflated bytes) -> verifier``."""
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """One source file format."""
+
+    name: str
+    suffix: str
+    """The file name's ending, e.g. ``.csv.gz``."""
+    content_type: str
+    verifier_path: str
+    """``module:factory`` of its :data:`VerifierFactory` (resolved when first used, so the
+    domain imports no verifier and a format's verifier loads only where it runs)."""
+    check_head: Callable[[bytes, Layout, str], None]
+    """Cheap check of the first :attr:`head_bytes` of an object nobody verified (a hand
+    upload): raises ``VerificationFailed``. Arguments: head, layout, dataset name."""
+    head_bytes: int
+    row_filename_suffix: str
+    """What the ``filename`` column ends with instead of :attr:`suffix` (the reference writes
+    the CSV's name: ``.csv`` for a ``.csv.gz`` file)."""
+
+    def verifier(
+        self, layout: Layout, expected_length: int | None, min_rows: int, max_inflated: int
+    ) -> StreamVerifier:
+        module, _, attribute = self.verifier_path.partition(":")
+        factory = cast("VerifierFactory", getattr(importlib.import_module(module), attribute))
+        return factory(layout, expected_length, min_rows, max_inflated)
+
+    def row_filename(self, file_name: str) -> str:
+        """The ``filename`` column value of the rows of ``file_name``."""
+        return file_name.removesuffix(self.suffix) + self.row_filename_suffix
+
+
+GZIP_MAGIC: Final = b"\x1f\x8b"
+
+
+def _check_gzip_csv_head(head: bytes, layout: Layout, dataset: str) -> None:
+    """gzip, and the published header line."""
+    if not head.startswith(GZIP_MAGIC):
+        raise VerificationFailed("object is not gzip-compressed (no gzip magic bytes)")
+    try:
+        text = zlib.decompressobj(wbits=31).decompress(head, 16 * 1024)
+    except zlib.error as exc:
+        raise VerificationFailed(f"object is not a valid gzip stream: {exc}") from exc
+    line = text.split(b"\n", 1)[0].rstrip(b"\r")
+    expected = layout.header
+    got = line.decode("utf-8", "replace").lstrip("\ufeff")
+    if got != expected:
+        raise VerificationFailed(header_mismatch(expected, got, f"published {dataset}"))
+
+
+def header_mismatch(expected: str, got: str, layout: str = "published") -> str:
+    """Where a header first differs from the layout: ``column 2 is 'pickup', expected
+    'tpep_pickup_datetime' (18 columns expected, 3 found)``. The file's text is quoted with
+    ``repr`` (cut at 60 characters), so nothing in it reaches a log or a terminal raw."""
+    want, have = expected.split(","), got.split(",")
+    counts = f"({len(want)} columns expected, {len(have)} found)"
+    lead = f"header does not match the {layout} layout:"
+    for position, (name, found) in enumerate(zip(want, have, strict=False), start=1):
+        if name != found:
+            return f"{lead} column {position} is {found[:60]!r}, expected {name!r} {counts}"
+    if len(have) < len(want):
+        missing = want[len(have)]
+        return f"{lead} column {len(have) + 1} ({missing!r}) is missing {counts}"
+    extra = have[len(want)]
+    return f"{lead} column {len(want) + 1} ({extra[:60]!r}) is not in it {counts}"
+
+
+CSV_GZ: Final = SourceFormat(
+    name="csv.gz",
+    suffix=".csv.gz",
+    content_type="application/gzip",
+    verifier_path="taxi_pipeline.pipeline.verify:GzipCsvVerifier",
+    check_head=_check_gzip_csv_head,
+    head_bytes=64 * 1024,
+    row_filename_suffix=".csv",
+)
+
+# Parquet (the official TLC files) goes here: PARQUET = SourceFormat(name="parquet",
+# suffix=".parquet", content_type="application/vnd.apache.parquet", verifier_path=
+# "taxi_pipeline.pipeline.verify_parquet:ParquetVerifier", ...), then into FORMATS.
+FORMATS: Final[dict[str, SourceFormat]] = {CSV_GZ.name: CSV_GZ}
+
+
+def format_named(name: str) -> SourceFormat:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown source format {name!r}") from None
+
+
+def format_of(file_name: str) -> SourceFormat | None:
+    """The format whose suffix ``file_name`` ends with (the longest suffix wins)."""
+    matches = [f for f in FORMATS.values() if file_name.endswith(f.suffix)]
+    return max(matches, key=lambda f: len(f.suffix)) if matches else None
