@@ -14,8 +14,10 @@ from typing import Annotated
 import typer
 
 from taxi_pipeline.cli.common import (
+    CliError,
+    ExitStatus,
     HomeOption,
-    err_console,
+    exit_with,
     load_settings,
     open_local,
     parse_month_option,
@@ -23,7 +25,6 @@ from taxi_pipeline.cli.common import (
     result_line,
 )
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name, parse_object_name
-from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PipelineError
 
 _COPY_CHUNK = 1024 * 1024
@@ -57,13 +58,24 @@ def load(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A .csv.gz month as published", exists=True, dir_okay=False, readable=True
+            metavar="PATH",
+            help="A .csv.gz month as published",
+            exists=True,
+            dir_okay=False,
+            readable=True,
         ),
     ],
     dataset: Annotated[
-        Dataset | None, typer.Option(help="yellow or green (default: from the file name)")
+        Dataset | None,
+        typer.Option(
+            metavar="DATASET",
+            case_sensitive=False,
+            help="yellow or green (default: from the file name)",
+        ),
     ] = None,
-    month: Annotated[str | None, typer.Option(help="YYYY-MM (default: from the file name)")] = None,
+    month: Annotated[
+        str | None, typer.Option(metavar="YYYY-MM", help="YYYY-MM (default: from the file name)")
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Load a local file as a hand upload: copied into the lake's raw/, verified, merged."""
@@ -78,16 +90,15 @@ def load(
                 target.write(chunk)
         pipeline.drain()
     except PipelineError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise CliError(str(exc), ExitStatus.FAILED) from exc
     finally:
         pipeline.close()
     results = [r for run_id, r in pipeline.results.items() if run_id not in known]
     print_line(f"{path} -> {name} ({file_name(chosen_dataset, chosen_month)})")
     if not results:
-        err_console.print(f"{chosen_dataset.value} {chosen_month}: no result was recorded")
-        raise typer.Exit(1)
+        raise CliError(
+            f"{chosen_dataset.value} {chosen_month}: no result was recorded", ExitStatus.FAILED
+        )
     for result in results:
         print_line(result_line(result))
-    if any(r.state is RunState.FAILED for r in results):
-        raise typer.Exit(1)
+    exit_with(r.state for r in results)
