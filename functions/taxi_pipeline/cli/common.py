@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +32,7 @@ from taxi_pipeline.domain.datasets import Month
 from taxi_pipeline.domain.messages import IngestResult, RunState
 from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.logs import configure_logging
+from taxi_pipeline.pipeline.ports import Progress as ProgressPort
 from taxi_pipeline.pipeline.ports import ProgressTask, Warehouse
 from taxi_pipeline.settings import LogFormat, Settings
 
@@ -90,7 +91,7 @@ class RichProgress:
 
     progress: Progress
 
-    def task(self, description: str, total: int | None) -> ProgressTask:
+    def task(self, description: str, total: int | None, unit: str = "bytes") -> ProgressTask:
         return _RichTask(self.progress, description, total)
 
 
@@ -106,10 +107,19 @@ def download_progress() -> Progress:
     )
 
 
-def open_local(settings: Settings, progress: RichProgress | None = None) -> LocalPipeline:
+def notice(message: str) -> None:
+    """What a waiting process waits for (a lock or the warehouse another process holds)."""
+    err_console.print(message, style="yellow", highlight=False, markup=False, soft_wrap=True)
+
+
+def open_local(
+    settings: Settings,
+    progress: ProgressPort | None = None,
+    notice: Callable[[str], None] | None = notice,
+) -> LocalPipeline:
     """The embedded default, or one clear error line and exit status 2."""
     try:
-        return build_local(settings, progress)
+        return build_local(settings, progress, notice)
     except PipelineError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -122,6 +132,8 @@ STATE_STYLES = {
     RunState.RUNNING: "cyan",
     RunState.QUEUED: "blue",
     RunState.SKIPPED: "dim",
+    RunState.CANCELLED: "magenta",
+    RunState.ABANDONED: "bold magenta",
 }
 
 
@@ -140,11 +152,16 @@ def open_warehouse(settings: Settings) -> Iterator[Warehouse]:
             close()
 
 
-def print_line(line: str) -> None:
+def styled_line(line: str) -> Text:
+    """A history line with its states in colour."""
     text = Text(line)
     for state, style in STATE_STYLES.items():
         text.highlight_regex(rf"\b{state.value}\b", style)
-    console.print(text, soft_wrap=True, highlight=False)
+    return text
+
+
+def print_line(line: str) -> None:
+    console.print(styled_line(line), soft_wrap=True, highlight=False)
 
 
 def parse_month_option(value: str, option: str) -> Month:

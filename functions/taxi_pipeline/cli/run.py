@@ -14,14 +14,14 @@ from rich.table import Table
 from taxi_pipeline.bootstrap import LocalPipeline, build_warehouse
 from taxi_pipeline.cli.common import (
     HomeOption,
-    RichProgress,
     SourceOption,
     console,
-    download_progress,
     err_console,
     load_settings,
+    notice,
     open_local,
 )
+from taxi_pipeline.cli.live import EXIT_CANCELLED, Interrupts, LiveProgress
 from taxi_pipeline.domain.datasets import Dataset, Month, parse_month_span
 from taxi_pipeline.domain.messages import IngestResult, RunState
 from taxi_pipeline.errors import PipelineError
@@ -36,9 +36,12 @@ def register(app: typer.Typer) -> None:
 def run_months(
     pipeline: LocalPipeline, dataset: Dataset, months: list[Month], force: bool, workers: int = 1
 ) -> list[tuple[Month, str, float]]:
-    """Submit one run per month and process the bus; returns (month, run id, seconds)."""
+    """Submit one run per month and process the bus; returns (month, run id, seconds).
+    After Ctrl-C no further month starts."""
     timings = []
     for month in months:
+        if pipeline.cancelled:
+            break
         started = time.monotonic()
         run_id = pipeline.submit(dataset, month, force=force, labels={"trigger": "manual"})
         pipeline.drain(workers)
@@ -61,12 +64,17 @@ def run(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="MONTHS") from exc
     settings = load_settings(home, source_url)
-    with download_progress() as progress:
-        pipeline = open_local(settings, RichProgress(progress))
+    live = LiveProgress(err_console)
+    with live.shown():
+        pipeline = open_local(settings, live, notice=notice)
         try:
-            timings = run_months(pipeline, dataset, month_list, force)
+            with Interrupts(pipeline, err_console) as interrupts:
+                timings = run_months(pipeline, dataset, month_list, force)
         finally:
             pipeline.close()
+    if interrupts.interrupted:
+        err_console.print(interrupts.summary(), highlight=False, markup=False)
+        raise typer.Exit(EXIT_CANCELLED)
     failed = print_summary(dataset, timings, pipeline.results)
     if failed:
         raise typer.Exit(1)
@@ -98,7 +106,8 @@ def print_summary(
     for month, run_id, seconds in timings:
         result = results.get(run_id)
         state = result.state if result else RunState.FAILED
-        failed += state is RunState.FAILED
+        # Cancelled from another terminal (`runs cancel`): not loaded either.
+        failed += state in (RunState.FAILED, RunState.CANCELLED)
         if result is None:
             reasons.append(f"{month} {state.value}: no result was recorded")
         elif result.error:
@@ -129,7 +138,7 @@ def sql(
         raise typer.BadParameter("use table or csv", param_hint="--format")
     settings = load_settings(home)
     try:
-        warehouse = build_warehouse(settings)
+        warehouse = build_warehouse(settings, notice)
         result = warehouse.query(query)
     except PipelineError as exc:
         err_console.print(f"[red]error:[/red] {exc}")

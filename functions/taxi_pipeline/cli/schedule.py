@@ -21,10 +21,11 @@ from taxi_pipeline.cli.common import (
     result_line,
     state_of,
 )
+from taxi_pipeline.cli.live import EXIT_CANCELLED, Interrupts
 from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.messages import IngestResult, RunState, Topic
 from taxi_pipeline.domain.schedules import load_schedules
-from taxi_pipeline.errors import PipelineError
+from taxi_pipeline.errors import PipelineError, RunCancelled
 from taxi_pipeline.local.scheduler import Fired, Scheduler, next_fires
 
 
@@ -87,6 +88,7 @@ def schedule(
             )
 
     pipeline.bus.listen(Topic.INGEST_RESULTS, on_result)
+    interrupts = Interrupts(pipeline, err_console)
     scheduler = Scheduler(
         pipeline,
         chosen,
@@ -94,6 +96,7 @@ def schedule(
         lag_months=settings.schedule_lag_months,
         workers=workers or settings.max_concurrent_runs_per_dataset,
         on_fire=on_fire,
+        sleep=interrupts.nap,
     )
     for entry, at, month in next_fires(chosen, datetime.now(UTC), settings.schedule_lag_months):
         err_console.print(
@@ -101,12 +104,21 @@ def schedule(
             f" -> {entry.dataset.value} {month}"
         )
     try:
-        fired = scheduler.run(until=stop_at, once=once, catchup=catchup, since=start_from)
-    except KeyboardInterrupt:
-        err_console.print("stopped")
+        with interrupts:
+            fired = scheduler.run(
+                until=stop_at,
+                once=once,
+                catchup=catchup,
+                since=start_from,
+                should_stop=lambda: interrupts.interrupted,
+            )
+    except RunCancelled:  # Ctrl-C while a fire was being submitted
         fired = scheduler.fired
     finally:
         pipeline.close()
+    if interrupts.interrupted:
+        err_console.print(f"stopped; {interrupts.summary()}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_CANCELLED)
     failed = [f for f in fired if state_of(pipeline.results.get(f.run_id)) is RunState.FAILED]
     err_console.print(f"{len(fired)} fires, {len(failed)} failed")
     if failed:

@@ -20,6 +20,8 @@ _CELL_COLOURS: Final = {
     "loaded": "#2e7d32",
     "running": "#1565c0",
     "failed": "#c62828",
+    "cancelled": "#8e24aa",
+    "abandoned": "#6a1b9a",
     "skipped": "#9e9e9e",
     "missing": "#eeeeee",
 }
@@ -30,6 +32,8 @@ _STATE_COLOURS: Final = {
     RunState.RETRYING: "#ef6c00",
     RunState.RUNNING: "#1565c0",
     RunState.QUEUED: "#bdbdbd",
+    RunState.CANCELLED: "#8e24aa",
+    RunState.ABANDONED: "#6a1b9a",
 }
 _MONTH_NAMES: Final = tuple(datetime(2000, m, 1).strftime("%b") for m in range(1, 13))
 
@@ -78,6 +82,8 @@ def _matrix(
                 "loaded": _compact(cell.loaded_rows),
                 "running": "running",
                 "failed": "FAILED",
+                "cancelled": "cancelled",
+                "abandoned": "abandoned",
                 "skipped": "skipped",
                 "missing": "",
             }[cell.state]

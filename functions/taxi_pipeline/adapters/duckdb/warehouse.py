@@ -4,15 +4,31 @@ The external table is a view over ``read_csv`` of the lake file with every colum
 (an explicit schema), so a value that does not fit its type is counted instead of failing the
 whole file; staging applies the reference types with ``TRY_CAST``. The id matches BigQuery's:
 MD5 over the reference fields cast the way BigQuery casts them to STRING.
+
+Many processes share one home, and DuckDB lets one process at a time open a database file (a
+writer shuts out readers too; measured, README "Many processes, one home"). So the connection
+is to an in-memory database, private to the process: the external views and the staging tables
+live there, and staging (the larger half of a merge's work) needs no file at all. The warehouse
+file is ATTACHed (as ``warehouse``) only around the statements that need it (creating a final
+table, the merge's insert, a user's query) and DETACHed when the last of them in this process
+ends, so other processes get their turn. ``guard`` is the cross-process lock around every
+attachment (bootstrap gives a lock file that says who holds it, so a process waits with a
+message instead of failing with DuckDB's "Could not set lock on file"). The run history lives
+elsewhere (``adapters/sqlite``), since it must be readable while a merge holds the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
+import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -29,12 +45,16 @@ from taxi_pipeline.domain.datasets import (
     staging_table,
 )
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.errors import ConfigurationError, PermanentError, TransientError
+from taxi_pipeline.errors import ConfigurationError, PermanentError, RunCancelled, TransientError
+from taxi_pipeline.local.process import pid_alive
+from taxi_pipeline.pipeline.cancellation import Cancellation
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LoadRecord,
+    NullProgress,
     ObjectInfo,
+    Progress,
     QueryResult,
     RunEvent,
     StagingSummary,
@@ -49,19 +69,51 @@ _DUCKDB_TYPES = {
 _TIMESTAMP_TEXT = "%Y-%m-%d %H:%M:%S"
 _BAD_SAMPLES = 5
 
-_RUNS_DDL = """
-CREATE TABLE IF NOT EXISTS pipeline_runs (
-    run_id VARCHAR NOT NULL, dataset VARCHAR, month VARCHAR, step VARCHAR NOT NULL,
-    state VARCHAR NOT NULL, attempt INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP,
-    rows BIGINT, bytes BIGINT, labels VARCHAR, error VARCHAR, details VARCHAR,
-    recorded_at TIMESTAMP NOT NULL
-)"""
-_LOADS_DDL = """
-CREATE TABLE IF NOT EXISTS pipeline_loads (
-    dataset VARCHAR NOT NULL, month VARCHAR NOT NULL, object_name VARCHAR NOT NULL,
-    generation VARCHAR NOT NULL, run_id VARCHAR NOT NULL, rows_in_file BIGINT NOT NULL,
-    rows_inserted BIGINT NOT NULL, loaded_at TIMESTAMP NOT NULL
-)"""
+FILE_ALIAS: Final = "warehouse"
+"""The catalog name of the attached warehouse file."""
+HISTORY_COLUMNS: Final = {
+    "pipeline_runs": {
+        "run_id": "VARCHAR",
+        "dataset": "VARCHAR",
+        "month": "VARCHAR",
+        "step": "VARCHAR",
+        "state": "VARCHAR",
+        "attempt": "INTEGER",
+        "started_at": "TIMESTAMP",
+        "finished_at": "TIMESTAMP",
+        "rows": "BIGINT",
+        "bytes": "BIGINT",
+        "labels": "VARCHAR",
+        "error": "VARCHAR",
+        "details": "VARCHAR",
+        "recorded_at": "TIMESTAMP",
+        "process": "VARCHAR",
+    },
+    "pipeline_loads": {
+        "dataset": "VARCHAR",
+        "month": "VARCHAR",
+        "object_name": "VARCHAR",
+        "generation": "VARCHAR",
+        "run_id": "VARCHAR",
+        "rows_in_file": "BIGINT",
+        "rows_inserted": "BIGINT",
+        "loaded_at": "TIMESTAMP",
+    },
+}
+"""The run history tables as ``taxi-pipeline sql`` shows them (they live in SQLite)."""
+HISTORY_TABLES: Final = tuple(HISTORY_COLUMNS)
+_PROGRESS_POLL_SECONDS: Final = 0.25
+_LOCK_RETRY_SECONDS: Final = 0.2
+
+Guard = Callable[[str], AbstractContextManager[None]]
+"""A cross-process lock around the use of the warehouse file, given what it is held for."""
+
+TableRows = Sequence[Mapping[str, object]]
+"""Rows of a table handed to :meth:`DuckDbWarehouse.query` (plain values, ISO timestamps)."""
+
+
+def _no_guard(_purpose: str) -> AbstractContextManager[None]:
+    return nullcontext()
 
 
 def _quote_ident(name: str) -> str:
@@ -117,6 +169,8 @@ def _translate(exc: duckdb.Error, what: str) -> Exception:
             "",
         )
         message = f"{message}: {cause[:300]}" if cause else message
+    if isinstance(exc, duckdb.InterruptException):
+        return RunCancelled(f"{what}: interrupted")
     if isinstance(exc, duckdb.TransactionException) or "Conflict" in message:
         return TransientError(f"{what}: {message}")
     if isinstance(exc, duckdb.IOException) and "lock" in message.lower():
@@ -139,40 +193,54 @@ def _not_a_query(statement: duckdb.Statement) -> str | None:
 
 
 class DuckDbWarehouse:
-    """The warehouse in one DuckDB file; thread-safe (a cursor per call)."""
+    """The warehouse in one DuckDB file, attached only while a statement needs it; thread-safe
+    (a cursor per call, one per month being merged)."""
 
     def __init__(
-        self, path: Path, *, memory_limit: str = "600MB", threads: int | None = None
+        self,
+        path: Path,
+        *,
+        memory_limit: str = "600MB",
+        threads: int | None = None,
+        guard: Guard = _no_guard,
+        cancellation: Cancellation | None = None,
+        progress: Progress | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
+        self._guard = guard
+        self._cancellation = cancellation or Cancellation()
+        self._progress = progress or NullProgress()
+        self._on_wait = on_wait or (lambda _message: None)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Past the memory limit, staging spills here; one folder per process (a killed
+        # process's folder is removed by the next one that opens the warehouse).
+        self._spill = path.with_name(path.name + ".tmp") / f"p{os.getpid()}"
+        _sweep_spill_folders(self._spill.parent)
         config: dict[str, Any] = {
             # No network on many machines: never try to fetch an extension.
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "memory_limit": memory_limit,
+            "temp_directory": str(self._spill),
             # Row order means nothing in these tables; letting DuckDB drop it makes the
             # staging build and the insert ~15% faster.
             "preserve_insertion_order": False,
         }
         if threads:
             config["threads"] = threads
-        try:
-            self._conn = duckdb.connect(str(path), config=config)
-        except duckdb.IOException as exc:
-            raise ConfigurationError(
-                f"cannot open the warehouse {path}: {str(exc).splitlines()[0]}"
-                " (is another taxi-pipeline process using it?)"
-            ) from exc
+        self._conn = duckdb.connect(":memory:", config=config)
         self._ddl_lock = threading.Lock()
         # Staging tables are TEMP tables (in memory, spilled past the memory limit): ~2 s
         # faster per full month than writing them to the file and dropping them, and a crash
         # leaves none behind. A TEMP table lives in one connection, so each month being merged
         # keeps its own cursor from stage() to drop_month_objects().
         self._staging: dict[str, duckdb.DuckDBPyConnection] = {}
-        with self._ddl_lock:
-            self._conn.execute(_RUNS_DDL)
-            self._conn.execute(_LOADS_DDL)
+        self._final_tables: set[Dataset] = set()
+        # The attachment of the file: how many statements use it, and whether it is writable.
+        self._attach = threading.Condition()
+        self._users = 0
+        self._held: AbstractContextManager[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> DuckDbWarehouse:
@@ -187,6 +255,7 @@ class DuckDbWarehouse:
                 cursor.close()
             self._staging.clear()
         self._conn.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         return self._conn.cursor()
@@ -210,6 +279,98 @@ class DuckDbWarehouse:
             if own:
                 current.close()
 
+    # -- the file ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _file(self, purpose: str) -> Iterator[None]:
+        """The warehouse file attached for the block: shared by this process's statements,
+        taken from other processes with ``guard`` (which waits for them, saying who).
+
+        Always read-write, a query's too: DuckDB refuses even to plan a write on a read-only
+        file (``EXPLAIN DROP ...``), and the guard excludes other processes either way; a
+        query runs in a transaction that is rolled back."""
+        with self._attach:
+            if not self._users:
+                held = self._guard(purpose)
+                held.__enter__()
+                try:
+                    self._attach_file()
+                except BaseException as exc:
+                    held.__exit__(type(exc), exc, exc.__traceback__)
+                    raise
+                self._held = held
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._attach:
+                self._users -= 1
+                if not self._users:
+                    release, self._held = self._held, None
+                    try:
+                        self._run("detach the warehouse", f"DETACH {FILE_ALIAS}")
+                    finally:
+                        if release is not None:
+                            release.__exit__(None, None, None)
+                    self._attach.notify_all()
+
+    def _attach_file(self) -> None:
+        """ATTACH the file; another program holding it (DuckDB's own lock: a DuckDB shell, a
+        process of another home) is waited for, saying so, like our own guard."""
+        told = False
+        while True:
+            try:
+                self._run(
+                    "open the warehouse",
+                    f"ATTACH {_quote_text(str(self.path))} AS {FILE_ALIAS}",
+                )
+                return
+            except TransientError as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if not told:
+                    self._on_wait(f"waiting for the warehouse {self.path}: {_lock_holder(exc)}")
+                    told = True
+                self._cancellation.check()
+                time.sleep(_LOCK_RETRY_SECONDS)
+
+    def _final(self, dataset: Dataset) -> str:
+        return f"{FILE_ALIAS}.{dataset.final_table}"
+
+    # -- tables ---------------------------------------------------------------------------
+
+    def ensure_final_table(self, dataset: Dataset) -> None:
+        if dataset in self._final_tables:
+            return  # made or found once; the merge's insert makes sure again
+        with self._file(f"creating {dataset.final_table}"):
+            self._create_final_table(dataset)
+        self._final_tables.add(dataset)
+
+    def _create_final_table(self, dataset: Dataset) -> None:
+        columns = ", ".join(
+            f"{_quote_ident(c.name)} {_DUCKDB_TYPES[c.kind]}" for c in dataset.layout.columns
+        )
+        with self._ddl_lock:
+            self._run(
+                "create final table",
+                f"CREATE TABLE IF NOT EXISTS {self._final(dataset)}"
+                f" (unique_row_id BLOB, filename VARCHAR, {columns})",
+            )
+
+    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
+        path = _local_path(source)
+        columns = ", ".join(f"{_quote_text(c.name)}: 'VARCHAR'" for c in dataset.layout.columns)
+        name = external_table(dataset, month)
+        with self._ddl_lock:
+            self._run(
+                "create external table",
+                f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_csv("
+                f"{_quote_text(str(path))}, header = true, auto_detect = false, delim = ',',"
+                f" quote = '\"', escape = '\"', nullstr = '', compression = 'gzip',"
+                f" strict_mode = true, columns = {{{columns}}})",
+            )
+        return name
+
     def _new_staging_cursor(self, staging: str) -> duckdb.DuckDBPyConnection:
         """A fresh connection for a month's staging (closing one left by an earlier attempt)."""
         cursor = self._cursor()
@@ -227,32 +388,39 @@ class DuckDbWarehouse:
             raise TransientError(f"staging table {staging} is gone; stage the month again")
         return cursor
 
-    # -- tables ---------------------------------------------------------------------------
+    @contextmanager
+    def _watched(
+        self, cursor: duckdb.DuckDBPyConnection, context: JobContext, phase: str
+    ) -> Iterator[None]:
+        """For the statements of the block: Ctrl-C or ``runs cancel`` interrupts them (the
+        transaction rolls back), and their progress (DuckDB's estimate, in %) is reported."""
+        task = self._progress.task(f"{phase} {context.dataset.value} {context.month}", 100, "%")
+        done = threading.Event()
+        # DuckDB tracks query_progress() only with its progress bar on; we print our own.
+        cursor.execute("SET enable_progress_bar = true")
+        cursor.execute("SET enable_progress_bar_print = false")
 
-    def ensure_final_table(self, dataset: Dataset) -> None:
-        columns = ", ".join(
-            f"{_quote_ident(c.name)} {_DUCKDB_TYPES[c.kind]}" for c in dataset.layout.columns
-        )
-        with self._ddl_lock:
-            self._run(
-                "create final table",
-                f"CREATE TABLE IF NOT EXISTS {dataset.final_table}"
-                f" (unique_row_id BLOB, filename VARCHAR, {columns})",
-            )
+        def report() -> None:
+            shown = 0
+            while not done.wait(_PROGRESS_POLL_SECONDS):
+                try:
+                    percent = int(cursor.query_progress())
+                except duckdb.Error:
+                    return
+                if percent > shown:
+                    task.advance(percent - shown)
+                    shown = percent
 
-    def create_external_table(self, dataset: Dataset, month: Month, source: ObjectInfo) -> str:
-        path = _local_path(source)
-        columns = ", ".join(f"{_quote_text(c.name)}: 'VARCHAR'" for c in dataset.layout.columns)
-        name = external_table(dataset, month)
-        with self._ddl_lock:
-            self._run(
-                "create external table",
-                f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_csv("
-                f"{_quote_text(str(path))}, header = true, auto_detect = false, delim = ',',"
-                f" quote = '\"', escape = '\"', nullstr = '', compression = 'gzip',"
-                f" strict_mode = true, columns = {{{columns}}})",
-            )
-        return name
+        watcher = threading.Thread(target=report, name=f"{phase}-progress", daemon=True)
+        try:
+            with self._cancellation.interruptible(context.run_id, cursor.interrupt):
+                watcher.start()
+                yield
+        finally:
+            done.set()
+            if watcher.is_alive():
+                watcher.join()
+            task.close()
 
     def stage(
         self, dataset: Dataset, month: Month, source: ObjectInfo, context: JobContext
@@ -282,15 +450,16 @@ class DuckDbWarehouse:
         next_month = month.next()
         after_last = date(next_month.year, next_month.month, 1)
         cursor = self._new_staging_cursor(stg)
-        self._run(
-            "build staging table",
-            f"CREATE OR REPLACE TEMP TABLE {stg} AS"
-            f" SELECT {unique_row_id_sql(dataset)} AS unique_row_id,"
-            f" {_quote_text(csv_name(dataset, month))} AS filename, {names}, ({bad}) AS _bad,"
-            f" coalesce({header}, false) AS _header"
-            f" FROM (SELECT {typed} FROM (SELECT {as_text} FROM {ext}))",
-            cursor=cursor,
-        )
+        with self._watched(cursor, context, "stage"):
+            self._run(
+                "build staging table",
+                f"CREATE OR REPLACE TEMP TABLE {stg} AS"
+                f" SELECT {unique_row_id_sql(dataset)} AS unique_row_id,"
+                f" {_quote_text(csv_name(dataset, month))} AS filename, {names}, ({bad}) AS _bad,"
+                f" coalesce({header}, false) AS _header"
+                f" FROM (SELECT {typed} FROM (SELECT {as_text} FROM {ext}))",
+                cursor=cursor,
+            )
         ((rows, rows_bad, out_of_month, no_pickup, headers),) = self._run(
             "measure staging table",
             f"SELECT count(*) FILTER (WHERE NOT _header), count(*) FILTER (WHERE _bad),"
@@ -340,13 +509,31 @@ class DuckDbWarehouse:
             ["unique_row_id", "filename", *(_quote_ident(n) for n in dataset.layout.names)]
         )
         prune = target_pickup_predicate(dataset, pickup_ranges, include_null_pickup, "t")
-        ((inserted,),) = self._run(
-            "merge into final table",
-            f"INSERT INTO {dataset.final_table} ({columns})"
-            f" SELECT {columns} FROM {stg} s WHERE NOT EXISTS (SELECT 1 FROM"
-            f" {dataset.final_table} t WHERE ({prune}) AND t.unique_row_id = s.unique_row_id)",
-            cursor=self._staging_cursor(stg),
-        )
+        cursor = self._staging_cursor(stg)
+        final = self._final(dataset)
+        with (
+            self._file(f"merge {dataset.value} {month} (run {context.run_id})"),
+            self._watched(cursor, context, "merge"),
+        ):
+            self._create_final_table(dataset)
+            # One transaction, committed only if the run was not cancelled meanwhile: an
+            # interrupt that came just before the statement began (and so interrupted nothing)
+            # still rolls the insert back. Nothing half-merged is ever committed.
+            self._run("begin the merge", "BEGIN TRANSACTION", cursor=cursor)
+            try:
+                ((inserted,),) = self._run(
+                    "merge into final table",
+                    f"INSERT INTO {final} ({columns})"
+                    f" SELECT {columns} FROM {stg} s WHERE NOT EXISTS (SELECT 1 FROM"
+                    f" {final} t WHERE ({prune}) AND t.unique_row_id = s.unique_row_id)",
+                    cursor=cursor,
+                )
+                self._cancellation.check(context.run_id)
+                self._run("commit the merge", "COMMIT", cursor=cursor)
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+                raise
         return int(inserted)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
@@ -356,12 +543,13 @@ class DuckDbWarehouse:
                 staging.close()  # a TEMP table ends with its connection
             self._run("drop external", f"DROP VIEW IF EXISTS {external_table(dataset, month)}")
 
-    def query(self, sql: str) -> QueryResult:
-        """The user's query; only queries: the file is the user's whole warehouse and history.
+    def query(self, sql: str, tables: Mapping[str, TableRows] | None = None) -> QueryResult:
+        """The user's query; only queries: the file is the user's whole warehouse.
 
         Statements are checked before anything runs (SELECT, and EXPLAIN that does not execute
         its statement: ``EXPLAIN ANALYZE`` does), and what runs runs in a transaction that is
         always rolled back, so a statement that slipped through still changes nothing.
+        ``tables`` (the run history, kept elsewhere) are TEMP tables of the query's cursor.
         """
         try:
             statements = duckdb.extract_statements(sql)
@@ -375,80 +563,75 @@ class DuckDbWarehouse:
                 "only queries can run here (SELECT, SHOW, DESCRIBE, EXPLAIN without ANALYZE),"
                 f" not {', '.join(refused)}"
             )
-        cursor = self._cursor()
-        try:
-            cursor.execute("BEGIN TRANSACTION")
-            relation = cursor.execute(sql)
-            columns = [d[0] for d in relation.description or []]
-            return QueryResult(columns, relation.fetchall() if columns else [])
-        except duckdb.Error as exc:
-            raise PermanentError(str(exc).splitlines()[0]) from exc
-        finally:
-            with contextlib.suppress(duckdb.Error):
-                cursor.execute("ROLLBACK")
-            cursor.close()
+        exists = self.path.exists()
+        with self._file("a query (taxi-pipeline sql)") if exists else nullcontext():
+            cursor = self._cursor()
+            try:
+                if exists:
+                    cursor.execute(f"USE {FILE_ALIAS}")
+                for name, rows in (tables or {}).items():
+                    _temp_table(cursor, name, rows)
+                cursor.execute("BEGIN TRANSACTION")
+                relation = cursor.execute(sql)
+                columns = [d[0] for d in relation.description or []]
+                return QueryResult(columns, relation.fetchall() if columns else [])
+            except duckdb.Error as exc:
+                raise PermanentError(str(exc).splitlines()[0]) from exc
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+                cursor.close()
 
     def table_names(self) -> list[str]:
-        return [
-            r[0]
-            for r in self._run(
-                "list tables", "SELECT table_name FROM information_schema.tables ORDER BY 1"
-            )
-        ]
+        """Tables and views of the process's memory and of the file (tests, reports)."""
+        names = self._run(
+            "list tables",
+            "SELECT table_name FROM information_schema.tables"
+            f" WHERE table_catalog <> {_quote_text(FILE_ALIAS)}",
+        )
+        if self.path.exists():
+            with self._file("listing tables"):
+                names += self._run(
+                    "list tables",
+                    "SELECT table_name FROM information_schema.tables"
+                    f" WHERE table_catalog = {_quote_text(FILE_ALIAS)}",
+                )
+        return sorted(r[0] for r in names)
 
-    # -- run history ------------------------------------------------------------------------
+    # -- a home from before the run history moved out of the file ---------------------------
 
-    def append_run_events(self, events: Sequence[RunEvent]) -> None:
-        if not events:
+    def legacy_history(self) -> tuple[list[RunEvent], list[LoadRecord]]:
+        """``pipeline_runs`` and ``pipeline_loads`` of a warehouse file written by an earlier
+        version (the history lived in the file then); empty when there are none."""
+        if not self.path.exists():
+            return [], []
+        with self._file("reading the old run history"):
+            present = {
+                r[0]
+                for r in self._run(
+                    "list history tables",
+                    "SELECT table_name FROM information_schema.tables"
+                    f" WHERE table_catalog = {_quote_text(FILE_ALIAS)}",
+                )
+            }
+            events = self._legacy_events() if "pipeline_runs" in present else []
+            loads = self._legacy_loads() if "pipeline_loads" in present else []
+        return events, loads
+
+    def drop_legacy_history(self) -> None:
+        """Drop the old history tables, once the run history holds their rows."""
+        if not self.path.exists():
             return
-        rows = [
-            (
-                e.run_id,
-                e.dataset,
-                e.month,
-                e.step,
-                e.state.value,
-                e.attempt,
-                _naive(e.started_at),
-                _naive(e.finished_at),
-                e.rows,
-                e.bytes,
-                json.dumps(dict(e.labels), sort_keys=True),
-                e.error,
-                json.dumps(dict(e.details), sort_keys=True),
-                _naive(e.recorded_at or datetime.now(UTC)),
-            )
-            for e in events
-        ]
-        cursor = self._cursor()
-        try:
-            cursor.executemany(
-                "INSERT INTO pipeline_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-        except duckdb.Error as exc:
-            raise _translate(exc, "append run events") from exc
-        finally:
-            cursor.close()
+        with self._file("dropping the old run history"):
+            for table in HISTORY_TABLES:
+                self._run("drop old history", f"DROP TABLE IF EXISTS {FILE_ALIAS}.{table}")
 
-    def run_events(
-        self, run_id: str | None = None, dataset: str | None = None, since: datetime | None = None
-    ) -> list[RunEvent]:
-        where, params = ["TRUE"], []  # type: list[str], list[object]
-        if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if dataset is not None:
-            where.append("dataset = ?")
-            params.append(dataset)
-        if since is not None:
-            where.append("recorded_at >= ?")
-            params.append(_naive(since))
+    def _legacy_events(self) -> list[RunEvent]:
         rows = self._run(
-            "read run events",
+            "read old run events",
             "SELECT run_id, dataset, month, step, state, attempt, started_at, finished_at, rows,"
-            " bytes, labels, error, details, recorded_at FROM pipeline_runs"
-            f" WHERE {' AND '.join(where)} ORDER BY recorded_at, rowid",
-            params,
+            f" bytes, labels, error, details, recorded_at FROM {FILE_ALIAS}.pipeline_runs"
+            " ORDER BY recorded_at, rowid",
         )
         return [
             RunEvent(
@@ -470,37 +653,11 @@ class DuckDbWarehouse:
             for r in rows
         ]
 
-    def record_load(self, record: LoadRecord) -> None:
-        self._run(
-            "record load",
-            "INSERT INTO pipeline_loads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                record.dataset.value,
-                str(record.month),
-                record.object_name,
-                record.generation,
-                record.run_id,
-                record.rows_in_file,
-                record.rows_inserted,
-                _naive(record.loaded_at),
-            ],
-        )
-
-    def find_load(self, object_name: str, generation: str) -> LoadRecord | None:
-        loads = self._loads("object_name = ? AND generation = ?", [object_name, generation])
-        return loads[-1] if loads else None
-
-    def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
-        if dataset is None:
-            return self._loads("TRUE", [])
-        return self._loads("dataset = ?", [dataset.value])
-
-    def _loads(self, where: str, params: list[object]) -> list[LoadRecord]:
+    def _legacy_loads(self) -> list[LoadRecord]:
         rows = self._run(
-            "read loads",
+            "read old loads",
             "SELECT dataset, month, object_name, generation, run_id, rows_in_file, rows_inserted,"
-            f" loaded_at FROM pipeline_loads WHERE {where} ORDER BY loaded_at",
-            params,
+            f" loaded_at FROM {FILE_ALIAS}.pipeline_loads ORDER BY loaded_at",
         )
         return [
             LoadRecord(
@@ -511,10 +668,49 @@ class DuckDbWarehouse:
                 r[4],
                 r[5],
                 r[6],
-                _aware(r[7]) or datetime.min,
+                _aware(r[7]) or datetime.min.replace(tzinfo=UTC),
             )
             for r in rows
         ]
+
+
+def _temp_table(cursor: duckdb.DuckDBPyConnection, name: str, rows: TableRows) -> None:
+    """``rows`` as a TEMP table of ``cursor``, typed as :data:`HISTORY_COLUMNS` says (through
+    newline-delimited JSON: DuckDB's ``executemany`` takes ~1 ms a row)."""
+    types = HISTORY_COLUMNS[name]
+    columns = ", ".join(f"{_quote_ident(c)} {t}" for c, t in types.items())
+    cursor.execute(f"CREATE OR REPLACE TEMP TABLE {_quote_ident(name)} ({columns})")
+    if not rows:
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    spec = ", ".join(f"{_quote_text(c)}: {_quote_text(t)}" for c, t in types.items())
+    try:
+        cursor.execute(
+            f"INSERT INTO {_quote_ident(name)} SELECT * FROM read_json("
+            f"{_quote_text(handle.name)}, format = 'newline_delimited', columns = {{{spec}}})"
+        )
+    finally:
+        os.unlink(handle.name)
+
+
+def _lock_holder(exc: Exception) -> str:
+    """Who holds the file, from DuckDB's message ("Conflicting lock is held in X (PID n)")."""
+    match = re.search(r"held in (.+?) \(PID (\d+)\)", str(exc))
+    return f"held by pid {match.group(2)} ({match.group(1)})" if match else str(exc)[:200]
+
+
+def _sweep_spill_folders(parent: Path) -> None:
+    """Remove the spill folders of processes that are gone."""
+    try:
+        folders = list(parent.iterdir())
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        name = folder.name
+        if name.startswith("p") and name[1:].isdigit() and not pid_alive(int(name[1:])):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def target_pickup_predicate(
@@ -537,13 +733,6 @@ def _local_path(source: ObjectInfo) -> Path:
             f"the DuckDB warehouse reads local files only, got {source.uri!r}; use a file:// lake"
         )
     return Path(unquote(parts.path))
-
-
-def _naive(value: datetime | None) -> datetime | None:
-    """DuckDB TIMESTAMP holds UTC wall time without a zone."""
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _aware(value: datetime | None) -> datetime | None:
