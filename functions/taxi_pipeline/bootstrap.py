@@ -344,13 +344,22 @@ def _recorded_cancels(history: RunHistory) -> Callable[[str], str | None]:
     return lookup
 
 
+def _embedded_folder(settings: Settings) -> Path:
+    """The folder of the embedded warehouse file (the home, unless the URL names another):
+    its run history and lock files live beside it, since they describe it (a ledger line is
+    about rows in that file)."""
+    path = _duckdb_path(settings)
+    return path.parent if path is not None else settings.home.resolve()
+
+
 def _locks_folder(settings: Settings) -> Path:
-    return settings.home.resolve() / "locks"
+    return _embedded_folder(settings) / "locks"
 
 
 def history_path(settings: Settings) -> Path:
-    """The embedded default's run history: ``{home}/runs.sqlite``."""
-    return settings.home.resolve() / "runs.sqlite"
+    """The embedded default's run history: ``runs.sqlite`` beside the warehouse file
+    (``{home}/runs.sqlite``)."""
+    return _embedded_folder(settings) / "runs.sqlite"
 
 
 def open_history(
