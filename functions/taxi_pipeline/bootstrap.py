@@ -4,34 +4,55 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
 from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.local.admission import RunGate, Ticket
+from taxi_pipeline.local.orchestrator import MirroredProgress, Watcher
+from taxi_pipeline.local.process import ProcessInfo, this_process
 from taxi_pipeline.pipeline import handlers
+from taxi_pipeline.pipeline.cancellation import Cancellation, current_run_id
 from taxi_pipeline.pipeline.cloudevents import build_gcs_event
 from taxi_pipeline.pipeline.ports import (
     Bus,
+    Closeable,
     Lake,
+    LoadLedger,
     NullProgress,
     ObjectInfo,
     Ports,
     Progress,
+    RunEvent,
+    RunHistory,
     Source,
     Warehouse,
 )
-from taxi_pipeline.pipeline.recorder import new_run_id, queued_event
-from taxi_pipeline.pipeline.steps.common import run_attributes
+from taxi_pipeline.pipeline.recorder import cancel_event, cancel_reason, new_run_id, queued_event
+from taxi_pipeline.pipeline.steps.common import publish_result, run_attributes
 from taxi_pipeline.pipeline.steps.download import check_source_base
 from taxi_pipeline.settings import LogFormat, Settings
+
+if TYPE_CHECKING:
+    from taxi_pipeline.adapters.filelock.locks import FileLocks
+    from taxi_pipeline.adapters.sqlite.history import SqliteHistory
+
+log = logging.getLogger(__name__)
+
+
+class HistoryStore(RunHistory, LoadLedger, Closeable, Protocol):
+    """What ``runs``, ``status`` and ``runs cancel`` need: the run history and the ledger (the
+    home's SQLite history, or the warehouse itself)."""
+
 
 LAKE_EVENTS_TOPIC = "lake-object-finalized"
 """In-process stand-in for the GCS trigger (Eventarc) of the register function."""
@@ -39,13 +60,34 @@ LAKE_EVENTS_TOPIC = "lake-object-finalized"
 
 @dataclass
 class LocalPipeline:
-    """The embedded default: folder lake, DuckDB warehouse, in-process bus, same handlers."""
+    """The embedded default: folder lake, DuckDB warehouse, in-process bus, same handlers.
+
+    Several processes may share one home: ``history`` (the home's SQLite run history) is where
+    this process beats and finds the cancel requests of other processes for its runs, and the
+    gate's slots and the steps' locks are lock files of the home.
+    """
 
     ports: Ports
     bus: InProcessBus
     results: dict[str, IngestResult] = field(default_factory=dict)
     gate: RunGate = field(default_factory=lambda: RunGate(1_000_000))
+    history: SqliteHistory | None = None
+    notice: Callable[[str], None] = field(default=lambda message: log.warning("%s", message))
+    """Where a waiting process says what it waits for (the CLI prints it)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _active: dict[str, IngestRequest] = field(default_factory=dict)
+    _watcher: Watcher | None = None
+    _slot_notices: set[Dataset] = field(default_factory=set)
+
+    def start(self) -> None:
+        """Begin beating and watching for cancel requests (the embedded default's history)."""
+        if self.history is not None and self._watcher is None:
+            self._watcher = Watcher(
+                self.history,
+                cancel=lambda run_id, reason: self.cancel(run_id, reason, record=False),
+                retry=self._retry_admission,
+            )
+            self._watcher.start()
 
     def submit(
         self,
@@ -57,7 +99,9 @@ class LocalPipeline:
         run_id: str | None = None,
     ) -> str:
         """Record the run QUEUED and put its request on the bus once the dataset has a free
-        slot (:class:`RunGate`); returns its run id."""
+        slot (:class:`RunGate`); returns its run id. After Ctrl-C, raises
+        :class:`RunCancelled`."""
+        self.ports.cancellation.check(None)
         run_id = run_id or new_run_id(dataset, month)
         request = IngestRequest(
             dataset=dataset, month=str(month), run_id=run_id, labels=dict(labels or {}), force=force
@@ -65,6 +109,8 @@ class LocalPipeline:
         self.ports.warehouse.append_run_events(
             [queued_event(run_id, dataset, month, request.labels)]
         )
+        with self._lock:
+            self._active[run_id] = request
 
         def publish() -> None:
             self.bus.publish(
@@ -77,13 +123,92 @@ class LocalPipeline:
         return run_id
 
     def drain(self, workers: int = 1) -> None:
-        """Process the bus until it is idle and no request waits for a slot."""
+        """Process the bus until it is idle and no request waits for a slot (a slot held by
+        another process is waited for)."""
         while True:
             held = self.gate.holding()
             self.bus.drain(workers)
             # The bus was idle: a run that held its slot since before has ended unseen.
-            if not self.gate.release(held) and not self.gate.waiting():
+            released = self.gate.release(held)
+            if not self.gate.waiting() and self.bus.idle():
                 return
+            if not released and not self.gate.retry() and self.bus.idle():
+                self._say_who_holds_the_slots()
+                time.sleep(_SLOT_POLL_SECONDS)
+
+    @property
+    def cancelled(self) -> str | None:
+        """Why every run of this process stops (Ctrl-C, SIGTERM), or None."""
+        return self.ports.cancellation.everything
+
+    def active_runs(self) -> list[IngestRequest]:
+        """The runs submitted here that have not ended yet."""
+        with self._lock:
+            return list(self._active.values())
+
+    def cancel(self, run_id: str, reason: str, *, record: bool = True) -> bool:
+        """Stop a run of this process (queued: withdrawn; running: interrupted, recorded
+        CANCELLED by its step); ``record`` appends the cancel line (False: another process
+        did). Returns whether the run is this process's."""
+        with self._lock:
+            request = self._active.get(run_id)
+        if request is None:
+            return False
+        if record:
+            self.ports.warehouse.append_run_events([_cancel_line(request, reason)])
+        self.ports.cancellation.cancel(run_id, reason)
+        if self.gate.withdraw(run_id) is not None:
+            self._publish_cancelled(request, reason)
+        return True
+
+    def cancel_everything(self, reason: str) -> list[IngestRequest]:
+        """Ctrl-C / SIGTERM: every run of this process is recorded cancelled at once (so a
+        second Ctrl-C may end the process right away), its work interrupted, the queued ones
+        withdrawn. Returns the runs cancelled."""
+        active = self.active_runs()
+        if active:
+            try:
+                self.ports.warehouse.append_run_events([_cancel_line(r, reason) for r in active])
+            except Exception:  # the steps still record their own CANCELLED lines
+                log.warning("could not record the cancel of %d runs", len(active), exc_info=True)
+        self.ports.cancellation.cancel_everything(reason)
+        withdrawn = {t.run_id for t in self.gate.withdraw_all()}
+        for request in active:
+            if request.run_id in withdrawn:
+                self._publish_cancelled(request, reason)
+        return active
+
+    def _publish_cancelled(self, request: IngestRequest, reason: str) -> None:
+        publish_result(
+            self.ports,
+            IngestResult(
+                run_id=request.run_id or "",
+                dataset=request.dataset,
+                month=request.month or "",
+                state=RunState.CANCELLED,
+                error=reason[:2000],
+                labels=request.labels,
+            ),
+        )
+
+    def _retry_admission(self) -> None:
+        if self.gate.waiting():
+            self.gate.retry()
+
+    def _say_who_holds_the_slots(self) -> None:
+        """Once per wait: the dataset's runs wait for slots that other processes hold."""
+        for dataset in self.gate.waiting_datasets():
+            if dataset in self._slot_notices:
+                continue
+            holders = self.gate.slots.holders(dataset)
+            if holders:
+                self._slot_notices.add(dataset)
+                self.notice(
+                    f"{self.gate.waiting(dataset)} {dataset.value} run(s) wait for a slot"
+                    f" ({self.gate.limit} {dataset.value} runs at a time in this home);"
+                    f" {len(holders)} taken by other processes, e.g. {holders[0]}"
+                )
+        self._slot_notices &= set(self.gate.waiting_datasets())
 
     def _collect(self, data: bytes, attributes: Mapping[str, str]) -> None:
         result = parse_model(IngestResult, data, "ingest result")
@@ -92,10 +217,32 @@ class LocalPipeline:
             # A redelivered merge repeats a loaded run's result with fewer figures: keep the first.
             if earlier is None or earlier.state is not RunState.SUCCESS:
                 self.results[result.run_id] = result
+            self._active.pop(result.run_id, None)
         self.gate.done(result.run_id, result.dataset)
+        if self.history is not None:
+            try:
+                self.history.clear_progress(result.run_id)
+            except Exception:
+                log.debug("could not clear the progress of %s", result.run_id, exc_info=True)
 
     def close(self) -> None:
-        self.ports.close()
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        try:
+            if self.history is not None:
+                self.history.leave()
+        finally:
+            self.ports.close()
+
+
+_SLOT_POLL_SECONDS = 0.2
+
+
+def _cancel_line(request: IngestRequest, reason: str) -> RunEvent:
+    return cancel_event(
+        request.run_id or "", request.dataset.value, request.month or "", reason, request.labels
+    )
 
 
 def _file_path(url: str, what: str) -> Path:
@@ -105,11 +252,24 @@ def _file_path(url: str, what: str) -> Path:
     return Path(unquote(parts.path))
 
 
-def build_local(settings: Settings, progress: Progress | None = None) -> LocalPipeline:
-    """Wire the embedded default. Lake and warehouse may still be chosen by URL."""
+def _log_notice(message: str) -> None:
+    log.warning("%s", message)
+
+
+def build_local(
+    settings: Settings,
+    progress: Progress | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> LocalPipeline:
+    """Wire the embedded default. Lake and warehouse may still be chosen by URL.
+
+    ``notice`` hears what a waiting process waits for (a lock, the warehouse file, a slot that
+    another process of the home holds)."""
+    from taxi_pipeline.adapters.filelock.locks import FileLocks, FileSlots
     from taxi_pipeline.adapters.folder.store import FolderStore
 
     check_source_base(settings)
+    say = notice or _log_notice
     bus = InProcessBus(project="local", max_attempts=settings.max_delivery_attempts)
     lake_url = settings.resolved_lake_url
     if not lake_url.startswith("file://"):
@@ -130,36 +290,186 @@ def build_local(settings: Settings, progress: Progress | None = None) -> LocalPi
         bus.deliver(LAKE_EVENTS_TOPIC, build_gcs_event(info), attributes)
 
     lake = FolderStore(_file_path(lake_url, "TAXI_PIPELINE_LAKE_URL"), on_finalized=announce)
+    embedded = urlsplit(settings.resolved_warehouse_url).scheme == "duckdb"
+    history = open_history(settings, process=this_process()) if embedded else None
+    # At a step's start the history is asked too: a cancel recorded since the last poll.
+    cancellation = Cancellation(recorded=_recorded_cancels(history) if history else None)
+    locks = FileLocks(
+        _locks_folder(settings),
+        on_wait=say,
+        stop=lambda: cancellation.reason(current_run_id()),
+    )
+    shown: Progress = progress or NullProgress()
+    if history is not None:
+        shown = MirroredProgress(shown, history)
+        warehouse = _embedded_warehouse(settings, history, locks, cancellation, shown, say)
+    else:
+        warehouse = build_warehouse(settings)
     ports = Ports(
         settings=settings,
         lake=lake,
-        warehouse=build_warehouse(settings),
+        warehouse=warehouse,
         bus=bus,
         source=_http_source(settings),
-        locks=ThreadLocks(),
-        progress=progress or NullProgress(),
+        locks=locks,
+        progress=shown,
+        cancellation=cancellation,
     )
-    pipeline = LocalPipeline(ports, bus, gate=RunGate(settings.max_concurrent_runs_per_dataset))
+    limit = settings.max_concurrent_runs_per_dataset
+    gate = RunGate(limit, FileSlots(_locks_folder(settings) / "slots", limit))
+    pipeline = LocalPipeline(ports, bus, gate=gate, history=history, notice=say)
     bus.subscribe(Topic.INGEST_REQUESTS, lambda event: handlers.handle_ingest_request(event, ports))
     bus.subscribe(LAKE_EVENTS_TOPIC, lambda event: handlers.handle_object_finalized(event, ports))
     bus.subscribe(Topic.MERGE_REQUESTS, lambda event: handlers.handle_merge_request(event, ports))
     bus.subscribe(Topic.DEAD_LETTER, lambda event: handlers.handle_dead_letter(event, ports))
     bus.listen(Topic.INGEST_RESULTS, pipeline._collect)
+    pipeline.start()
     return pipeline
 
 
-def build_warehouse(settings: Settings, *, read_only: bool = False) -> Warehouse:
-    """The warehouse named by ``TAXI_PIPELINE_WAREHOUSE_URL``; ``read_only``: an existing one,
-    opened for reading without creating anything (DuckDB: no file, no folder, no tables)."""
+def _recorded_cancels(history: RunHistory) -> Callable[[str], str | None]:
+    """Why the history says a run is cancelled (a cancel line), or None."""
+
+    def lookup(run_id: str) -> str | None:
+        return cancel_reason(history.run_events(run_id=run_id))
+
+    return lookup
+
+
+def _embedded_folder(settings: Settings) -> Path:
+    """The folder of the embedded warehouse file (the home, unless the URL names another):
+    its run history and lock files live beside it, since they describe it (a ledger line is
+    about rows in that file)."""
+    path = _duckdb_path(settings)
+    return path.parent if path is not None else settings.home.resolve()
+
+
+def _locks_folder(settings: Settings) -> Path:
+    return _embedded_folder(settings) / "locks"
+
+
+def history_path(settings: Settings) -> Path:
+    """The embedded default's run history: ``runs.sqlite`` beside the warehouse file
+    (``{home}/runs.sqlite``)."""
+    return _embedded_folder(settings) / "runs.sqlite"
+
+
+def open_history(
+    settings: Settings, *, process: ProcessInfo | None = None, create: bool = True
+) -> SqliteHistory:
+    """The home's run history (SQLite). A home from before it kept the history in the
+    warehouse file: the first open takes it over (and drops the old tables)."""
+    from taxi_pipeline.adapters.sqlite.history import SqliteHistory
+
+    path = history_path(settings)
+    warehouse_file = _duckdb_path(settings)
+    legacy = not path.exists() and warehouse_file is not None and warehouse_file.exists()
+    history = SqliteHistory(path, process=process, create=create or legacy)
+    if legacy and history.created:
+        _take_over_history(settings, history)
+    return history
+
+
+def _take_over_history(settings: Settings, history: SqliteHistory) -> None:
+    from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+
+    url = settings.resolved_warehouse_url
+    tables = DuckDbWarehouse.from_url(url, threads=settings.duckdb_threads)
+    try:
+        events, loads = tables.legacy_history()
+        if history.import_history(events, loads) or events or loads:
+            tables.drop_legacy_history()
+        log.info("took over %d run history lines and %d loads", len(events), len(loads))
+    finally:
+        tables.close()
+
+
+def check_embedded_exists(settings: Settings) -> None:
+    """For reading: the embedded default's warehouse file or its run history exists (a home
+    whose runs never merged has only the history), else :class:`ConfigurationError`."""
+    warehouse_file = _duckdb_path(settings)
+    if warehouse_file is not None and not (
+        warehouse_file.is_file() or history_path(settings).is_file()
+    ):
+        raise ConfigurationError(f"no warehouse at {warehouse_file}")
+
+
+def _duckdb_path(settings: Settings) -> Path | None:
+    parts = urlsplit(settings.resolved_warehouse_url)
+    return Path(unquote(parts.path)) if parts.scheme == "duckdb" and parts.path else None
+
+
+def _embedded_warehouse(
+    settings: Settings,
+    history: SqliteHistory,
+    locks: FileLocks,
+    cancellation: Cancellation,
+    progress: Progress,
+    notice: Callable[[str], None],
+    *,
+    read_only: bool = False,
+) -> Warehouse:
+    from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+    from taxi_pipeline.adapters.embedded import EmbeddedWarehouse
+
+    tables = DuckDbWarehouse.from_url(
+        settings.resolved_warehouse_url,
+        memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
+        guard=lambda purpose: locks.hold("warehouse", purpose),
+        cancellation=cancellation,
+        progress=progress,
+        on_wait=notice,
+        read_only=read_only,
+    )
+    return EmbeddedWarehouse(tables, history)
+
+
+def build_history(settings: Settings) -> HistoryStore:
+    """Where ``runs`` and ``status`` read: the home's SQLite history for the embedded default
+    (never the DuckDB file, which a merge may hold), the warehouse itself otherwise. Nothing
+    is created for a home without one."""
+    if urlsplit(settings.resolved_warehouse_url).scheme == "duckdb":
+        return open_history(settings, create=False)
+    return build_warehouse(settings)
+
+
+def liveness_of(history: HistoryStore) -> Liveness:
+    """How ``history``'s runs tell a dead process: the home's heartbeats, or in the cloud
+    the function timeout."""
+    from taxi_pipeline.adapters.sqlite.history import SqliteHistory
+
+    if isinstance(history, SqliteHistory):
+        return history.liveness()
+    return Liveness.cloud()
+
+
+def build_warehouse(
+    settings: Settings, notice: Callable[[str], None] | None = None, *, read_only: bool = False
+) -> Warehouse:
+    """The warehouse named by ``TAXI_PIPELINE_WAREHOUSE_URL`` (the embedded default's: DuckDB
+    for the tables plus the home's SQLite history, waiting for other processes' merges).
+    ``read_only``: an existing one, opened for reading without creating anything (DuckDB: no
+    file, no folder, no tables; the history is not created either)."""
     url = settings.resolved_warehouse_url
     scheme = urlsplit(url).scheme
     if scheme == "duckdb":
-        from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+        from taxi_pipeline.adapters.filelock.locks import FileLocks
 
-        return DuckDbWarehouse.from_url(
-            url,
-            memory_limit=settings.duckdb_memory_limit,
-            threads=settings.duckdb_threads,
+        say = notice or _log_notice
+        if read_only:
+            check_embedded_exists(settings)
+        cancellation = Cancellation()
+        locks = FileLocks(
+            _locks_folder(settings), on_wait=say, stop=lambda: cancellation.everything
+        )
+        return _embedded_warehouse(
+            settings,
+            open_history(settings, create=not read_only),
+            locks,
+            cancellation,
+            NullProgress(),
+            say,
             read_only=read_only,
         )
     if scheme == "bigquery":
@@ -250,6 +560,9 @@ def build_cloud(settings: Settings) -> Ports:
         bus=build_bus(settings),
         source=_http_source(settings),
         locks=locks,
+        # Each step reads the run's history once at its start: `runs cancel` recorded a cancel
+        # line, so the run's next step refuses to go on (nothing interrupts a running one).
+        cancellation=Cancellation(recorded=_recorded_cancels(warehouse)),
     )
 
 

@@ -16,6 +16,11 @@ class TransientError(PipelineError):
     """Worth retrying: 429/5xx, timeouts, connection resets, concurrent updates."""
 
 
+class RunCancelled(PipelineError):
+    """The run was asked to stop (Ctrl-C, SIGTERM, ``runs cancel``): neither retried nor a
+    failure. Entry points record it CANCELLED and acknowledge the event."""
+
+
 class PermanentError(PipelineError):
     """Retrying cannot help: invalid input, verification failures, 400/403/404."""
 

@@ -1,4 +1,5 @@
-"""The ``Locks`` contract over ThreadLocks and GcsLocks (lock objects on fake-gcs-server)."""
+"""The ``Locks`` contract over ThreadLocks, FileLocks (lock files shared by the processes of a
+home) and GcsLocks (lock objects on fake-gcs-server)."""
 
 # google-cloud-storage ships no py.typed: its names are Any here.
 # mypy: disable-error-code="import-untyped"
@@ -20,6 +21,7 @@ from google.api_core import exceptions as gexc
 from google.cloud.storage import Blob, Bucket
 
 from infra.resources import FUNCTIONS
+from taxi_pipeline.adapters.filelock.locks import FileLocks
 from taxi_pipeline.adapters.gcs.store import GcsLocks, GcsStore
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
 from taxi_pipeline.errors import PermanentError, TransientError
@@ -44,12 +46,17 @@ def _threads(request: pytest.FixtureRequest) -> Locks:
     return ThreadLocks()
 
 
+def _files(request: pytest.FixtureRequest) -> Locks:
+    return FileLocks(request.getfixturevalue("tmp_path") / "locks")
+
+
 def _gcs(request: pytest.FixtureRequest) -> Locks:
     return GcsLocks(_store(request.getfixturevalue("fake_gcs")), poll_initial=0.01, poll_max=0.1)
 
 
 @pytest.fixture(
-    params=[LocksCase("threads", _threads), LocksCase("gcs", _gcs)], ids=lambda c: c.name
+    params=[LocksCase("threads", _threads), LocksCase("files", _files), LocksCase("gcs", _gcs)],
+    ids=lambda c: c.name,
 )
 def locks(request: pytest.FixtureRequest) -> Locks:
     case: LocksCase = request.param

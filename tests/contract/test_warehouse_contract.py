@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
-from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.embedded import EmbeddedWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
@@ -61,7 +61,7 @@ class AdapterConfig:
 
 
 def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    warehouse = DuckDbWarehouse(tmp_path / "warehouse.duckdb", threads=2)
+    warehouse = EmbeddedWarehouse.at(tmp_path / "warehouse.duckdb", threads=2)
     lake = tmp_path / "lake"
 
     def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from support.e2e import Cli, Source, serve_months
-from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 from taxi_pipeline.bootstrap import LocalPipeline, build_local
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month, month_range
@@ -38,11 +38,11 @@ def cli(tmp_path: Path, year: Source) -> Cli:
 
 
 def _history(home: Path) -> list[history.Run]:
-    warehouse = DuckDbWarehouse(home / "warehouse.duckdb")
+    store = SqliteHistory(home / "runs.sqlite", create=False)
     try:
-        return history.derive_runs(warehouse.run_events())
+        return history.derive_runs(store.run_events())
     finally:
-        warehouse.close()
+        store.close()
 
 
 def _most_at_once(runs: list[history.Run]) -> int:

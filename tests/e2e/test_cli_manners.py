@@ -25,7 +25,7 @@ import pytest
 
 from support.browser import WINDOW, measured_layout, screenshot
 from support.e2e import Cli, Source
-from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 from taxi_pipeline.bootstrap import build_local
 from taxi_pipeline.devkit.source_server import Fault
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name
@@ -510,11 +510,11 @@ def test_status_html_reads_well_in_a_browser(cli: Cli, source: Source, tmp_path:
         source.server.clear_faults(name)
     # A run from ten minutes earlier: a wall-clock axis would make the others' bars 1-2 px.
     earlier = datetime.now(UTC) - timedelta(minutes=10)
-    warehouse = DuckDbWarehouse(cli.home / "warehouse.duckdb")
+    history = SqliteHistory(cli.home / "runs.sqlite")
     try:
-        warehouse.append_run_events(_an_earlier_run(earlier))
+        history.append_run_events(_an_earlier_run(earlier))
     finally:
-        warehouse.close()
+        history.close()
 
     page = tmp_path / "status.html"
     code, out = cli("status", "--html", str(page))

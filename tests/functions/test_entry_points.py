@@ -16,10 +16,12 @@ from support.cloud_events import gcs_event, json_bytes, pubsub_event
 from support.functions import GREEN_2019_01, Functions, Source
 from taxi_pipeline import bootstrap
 from taxi_pipeline.devkit.source_server import Fault
+from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Month, object_name
-from taxi_pipeline.domain.messages import Topic
+from taxi_pipeline.domain.messages import RunState, Topic
 from taxi_pipeline.errors import TransientError
 from taxi_pipeline.pipeline.handlers import ALERT_LABEL
+from taxi_pipeline.pipeline.recorder import cancel_event
 
 MODES = ["binary", "structured"]
 GREEN_OBJECT = object_name(*GREEN_2019_01)
@@ -473,3 +475,31 @@ def test_rejected_messages_with_the_same_reason_are_not_one_run(functions: Funct
     ids = [e.run_id for e in functions.events("dead-letter")]
     assert len(ids) == len(set(ids)) == 2
     assert all(run_id.startswith("rejected-") for run_id in ids)
+
+
+def test_a_cancelled_run_goes_no_further_at_its_next_step(functions: Functions) -> None:
+    """`taxi-pipeline runs cancel` in the cloud records a cancel line; nothing interrupts the
+    step in flight, but the next step of the run reads the line and refuses to go on."""
+    ingest = pubsub_event(Topic.INGEST_REQUESTS, INGEST)
+    assert functions.post("on_ingest_request", ingest).status_code == 200
+    stored = functions.ports.lake.stat(GREEN_OBJECT)
+    assert stored is not None
+    functions.ports.warehouse.append_run_events(
+        [cancel_event("green-2019-01-fn", "green", "2019-01", "cancelled by pid 7 on laptop")]
+    )
+    finalized = gcs_event(
+        stored.bucket, stored.name, stored.generation, stored.size, metadata=stored.metadata
+    )
+    for _delivery in range(2):  # a redelivery is refused the same way: never retried
+        assert functions.post("on_object_finalized", finalized).status_code == 200
+
+    states = _states(functions, "green-2019-01-fn")
+    assert states.count(("register", "CANCELLED")) == 2
+    assert ("register", "RUNNING") not in states
+    assert _published(functions, Topic.MERGE_REQUESTS) == []  # no merge was asked for
+    results = [json.loads(data) for data, _ in _published(functions, Topic.INGEST_RESULTS)]
+    assert [(r["state"], r["error"]) for r in results] == [
+        ("CANCELLED", "cancelled by pid 7 on laptop")
+    ] * 2
+    (run,) = history.derive_runs(functions.events())
+    assert run.state is RunState.CANCELLED

@@ -19,7 +19,7 @@ from google.cloud import bigquery
 from typer.testing import CliRunner
 
 from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
-from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 from taxi_pipeline.cli.app import app
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month
@@ -96,12 +96,12 @@ def test_bigquery_and_duckdb_give_the_same_derived_history(
     warehouse: BigQueryWarehouse, tmp_path: Path
 ) -> None:
     events = _scripted_history()
-    duck = DuckDbWarehouse(tmp_path / "w.duckdb")
+    local_store = SqliteHistory(tmp_path / "runs.sqlite")
     try:
-        duck.append_run_events(events)
-        local = history.derive_runs(duck.run_events())
+        local_store.append_run_events(events)
+        local = history.derive_runs(local_store.run_events())
     finally:
-        duck.close()
+        local_store.close()
     warehouse.append_run_events(events[:7])  # one batch per call, as the steps append
     for event in events[7:]:
         warehouse.append_run_events([event])

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 from cloudevents.http import CloudEvent
 
-from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.embedded import EmbeddedWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.http.source import HttpxSource
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
@@ -457,7 +457,7 @@ class _TableLister(Protocol):
 class Rig:
     """Real adapters (optionally wrapped) driven by a :class:`ChaosBus`.
 
-    ``lake`` / ``warehouse`` are the unwrapped adapters (FolderStore + DuckDbWarehouse on the
+    ``lake`` / ``warehouse`` are the unwrapped adapters (FolderStore + EmbeddedWarehouse on the
     embedded default, GcsStore + BigQueryWarehouse on the emulators).
     """
 
@@ -471,7 +471,7 @@ class Rig:
 
     @property
     def duckdb(self) -> bool:
-        return isinstance(self.warehouse, DuckDbWarehouse)
+        return isinstance(self.warehouse, EmbeddedWarehouse)
 
     def run(self, workers: int = 1) -> None:
         self.bus.drain(workers)
@@ -568,7 +568,7 @@ def make_rig(
     config = Settings(**options)  # type: ignore[arg-type]
     bus = ChaosBus(copies=copies, max_attempts=max_attempts, seed=seed)
     lake = FolderStore(home / "lake", on_finalized=bus.announce)
-    warehouse = DuckDbWarehouse(
+    warehouse = EmbeddedWarehouse.at(
         home / "warehouse.duckdb", memory_limit="256MB", threads=config.duckdb_threads
     )
     ports = Ports(

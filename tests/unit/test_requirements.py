@@ -17,8 +17,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL_ONLY = frozenset({"duckdb", "typer", "rich"})
-"""Embedded warehouse (duckdb) and CLI (typer, rich): the cloud runtime never imports them."""
+LOCAL_ONLY = frozenset({"duckdb", "filelock", "typer", "rich"})
+"""Embedded warehouse (duckdb), the lock files its processes share (filelock) and CLI (typer,
+rich): the cloud runtime never imports them."""
 
 
 def _pyproject() -> dict[str, Requirement]:

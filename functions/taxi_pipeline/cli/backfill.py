@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,8 +35,10 @@ from taxi_pipeline.cli.common import (
     result_line,
     source_hint,
 )
+from taxi_pipeline.cli.live import EXIT_CANCELLED, Interrupts
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestResult, RunState, Topic
+from taxi_pipeline.errors import RunCancelled
 from taxi_pipeline.local.backfill import (
     BackfillPlan,
     BackfillReport,
@@ -118,9 +121,17 @@ def backfill(
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-        report = _run_with_progress(pipeline, plan, settings.max_concurrent_runs_per_dataset)
+        report: BackfillReport | None = None
+        with (
+            Interrupts(pipeline, err_console) as interrupts,
+            contextlib.suppress(RunCancelled),  # Ctrl-C while the months were submitted
+        ):
+            report = _run_with_progress(pipeline, plan, settings.max_concurrent_runs_per_dataset)
     finally:
         pipeline.close()
+    if interrupts.interrupted or report is None:
+        print_line(interrupts.summary(), err=True)
+        raise typer.Exit(EXIT_CANCELLED)
     for line in _backfill_lines(plan, report.run_ids, report.results, settings):
         print_line(line)
     counts = {s: report.count(s) for s in RunState if report.count(s)}

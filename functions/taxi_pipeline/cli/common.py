@@ -8,7 +8,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -35,8 +35,9 @@ from taxi_pipeline.bootstrap import LocalPipeline, build_local, build_warehouse
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestResult, RunState
-from taxi_pipeline.errors import ConfigurationError, PipelineError
+from taxi_pipeline.errors import ConfigurationError, PipelineError, RunCancelled
 from taxi_pipeline.logs import configure_logging, redact
+from taxi_pipeline.pipeline.ports import Progress as ProgressPort
 from taxi_pipeline.pipeline.ports import ProgressTask, Warehouse
 from taxi_pipeline.pipeline.steps.download import EARLIEST_MONTH, source_file_url
 from taxi_pipeline.render.text import printable, rows_phrase
@@ -114,16 +115,23 @@ STATE_STYLES: Final = {
     RunState.RUNNING: "cyan",
     RunState.QUEUED: "blue",
     RunState.SKIPPED: "dim",
+    RunState.CANCELLED: "magenta",
+    RunState.ABANDONED: "bold magenta",
 }
 
 
-def print_line(line: str, *, err: bool = False, style: str | None = None) -> None:
-    """One line as it is: no markup, no emoji codes, control characters written out; states
-    coloured. Every line that may hold data goes through here."""
+def styled_line(line: str, style: str | None = None) -> Text:
+    """A line as it is (no markup, no emoji codes, control characters written out) with its
+    states in colour."""
     text = Text(printable(line), style=style or "")
     for state, state_style in STATE_STYLES.items():
         text.highlight_regex(rf"\b{state.value}\b", state_style)
-    (err_console if err else console).print(text, soft_wrap=True)
+    return text
+
+
+def print_line(line: str, *, err: bool = False, style: str | None = None) -> None:
+    """One line as it is, states coloured. Every line that may hold data goes through here."""
+    (err_console if err else console).print(styled_line(line, style), soft_wrap=True)
 
 
 def print_error(message: str) -> None:
@@ -154,6 +162,8 @@ def describe_failure(exc: BaseException) -> tuple[str, ExitStatus] | None:
         return str(exc), exc.status
     if isinstance(exc, ConfigurationError):
         return str(exc), ExitStatus.USAGE
+    if isinstance(exc, RunCancelled):
+        return str(exc), ExitStatus.INTERRUPTED
     if isinstance(exc, PipelineError):
         return str(exc), ExitStatus.FAILED
     if isinstance(exc, ValidationError):
@@ -347,7 +357,7 @@ class RichProgress:
 
     progress: Progress
 
-    def task(self, description: str, total: int | None) -> ProgressTask:
+    def task(self, description: str, total: int | None, unit: str = "bytes") -> ProgressTask:
         return _RichTask(self.progress, description, total)
 
 
@@ -370,23 +380,31 @@ def _home_of(settings: Settings) -> Path:
     return settings.home.resolve()
 
 
-def open_local(settings: Settings, progress: RichProgress | None = None) -> LocalPipeline:
+def notice(message: str) -> None:
+    """What a waiting process waits for (a lock or the warehouse another process holds)."""
+    print_line(message, err=True, style="yellow")
+
+
+def open_local(
+    settings: Settings,
+    progress: ProgressPort | None = None,
+    notice: Callable[[str], None] | None = notice,
+) -> LocalPipeline:
     """The embedded default (creating its home), or a :class:`CliError` naming the home."""
     home = _home_of(settings)
     if home.exists() and not home.is_dir():
         raise CliError(f"the home {home} is not a directory (TAXI_PIPELINE_HOME or --home)")
     try:
-        return build_local(settings, progress)
+        return build_local(settings, progress, notice)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != home else ""
         raise CliError(f"cannot use the home {home}: {exc.strerror or exc}{where}") from exc
 
 
-@contextmanager
-def open_warehouse(settings: Settings, *, read_only: bool = True) -> Iterator[Warehouse]:
-    """The warehouse, for reading unless ``read_only=False``: reading creates nothing, so a
-    command run from the wrong folder says there is no home instead of making an empty one."""
-    if read_only and settings.warehouse_url is None:
+def check_home(settings: Settings) -> None:
+    """For reading: the home exists (unless the warehouse URL names another place), so a
+    command run from the wrong folder says so instead of making an empty home."""
+    if settings.warehouse_url is None:
         home = _home_of(settings)
         if not home.is_dir():
             raise CliError(
@@ -394,7 +412,15 @@ def open_warehouse(settings: Settings, *, read_only: bool = True) -> Iterator[Wa
                 + (" (it is not a directory)" if home.exists() else "")
                 + "; point --home or TAXI_PIPELINE_HOME at one (`taxi-pipeline run` creates it)"
             )
-    warehouse = build_warehouse(settings, read_only=read_only)
+
+
+@contextmanager
+def open_warehouse(settings: Settings, *, read_only: bool = True) -> Iterator[Warehouse]:
+    """The warehouse, for reading unless ``read_only=False``: reading creates nothing, so a
+    command run from the wrong folder says there is no home instead of making an empty one."""
+    if read_only:
+        check_home(settings)
+    warehouse = build_warehouse(settings, notice, read_only=read_only)
     try:
         yield warehouse
     finally:

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from taxi_pipeline.bootstrap import (
+    HistoryStore,
+    build_history,
+    check_embedded_exists,
+    liveness_of,
+)
+from taxi_pipeline.cli import live
 from taxi_pipeline.cli.common import (
     CliError,
+    ExitStatus,
     HomeOption,
+    SourceOption,
+    check_home,
+    console,
+    err_console,
     load_settings,
-    open_warehouse,
+    open_local,
     parse_when,
     print_line,
+    result_line,
+    styled_line,
 )
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, published_months
+from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.errors import PipelineError
+from taxi_pipeline.local import control
+from taxi_pipeline.local.process import this_process
 from taxi_pipeline.render import html as report_html
 from taxi_pipeline.render import text as render_text
+from taxi_pipeline.settings import Settings
 
 runs_app = typer.Typer(
     help="Runs and their states (derived from the pipeline_runs history).",
@@ -32,6 +53,24 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
     app.add_typer(runs_app, name="runs")
     app.command()(status)
+
+
+@contextmanager
+def open_history(settings: Settings) -> Iterator[HistoryStore]:
+    """The run history (the embedded default's SQLite, never the DuckDB file a merge may
+    hold). Reading creates nothing: a missing home or warehouse is a :class:`CliError`."""
+    check_home(settings)
+    check_embedded_exists(settings)
+    store = build_history(settings)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def local_history(store: HistoryStore) -> bool:
+    """Whether processes of a home run these runs (and can be asked to stop one)."""
+    return hasattr(store, "cancel_requests")
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -65,6 +104,9 @@ def runs(
     limit: Annotated[
         int, typer.Option(metavar="N", min=0, help="Show at most the latest N runs (0: all).")
     ] = 50,
+    watch: Annotated[
+        bool, typer.Option(help="Refresh until no run is queued or running any more.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """One line per run: state, start, duration, rows, labels (and the error of failed runs)."""
@@ -78,14 +120,21 @@ def runs(
         labels[key] = value
     after = parse_when(since, "--since")
     settings = load_settings(home)
-    with open_warehouse(settings) as warehouse:
-        events = warehouse.run_events(dataset=dataset.value if dataset else None)
-    found = history.filter_runs(
-        history.derive_runs(events),
-        states=state or (),
-        since=after,
-        labels=labels,
-    )
+    with open_history(settings) as store:
+
+        def matching() -> list[history.Run]:
+            events = store.run_events(dataset=dataset.value if dataset else None)
+            return history.filter_runs(
+                history.derive_runs(events, liveness_of(store)),
+                states=state or (),
+                since=after,
+                labels=labels,
+            )
+
+        if watch:
+            _watch(matching, limit)
+            return
+        found = matching()
     if not found:
         if dataset or state or after or labels:
             print_line("no runs match", err=True)
@@ -104,22 +153,146 @@ def runs(
         print_line(f"({hidden} not shown; use --limit 0)", err=True)
 
 
+def _watch(matching: Callable[[], list[history.Run]], limit: int) -> None:
+    def render() -> tuple[list[str], bool]:
+        found = matching()
+        shown = found[-limit:] if limit > 0 else found
+        active = sum(run.is_active for run in found)
+        lines = render_text.runs_table(shown)
+        lines.append(f"{active} queued or running; refreshed {live.now():%H:%M:%S} UTC")
+        return lines, active == 0
+
+    if not live.follow(console, render, style=styled_line):
+        raise typer.Exit(live.EXIT_CANCELLED)
+
+
 @runs_app.command("show")
 def show(
     run_id: Annotated[
         str, typer.Argument(metavar="RUN_ID", help="The run id (as `runs` lists it).")
     ],
     width: Annotated[int, typer.Option(metavar="COLUMNS", help="Width of the timeline bars.")] = 50,
+    follow: Annotated[
+        bool, typer.Option(help="Refresh, with the running phase's progress, until it ends.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """A run's steps with their timings drawn as a timeline (Gantt), rows, and the error."""
     settings = load_settings(home)
-    with open_warehouse(settings) as warehouse:
-        events = warehouse.run_events(run_id=run_id)
-    if not events:
-        raise CliError(f"no run {run_id!r} in {settings.resolved_warehouse_url}")
-    for line in render_text.describe_run(history.derive_run(events), width=max(width, 10)):
-        print_line(line)
+    with open_history(settings) as store:
+        if not store.run_events(run_id=run_id):
+            raise CliError(f"no run {run_id!r} in {settings.resolved_warehouse_url}")
+
+        def render() -> tuple[list[str], bool]:
+            run = history.derive_run(store.run_events(run_id=run_id), liveness_of(store))
+            lines = render_text.describe_run(run, width=max(width, 10))
+            if run.is_active:
+                lines += _phases(store, run_id)
+            return lines, not run.is_active
+
+        if follow:
+            if not live.follow(console, render, style=styled_line):
+                raise typer.Exit(live.EXIT_CANCELLED)
+            return
+        for line in render()[0]:
+            print_line(line)
+
+
+def _phases(store: HistoryStore, run_id: str) -> list[str]:
+    """The progress of the run's phases, as its process records it (the embedded default)."""
+    progress = getattr(store, "progress", None)
+    if progress is None:
+        return []
+    lines = ["", "progress"]
+    for phase in progress(run_id):
+        state = "done" if phase.finished else "running"
+        lines.append(
+            f"  {phase.description}: {live.amount(phase.done, phase.total, phase.unit)} ({state})"
+        )
+    return lines if len(lines) > 2 else []
+
+
+@runs_app.command("cancel")
+def cancel(
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN_ID", help="The run id of a queued or running run.")
+    ],
+    wait: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", help="Seconds to wait for the run's process to stop it."),
+    ] = 15.0,
+    home: HomeOption = None,
+) -> None:
+    """Cancel a queued or running run, from any terminal: its process stops it (nothing
+    partial is kept); in the cloud its next step refuses to go on."""
+    settings = load_settings(home)
+    with open_history(settings) as store:
+        try:
+            outcome = control.cancel_run(store, run_id, liveness_of(store), this_process())
+        except PipelineError as exc:
+            raise CliError(str(exc), ExitStatus.FAILED) from exc
+        before = outcome.run
+        if not outcome.requested:
+            raise CliError(
+                f"run {run_id} is {before.state.value} already; nothing to cancel",
+                ExitStatus.FAILED,
+            )
+        if not local_history(store):
+            print_line(
+                f"cancel of {run_id} recorded in pipeline_runs; its next step will not start"
+                " (a step already running finishes)"
+            )
+            return
+        after = control.wait_until_stopped(
+            store, run_id, lambda: liveness_of(store), timeout=max(wait, 0.0)
+        )
+    where = f"{before.dataset} {before.month} (run {run_id})"
+    if after.state is RunState.SUCCESS:
+        print_line(f"{where} finished SUCCESS before the cancel reached it")
+    elif control.stopped(after):
+        print_line(f"cancelled {where}")
+    else:
+        print_line(
+            f"cancel of {where} recorded; {control.describe_owner(after)} has not stopped it"
+            f" within {wait:.0f} s"
+        )
+
+
+@runs_app.command("restart")
+def restart(
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN_ID", help="A FAILED, CANCELLED or ABANDONED run.")
+    ],
+    source_url: SourceOption = None,
+    home: HomeOption = None,
+) -> None:
+    """Run a failed, cancelled or abandoned run's month again, here: a new run with the same
+    labels plus restarted_from=RUN_ID."""
+    settings = load_settings(home, source_url)
+    progress = live.LiveProgress(err_console)
+    with progress.shown():
+        pipeline = open_local(settings, progress)
+        try:
+            with live.Interrupts(pipeline, err_console) as interrupts:
+                store = pipeline.ports.warehouse
+                liveness = pipeline.history.liveness() if pipeline.history else Liveness.cloud()
+                try:
+                    new_id = control.restart_run(pipeline, store, run_id, liveness)
+                except PipelineError as exc:
+                    raise CliError(str(exc), ExitStatus.FAILED) from exc
+                pipeline.drain()
+        finally:
+            pipeline.close()
+    if interrupts.interrupted:
+        print_line(interrupts.summary(), err=True)
+        raise typer.Exit(live.EXIT_CANCELLED)
+    result = pipeline.results.get(new_id)
+    if result is None:
+        print_line(f"{new_id}: no result was recorded")
+        raise typer.Exit(1)
+    print_line(f"{result_line(result)} (restarted from {run_id})")
+    if result.state is not RunState.SUCCESS:
+        raise typer.Exit(1)
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -142,10 +315,11 @@ def status(
     settings = load_settings(home)
     datasets = [dataset] if dataset else list(Dataset)
     months = published_months()
-    with open_warehouse(settings) as warehouse:
-        loads = warehouse.loads()
-        events = warehouse.run_events()
-    all_runs = history.derive_runs(events)
+    with open_history(settings) as store:
+        loads = store.loads()
+        events = store.run_events()
+        liveness = liveness_of(store)
+    all_runs = history.derive_runs(events, liveness)
     cells = history.coverage(datasets, months, loads, all_runs)
     for line in render_text.coverage_table(datasets, months, cells):
         print_line(line)

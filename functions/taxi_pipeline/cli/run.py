@@ -22,19 +22,20 @@ from taxi_pipeline.cli.common import (
     DatasetArgument,
     ExitStatus,
     HomeOption,
-    RichProgress,
     SourceOption,
     check_loadable,
     console,
-    download_progress,
+    err_console,
     exit_with,
     load_settings,
+    notice,
     open_local,
     open_warehouse,
     print_line,
     source_hint,
     state_of,
 )
+from taxi_pipeline.cli.live import EXIT_CANCELLED, Interrupts, LiveProgress
 from taxi_pipeline.domain.datasets import Dataset, Month, parse_month_span
 from taxi_pipeline.domain.messages import IngestResult, RunState
 from taxi_pipeline.errors import PipelineError
@@ -51,9 +52,12 @@ def register(app: typer.Typer) -> None:
 def run_months(
     pipeline: LocalPipeline, dataset: Dataset, months: list[Month], force: bool, workers: int = 1
 ) -> list[tuple[Month, str, float]]:
-    """Submit one run per month and process the bus; returns (month, run id, seconds)."""
+    """Submit one run per month and process the bus; returns (month, run id, seconds).
+    After Ctrl-C no further month starts."""
     timings = []
     for month in months:
+        if pipeline.cancelled:
+            break
         started = time.monotonic()
         run_id = pipeline.submit(dataset, month, force=force, labels={"trigger": "manual"})
         pipeline.drain(workers)
@@ -82,14 +86,17 @@ def run(
         raise typer.BadParameter(str(exc), param_hint="MONTHS") from exc
     check_loadable(month_list, "MONTHS")
     settings = load_settings(home, source_url)
-    progress = download_progress()
+    live = LiveProgress(err_console)
     # Opened before the bars start: an error line is then printed after nothing else.
-    pipeline = open_local(settings, RichProgress(progress))
+    pipeline = open_local(settings, live, notice=notice)
     try:
-        with progress:
+        with live.shown(), Interrupts(pipeline, err_console) as interrupts:
             timings = run_months(pipeline, dataset, month_list, force)
     finally:
         pipeline.close()
+    if interrupts.interrupted:
+        print_line(interrupts.summary(), err=True)
+        raise typer.Exit(EXIT_CANCELLED)
     states = print_summary(dataset, timings, pipeline.results, settings)
     exit_with(states)
 

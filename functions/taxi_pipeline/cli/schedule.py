@@ -15,6 +15,7 @@ from taxi_pipeline.cli.common import (
     CliError,
     HomeOption,
     SourceOption,
+    err_console,
     exit_with,
     load_settings,
     open_local,
@@ -23,9 +24,11 @@ from taxi_pipeline.cli.common import (
     result_line,
     state_of,
 )
+from taxi_pipeline.cli.live import EXIT_CANCELLED, Interrupts
 from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.messages import IngestResult, RunState, Topic
 from taxi_pipeline.domain.schedules import load_schedules
+from taxi_pipeline.errors import RunCancelled
 from taxi_pipeline.local.scheduler import Fire, Fired, Scheduler, next_fires
 from taxi_pipeline.render.text import plural
 
@@ -108,6 +111,7 @@ def schedule(
             )
 
     pipeline.bus.listen(Topic.INGEST_RESULTS, on_result)
+    interrupts = Interrupts(pipeline, err_console)
     scheduler = Scheduler(
         pipeline,
         chosen,
@@ -115,6 +119,7 @@ def schedule(
         lag_months=settings.schedule_lag_months,
         workers=workers or settings.max_concurrent_runs_per_dataset,
         on_fire=on_fire,
+        sleep=interrupts.nap,
     )
     for entry, at, month in next_fires(chosen, datetime.now(UTC), settings.schedule_lag_months):
         print_line(
@@ -129,12 +134,21 @@ def schedule(
         if missed and not _catch_up_agreed(missed, baselines, ask=not yes and sys.stdin.isatty()):
             print_line("nothing fired (--no-catchup starts from now)", err=True)
             return
-        fired = scheduler.run(until=stop_at, once=once, catchup=catchup, since=start_from)
-    except KeyboardInterrupt:
-        print_line("stopped", err=True)
+        with interrupts:
+            fired = scheduler.run(
+                until=stop_at,
+                once=once,
+                catchup=catchup,
+                since=start_from,
+                should_stop=lambda: interrupts.interrupted,
+            )
+    except RunCancelled:  # Ctrl-C while a fire was being submitted
         fired = scheduler.fired
     finally:
         pipeline.close()
+    if interrupts.interrupted:
+        print_line(f"stopped; {interrupts.summary()}", err=True)
+        raise typer.Exit(EXIT_CANCELLED)
     states = [state_of(pipeline.results.get(f.run_id)) for f in fired]
     failed = sum(s not in (RunState.SUCCESS, RunState.SKIPPED) for s in states)
     skipped = states.count(RunState.SKIPPED)

@@ -9,13 +9,17 @@ How a run's state is derived (first rule that applies):
 1. a step whose latest event is FAILED (a permanent error, or the dead-letter path) -> FAILED,
    except the dead-letter step once the merge ended SUCCESS (a late dead-lettered copy under
    at-least-once delivery does not undo loaded rows);
-2. the merge step ended SUCCESS -> SUCCESS;
-3. a step ended SKIPPED with a reason (e.g. the month is not published upstream) -> SKIPPED;
+2. the merge step ended SUCCESS -> SUCCESS (also when a cancel came too late to stop it);
+3. a CANCELLED line (the cancel request, or the step it stopped) -> CANCELLED;
+4. a step ended SKIPPED with a reason (e.g. the month is not published upstream) -> SKIPPED;
    a SKIPPED without an error (download skipped because the file is already in the lake) is a
    skipped *step* and the run goes on;
-4. the latest event is RETRYING -> RETRYING (a transient error, a redelivery is coming);
-5. only QUEUED events -> QUEUED (waiting for a concurrency slot, or for a worker);
-6. otherwise RUNNING.
+5. the latest event is RETRYING -> RETRYING (a transient error, a redelivery is coming);
+6. only QUEUED events -> QUEUED (waiting for a concurrency slot, or for a worker);
+7. otherwise RUNNING;
+8. an active run (5-7) whose process is gone is ABANDONED (:class:`Liveness`): locally, the
+   process that wrote its latest line no longer beats (or, on this host, its pid is dead); in
+   the cloud, where no process beats, a RUNNING step silent past the function timeout.
 
 Lines carrying a :data:`NOTE` (a dead letter for a run that had already succeeded) are remarks:
 shown with the run's steps, but no state or end time is derived from them.
@@ -25,14 +29,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
-from taxi_pipeline.pipeline.recorder import QUEUE_STEP
+from taxi_pipeline.pipeline.recorder import CANCEL_STEP, QUEUE_STEP
 
 FINAL_STEP: Final = "merge"
 """The step whose SUCCESS completes a run."""
@@ -40,10 +44,28 @@ DEAD_LETTER_STEP: Final = "dead-letter"
 NOTE: Final = "note"
 """``details`` key of a line that is a remark, not an outcome."""
 
-TERMINAL: Final = frozenset({RunState.SUCCESS, RunState.FAILED, RunState.SKIPPED})
+TERMINAL: Final = frozenset(
+    {
+        RunState.SUCCESS,
+        RunState.FAILED,
+        RunState.SKIPPED,
+        RunState.CANCELLED,
+        RunState.ABANDONED,
+    }
+)
 ACTIVE: Final = frozenset({RunState.QUEUED, RunState.RUNNING, RunState.RETRYING})
 
-_STEP_ORDER: Final = {QUEUE_STEP: 0, "download": 1, "register": 2, "merge": 3, DEAD_LETTER_STEP: 4}
+CLOUD_STEP_TIMEOUT: Final = timedelta(seconds=540)
+"""Every function's timeout (``infra/resources.py``): a step RUNNING longer has no process left."""
+
+_STEP_ORDER: Final = {
+    QUEUE_STEP: 0,
+    "download": 1,
+    "register": 2,
+    "merge": 3,
+    DEAD_LETTER_STEP: 4,
+    CANCEL_STEP: 5,
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,8 @@ class Run:
     rows_in_file: int | None
     rows_inserted: int | None
     attempts: int
+    process: str | None = None
+    """The process that wrote the run's latest step line (where the history records it)."""
 
     @property
     def first_seen(self) -> datetime | None:
@@ -179,6 +203,8 @@ def _derive_state(events: Sequence[RunEvent], steps: Sequence[StepRun]) -> RunSt
         return RunState.FAILED
     if succeeded:
         return RunState.SUCCESS
+    if any(e.state is RunState.CANCELLED for e in events):
+        return RunState.CANCELLED
     if any(s.state is RunState.SKIPPED and s.error for s in latest_by_step.values()):
         return RunState.SKIPPED
     if not steps:
@@ -189,10 +215,22 @@ def _derive_state(events: Sequence[RunEvent], steps: Sequence[StepRun]) -> RunSt
     return RunState.RUNNING
 
 
-def derive_run(events: Sequence[RunEvent]) -> Run:
-    """Fold one run's events (oldest first) into a :class:`Run`."""
+def derive_run(events: Sequence[RunEvent], liveness: Liveness | None = None) -> Run:
+    """Fold one run's events (oldest first) into a :class:`Run`; with ``liveness``, an active
+    run whose process is gone is ABANDONED."""
     if not events:
         raise ValueError("a run needs at least one event")
+    run = _fold_run(events)
+    if liveness is not None and run.is_active:
+        reason = liveness.abandoned(run)
+        if reason is not None:
+            seen = [run.last_event_at, liveness.last_beats.get(run.process or "")]
+            last_seen = max((t for t in seen if t is not None), default=None)
+            return replace(run, state=RunState.ABANDONED, finished_at=last_seen, error=reason)
+    return run
+
+
+def _fold_run(events: Sequence[RunEvent]) -> Run:
     first = events[0]
     steps = _fold_steps(events)
     state = _derive_state(events, steps)
@@ -200,10 +238,10 @@ def derive_run(events: Sequence[RunEvent]) -> Run:
     for event in events:
         labels.update(event.labels)
     queued = [_when(e) for e in events if e.state is RunState.QUEUED]
-    starts = [s.started_at for s in steps if s.started_at is not None]
+    starts = [s.started_at for s in steps if s.started_at is not None and s.step != CANCEL_STEP]
     ends = [s.finished_at for s in steps if s.finished_at is not None and NOTE not in s.details]
     error = None
-    if state in (RunState.FAILED, RunState.SKIPPED, RunState.RETRYING):
+    if state in (RunState.FAILED, RunState.SKIPPED, RunState.RETRYING, RunState.CANCELLED):
         error = next((e.error for e in reversed(events) if e.error), None)
     merge = [s for s in steps if s.step == FINAL_STEP and s.state is RunState.SUCCESS]
     download = [s for s in steps if s.step == "download" and s.rows is not None]
@@ -228,15 +266,16 @@ def derive_run(events: Sequence[RunEvent]) -> Run:
         rows_in_file=rows_in_file,
         rows_inserted=merge[-1].rows if merge else None,
         attempts=max((s.attempt for s in steps), default=0),
+        process=next((e.process for e in reversed(events) if e.step != CANCEL_STEP), None),
     )
 
 
-def derive_runs(events: Iterable[RunEvent]) -> list[Run]:
+def derive_runs(events: Iterable[RunEvent], liveness: Liveness | None = None) -> list[Run]:
     """Group events by run id and derive each run; ordered by first appearance."""
     by_run: dict[str, list[RunEvent]] = {}
     for event in events:
         by_run.setdefault(event.run_id, []).append(event)
-    runs = [derive_run(group) for group in by_run.values()]
+    runs = [derive_run(group, liveness) for group in by_run.values()]
     far = datetime.min.replace(tzinfo=UTC)
     runs.sort(key=lambda r: (r.first_seen or far, r.run_id))
     return runs
@@ -266,6 +305,49 @@ def filter_runs(
     return out
 
 
+# -- liveness -----------------------------------------------------------------------------------
+
+
+def describe_process(process: str) -> str:
+    """``pid 1234 on host`` from a ``host:pid:token`` process id."""
+    host, _, rest = process.partition(":")
+    pid = rest.partition(":")[0]
+    return f"pid {pid} on {host}" if pid else process
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How to tell an active run whose process is gone (ABANDONED) from one still going."""
+
+    now: datetime
+    live_processes: frozenset[str] | None = None
+    """Locally: the processes known alive (fresh heartbeat; on this host, pid running). None in
+    the cloud, where nothing beats."""
+    silence: timedelta = CLOUD_STEP_TIMEOUT
+    """Past this without a line, a run is abandoned: in the cloud a RUNNING step (the function
+    was stopped at its timeout); locally a run whose lines name no process (older versions)."""
+    last_beats: Mapping[str, datetime] = field(default_factory=dict)
+    """Each known process's latest heartbeat: when an abandoned run was last seen alive."""
+
+    @classmethod
+    def cloud(cls, now: datetime | None = None) -> Liveness:
+        return cls(now or datetime.now(UTC))
+
+    def abandoned(self, run: Run) -> str | None:
+        """Why an active run is abandoned, or None while it may still be going."""
+        silent = self.now - run.last_event_at if run.last_event_at else timedelta(0)
+        if self.live_processes is not None and run.process is not None:
+            if run.process in self.live_processes:
+                return None
+            return f"its process ({describe_process(run.process)}) is gone"
+        if self.live_processes is None and run.state is not RunState.RUNNING:
+            # A queued or retrying cloud run waits for Pub/Sub, which may take long.
+            return None
+        if silent > self.silence:
+            return f"no sign of life for {int(silent.total_seconds())} s"
+        return None
+
+
 # -- parsing user input -------------------------------------------------------------------------
 
 _RELATIVE: Final = re.compile(r"^(\d+)\s*([mhdw])$")
@@ -290,6 +372,14 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 # -- coverage ---------------------------------------------------------------------------------
 
 
+_UNLOADED: Final = {
+    RunState.FAILED: "failed",
+    RunState.CANCELLED: "cancelled",
+    RunState.ABANDONED: "abandoned",
+    RunState.SKIPPED: "skipped",
+}
+
+
 @dataclass(frozen=True)
 class Cell:
     """One dataset-month of the coverage matrix."""
@@ -299,7 +389,8 @@ class Cell:
     loaded_rows: int | None
     """Rows of the latest completed load (None: never loaded)."""
     state: str
-    """``loaded``, ``running``, ``failed``, ``skipped`` or ``missing``."""
+    """``loaded``, ``running``, ``failed``, ``cancelled``, ``abandoned``, ``skipped`` or
+    ``missing``."""
     run_id: str | None = None
     error: str | None = None
 
@@ -310,9 +401,12 @@ def coverage(
     loads: Iterable[LoadRecord],
     runs: Iterable[Run],
 ) -> dict[tuple[Dataset, Month], Cell]:
-    """The status matrix: running beats loaded beats failed beats skipped beats missing.
+    """The status matrix: running beats loaded beats the latest run's failed, cancelled,
+    abandoned or skipped, which beat missing.
 
-    A loaded month whose latest run failed afterwards still shows loaded: its rows are there.
+    A loaded month whose latest run failed, was cancelled or abandoned afterwards still shows
+    loaded: its rows are there. Derive ``runs`` with a :class:`Liveness`, or a run whose process
+    died shows running for ever.
     """
     latest_load: dict[tuple[str, str], LoadRecord] = {}
     for record in loads:
@@ -335,10 +429,8 @@ def coverage(
                 cell = Cell(dataset, month, rows, "running", active[key].run_id)
             elif load is not None:
                 cell = Cell(dataset, month, rows, "loaded", load.run_id)
-            elif run is not None and run.state is RunState.FAILED:
-                cell = Cell(dataset, month, None, "failed", run.run_id, run.error)
-            elif run is not None and run.state is RunState.SKIPPED:
-                cell = Cell(dataset, month, None, "skipped", run.run_id, run.error)
+            elif run is not None and run.state in _UNLOADED:
+                cell = Cell(dataset, month, None, _UNLOADED[run.state], run.run_id, run.error)
             else:
                 cell = Cell(dataset, month, None, "missing")
             cells[(dataset, month)] = cell

@@ -154,6 +154,11 @@ class RunState(StrEnum):
     SKIPPED = "SKIPPED"
     FAILED = "FAILED"
     RETRYING = "RETRYING"
+    CANCELLED = "CANCELLED"
+    """Stopped on request (Ctrl-C, SIGTERM, ``runs cancel``): Kestra's KILLED; never retried."""
+    ABANDONED = "ABANDONED"
+    """Derived, never written: the run was active, but the process running it is gone (or, in
+    the cloud, its step outlived the function timeout without an outcome)."""
 
 
 class IngestResult(_Message):

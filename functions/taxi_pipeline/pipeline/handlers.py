@@ -29,8 +29,15 @@ from taxi_pipeline.domain.messages import (
     labels_from_attributes,
     parse_model,
 )
-from taxi_pipeline.errors import InvalidMessage, NotPublished, PermanentError, PipelineError
+from taxi_pipeline.errors import (
+    InvalidMessage,
+    NotPublished,
+    PermanentError,
+    PipelineError,
+    RunCancelled,
+)
 from taxi_pipeline.logs import log_context
+from taxi_pipeline.pipeline.cancellation import run_scope
 from taxi_pipeline.pipeline.cloudevents import (
     DEAD_LETTER_DELIVERY_COUNT,
     DEAD_LETTER_PUBLISH_TIME,
@@ -202,30 +209,42 @@ def _parse_time(text: str) -> datetime | None:
 def _handling(event: CloudEventLike, invocation: Invocation, ports: Ports) -> Iterator[None]:
     # Everything that can fail runs inside the block (the age check too): an exception raised
     # before the ``yield`` would be swallowed here and become "generator didn't yield" (a 500).
-    with log_context(invocation, step=invocation.step, event_id=str(event.get("id") or "")):
+    with (
+        log_context(invocation, step=invocation.step, event_id=str(event.get("id") or "")),
+        run_scope(invocation),
+    ):
         try:
             yield
-        except NotPublished as exc:
-            _record_failure(ports, invocation, RunState.SKIPPED, str(exc), alert=False)
-        except PermanentError as exc:
-            _record_failure(ports, invocation, RunState.FAILED, str(exc), alert=True)
+        except RunCancelled as exc:
+            # The reason given to the run (Ctrl-C, `runs cancel`), not the step's "interrupted".
+            reason = ports.cancellation.reason(invocation.run_id) or str(exc)
+            _record_failure(ports, invocation, RunState.CANCELLED, reason, alert=False)
         except Exception as exc:
-            if _raised_by_the_core(exc):
+            # Whatever an interrupted step raised (an aborted statement, a closed stream), a
+            # cancelled run is recorded CANCELLED and acknowledged: never retried.
+            cancelled = ports.cancellation.reason(invocation.run_id)
+            if cancelled is not None:
+                _record_failure(ports, invocation, RunState.CANCELLED, cancelled, alert=False)
+            elif isinstance(exc, NotPublished):
+                _record_failure(ports, invocation, RunState.SKIPPED, str(exc), alert=False)
+            elif isinstance(exc, PermanentError):
+                _record_failure(ports, invocation, RunState.FAILED, str(exc), alert=True)
+            elif _raised_by_the_core(exc):
                 # A bug or an input our own code cannot handle fails the same way on every
                 # delivery: record it and acknowledge instead of retrying until the dead letter.
                 log.warning("%s failed in the pipeline's own code", invocation.step, exc_info=True)
                 reason = f"{type(exc).__name__}: {exc}"
                 _record_failure(ports, invocation, RunState.FAILED, reason, alert=True)
-                return
-            # Transient or unknown: let the platform redeliver (bounded by age and attempts).
-            _record(ports, invocation, RunState.RETRYING, f"{type(exc).__name__}: {exc}")
-            log.warning(
-                "%s attempt %d failed, will be retried: %s",
-                invocation.step,
-                invocation.attempt,
-                exc,
-            )
-            raise
+            else:
+                # Transient or unknown: let the platform redeliver (bounded by age and attempts).
+                _record(ports, invocation, RunState.RETRYING, f"{type(exc).__name__}: {exc}")
+                log.warning(
+                    "%s attempt %d failed, will be retried: %s",
+                    invocation.step,
+                    invocation.attempt,
+                    exc,
+                )
+                raise
 
 
 _CORE_PACKAGES: Final = ("taxi_pipeline.domain.", "taxi_pipeline.pipeline.")
@@ -303,7 +322,7 @@ def _record_failure(
         if alert:
             log.error("run failed at %s: %s", invocation.step, reason, extra={"alert": ALERT_LABEL})
         else:
-            log.info("run skipped at %s: %s", invocation.step, reason)
+            log.info("run %s at %s: %s", state.value.lower(), invocation.step, reason)
     _record(ports, invocation, state, reason, strict=strict)
     result = failed_result(invocation, state, reason)
     if result is not None:

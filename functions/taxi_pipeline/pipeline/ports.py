@@ -14,6 +14,7 @@ from typing import BinaryIO, Protocol
 
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import RunState, Topic
+from taxi_pipeline.pipeline.cancellation import Cancellation
 from taxi_pipeline.settings import Settings
 
 
@@ -126,6 +127,9 @@ class RunEvent:
     error: str | None = None
     details: Mapping[str, str] = field(default_factory=dict)
     recorded_at: datetime | None = None
+    process: str | None = None
+    """``host:pid:token`` of the process that wrote the line, where the history records it (the
+    embedded default's): a run whose process is gone is ABANDONED."""
 
 
 @dataclass(frozen=True)
@@ -263,9 +267,12 @@ class ProgressTask(Protocol):
 
 
 class Progress(Protocol):
-    """Where long work reports progress (a progress bar in the CLI, nothing in the cloud)."""
+    """Where long work reports progress (a progress bar in the CLI, nothing in the cloud).
 
-    def task(self, description: str, total: int | None) -> ProgressTask: ...
+    ``description`` starts with the phase (``download``, ``verify``, ``stage``, ``merge``);
+    ``unit`` is what ``total`` counts: ``bytes``, ``rows`` or ``%``."""
+
+    def task(self, description: str, total: int | None, unit: str = "bytes") -> ProgressTask: ...
 
 
 class _NullTask:
@@ -279,7 +286,7 @@ class _NullTask:
 class NullProgress:
     """No progress display (the cloud, tests)."""
 
-    def task(self, description: str, total: int | None) -> ProgressTask:
+    def task(self, description: str, total: int | None, unit: str = "bytes") -> ProgressTask:
         return _NullTask()
 
 
@@ -294,6 +301,7 @@ class Ports:
     source: Source
     locks: Locks
     progress: Progress = field(default_factory=NullProgress)
+    cancellation: Cancellation = field(default_factory=Cancellation)
 
     def close(self) -> None:
         """Close the ports that hold resources (the warehouse's connection, the HTTP client)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -105,3 +105,35 @@ def queued_event(
         labels=dict(labels),
         recorded_at=now,
     )
+
+
+CANCEL_STEP = "cancel"
+"""The pseudo-step of the line that asks a run to stop (Ctrl-C, ``runs cancel``)."""
+
+
+def cancel_event(
+    run_id: str, dataset: str, month: str, reason: str, labels: Mapping[str, str] | None = None
+) -> RunEvent:
+    """The line that cancels a run: its process stops it, and its next step refuses to start."""
+    now = utcnow()
+    return RunEvent(
+        run_id=run_id,
+        dataset=dataset,
+        month=month,
+        step=CANCEL_STEP,
+        state=RunState.CANCELLED,
+        attempt=0,
+        started_at=now,
+        finished_at=now,
+        labels=dict(labels or {}),
+        error=reason[:2000],
+        recorded_at=now,
+    )
+
+
+def cancel_reason(events: Sequence[RunEvent]) -> str | None:
+    """Why a run was cancelled, from its history lines (None: it was not)."""
+    for event in events:
+        if event.state is RunState.CANCELLED:
+            return event.error or "cancelled"
+    return None

@@ -23,6 +23,8 @@ _CELL_COLOURS: Final = {
     "loaded": "#2e7d32",
     "running": "#1565c0",
     "failed": "#c62828",
+    "cancelled": "#8e24aa",
+    "abandoned": "#6a1b9a",
     "skipped": "#9e9e9e",
     "missing": "#eeeeee",
 }
@@ -33,6 +35,8 @@ _STATE_COLOURS: Final = {
     RunState.RETRYING: "#ef6c00",
     RunState.RUNNING: "#1565c0",
     RunState.QUEUED: "#bdbdbd",
+    RunState.CANCELLED: "#8e24aa",
+    RunState.ABANDONED: "#6a1b9a",
 }
 _QUEUED_COLOUR: Final = "#e0e0e0"
 _LOCK_WAIT_COLOUR: Final = "#90caf9"
@@ -116,6 +120,8 @@ def _matrix(
                 "loaded": _rows(cell.loaded_rows),
                 "running": "running",
                 "failed": "FAILED",
+                "cancelled": "cancelled",
+                "abandoned": "abandoned",
                 "skipped": "skipped",
                 "missing": "",
             }[cell.state]

@@ -145,6 +145,8 @@ _BAR: Final = {
     RunState.RETRYING: "R",
     RunState.RUNNING: "▶",
     RunState.QUEUED: "·",
+    RunState.CANCELLED: "C",
+    RunState.ABANDONED: "?",
 }
 _WAIT: Final = "░"
 
@@ -154,7 +156,7 @@ def gantt(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
 
     ``·`` queued (waiting for a slot), ``░`` waiting for the dataset-month merge lock, ``█``
     success, ``▒`` skipped, ``R`` failed with a transient error (retried), ``X`` failed,
-    ``▶`` still running.
+    ``C`` cancelled, ``▶`` still running (in an ABANDONED run: when its process vanished).
     """
     now = now or datetime.now(UTC)
     origin = run.queued_at or run.started_at
@@ -184,12 +186,12 @@ def gantt(run: Run, width: int = 50, now: datetime | None = None) -> list[str]:
         bars.append(_bar(col(origin), edge(queue_end), width, _BAR[RunState.QUEUED], 0, 0))
     for step in run.steps:
         start = step.started_at or origin
-        stop = step.finished_at or (now if run.is_active else start)
+        stop = step.finished_at or (now if run.is_active else run.last_event_at or start)
         wait_to = col(start + step.waited)
         rows.append(
             (
                 printable(step.step, one_line=True),
-                str(step.attempt),
+                str(step.attempt) if step.attempt else "",
                 step.state.value,
                 "+" + _dur(start - origin),
                 _dur(stop - start),
@@ -271,7 +273,13 @@ def coverage_table(
             return _number(cell.loaded_rows)
         if cell.state == "running":
             return "running" + (f" ({_number(cell.loaded_rows)})" if cell.loaded_rows else "")
-        return {"failed": "FAILED", "skipped": "skipped", "missing": "."}[cell.state]
+        return {
+            "failed": "FAILED",
+            "cancelled": "cancelled",
+            "abandoned": "abandoned",
+            "skipped": "skipped",
+            "missing": ".",
+        }[cell.state]
 
     width = max([len(d.value) for d in datasets] + [len(text(c)) for c in cells.values()] + [9])
     out = ["MONTH    " + "  ".join(d.value.rjust(width) for d in datasets)]
@@ -285,8 +293,17 @@ def coverage_table(
             f"{dataset.value}: {states.count('loaded')}/{len(months)} loaded ({rows:,} rows),"
             f" {states.count('missing')} missing, {states.count('failed')} failed,"
             f" {states.count('running')} running, {states.count('skipped')} skipped"
+            + "".join(
+                f", {states.count(state)} {state}"
+                for state in ("cancelled", "abandoned")
+                if states.count(state)
+            )
         )
-    failed = [c for c in cells.values() if c.state in ("failed", "skipped") and c.error]
+    failed = [
+        c
+        for c in cells.values()
+        if c.state in ("failed", "cancelled", "abandoned", "skipped") and c.error
+    ]
     for cell in failed:
         out.append(
             f"  {cell.dataset.value} {cell.month} {cell.state}: {_one_line(cell.error or '', 110)}"

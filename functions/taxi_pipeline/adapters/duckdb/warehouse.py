@@ -4,15 +4,32 @@ The external table is a view over ``read_csv`` of the lake file with every colum
 (an explicit schema), so a value that does not fit its type is counted instead of failing the
 whole file; staging applies the reference types with ``TRY_CAST``. The id matches BigQuery's:
 MD5 over the reference fields cast the way BigQuery casts them to STRING.
+
+Many processes share one home, and DuckDB lets one process at a time open a database file (a
+writer shuts out readers too; measured, README "Many processes, one home"). So the connection
+is to an in-memory database, private to the process: the external views and the staging tables
+live there, and staging (the larger half of a merge's work) needs no file at all. The warehouse
+file is ATTACHed (as ``warehouse``) only around the statements that need it (creating a final
+table, the merge's insert, a user's query) and DETACHed when the last of them in this process
+ends, so other processes get their turn. ``guard`` is the cross-process lock around every
+attachment (bootstrap gives a lock file that says who holds it, so a process waits with a
+message instead of failing with DuckDB's "Could not set lock on file"). The run history lives
+elsewhere (``adapters/sqlite``), since it must be readable while a merge holds the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
+import shutil
+import tempfile
 import threading
-from collections.abc import Sequence
-from datetime import datetime
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -20,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 import duckdb
 
 from taxi_pipeline.adapters.sql.dialects import DUCKDB
-from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
+from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History
 from taxi_pipeline.adapters.sql.statements import Statements
 from taxi_pipeline.domain.datasets import (
     Dataset,
@@ -30,13 +47,18 @@ from taxi_pipeline.domain.datasets import (
     parse_object,
     staging_table,
 )
-from taxi_pipeline.errors import ConfigurationError, PermanentError, TransientError
+from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.errors import ConfigurationError, PermanentError, RunCancelled, TransientError
+from taxi_pipeline.local.process import pid_alive
+from taxi_pipeline.pipeline.cancellation import Cancellation
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
     LoadRecord,
+    NullProgress,
     ObjectInfo,
+    Progress,
     QueryResult,
     RunEvent,
     StagingSummary,
@@ -44,6 +66,62 @@ from taxi_pipeline.pipeline.ports import (
 
 SQL: Final = Statements(DUCKDB)
 HISTORY: Final = History(DUCKDB, RUNS_TABLE, LOADS_TABLE)
+"""The history statements in DuckDB's SQL (the embedded default keeps its history in SQLite,
+``adapters/sqlite``; these read what a warehouse file of an earlier version holds)."""
+
+FILE_ALIAS: Final = "warehouse"
+"""The catalog name of the attached warehouse file."""
+HISTORY_COLUMNS: Final = {
+    "pipeline_runs": {
+        "run_id": "VARCHAR",
+        "dataset": "VARCHAR",
+        "month": "VARCHAR",
+        "step": "VARCHAR",
+        "state": "VARCHAR",
+        "attempt": "INTEGER",
+        "started_at": "TIMESTAMP",
+        "finished_at": "TIMESTAMP",
+        "rows": "BIGINT",
+        "bytes": "BIGINT",
+        "labels": "VARCHAR",
+        "error": "VARCHAR",
+        "details": "VARCHAR",
+        "recorded_at": "TIMESTAMP",
+        "process": "VARCHAR",
+    },
+    "pipeline_loads": {
+        "dataset": "VARCHAR",
+        "month": "VARCHAR",
+        "object_name": "VARCHAR",
+        "generation": "VARCHAR",
+        "run_id": "VARCHAR",
+        "rows_in_file": "BIGINT",
+        "rows_inserted": "BIGINT",
+        "loaded_at": "TIMESTAMP",
+    },
+}
+"""The run history tables as ``taxi-pipeline sql`` shows them (they live in SQLite)."""
+HISTORY_TABLES: Final = tuple(HISTORY_COLUMNS)
+_PROGRESS_POLL_SECONDS: Final = 0.25
+_LOCK_RETRY_SECONDS: Final = 0.2
+
+Guard = Callable[[str], AbstractContextManager[None]]
+"""A cross-process lock around the use of the warehouse file, given what it is held for."""
+
+TableRows = Sequence[Mapping[str, object]]
+"""Rows of a table handed to :meth:`DuckDbWarehouse.query` (plain values, ISO timestamps)."""
+
+
+def _no_guard(_purpose: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def unique_row_id_sql(dataset: Dataset) -> str:
@@ -63,6 +141,8 @@ def _translate(exc: duckdb.Error, what: str) -> Exception:
             "",
         )
         message = f"{message}: {cause[:300]}" if cause else message
+    if isinstance(exc, duckdb.InterruptException):
+        return RunCancelled(f"{what}: interrupted")
     if isinstance(exc, duckdb.TransactionException) or "Conflict" in message:
         return TransientError(f"{what}: {message}")
     if isinstance(exc, duckdb.IOException) and "lock" in message.lower():
@@ -85,7 +165,8 @@ def _not_a_query(statement: duckdb.Statement) -> str | None:
 
 
 class DuckDbWarehouse:
-    """The warehouse in one DuckDB file; thread-safe (a cursor per call)."""
+    """The warehouse in one DuckDB file, attached only while a statement needs it; thread-safe
+    (a cursor per call, one per month being merged)."""
 
     def __init__(
         self,
@@ -93,43 +174,50 @@ class DuckDbWarehouse:
         *,
         memory_limit: str = "600MB",
         threads: int | None = None,
+        guard: Guard = _no_guard,
+        cancellation: Cancellation | None = None,
+        progress: Progress | None = None,
+        on_wait: Callable[[str], None] | None = None,
         read_only: bool = False,
     ) -> None:
-        """``read_only``: open an existing file for reading; create nothing (the CLI's
-        ``status``, ``runs``, ``sql``)."""
+        """``read_only``: create and change nothing (the CLI's ``sql``): no folder, the file
+        attached read-only; a missing file reads as an empty warehouse."""
         self.path = path
-        if read_only and not path.is_file():
-            raise ConfigurationError(f"no warehouse at {path}")
+        self._read_only = read_only
+        self._guard = guard
+        self._cancellation = cancellation or Cancellation()
+        self._progress = progress or NullProgress()
+        self._on_wait = on_wait or (lambda _message: None)
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+        # Past the memory limit, staging spills here; one folder per process (a killed
+        # process's folder is removed by the next one that opens the warehouse).
+        self._spill = path.with_name(path.name + ".tmp") / f"p{os.getpid()}"
+        _sweep_spill_folders(self._spill.parent)
         config: dict[str, Any] = {
             # No network on many machines: never try to fetch an extension.
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
             "memory_limit": memory_limit,
+            "temp_directory": str(self._spill),
             # Row order means nothing in these tables; letting DuckDB drop it makes the
             # staging build and the insert ~15% faster.
             "preserve_insertion_order": False,
         }
         if threads:
             config["threads"] = threads
-        try:
-            self._conn = duckdb.connect(str(path), read_only=read_only, config=config)
-        except duckdb.IOException as exc:
-            raise ConfigurationError(
-                f"cannot open the warehouse {path}: {str(exc).splitlines()[0]}"
-                " (is another taxi-pipeline process using it?)"
-            ) from exc
+        self._conn = duckdb.connect(":memory:", config=config)
         self._ddl_lock = threading.Lock()
         # Staging tables are TEMP tables (in memory, spilled past the memory limit): ~2 s
         # faster per full month than writing them to the file and dropping them, and a crash
         # leaves none behind. A TEMP table lives in one connection, so each month being merged
         # keeps its own cursor from stage() to drop_month_objects().
         self._staging: dict[str, duckdb.DuckDBPyConnection] = {}
-        if not read_only:
-            with self._ddl_lock:
-                for statement in HISTORY.ddl():
-                    self._conn.execute(statement)
+        self._final_tables: set[Dataset] = set()
+        # The attachment of the file: how many statements use it, and whether it is writable.
+        self._attach = threading.Condition()
+        self._users = 0
+        self._held: AbstractContextManager[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> DuckDbWarehouse:
@@ -144,6 +232,7 @@ class DuckDbWarehouse:
                 cursor.close()
             self._staging.clear()
         self._conn.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         return self._conn.cursor()
@@ -167,6 +256,91 @@ class DuckDbWarehouse:
             if own:
                 current.close()
 
+    # -- the file ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _file(self, purpose: str) -> Iterator[None]:
+        """The warehouse file attached for the block: shared by this process's statements,
+        taken from other processes with ``guard`` (which waits for them, saying who).
+
+        Read-write, a query's too, unless the warehouse was opened ``read_only`` (the CLI's
+        ``sql``): then DuckDB refuses even to plan a write (``EXPLAIN DROP ...``). The guard
+        excludes other processes either way; a query runs in a transaction that is rolled
+        back."""
+        with self._attach:
+            if not self._users:
+                held = self._guard(purpose)
+                held.__enter__()
+                try:
+                    self._attach_file()
+                except BaseException as exc:
+                    held.__exit__(type(exc), exc, exc.__traceback__)
+                    raise
+                self._held = held
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._attach:
+                self._users -= 1
+                if not self._users:
+                    release, self._held = self._held, None
+                    try:
+                        self._run("detach the warehouse", f"DETACH {FILE_ALIAS}")
+                    finally:
+                        if release is not None:
+                            release.__exit__(None, None, None)
+                    self._attach.notify_all()
+
+    def _attach_file(self) -> None:
+        """ATTACH the file; another program holding it (DuckDB's own lock: a DuckDB shell, a
+        process of another home) is waited for, saying so, like our own guard."""
+        told = False
+        while True:
+            try:
+                self._run(
+                    "open the warehouse",
+                    f"ATTACH {_quote_text(str(self.path))} AS {FILE_ALIAS}"
+                    + (" (READ_ONLY)" if self._read_only else ""),
+                )
+                return
+            except TransientError as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if not told:
+                    self._on_wait(f"waiting for the warehouse {self.path}: {_lock_holder(exc)}")
+                    told = True
+                self._cancellation.check()
+                time.sleep(_LOCK_RETRY_SECONDS)
+
+    def _final(self, dataset: Dataset) -> str:
+        return f"{FILE_ALIAS}.{dataset.final_table}"
+
+    # -- tables ---------------------------------------------------------------------------
+
+    # -- tables ---------------------------------------------------------------------------
+
+    def ensure_final_table(self, dataset: Dataset) -> None:
+        if dataset in self._final_tables:
+            return  # made or found once; the merge's insert makes sure again
+        with self._file(f"creating {dataset.final_table}"):
+            self._create_final_table(dataset)
+        self._final_tables.add(dataset)
+
+    def _create_final_table(self, dataset: Dataset) -> None:
+        with self._ddl_lock:
+            self._run("create final table", SQL.final_table_sql(dataset, self._final(dataset)))
+
+    def create_external_table(
+        self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
+    ) -> str:
+        _, _, fmt = parse_object(source.name)
+        relation = DUCKDB.read_source(fmt, str(_local_path(source)), dataset)
+        name = external_table(dataset, month)
+        with self._ddl_lock:
+            self._run("create external table", f"CREATE OR REPLACE VIEW {name} AS {relation}")
+        return name
+
     def _new_staging_cursor(self, staging: str) -> duckdb.DuckDBPyConnection:
         """A fresh connection for a month's staging (closing one left by an earlier attempt)."""
         cursor = self._cursor()
@@ -184,21 +358,39 @@ class DuckDbWarehouse:
             raise TransientError(f"staging table {staging} is gone; stage the month again")
         return cursor
 
-    # -- tables ---------------------------------------------------------------------------
+    @contextmanager
+    def _watched(
+        self, cursor: duckdb.DuckDBPyConnection, context: JobContext, phase: str
+    ) -> Iterator[None]:
+        """For the statements of the block: Ctrl-C or ``runs cancel`` interrupts them (the
+        transaction rolls back), and their progress (DuckDB's estimate, in %) is reported."""
+        task = self._progress.task(f"{phase} {context.dataset.value} {context.month}", 100, "%")
+        done = threading.Event()
+        # DuckDB tracks query_progress() only with its progress bar on; we print our own.
+        cursor.execute("SET enable_progress_bar = true")
+        cursor.execute("SET enable_progress_bar_print = false")
 
-    def ensure_final_table(self, dataset: Dataset) -> None:
-        with self._ddl_lock:
-            self._run("create final table", SQL.final_table_sql(dataset, dataset.final_table))
+        def report() -> None:
+            shown = 0
+            while not done.wait(_PROGRESS_POLL_SECONDS):
+                try:
+                    percent = int(cursor.query_progress())
+                except duckdb.Error:
+                    return
+                if percent > shown:
+                    task.advance(percent - shown)
+                    shown = percent
 
-    def create_external_table(
-        self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
-    ) -> str:
-        _, _, fmt = parse_object(source.name)
-        relation = DUCKDB.read_source(fmt, str(_local_path(source)), dataset)
-        name = external_table(dataset, month)
-        with self._ddl_lock:
-            self._run("create external table", f"CREATE OR REPLACE VIEW {name} AS {relation}")
-        return name
+        watcher = threading.Thread(target=report, name=f"{phase}-progress", daemon=True)
+        try:
+            with self._cancellation.interruptible(context.run_id, cursor.interrupt):
+                watcher.start()
+                yield
+        finally:
+            done.set()
+            if watcher.is_alive():
+                watcher.join()
+            task.close()
 
     def stage(
         self,
@@ -211,11 +403,12 @@ class DuckDbWarehouse:
         ext, stg = external_table(dataset, month), staging_table(dataset, month)
         _, _, fmt = parse_object(source.name)
         cursor = self._new_staging_cursor(stg)
-        self._run(
-            "build staging table",
-            SQL.staging_sql(dataset, month, stg, ext, csv_name(dataset, month, fmt)),
-            cursor=cursor,
-        )
+        with self._watched(cursor, context, "stage"):
+            self._run(
+                "build staging table",
+                SQL.staging_sql(dataset, month, stg, ext, csv_name(dataset, month, fmt)),
+                cursor=cursor,
+            )
         (row,) = self._run(
             "measure staging table", SQL.measure_sql(dataset, month, stg), cursor=cursor
         )
@@ -232,8 +425,26 @@ class DuckDbWarehouse:
         context: JobContext,
     ) -> int:
         stg = staging_table(dataset, month)
-        sql = SQL.merge_sql(dataset, dataset.final_table, stg, pickup_ranges, include_null_pickup)
-        ((inserted,),) = self._run("merge into final table", sql, cursor=self._staging_cursor(stg))
+        cursor = self._staging_cursor(stg)
+        final = self._final(dataset)
+        sql = SQL.merge_sql(dataset, final, stg, pickup_ranges, include_null_pickup)
+        with (
+            self._file(f"merge {dataset.value} {month} (run {context.run_id})"),
+            self._watched(cursor, context, "merge"),
+        ):
+            self._create_final_table(dataset)
+            # One transaction, committed only if the run was not cancelled meanwhile: an
+            # interrupt that came just before the statement began (and so interrupted nothing)
+            # still rolls the insert back. Nothing half-merged is ever committed.
+            self._run("begin the merge", "BEGIN TRANSACTION", cursor=cursor)
+            try:
+                ((inserted,),) = self._run("merge into final table", sql, cursor=cursor)
+                self._cancellation.check(context.run_id)
+                self._run("commit the merge", "COMMIT", cursor=cursor)
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+                raise
         return int(inserted)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
@@ -243,12 +454,13 @@ class DuckDbWarehouse:
                 staging.close()  # a TEMP table ends with its connection
             self._run("drop external", f"DROP VIEW IF EXISTS {external_table(dataset, month)}")
 
-    def query(self, sql: str) -> QueryResult:
-        """The user's query; only queries: the file is the user's whole warehouse and history.
+    def query(self, sql: str, tables: Mapping[str, TableRows] | None = None) -> QueryResult:
+        """The user's query; only queries: the file is the user's whole warehouse.
 
         Statements are checked before anything runs (SELECT, and EXPLAIN that does not execute
         its statement: ``EXPLAIN ANALYZE`` does), and what runs runs in a transaction that is
         always rolled back, so a statement that slipped through still changes nothing.
+        ``tables`` (the run history, kept elsewhere) are TEMP tables of the query's cursor.
         """
         try:
             statements = duckdb.extract_statements(sql)
@@ -262,56 +474,154 @@ class DuckDbWarehouse:
                 "only queries can run here (SELECT, SHOW, DESCRIBE, EXPLAIN without ANALYZE),"
                 f" not {', '.join(refused)}"
             )
-        cursor = self._cursor()
-        try:
-            cursor.execute("BEGIN TRANSACTION")
-            relation = cursor.execute(sql)
-            columns = [d[0] for d in relation.description or []]
-            return QueryResult(columns, relation.fetchall() if columns else [])
-        except duckdb.Error as exc:
-            raise PermanentError(str(exc).splitlines()[0]) from exc
-        finally:
-            with contextlib.suppress(duckdb.Error):
-                cursor.execute("ROLLBACK")
-            cursor.close()
+        exists = self.path.exists()
+        with self._file("a query (taxi-pipeline sql)") if exists else nullcontext():
+            cursor = self._cursor()
+            try:
+                if exists:
+                    cursor.execute(f"USE {FILE_ALIAS}")
+                for name, rows in (tables or {}).items():
+                    _temp_table(cursor, name, rows)
+                cursor.execute("BEGIN TRANSACTION")
+                relation = cursor.execute(sql)
+                columns = [d[0] for d in relation.description or []]
+                return QueryResult(columns, relation.fetchall() if columns else [])
+            except duckdb.Error as exc:
+                raise PermanentError(str(exc).splitlines()[0]) from exc
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+                cursor.close()
 
     def table_names(self) -> list[str]:
+        """Tables and views of the process's memory and of the file (tests, reports)."""
+        names = self._run(
+            "list tables",
+            "SELECT table_name FROM information_schema.tables"
+            f" WHERE table_catalog <> {_quote_text(FILE_ALIAS)}",
+        )
+        if self.path.exists():
+            with self._file("listing tables"):
+                names += self._run(
+                    "list tables",
+                    "SELECT table_name FROM information_schema.tables"
+                    f" WHERE table_catalog = {_quote_text(FILE_ALIAS)}",
+                )
+        return sorted(r[0] for r in names)
+
+    # -- a home from before the run history moved out of the file ---------------------------
+
+    def legacy_history(self) -> tuple[list[RunEvent], list[LoadRecord]]:
+        """``pipeline_runs`` and ``pipeline_loads`` of a warehouse file written by an earlier
+        version (the history lived in the file then); empty when there are none."""
+        if not self.path.exists():
+            return [], []
+        with self._file("reading the old run history"):
+            present = {
+                r[0]
+                for r in self._run(
+                    "list history tables",
+                    "SELECT table_name FROM information_schema.tables"
+                    f" WHERE table_catalog = {_quote_text(FILE_ALIAS)}",
+                )
+            }
+            events = self._legacy_events() if "pipeline_runs" in present else []
+            loads = self._legacy_loads() if "pipeline_loads" in present else []
+        return events, loads
+
+    def drop_legacy_history(self) -> None:
+        """Drop the old history tables, once the run history holds their rows."""
+        if not self.path.exists():
+            return
+        with self._file("dropping the old run history"):
+            for table in HISTORY_TABLES:
+                self._run("drop old history", f"DROP TABLE IF EXISTS {FILE_ALIAS}.{table}")
+
+    def _legacy_events(self) -> list[RunEvent]:
+        rows = self._run(
+            "read old run events",
+            "SELECT run_id, dataset, month, step, state, attempt, started_at, finished_at, rows,"
+            f" bytes, labels, error, details, recorded_at FROM {FILE_ALIAS}.pipeline_runs"
+            " ORDER BY recorded_at, rowid",
+        )
         return [
-            r[0]
-            for r in self._run(
-                "list tables", "SELECT table_name FROM information_schema.tables ORDER BY 1"
+            RunEvent(
+                run_id=r[0],
+                dataset=r[1],
+                month=r[2],
+                step=r[3],
+                state=RunState(r[4]),
+                attempt=r[5],
+                started_at=_aware(r[6]),
+                finished_at=_aware(r[7]),
+                rows=r[8],
+                bytes=r[9],
+                labels=json.loads(r[10] or "{}"),
+                error=r[11],
+                details=json.loads(r[12] or "{}"),
+                recorded_at=_aware(r[13]),
             )
+            for r in rows
         ]
 
-    # -- run history ------------------------------------------------------------------------
-
-    def _history(self, what: str, statement: tuple[str, list[Param]]) -> list[tuple[Any, ...]]:
-        sql, params = statement
-        return self._run(what, sql, [p.value for p in params])
-
-    def append_run_events(self, events: Sequence[RunEvent]) -> None:
-        if events:
-            # DuckDB orders lines recorded at the same instant by rowid: no sequence to fill.
-            self._history("append run events", HISTORY.insert_events(events, lambda: 0))
-
-    def run_events(
-        self, run_id: str | None = None, dataset: str | None = None, since: datetime | None = None
-    ) -> list[RunEvent]:
-        rows = self._history("read run events", HISTORY.select_events(run_id, dataset, since))
-        return [HISTORY.event(r) for r in rows]
-
-    def record_load(self, record: LoadRecord) -> None:
-        self._history("record load", HISTORY.insert_load(record))
-
-    def find_load(self, object_name: str, generation: str) -> LoadRecord | None:
-        rows = self._history(
-            "read loads", HISTORY.select_loads(object_name=object_name, generation=generation)
+    def _legacy_loads(self) -> list[LoadRecord]:
+        rows = self._run(
+            "read old loads",
+            "SELECT dataset, month, object_name, generation, run_id, rows_in_file, rows_inserted,"
+            f" loaded_at FROM {FILE_ALIAS}.pipeline_loads ORDER BY loaded_at",
         )
-        return HISTORY.load(rows[-1]) if rows else None
+        return [
+            LoadRecord(
+                Dataset(r[0]),
+                Month.parse(r[1]),
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                _aware(r[7]) or datetime.min.replace(tzinfo=UTC),
+            )
+            for r in rows
+        ]
 
-    def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
-        rows = self._history("read loads", HISTORY.select_loads(dataset=dataset))
-        return [HISTORY.load(r) for r in rows]
+
+def _temp_table(cursor: duckdb.DuckDBPyConnection, name: str, rows: TableRows) -> None:
+    """``rows`` as a TEMP table of ``cursor``, typed as :data:`HISTORY_COLUMNS` says (through
+    newline-delimited JSON: DuckDB's ``executemany`` takes ~1 ms a row)."""
+    types = HISTORY_COLUMNS[name]
+    columns = ", ".join(f"{_quote_ident(c)} {t}" for c, t in types.items())
+    cursor.execute(f"CREATE OR REPLACE TEMP TABLE {_quote_ident(name)} ({columns})")
+    if not rows:
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    spec = ", ".join(f"{_quote_text(c)}: {_quote_text(t)}" for c, t in types.items())
+    try:
+        cursor.execute(
+            f"INSERT INTO {_quote_ident(name)} SELECT * FROM read_json("
+            f"{_quote_text(handle.name)}, format = 'newline_delimited', columns = {{{spec}}})"
+        )
+    finally:
+        os.unlink(handle.name)
+
+
+def _lock_holder(exc: Exception) -> str:
+    """Who holds the file, from DuckDB's message ("Conflicting lock is held in X (PID n)")."""
+    match = re.search(r"held in (.+?) \(PID (\d+)\)", str(exc))
+    return f"held by pid {match.group(2)} ({match.group(1)})" if match else str(exc)[:200]
+
+
+def _sweep_spill_folders(parent: Path) -> None:
+    """Remove the spill folders of processes that are gone."""
+    try:
+        folders = list(parent.iterdir())
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        name = folder.name
+        if name.startswith("p") and name[1:].isdigit() and not pid_alive(int(name[1:])):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _local_path(source: ObjectInfo) -> Path:
@@ -321,3 +631,7 @@ def _local_path(source: ObjectInfo) -> Path:
             f"the DuckDB warehouse reads local files only, got {source.uri!r}; use a file:// lake"
         )
     return Path(unquote(parts.path))
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)

@@ -84,15 +84,24 @@ class InProcessBus:
             self._cond.notify()
 
     def drain(self, workers: int = 1) -> None:
-        """Handle messages with ``workers`` threads until the queue is empty and all are idle."""
-        if workers <= 1:
-            self._work()
-            return
-        threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        """Handle messages with ``workers`` threads until the queue is empty and all are idle.
+
+        Always on worker threads, never the caller's: the CLI's main thread stays free to take
+        Ctrl-C at once (Python runs signal handlers there, between bytecodes, which a DuckDB
+        statement or a blocked read would hold off)."""
+        threads = [
+            threading.Thread(target=self._work, name=f"bus-worker-{i}", daemon=True)
+            for i in range(max(workers, 1))
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing being handled."""
+        with self._cond:
+            return not self._queue and not self._in_flight
 
     def _work(self) -> None:
         while True:

@@ -124,6 +124,8 @@ def run(
     )
     invocation.run_id, invocation.dataset, invocation.month = run_id, dataset, month
     invocation.labels = labels
+    # A run cancelled while queued (or, in the cloud, between steps) goes no further.
+    ports.cancellation.check(run_id, recorded=True)
 
     recorder = StepRecorder(
         ports.warehouse, run_id, dataset, month, "download", invocation.attempt, labels
@@ -135,6 +137,7 @@ def run(
     # a backfill, a duplicate request) waits, then finds the verified object and reuses it
     # instead of writing a second generation that would be staged and merged again.
     with ports.locks.hold(f"download-{dataset.value}-{month}"):
+        ports.cancellation.check(run_id)
         existing = ports.lake.stat(name)
         if (
             existing is not None
@@ -264,14 +267,21 @@ def _download_once(
         speed = SpeedFloor(
             settings.download_min_bytes_per_second, settings.download_speed_window_seconds
         )
-        task = ports.progress.task(f"download {name.rsplit('/', 1)[-1]}", response.content_length)
+        file = name.rsplit("/", 1)[-1]
+        task = ports.progress.task(f"download {file}", response.content_length)
         try:
             with ports.lake.writer(name, metadata) as writer:
                 for chunk in response.iter_bytes():
+                    # Cancelled (the run of this handler's scope): raising inside the block
+                    # discards the upload, as below.
+                    ports.cancellation.check()
                     verifier.feed(chunk)
                     writer.write(chunk)
                     task.advance(len(chunk))
                     speed.received(len(chunk))
+                task.close()
+                # The verifier's thread may lag behind the stream: its own phase from here.
+                task = ports.progress.task(f"verify {file}", None)
                 # Raising here, before the block ends, discards the upload: no raw/ object.
                 return _finish(verifier, response.content_length)
         finally:

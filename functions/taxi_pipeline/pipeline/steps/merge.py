@@ -18,6 +18,7 @@ from taxi_pipeline.errors import (
     DataQualityError,
     InvalidMessage,
     PermanentError,
+    RunCancelled,
     VerificationFailed,
 )
 from taxi_pipeline.pipeline.ports import DateRange, JobContext, LoadRecord, Ports, StagingSummary
@@ -82,10 +83,12 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
         raise InvalidMessage(
             f"object {request.object_name!r} is not the lake object of {dataset.value} {month}"
         )
+    ports.cancellation.check(request.run_id, recorded=True)
     recorder = StepRecorder(
         ports.warehouse, request.run_id, dataset, month, "merge", invocation.attempt, request.labels
     )
     with ports.locks.hold(f"merge-{dataset.value}-{month}"):
+        ports.cancellation.check(request.run_id)
         recorder.running()
         source = ports.lake.stat(request.object_name)
         if source is None:
@@ -133,13 +136,18 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
             _check_staged(staged, source.name, ports)
             ranges = pickup_ranges(staged.pickup_dates)
             with ports.locks.hold(f"insert-{dataset.value}"):
+                # The last moment to stop: once the insert commits, the month is loaded.
+                ports.cancellation.check(request.run_id)
                 inserted = ports.warehouse.merge_staged(
                     dataset, month, ranges, _reads_null_pickups(staged), context
                 )
-        except PermanentError:
-            # A refused month leaves no external or staging table behind. (After a transient
-            # failure they stay: the redelivery replaces them.)
-            _drop_quietly(ports, dataset, month)
+        except Exception as exc:
+            # A refused or cancelled month leaves no external or staging table behind. (After
+            # a transient failure they stay: the redelivery replaces them.)
+            if isinstance(exc, PermanentError | RunCancelled) or ports.cancellation.reason(
+                request.run_id
+            ):
+                _drop_quietly(ports, dataset, month)
             raise
         ports.warehouse.drop_month_objects(dataset, month)
         ports.warehouse.record_load(

@@ -37,6 +37,7 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
     invocation.dataset, invocation.month = dataset, month
     run_id, labels = run_of_object(obj)
     invocation.run_id, invocation.labels = run_id, labels
+    ports.cancellation.check(run_id, recorded=True)
 
     recorder = StepRecorder(
         ports.warehouse, run_id, dataset, month, "register", invocation.attempt, labels

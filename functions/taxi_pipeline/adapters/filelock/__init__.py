@@ -1,0 +1,1 @@
+"""Lock files shared by the processes of a home (filelock)."""
