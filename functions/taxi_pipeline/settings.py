@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SOURCE_URL: Final = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
@@ -113,6 +113,11 @@ class Settings(BaseSettings):
 
     duckdb_threads: int | None = Field(default=None, ge=1, le=256)
     """DuckDB worker threads; unset, DuckDB uses every core."""
+
+    ui_token: SecretStr | None = None
+    """Token the write actions of ``taxi-pipeline ui`` need (``Authorization: Bearer TOKEN``, or
+    the pages' token field); required to listen on any address but loopback. Unset: the UI
+    serves loopback only."""
 
     @property
     def resolved_lake_url(self) -> str:
