@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from taxi_pipeline.datasets import Dataset, Month, object_name, published_months
-from taxi_pipeline.messages import RunState
-from taxi_pipeline.ports import LoadRecord, RunEvent
-from taxi_pipeline.runs import QUEUE_STEP
+from taxi_pipeline.domain.datasets import Dataset, Month, object_name, published_months
+from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.pipeline.recorder import QUEUE_STEP
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 ``app`` builds the Starlette app, ``backend`` chooses where runs are read and sent (the embedded
 pipeline, or BigQuery + Pub/Sub), ``history_cache`` keeps the derived runs current cheaply,
-``security`` holds the access rules, ``server`` runs it under uvicorn (``python -m taxi_pipeline.ui``
-in Cloud Run), ``command`` is the CLI command. Templates and assets ship in the package.
+``security`` holds the access rules, ``server`` runs it under uvicorn (``python -m
+taxi_pipeline.ui`` in Cloud Run); ``cli/ui.py`` is the command. Templates and assets ship in the
+package.
 """

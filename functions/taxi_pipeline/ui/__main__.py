@@ -23,7 +23,7 @@ def main() -> int:
     try:
         serve(
             settings,
-            "0.0.0.0",  # noqa: S104 - Cloud Run routes to the container's port
+            "0.0.0.0",  # Cloud Run routes to the container's port from outside
             port,
             log_level="info",
             on_ready=lambda url: logging.getLogger(__name__).info("the UI listens on %s", url),

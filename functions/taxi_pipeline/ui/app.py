@@ -29,12 +29,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taxi_pipeline import history
-from taxi_pipeline.backfill import plan_backfill
-from taxi_pipeline.datasets import Dataset, Month, published_months
+from taxi_pipeline.domain import history
+from taxi_pipeline.domain.datasets import Dataset, Month, published_months
+from taxi_pipeline.domain.history import Cell, Run
+from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PipelineError
-from taxi_pipeline.history import Run
-from taxi_pipeline.messages import RunState
+from taxi_pipeline.local.backfill import BackfillPlan, plan_backfill
+from taxi_pipeline.render.text import format_duration
 from taxi_pipeline.ui import views
 from taxi_pipeline.ui.backend import Orchestrator, UiBackend
 from taxi_pipeline.ui.history_cache import HistoryCache, Snapshot
@@ -164,12 +165,59 @@ class _BadRequest(Exception):
         self.reason = reason
 
 
+def templates() -> Environment:
+    """The package's templates; autoescape on for every one of them."""
+    env = Environment(
+        loader=PackageLoader("taxi_pipeline.ui", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["number"] = views.number
+    env.filters["stamp"] = views.stamp
+    env.filters["duration"] = format_duration
+    env.globals["states"] = [s.value for s in RunState]
+    env.globals["datasets"] = [d.value for d in Dataset]
+    return env
+
+
+def create_app(
+    backend: UiBackend, access: Access, *, clock: Callable[[], datetime] | None = None
+) -> ASGIApp:
+    """The app over ``backend``, guarded by ``access``; its shutdown closes the backend."""
+    ui = _Ui(backend, access, templates(), clock or (lambda: datetime.now(UTC)))
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await run_in_threadpool(backend.close)
+
+    routes = [
+        Route("/", ui.executions),
+        Route("/runs/{run_id}", ui.run_page),
+        Route("/coverage", ui.coverage_page),
+        Route("/api/runs", ui.api_runs, methods=["GET"]),
+        Route("/api/runs", ui.api_submit_run, methods=["POST"]),
+        Route("/api/runs/{run_id}", ui.api_run, methods=["GET"]),
+        Route("/api/runs/{run_id}/actions/{action}", ui.api_run_action, methods=["POST"]),
+        Route("/api/coverage", ui.api_coverage, methods=["GET"]),
+        Route("/api/backfills", ui.api_submit_backfill, methods=["POST"]),
+        Mount("/static", StaticFiles(packages=[("taxi_pipeline.ui", "static")]), name="static"),
+    ]
+    return _Guard(Starlette(routes=routes, lifespan=lifespan), access)
+
+
 @dataclass
-class UiState:
+class _Ui:
+    """The endpoints. Pages and reads are sync (Starlette runs them on its thread pool);
+    writes are async for the body and hand the submit to the pool."""
+
     backend: UiBackend
     access: Access
-    templates: Environment
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    env: Environment
+    clock: Callable[[], datetime]
 
     @property
     def history(self) -> HistoryCache:
@@ -179,39 +227,12 @@ class UiState:
     def orchestrator(self) -> Orchestrator:
         return self.backend.orchestrator
 
-
-def templates() -> Environment:
-    env = Environment(
-        loader=PackageLoader("taxi_pipeline.ui", "templates"),
-        autoescape=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["number"] = views.number
-    env.filters["stamp"] = views.stamp
-    env.filters["duration"] = history.format_duration
-    env.globals["states"] = [s.value for s in RunState]
-    env.globals["datasets"] = [d.value for d in Dataset]
-    return env
-
-
-def create_app(backend: UiBackend, access: Access) -> ASGIApp:
-    """The app over ``backend``, guarded by ``access``; its shutdown closes the backend."""
-    state = UiState(backend, access, templates())
-
-    @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            await run_in_threadpool(backend.close)
-
-    def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        body = state.templates.get_template(name).render(
+    def _page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        body = self.env.get_template(name).render(
             request_path=request.url.path,
-            mode=state.orchestrator.mode,
-            warehouse_url=state.backend.warehouse_url,
-            token_required=state.access.token_required,
+            mode=self.orchestrator.mode,
+            warehouse_url=self.backend.warehouse_url,
+            token_required=self.access.token_required,
             refresh_seconds=REFRESH_SECONDS,
             **context,
         )
@@ -219,35 +240,34 @@ def create_app(backend: UiBackend, access: Access) -> ASGIApp:
 
     # -- pages ----------------------------------------------------------------------------------
 
-    def executions(request: Request) -> Response:
-        now = state.clock()
+    def executions(self, request: Request) -> Response:
+        now = self.clock()
         try:
             filters = Filters.parse(request.query_params)
         except ValueError as exc:
-            return page(request, "executions.html", 400, error=str(exc), **_empty_listing(now))
-        snapshot = state.history.snapshot()
-        listing = _listing(snapshot, filters, now)
-        return page(request, "executions.html", filters=filters, **listing)
+            return self._page(request, "executions.html", 400, error=str(exc), **_no_listing(now))
+        listing = _listing(self.history.snapshot(), filters, now)
+        return self._page(request, "executions.html", filters=filters, **listing)
 
-    def run_page(request: Request) -> Response:
-        now = state.clock()
-        run = state.history.snapshot().by_id.get(request.path_params["run_id"])
+    def run_page(self, request: Request) -> Response:
+        now = self.clock()
+        run_id = request.path_params["run_id"]
+        run = self.history.snapshot().by_id.get(run_id)
         if run is None:
-            return page(request, "missing.html", 404, run_id=request.path_params["run_id"])
-        return page(
+            return self._page(request, "missing.html", 404, run_id=run_id)
+        return self._page(
             request,
             "run.html",
             run=run,
-            now=now,
             gantt=views.gantt(run, now),
-            actions=state.orchestrator.actions(run),
+            actions=self.orchestrator.actions(run),
             duration=run.duration(now),
         )
 
-    def coverage_page(request: Request) -> Response:
-        snapshot = state.history.snapshot()
-        datasets, months, cells = _coverage(state, snapshot)
-        return page(
+    def coverage_page(self, request: Request) -> Response:
+        snapshot = self.history.snapshot()
+        datasets, months, cells = self._coverage(snapshot)
+        return self._page(
             request,
             "coverage.html",
             calendars=views.calendars(datasets, months, cells, views.latest_runs(snapshot.runs)),
@@ -257,15 +277,22 @@ def create_app(backend: UiBackend, access: Access) -> ASGIApp:
             live=any(c.state == "running" for c in cells.values()),
         )
 
-    # -- JSON -----------------------------------------------------------------------------------
+    def _coverage(
+        self, snapshot: Snapshot
+    ) -> tuple[list[Dataset], list[Month], dict[tuple[Dataset, Month], Cell]]:
+        datasets, months = list(Dataset), published_months()
+        cells = history.coverage(datasets, months, self.history.loads(), snapshot.runs)
+        return datasets, months, cells
 
-    def api_runs(request: Request) -> Response:
-        now = state.clock()
+    # -- JSON reads -----------------------------------------------------------------------------
+
+    def api_runs(self, request: Request) -> Response:
+        now = self.clock()
         try:
             filters = Filters.parse(request.query_params)
         except ValueError as exc:
             return _error(400, str(exc))
-        listing = _listing(state.history.snapshot(), filters, now)
+        listing = _listing(self.history.snapshot(), filters, now)
         return JSONResponse(
             {
                 "runs": [views.run_summary(r, now) for r in listing["runs"]],
@@ -277,117 +304,102 @@ def create_app(backend: UiBackend, access: Access) -> ASGIApp:
             }
         )
 
-    def api_run(request: Request) -> Response:
-        run = state.history.snapshot().by_id.get(request.path_params["run_id"])
+    def api_run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        run = self.history.snapshot().by_id.get(run_id)
         if run is None:
-            return _error(404, f"no run {request.path_params['run_id']!r}")
-        actions = [a.name for a in state.orchestrator.actions(run)]
-        return JSONResponse(views.run_detail(run, state.clock(), actions))
+            return _error(404, f"no run {run_id!r}")
+        actions = [a.name for a in self.orchestrator.actions(run)]
+        return JSONResponse(views.run_detail(run, self.clock(), actions))
 
-    def api_coverage(request: Request) -> Response:
-        datasets, months, cells = _coverage(state, state.history.snapshot())
-        return JSONResponse(views.coverage_json(datasets, months, cells))
+    def api_coverage(self, request: Request) -> Response:
+        return JSONResponse(views.coverage_json(*self._coverage(self.history.snapshot())))
 
-    async def api_submit_run(request: Request) -> Response:
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def api_submit_run(self, request: Request) -> Response:
         try:
-            body = RunBody.model_validate(await _json_body(request, state.access))
+            body = RunBody.model_validate(await _json_body(request, self.access))
             if body.source is not None:
                 raise _BadRequest(
                     422,
                     "this pipeline reads one source (TAXI_PIPELINE_SOURCE_URL); choosing the"
                     " source of a run is not available",
                 )
-            month = _month(body.month, "month", state.clock())
-            run_id = await run_in_threadpool(state.orchestrator.submit_run, body.dataset, month)
+            month = _month(body.month, "month", self.clock())
+            run_id = await run_in_threadpool(self.orchestrator.submit_run, body.dataset, month)
         except (Refused, _BadRequest) as exc:
             return _error(exc.status, exc.reason)
         except ValidationError as exc:
             return _error(422, _validation_message(exc))
         except PipelineError as exc:
             return _error(503, f"the run could not be submitted: {exc}")
-        state.history.invalidate()
-        return JSONResponse(
-            {
-                "run_id": run_id,
-                "dataset": body.dataset.value,
-                "month": str(month),
-                "state": state.orchestrator.submitted_state,
-                "url": f"/runs/{run_id}",
-            },
-            status_code=202,
-        )
+        self.history.invalidate()
+        answer = {
+            "run_id": run_id,
+            "dataset": body.dataset.value,
+            "month": str(month),
+            "state": self.orchestrator.submitted_state,
+            "url": f"/runs/{run_id}",
+        }
+        return JSONResponse(answer, status_code=202)
 
-    async def api_submit_backfill(request: Request) -> Response:
+    async def api_submit_backfill(self, request: Request) -> Response:
         try:
-            body = BackfillBody.model_validate(await _json_body(request, state.access))
-            first = _month(body.first, "from", state.clock())
-            last = _month(body.last, "to", state.clock())
+            body = BackfillBody.model_validate(await _json_body(request, self.access))
+            first = _month(body.first, "from", self.clock())
+            last = _month(body.last, "to", self.clock())
             if last < first:
                 raise _BadRequest(422, f"to ({last}) is before from ({first})")
-
-            def submit() -> tuple[Any, dict[Month, str]]:
-                plan = plan_backfill(
-                    body.dataset,
-                    first,
-                    last,
-                    only_missing=body.only_missing,
-                    warehouse=state.backend.warehouse,
-                    today=state.clock(),
-                )
-                return plan, state.orchestrator.submit_backfill(plan)
-
-            plan, run_ids = await run_in_threadpool(submit)
+            plan, run_ids = await run_in_threadpool(self._backfill, body, first, last)
         except (Refused, _BadRequest) as exc:
             return _error(exc.status, exc.reason)
         except ValidationError as exc:
             return _error(422, _validation_message(exc))
-        except ValueError as exc:
+        except ValueError as exc:  # the plan's own checks (an empty or future range)
             return _error(422, str(exc))
         except PipelineError as exc:
             return _error(503, f"the backfill could not be submitted: {exc}")
-        state.history.invalidate()
-        return JSONResponse(
-            {
-                "backfill_id": plan.backfill_id,
-                "dataset": body.dataset.value,
-                "from": str(first),
-                "to": str(last),
-                "only_missing": body.only_missing,
-                "state": state.orchestrator.submitted_state,
-                "runs": [{"month": str(m), "run_id": r} for m, r in run_ids.items()],
-                "already_loaded": [str(m) for m in plan.already_loaded],
-            },
-            status_code=202,
-        )
+        self.history.invalidate()
+        answer = {
+            "backfill_id": plan.backfill_id,
+            "dataset": body.dataset.value,
+            "from": str(first),
+            "to": str(last),
+            "only_missing": body.only_missing,
+            "state": self.orchestrator.submitted_state,
+            "runs": [{"month": str(m), "run_id": r} for m, r in run_ids.items()],
+            "already_loaded": [str(m) for m in plan.already_loaded],
+        }
+        return JSONResponse(answer, status_code=202)
 
-    async def api_run_action(request: Request) -> Response:
+    def _backfill(
+        self, body: BackfillBody, first: Month, last: Month
+    ) -> tuple[BackfillPlan, dict[Month, str]]:
+        plan = plan_backfill(
+            body.dataset,
+            first,
+            last,
+            only_missing=body.only_missing,
+            warehouse=self.backend.warehouse,
+            today=self.clock(),
+        )
+        return plan, self.orchestrator.submit_backfill(plan)
+
+    async def api_run_action(self, request: Request) -> Response:
         try:
-            await _json_body(request, state.access)
+            await _json_body(request, self.access)
         except (Refused, _BadRequest) as exc:
             return _error(exc.status, exc.reason)
         run_id, action = request.path_params["run_id"], request.path_params["action"]
-        run = state.history.snapshot().by_id.get(run_id)
+        run = self.history.snapshot().by_id.get(run_id)
         if run is None:
             return _error(404, f"no run {run_id!r}")
-        if action not in {a.name for a in state.orchestrator.actions(run)}:
+        if action not in {a.name for a in self.orchestrator.actions(run)}:
             return _error(404, f"{action!r} is not offered for run {run_id} ({run.state.value})")
-        message = await run_in_threadpool(state.orchestrator.perform, action, run)
-        state.history.invalidate()
+        message = await run_in_threadpool(self.orchestrator.perform, action, run)
+        self.history.invalidate()
         return JSONResponse({"run_id": run_id, "action": action, "message": message}, 202)
-
-    routes = [
-        Route("/", executions),
-        Route("/runs/{run_id}", run_page),
-        Route("/coverage", coverage_page),
-        Route("/api/runs", api_runs, methods=["GET"]),
-        Route("/api/runs", api_submit_run, methods=["POST"]),
-        Route("/api/runs/{run_id}", api_run, methods=["GET"]),
-        Route("/api/runs/{run_id}/actions/{action}", api_run_action, methods=["POST"]),
-        Route("/api/coverage", api_coverage, methods=["GET"]),
-        Route("/api/backfills", api_submit_backfill, methods=["POST"]),
-        Mount("/static", StaticFiles(packages=[("taxi_pipeline.ui", "static")]), name="static"),
-    ]
-    return _Guard(Starlette(routes=routes, lifespan=lifespan), access)
 
 
 def _listing(snapshot: Snapshot, filters: Filters, now: datetime) -> dict[str, Any]:
@@ -409,7 +421,7 @@ def _listing(snapshot: Snapshot, filters: Filters, now: datetime) -> dict[str, A
     }
 
 
-def _empty_listing(now: datetime) -> dict[str, Any]:
+def _no_listing(now: datetime) -> dict[str, Any]:
     return {
         "runs": [],
         "total": 0,
@@ -421,14 +433,6 @@ def _empty_listing(now: datetime) -> dict[str, Any]:
         "now": now,
         "filters": Filters(),
     }
-
-
-def _coverage(
-    state: UiState, snapshot: Snapshot
-) -> tuple[list[Dataset], list[Month], dict[tuple[Dataset, Month], history.Cell]]:
-    datasets, months = list(Dataset), published_months()
-    cells = history.coverage(datasets, months, state.history.loads(), snapshot.runs)
-    return datasets, months, cells
 
 
 def _month(text: str, name: str, now: datetime) -> Month:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Protocol
 
-from taxi_pipeline.backfill import BackfillPlan, publish_backfill
 from taxi_pipeline.bootstrap import (
     LocalPipeline,
     build_bus,
@@ -31,13 +30,14 @@ from taxi_pipeline.bootstrap import (
     build_warehouse,
     warehouse_is_cloud,
 )
-from taxi_pipeline.datasets import Dataset, Month
-from taxi_pipeline.history import Run
-from taxi_pipeline.messages import IngestRequest, Topic
-from taxi_pipeline.ports import Bus, Warehouse
-from taxi_pipeline.runs import new_run_id
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.history import Run
+from taxi_pipeline.domain.messages import IngestRequest, Topic
+from taxi_pipeline.local.backfill import BackfillPlan, publish_backfill
+from taxi_pipeline.pipeline.ports import Bus, Warehouse
+from taxi_pipeline.pipeline.recorder import new_run_id
+from taxi_pipeline.pipeline.steps.common import run_attributes
 from taxi_pipeline.settings import Settings
-from taxi_pipeline.steps.common import run_attributes
 from taxi_pipeline.ui.history_cache import HistoryCache
 
 log = logging.getLogger(__name__)

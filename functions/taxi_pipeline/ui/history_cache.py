@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from taxi_pipeline import history
-from taxi_pipeline.datasets import Dataset
-from taxi_pipeline.history import Run
-from taxi_pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.domain import history
+from taxi_pipeline.domain.datasets import Dataset
+from taxi_pipeline.domain.history import Run
+from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
 
 
 class HistorySource(Protocol):

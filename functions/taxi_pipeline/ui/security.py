@@ -99,5 +99,5 @@ class Access:
 
 
 def _hostname(host_header: str) -> str:
-    """The host of a Host header (``[::1]:8765`` -> ``::1``, ``localhost:8765`` -> ``localhost``)."""
+    """The host of a Host header: ``[::1]:8765`` -> ``::1``, ``localhost:8765`` -> ``localhost``."""
     return urlsplit(f"//{host_header}").hostname or ""

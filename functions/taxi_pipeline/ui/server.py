@@ -1,4 +1,4 @@
-"""Serve the UI with uvicorn: ``taxi-pipeline ui`` locally, ``python -m taxi_pipeline.ui`` in Cloud Run."""
+"""Serve the UI with uvicorn: ``taxi-pipeline ui``, or ``python -m taxi_pipeline.ui``."""
 
 from __future__ import annotations
 

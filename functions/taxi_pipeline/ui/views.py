@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from taxi_pipeline.datasets import Dataset, Month
-from taxi_pipeline.history import Cell, Run, StepRun, format_duration
-from taxi_pipeline.messages import RunState
+from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.history import Cell, Run, StepRun
+from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.render.text import format_duration
 
 GANTT_WIDTH: Final = 1000
 """The SVG's viewBox width: the time axis spans [GANTT_LABEL, GANTT_WIDTH]."""
