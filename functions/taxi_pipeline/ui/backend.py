@@ -93,8 +93,6 @@ class LocalOrchestrator:
         self.workers = workers
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._work, name="ui-runs", daemon=True)
         self._thread.start()
 
@@ -117,25 +115,18 @@ class LocalOrchestrator:
     def perform(self, action: str, run: Run) -> str:
         raise LookupError(f"{action!r} is not offered for run {run.run_id}")
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Whether the worker finished every submitted run within ``timeout`` seconds."""
-        return self._idle.wait(timeout)
-
     def _work(self) -> None:
         while True:
             self._wake.wait()
             if self._stop.is_set():
                 return
-            self._idle.clear()
+            # Cleared before the drain: a submit during it wakes the next round.
             self._wake.clear()
             try:
                 self.pipeline.drain(self.workers)
             except Exception:
                 # A failing step is recorded by the handlers; this is a bug in the loop itself.
                 log.exception("the UI's run worker stopped a drain")
-            finally:
-                if not self._wake.is_set():
-                    self._idle.set()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker; the warehouse is closed only once no run is in flight."""
