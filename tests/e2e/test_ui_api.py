@@ -98,13 +98,14 @@ def test_a_run_posted_answers_202_runs_in_the_background_and_loads_its_month(
         assert run["rows_in_file"] == run["rows_inserted"] == expected
         assert run["labels"] == {"trigger": "manual", "via": "ui"}
         assert [s["step"] for s in run["steps"]] == ["download", "register", "merge"]
-        assert run["steps"][0]["bytes"] > 0 and run["steps"][0]["rows"] == expected
+        assert run["steps"][0]["bytes"] > 0
+        assert run["steps"][0]["rows"] == expected
         assert run["actions"] == []
         assert _rows(backend, "green", "2019-01") == expected
 
         page = client.get(f"/runs/{run_id}")
         assert page.status_code == 200
-        assert f"<h1 class=\"id\">{run_id}</h1>" in page.text
+        assert f'<h1 class="id">{run_id}</h1>' in page.text
         assert page.text.count('<g class="bar ') == 4  # queue + three steps on the time axis
         assert f"{expected:,}" in page.text
         assert "/actions/" not in page.text  # no orchestrator action offered: no button
@@ -127,7 +128,7 @@ def test_a_run_posted_answers_202_runs_in_the_background_and_loads_its_month(
             "error": None,
         }
         calendar = client.get("/coverage").text
-        assert f'data-month="2019-01" data-state="loaded"' in calendar
+        assert 'data-month="2019-01" data-state="loaded"' in calendar
         assert f'href="/runs/{run_id}"' in calendar
 
 
@@ -300,7 +301,8 @@ def test_every_value_from_the_data_is_escaped(backend: UiBackend) -> None:
         # JSON carries the text as it is; a browser never renders it as markup.
         assert client.get(f"/api/runs/{run_id}").json()["error"].endswith(HOSTILE)
         missing = client.get("/runs/%3Cscript%3E").text
-        assert "&lt;script&gt;" in missing and "<script>" not in missing.split("</head>")[1]
+        assert "&lt;script&gt;" in missing
+        assert "<script>" not in missing.split("</head>")[1]
 
 
 def test_executions_filter_and_paginate_many_runs(backend: UiBackend) -> None:
@@ -311,16 +313,20 @@ def test_executions_filter_and_paginate_many_runs(backend: UiBackend) -> None:
         assert first.status_code == 200
         ids = _RUN_LINK.findall(first.text)
         assert ids == made.run_ids[::-1][:100]  # latest first, 100 a page
-        assert 'rel="next"' in first.text and 'rel="prev"' not in first.text
+        assert 'rel="next"' in first.text
+        assert 'rel="prev"' not in first.text
         assert 'data-active="true"' in first.text  # two runs in flight: the page refreshes
         last = client.get("/?page=3")
         assert _RUN_LINK.findall(last.text) == made.run_ids[::-1][200:]
-        assert 'rel="prev"' in last.text and 'rel="next"' not in last.text
+        assert 'rel="prev"' in last.text
+        assert 'rel="next"' not in last.text
         beyond = client.get("/api/runs", params={"page": "9"}).json()
-        assert beyond["page"] == 3 and len(beyond["runs"]) == 50
+        assert beyond["page"] == 3
+        assert len(beyond["runs"]) == 50
 
         everything = client.get("/api/runs", params={"per_page": "1000"}).json()
-        assert everything["total"] == 250 and everything["active"] == 2
+        assert everything["total"] == 250
+        assert everything["active"] == 2
         runs = everything["runs"]
         green_failed = [r for r in runs if r["dataset"] == "green" and r["state"] == "FAILED"]
         answer = client.get("/api/runs", params={"dataset": "green", "state": "failed"}).json()
@@ -347,9 +353,11 @@ def test_executions_filter_and_paginate_many_runs(backend: UiBackend) -> None:
             ({"page": "0"}, "page must be a whole number"),
         ]:
             api = client.get("/api/runs", params=bad)
-            assert api.status_code == 400 and reason in api.json()["error"]
+            assert api.status_code == 400
+            assert reason in api.json()["error"]
             html = client.get("/", params=bad)
-            assert html.status_code == 400 and "role=\"alert\"" in html.text
+            assert html.status_code == 400
+            assert 'role="alert"' in html.text
 
 
 def test_unknown_runs_and_actions_answer_404(backend: UiBackend) -> None:
@@ -392,7 +400,8 @@ def test_in_the_cloud_mode_runs_are_published_and_nothing_is_written(
     assert requests[0].run_id == answer.json()["run_id"]
     assert requests[0].labels == {"trigger": "manual", "via": "ui"}
     assert [r.month for r in requests[1:]] == ["2019-01", "2019-02"]
-    assert requests[1].labels["via"] == "ui" and requests[1].labels["backfill"] == "true"
+    assert requests[1].labels["via"] == "ui"
+    assert requests[1].labels["backfill"] == "true"
     attributes = bus.published[0][2]
     assert attributes["run_id"] == requests[0].run_id
     assert attributes["label_via"] == "ui"

@@ -80,7 +80,9 @@ def test_refreshes_read_only_the_overlap_and_derive_what_a_full_read_derives(
 
     # New runs, and new lines of an old run, arrive; some stamped before the last refresh
     # (a writer that committed late) but inside the overlap.
-    fresh = synthetic_history(5, end=NOW + timedelta(seconds=25), span=timedelta(seconds=50), seed=4)
+    fresh = synthetic_history(
+        5, end=NOW + timedelta(seconds=25), span=timedelta(seconds=50), seed=4
+    )
     late_line = replace(
         old.events[-1],
         step="dead-letter",

@@ -35,7 +35,8 @@ def test_a_non_loopback_bind_needs_a_long_enough_token() -> None:
     with pytest.raises(ConfigurationError, match="too short"):
         Access.for_bind("0.0.0.0", "short")
     access = Access.for_bind("0.0.0.0", TOKEN)
-    assert access.token_required and not access.loopback
+    assert access.token_required
+    assert not access.loopback
     assert Access.for_bind("127.0.0.1", None) == Access(loopback=True, token=None)
 
 
@@ -63,7 +64,8 @@ def test_writes_take_json_only() -> None:
     assert _refusal(loopback, content_type="application/json; charset=utf-8") is None
     for kind in ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain", ""):
         refused = _refusal(loopback, content_type=kind)
-        assert refused is not None and refused[0] == 415
+        assert refused is not None
+        assert refused[0] == 415
 
 
 def test_loopback_writes_refuse_other_origins() -> None:
@@ -81,7 +83,8 @@ def test_token_writes_need_the_exact_bearer_token() -> None:
     assert _refusal(remote, authorization=f"bearer {TOKEN}", origin="http://localhost:8080") is None
     for given in (None, "", TOKEN, f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer "):
         refused = _refusal(remote, authorization=given)
-        assert refused is not None and refused[0] == 401, given
+        assert refused is not None, given
+        assert refused[0] == 401, given
 
 
 def test_loopback_servers_answer_loopback_hosts_only() -> None:

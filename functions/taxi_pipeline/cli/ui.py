@@ -49,3 +49,7 @@ def ui(
     except PipelineError as exc:
         err_console.print(f"error: {exc}", highlight=False, markup=False)
         raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        # uvicorn has shut down (the backend closed) and re-raised the interrupt.
+        err_console.print("stopped")
+        raise typer.Exit(130) from None

@@ -61,7 +61,8 @@ function describe(kind, answer) {
   if (kind === "run") return `run ${answer.run_id} ${answer.state}`;
   if (kind === "backfill") {
     const skipped = answer.already_loaded.length ? `, ${answer.already_loaded.length} already loaded` : "";
-    return `backfill ${answer.backfill_id}: ${answer.runs.length} runs ${answer.state}${skipped}`;
+    const runs = answer.runs.length === 1 ? "1 run" : `${answer.runs.length} runs`;
+    return `backfill ${answer.backfill_id}: ${runs} ${answer.state}${skipped}`;
   }
   return answer.message || "done";
 }
@@ -81,7 +82,8 @@ async function submit(event) {
   output.className = "result";
   output.textContent = "submitting…";
   try {
-    const response = await fetch(form.dataset.api, {
+    // getAttribute: a form's `dataset` property is shadowed by its control named "dataset".
+    const response = await fetch(form.getAttribute("data-api"), {
       method: "POST",
       headers,
       body: JSON.stringify(formBody(form)),
@@ -90,7 +92,7 @@ async function submit(event) {
     const answer = await response.json();
     if (response.status === 202) {
       output.className = "result ok";
-      output.textContent = describe(form.dataset.kind, answer);
+      output.textContent = describe(form.getAttribute("data-kind"), answer);
       if (answer.url) {
         const link = document.createElement("a");
         link.href = answer.url;
