@@ -25,7 +25,8 @@ from taxi_pipeline.cli.app import app as cli_app
 from taxi_pipeline.devkit.run_history import synthetic_history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestRequest, RunState, Topic
-from taxi_pipeline.pipeline.ports import RunEvent
+from taxi_pipeline.errors import TransientError
+from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
 from taxi_pipeline.settings import Settings
 from taxi_pipeline.ui.app import create_app
 from taxi_pipeline.ui.backend import CloudOrchestrator, UiBackend, open_backend
@@ -406,3 +407,32 @@ def test_in_the_cloud_mode_runs_are_published_and_nothing_is_written(
     assert attributes["run_id"] == requests[0].run_id
     assert attributes["label_via"] == "ui"
     assert json.loads(bus.published[0][1])["dataset"] == "yellow"
+
+
+class _UnreachableHistory:
+    """Injects the fault: a warehouse that cannot be read right now."""
+
+    def run_events(
+        self, run_id: str | None = None, dataset: str | None = None, since: datetime | None = None
+    ) -> list[RunEvent]:
+        raise TransientError("read run events: 503 Service Unavailable")
+
+    def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
+        raise TransientError("read loads: 503 Service Unavailable")
+
+
+def test_an_unreadable_history_answers_503_with_the_reason(backend: UiBackend) -> None:
+    broken = UiBackend(
+        HistoryCache(_UnreachableHistory()),
+        CloudOrchestrator(InProcessBus()),
+        "bigquery://taxi-project/taxi",
+        backend.warehouse,
+    )
+    app = create_app(broken, Access.for_bind("127.0.0.1", None))
+    with TestClient(app, base_url=LOOPBACK) as client:
+        page = client.get("/")
+        assert page.status_code == 503
+        assert "read run events: 503 Service Unavailable" in page.text
+        api = client.get("/api/coverage")
+        assert api.status_code == 503
+        assert api.json()["error"].startswith("the run history is unavailable: read")

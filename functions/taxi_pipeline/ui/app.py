@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -189,9 +190,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Reading and deriving a long history takes seconds: start at once, so the first page
+        # a browser asks for finds the cache warm (or waits on the lock, not from scratch).
+        primer = threading.Thread(target=_prime, args=(backend.history,), name="ui-prime")
+        primer.start()
         try:
             yield
         finally:
+            await run_in_threadpool(primer.join)
             await run_in_threadpool(backend.close)
 
     routes = [
@@ -206,7 +212,19 @@ def create_app(
         Route("/api/backfills", ui.api_submit_backfill, methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("taxi_pipeline.ui", "static")]), name="static"),
     ]
-    return _Guard(Starlette(routes=routes, lifespan=lifespan), access)
+
+    def unavailable(request: Request, exc: Exception) -> Response:
+        """The warehouse could not be read (or written): say so, as JSON or as a page."""
+        reason = f"the run history is unavailable: {exc}"
+        log.warning("%s %s: %s", request.method, request.url.path, reason)
+        if request.url.path.startswith("/api/"):
+            return _error(503, reason)
+        return ui.page(request, "unavailable.html", 503, reason=reason)
+
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={PipelineError: unavailable}
+    )
+    return _Guard(app, access)
 
 
 @dataclass
@@ -227,7 +245,7 @@ class _Ui:
     def orchestrator(self) -> Orchestrator:
         return self.backend.orchestrator
 
-    def _page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         body = self.env.get_template(name).render(
             request_path=request.url.path,
             mode=self.orchestrator.mode,
@@ -245,17 +263,17 @@ class _Ui:
         try:
             filters = Filters.parse(request.query_params)
         except ValueError as exc:
-            return self._page(request, "executions.html", 400, error=str(exc), **_no_listing(now))
+            return self.page(request, "executions.html", 400, error=str(exc), **_no_listing(now))
         listing = _listing(self.history.snapshot(), filters, now)
-        return self._page(request, "executions.html", filters=filters, **listing)
+        return self.page(request, "executions.html", filters=filters, **listing)
 
     def run_page(self, request: Request) -> Response:
         now = self.clock()
         run_id = request.path_params["run_id"]
         run = self.history.snapshot().by_id.get(run_id)
         if run is None:
-            return self._page(request, "missing.html", 404, run_id=run_id)
-        return self._page(
+            return self.page(request, "missing.html", 404, run_id=run_id)
+        return self.page(
             request,
             "run.html",
             run=run,
@@ -267,7 +285,7 @@ class _Ui:
     def coverage_page(self, request: Request) -> Response:
         snapshot = self.history.snapshot()
         datasets, months, cells = self._coverage(snapshot)
-        return self._page(
+        return self.page(
             request,
             "coverage.html",
             calendars=views.calendars(datasets, months, cells, views.latest_runs(snapshot.runs)),
@@ -400,6 +418,14 @@ class _Ui:
         message = await run_in_threadpool(self.orchestrator.perform, action, run)
         self.history.invalidate()
         return JSONResponse({"run_id": run_id, "action": action, "message": message}, 202)
+
+
+def _prime(cache: HistoryCache) -> None:
+    try:
+        cache.snapshot()
+    except Exception:
+        # The pages will ask again and show the error; here it is only logged.
+        log.exception("could not read the run history at start")
 
 
 def _listing(snapshot: Snapshot, filters: Filters, now: datetime) -> dict[str, Any]:
