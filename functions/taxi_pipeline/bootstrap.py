@@ -148,6 +148,12 @@ def build_local(settings: Settings, progress: Progress | None = None) -> LocalPi
     return pipeline
 
 
+def warehouse_is_cloud(settings: Settings) -> bool:
+    """Whether the warehouse is the cloud's (BigQuery): runs are then started by publishing to
+    Pub/Sub, and the cloud functions run them."""
+    return urlsplit(settings.resolved_warehouse_url).scheme == "bigquery"
+
+
 def build_warehouse(settings: Settings, *, read_only: bool = False) -> Warehouse:
     """The warehouse named by ``TAXI_PIPELINE_WAREHOUSE_URL``; ``read_only``: an existing one,
     opened for reading without creating anything (DuckDB: no file, no folder, no tables)."""
