@@ -2,14 +2,14 @@
 # Deploy the taxi pipeline to a Google Cloud project (README, "Deploy to Google Cloud").
 # Safe to run again: each step reads first and changes only what differs. The resources are declared in infra/resources.py.
 #
-#   ./deploy.sh --project P --region R [--bucket B] [--dataset D] [--alert-email E] [--dry-run]
+#   ./deploy.sh --project P --region R [--bucket B] [--dataset D] [--alert-email E] [--with-ui] [--dry-run]
 #   ./deploy.sh --project P --region R --destroy [--delete-data] [--dry-run]
 set -euo pipefail
 
 usage() { sed -n '5,6s/^# *//p' "$0" >&2; exit "${1:-2}"; }
 die() { echo "deploy.sh: $*" >&2; exit 1; }
 
-PROJECT="" REGION="" BUCKET="" DATASET="taxi" ALERT_EMAIL="" DRY_RUN=0 DESTROY=0 DELETE_DATA=0
+PROJECT="" REGION="" BUCKET="" DATASET="taxi" ALERT_EMAIL="" DRY_RUN=0 DESTROY=0 DELETE_DATA=0 WITH_UI=0
 while (($#)); do
   case "$1" in
     --project | --region | --bucket | --dataset | --alert-email)
@@ -19,12 +19,14 @@ while (($#)); do
     --dry-run) DRY_RUN=1; shift ;;
     --destroy) DESTROY=1; shift ;;
     --delete-data) DELETE_DATA=1; shift ;;
+    --with-ui) WITH_UI=1; shift ;;
     -h | --help) usage 0 ;;
     *) echo "deploy.sh: unknown argument $1" >&2; usage ;;
   esac
 done
 [[ -n $PROJECT && -n $REGION ]] || usage
 ((DELETE_DATA == 0 || DESTROY)) || die "--delete-data goes with --destroy"
+((WITH_UI == 0 || DESTROY == 0)) || die "--with-ui goes with a deploy (--destroy removes the UI too)"
 BUCKET=${BUCKET:-$PROJECT-taxi-lake}
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON=${TAXI_PIPELINE_PYTHON:-.venv/bin/python}
@@ -56,6 +58,7 @@ provision() {
   local args=("$1" --project="$PROJECT" --region="$REGION" --bucket="$BUCKET" --dataset="$DATASET")
   ((DRY_RUN)) && args+=(--dry-run)
   ((DELETE_DATA)) && args+=(--delete-data)
+  [[ $1 == data ]] && ((WITH_UI)) && args+=(--with-ui)
   TAXI_PIPELINE_ACCESS_TOKEN=$token "$PYTHON" -m infra.provision "${args[@]}"
 }
 
@@ -90,8 +93,18 @@ CHANNELS='type="email" AND userLabels.app="taxi-pipeline"'
 # The alert policy as "NAME<TAB>CHANNEL;CHANNEL...", empty when absent.
 policy_of() { probe alpha monitoring policies list --filter="displayName=\"$POLICY\"" --format='value(name,notificationChannels)' | head -n1; }
 
+IFS=$'\t' read -r _ UI_SERVICE UI_ENTRY UI_MEMORY UI_TIMEOUT UI_MAX UI_ACCOUNT < <(lines ui-service)
+UI_SECRET=$(lines ui-secret | cut -f2)
+
 # ---------------------------------------------------------------------------- destroy
 if ((DESTROY)); then
+  # The web UI, if deployed (--with-ui): its service and token; its account goes below.
+  if ((DRY_RUN)) || probe run services describe "$UI_SERVICE" --region="$REGION" --format='value(metadata.name)' >/dev/null; then
+    run gcloud run services delete "$UI_SERVICE" --region="$REGION" --project="$PROJECT" --quiet
+  fi
+  if ((DRY_RUN)) || probe secrets describe "$UI_SECRET" --format='value(name)' >/dev/null; then
+    run gcloud secrets delete "$UI_SECRET" --project="$PROJECT" --quiet
+  fi
   while IFS=$'\t' read -r _ fn _; do
     if ((DRY_RUN)) || probe functions describe "$fn" --region="$REGION" --format='value(name)' >/dev/null; then
       run gcloud functions delete "$fn" --region="$REGION" --project="$PROJECT" --quiet
@@ -112,7 +125,8 @@ if ((DESTROY)); then
   done
   while IFS=$'\t' read -r kind id role; do
     member=serviceAccount:$(sa "$id")
-    if [[ $kind == project-role ]] && { ((DRY_RUN)) || has_binding "$member" "$role" projects "$PROJECT"; }; then
+    if [[ $kind == project-role || $kind == ui-project-role ]] &&
+      { ((DRY_RUN)) || has_binding "$member" "$role" projects "$PROJECT"; }; then
       run gcloud projects remove-iam-policy-binding "$PROJECT" --member="$member" --role="$role" \
         --condition=None --project="$PROJECT" --quiet >/dev/null
     fi
@@ -127,7 +141,7 @@ if ((DESTROY)); then
     if ((DRY_RUN)) || probe iam service-accounts describe "$(sa "$id")" --format='value(email)' >/dev/null; then
       run gcloud iam service-accounts delete "$(sa "$id")" --project="$PROJECT" --quiet
     fi
-  done < <(lines account)
+  done < <(lines account; lines ui-account)
   ((DELETE_DATA)) || echo "deploy.sh: kept gs://$BUCKET and dataset $DATASET (add --delete-data to remove them)" >&2
   echo "deploy.sh: removed the pipeline from $PROJECT" >&2
   exit 0
@@ -135,14 +149,14 @@ fi
 
 # ---------------------------------------------------------------------------- deploy
 enabled=$(probe services list --enabled --format='value(config.name)' || true)
-missing=$(lines api | cut -f2 | grep -vxF -f <(printf '%s\n' "$enabled") || true)
+missing=$( { lines api; ((WITH_UI == 0)) || lines ui-api; } | cut -f2 | grep -vxF -f <(printf '%s\n' "$enabled") || true)
 # shellcheck disable=SC2086  # one word per API
 [[ -z $missing ]] || run gcloud services enable $missing --project="$PROJECT" --quiet
 while IFS=$'\t' read -r _ id description; do
   probe iam service-accounts describe "$(sa "$id")" --format='value(email)' >/dev/null ||
     run gcloud iam service-accounts create "$id" --display-name="taxi-pipeline $description" \
       --project="$PROJECT" --quiet
-done < <(lines account)
+done < <(lines account; ((WITH_UI == 0)) || lines ui-account)
 provision data
 ((DRY_RUN)) || gcs_agent=$(gcloud storage service-agent --project="$PROJECT" </dev/null)
 PUBSUB_AGENT=serviceAccount:service-$number@gcp-sa-pubsub.iam.gserviceaccount.com
@@ -154,6 +168,8 @@ while IFS=$'\t' read -r kind id a b; do
     project-role) grant "serviceAccount:$(sa "$id")" "$a" projects "$PROJECT" ;;
     bucket-role) grant "serviceAccount:$(sa "$id")" "$a" "storage buckets" "gs://$BUCKET" ;;
     topic-role) grant "serviceAccount:$(sa "$id")" "$b" "pubsub topics" "$a" ;;
+    ui-project-role) ((WITH_UI == 0)) || grant "serviceAccount:$(sa "$id")" "$a" projects "$PROJECT" ;;
+    ui-topic-role) ((WITH_UI == 0)) || grant "serviceAccount:$(sa "$id")" "$b" "pubsub topics" "$a" ;;
   esac
 done <<<"$spec"
 
@@ -191,6 +207,32 @@ for subscription in $(provision dead-letters); do
 done
 provision schedules
 
+# The web UI (--with-ui): a Cloud Run service from the same source, behind IAM, with a token for
+# its write actions kept in Secret Manager (made once; never printed).
+if ((WITH_UI)); then
+  if ((DRY_RUN)) || ! probe secrets describe "$UI_SECRET" --format='value(name)' >/dev/null; then
+    token_file=TOKEN_FILE
+    if ((DRY_RUN == 0)); then
+      token_file=$(mktemp) # 0600, outside the uploaded source
+      head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token_file"
+    fi
+    run gcloud secrets create "$UI_SECRET" --replication-policy=automatic --data-file="$token_file" \
+      --labels=app=taxi-pipeline --project="$PROJECT" --quiet
+    rm -f "$token_file"
+  fi
+  grant "serviceAccount:$(sa "$UI_ACCOUNT")" roles/secretmanager.secretAccessor secrets "$UI_SECRET"
+  args=(--source="$src" --region="$REGION" --service-account="$(sa "$UI_ACCOUNT")"
+    --no-allow-unauthenticated --memory="$UI_MEMORY" --timeout="$UI_TIMEOUT" --max-instances="$UI_MAX"
+    --set-env-vars="$env_vars" --set-secrets=TAXI_PIPELINE_UI_TOKEN="$UI_SECRET":latest
+    --set-build-env-vars="GOOGLE_ENTRYPOINT=$UI_ENTRY,GOOGLE_PYTHON_VERSION=3.12.x")
+  label=$(printf '%s %s' "$digest" "${args[*]/--source=*/}" | sha256sum | cut -c1-12)
+  current=$(probe run services describe "$UI_SERVICE" --region="$REGION" --format='value(metadata.labels.deploy_spec)' || true)
+  if [[ $current != "$label" ]]; then
+    run gcloud run deploy "$UI_SERVICE" "${args[@]}" --update-labels=deploy_spec="$label" \
+      --project="$PROJECT" --quiet
+  fi
+fi
+
 # Alert: a log-based metric on the handlers' ERROR line and a policy that mails a person.
 current=$(probe logging metrics describe "$METRIC" --format='value(filter)' || echo "(absent)")
 if [[ $current == "(absent)" ]]; then
@@ -224,3 +266,8 @@ if [[ -z $policy || -n $ALERT_EMAIL_GIVEN ]]; then
   fi
 fi
 echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, dataset $DATASET" >&2
+if ((WITH_UI)); then
+  echo "deploy.sh: web UI: gcloud run services proxy $UI_SERVICE --region=$REGION --project=$PROJECT --port=8765," \
+    "then http://localhost:8765 (token for its forms: gcloud secrets versions access latest" \
+    "--secret=$UI_SECRET --project=$PROJECT)" >&2
+fi

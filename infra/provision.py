@@ -7,7 +7,8 @@ nothing but ``ok`` lines. ``--dry-run`` prints the intended state and touches no
 Subcommands (``python -m infra.provision SUBCOMMAND --project P --region R [...]``):
 
 - ``spec``: the declared resources as tab-separated lines for ``deploy.sh`` (no Google call).
-- ``data``: lake bucket, dataset (+ dataEditor for the function accounts), final tables, topics.
+- ``data``: lake bucket, dataset (+ dataEditor for the function accounts; with ``--with-ui``
+  dataViewer for the UI's), final tables, topics.
 - ``dead-letters``: the dead-letter policy on each trigger's Eventarc subscription; prints the
   subscription paths (``deploy.sh`` grants the Pub/Sub service agent subscriber on them).
 - ``schedules``: the Cloud Scheduler jobs of ``infra/schedules.toml``.
@@ -39,6 +40,7 @@ from infra.resources import (
     MAX_DELIVERY_ATTEMPTS,
     TOPICS,
     TRIGGER_ACCOUNT,
+    UI,
     Target,
     schedules,
 )
@@ -149,17 +151,22 @@ def _shape_bucket(bucket: Any, target: Target) -> None:
     bucket.labels = {**bucket.labels, **target.labels}
 
 
-def ensure_dataset(target: Target, clients: Clients, report: Report) -> None:
-    """Dataset in the bucket's location; dataEditor (WRITER) for every function account."""
+def ensure_dataset(
+    target: Target, clients: Clients, report: Report, *, with_ui: bool = False
+) -> None:
+    """Dataset in the bucket's location; dataEditor (WRITER) for every function account and,
+    ``with_ui``, dataViewer (READER) for the UI's."""
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
 
     ref = f"{target.project}.{target.dataset}"
     wanted = {
-        target.account_email(function.account)
+        ("WRITER", target.account_email(function.account))
         for function in FUNCTIONS
         if "roles/bigquery.dataEditor" in function.roles_on_dataset
     }
+    if with_ui:
+        wanted.add((UI.dataset_role, target.account_email(UI.account)))
     try:
         dataset = clients.bigquery.get_dataset(ref)
     except NotFound:
@@ -169,18 +176,20 @@ def ensure_dataset(target: Target, clients: Clients, report: Report) -> None:
         dataset = clients.bigquery.create_dataset(dataset, exists_ok=True)
         report(f"created dataset {ref} in {target.location}")
     present = {
-        str(entry.entity_id)
+        (str(entry.role), str(entry.entity_id))
         for entry in dataset.access_entries
-        if entry.role == "WRITER" and entry.entity_type == "userByEmail"
+        if entry.entity_type == "userByEmail"
     }
     missing = sorted(wanted - present)
     if missing:
         dataset.access_entries = [
             *dataset.access_entries,
-            *(bigquery.AccessEntry("WRITER", "userByEmail", email) for email in missing),
+            *(bigquery.AccessEntry(role, "userByEmail", email) for role, email in missing),
         ]
         clients.bigquery.update_dataset(dataset, ["access_entries"])
-        report(f"granted dataEditor on {ref} to {', '.join(missing)}")
+        names = {"WRITER": "dataEditor", "READER": "dataViewer"}
+        granted = ", ".join(f"{names.get(role, role)} to {email}" for role, email in missing)
+        report(f"granted on {ref}: {granted}")
     else:
         report(f"ok dataset {ref}")
 
@@ -397,6 +406,25 @@ def spec_lines(target: Target) -> list[str]:
         )
     env = ",".join(f"{k}={v}" for k, v in target.env_vars().items())
     lines.append(f"env\t{env}")
+    # The UI's lines (deploy.sh --with-ui uses them; --destroy removes what exists of them).
+    lines += [f"ui-api\t{api}" for api in UI.apis]
+    lines.append(f"ui-account\t{UI.account}\t{UI.name} web UI runtime")
+    lines += [f"ui-project-role\t{UI.account}\t{role}" for role in UI.roles_on_project]
+    lines += [f"ui-topic-role\t{UI.account}\t{t}\troles/pubsub.publisher" for t in UI.publishes]
+    lines.append(f"ui-secret\t{UI.token_secret}")
+    lines.append(
+        "\t".join(
+            [
+                "ui-service",
+                UI.name,
+                UI.entry_point,
+                UI.memory,
+                UI.timeout,
+                str(UI.max_instances),
+                UI.account,
+            ]
+        )
+    )
     lines += [f"schedule\t{s.name}" for s in schedules()]
     lines.append(f"alert\t{ALERT_METRIC}\t{ALERT_POLICY}\t{ALERT_FILTER}")
     return lines
@@ -428,23 +456,26 @@ def _final_tables(target: Target, clients: Clients) -> FinalTables:
     )
 
 
-def provision_data(target: Target, clients: Clients, report: Report) -> None:
+def provision_data(
+    target: Target, clients: Clients, report: Report, *, with_ui: bool = False
+) -> None:
     """Bucket, dataset, final tables, topics."""
     ensure_bucket(target, clients, report)
-    ensure_dataset(target, clients, report)
+    ensure_dataset(target, clients, report, with_ui=with_ui)
     ensure_tables(clients, report)
     ensure_topics(target, clients, report)
 
 
-def _dry_run(command: str, target: Target, delete_data: bool) -> list[str]:
+def _dry_run(command: str, target: Target, delete_data: bool, with_ui: bool = False) -> list[str]:
     where = f"{target.location}"
     if command == "data":
         rules = ", ".join(f"{p} after {d}d" for p, d in LAKE_LIFECYCLE)
+        viewer = f", dataViewer for {UI.account}" if with_ui else ""
         return [
             f"ensure bucket gs://{target.bucket} in {where}: uniform access, public access"
             f" prevention enforced, lifecycle delete {rules}",
             f"ensure dataset {target.project}.{target.dataset} in {where}, dataEditor for"
-            f" {', '.join(f.account for f in FUNCTIONS)}",
+            f" {', '.join(f.account for f in FUNCTIONS)}{viewer}",
             *(f"ensure table {target.dataset}.{d.final_table}" for d in Dataset),
             f"ensure tables {target.dataset}.pipeline_runs, {target.dataset}.pipeline_loads",
             *(f"ensure topic {t}" for t in TOPICS),
@@ -481,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", default="taxi")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--delete-data", action="store_true")
+    parser.add_argument("--with-ui", action="store_true", help="data: dataViewer for the UI")
     args = parser.parse_args(argv)
     target = Target(args.project, args.region, args.bucket, args.dataset)
 
@@ -491,13 +523,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(spec_lines(target)))
         return 0
     if args.dry_run:
-        for line in _dry_run(args.command, target, args.delete_data):
+        for line in _dry_run(args.command, target, args.delete_data, args.with_ui):
             print(f"+ {line}", file=sys.stderr)
         return 0
     clients = Clients.connect(target, _credentials())
     if args.command == "data":
         clients.final_tables = _final_tables(target, clients)
-        provision_data(target, clients, report)
+        provision_data(target, clients, report, with_ui=args.with_ui)
     elif args.command == "dead-letters":
         print("\n".join(ensure_dead_letters(target, clients, report)))
     elif args.command == "schedules":

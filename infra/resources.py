@@ -154,6 +154,45 @@ FUNCTIONS: Final = (
 
 
 @dataclass(frozen=True)
+class UiService:
+    """The web UI as a Cloud Run service (``deploy.sh --with-ui``).
+
+    IAM in front (``--no-allow-unauthenticated``): only principals granted ``run.invoker`` reach
+    it (the project's owners already are), through ``gcloud run services proxy``. Its account
+    reads the history (dataViewer on the dataset, jobUser for the queries) and may publish to
+    ``ingest-requests`` only: it starts runs and changes nothing else. Write actions also need
+    the token kept in Secret Manager (the UI refuses to listen beyond loopback without one).
+    """
+
+    name: str
+    account: str
+    entry_point: str
+    """``GOOGLE_ENTRYPOINT`` of the buildpack image: the same source as the functions."""
+    memory: str
+    timeout: str
+    max_instances: int
+    token_secret: str
+    roles_on_project: tuple[str, ...] = ("roles/bigquery.jobUser",)
+    dataset_role: str = "READER"
+    """BigQuery dataset access role: READER is roles/bigquery.dataViewer."""
+    publishes: tuple[Topic, ...] = (Topic.INGEST_REQUESTS,)
+    apis: tuple[str, ...] = ("secretmanager.googleapis.com",)
+    """Beyond :data:`APIS` (Cloud Run, Cloud Build and Artifact Registry are there already)."""
+
+
+UI: Final = UiService(
+    name="taxi-ui",
+    account="taxi-ui",
+    entry_point="python -m taxi_pipeline.ui",
+    # The derived history is held in memory (about 250 MB for 10,000 runs, BENCHMARKS.md).
+    memory="1Gi",
+    timeout="60s",
+    max_instances=2,
+    token_secret="taxi-ui-token",
+)
+
+
+@dataclass(frozen=True)
 class Target:
     """Where one deployment goes: the flags of ``deploy.sh`` with defaults filled in."""
 

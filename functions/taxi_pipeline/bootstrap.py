@@ -78,6 +78,7 @@ class LocalPipeline:
     _active: dict[str, IngestRequest] = field(default_factory=dict)
     _watcher: Watcher | None = None
     _slot_notices: set[Dataset] = field(default_factory=set)
+    _closed: bool = False
 
     def start(self) -> None:
         """Begin beating and watching for cancel requests (the embedded default's history)."""
@@ -226,6 +227,11 @@ class LocalPipeline:
                 log.debug("could not clear the progress of %s", result.run_id, exc_info=True)
 
     def close(self) -> None:
+        """Stop watching for cancels, leave the history, close the ports; idempotent (the web
+        UI's shutdown and its owner may both close it)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -325,6 +331,12 @@ def build_local(
     bus.listen(Topic.INGEST_RESULTS, pipeline._collect)
     pipeline.start()
     return pipeline
+
+
+def warehouse_is_cloud(settings: Settings) -> bool:
+    """Whether the warehouse is the cloud's (BigQuery): runs are then started by publishing to
+    Pub/Sub, and the cloud functions run them."""
+    return urlsplit(settings.resolved_warehouse_url).scheme == "bigquery"
 
 
 def _recorded_cancels(history: RunHistory) -> Callable[[str], str | None]:

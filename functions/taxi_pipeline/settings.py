@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SOURCE_URL: Final = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
@@ -145,6 +145,11 @@ class Settings(BaseSettings):
 
     duckdb_threads: int | None = Field(default=None, ge=1, le=256)
     """DuckDB worker threads; unset, DuckDB uses every core."""
+
+    ui_token: SecretStr | None = None
+    """Token the write actions of ``taxi-pipeline ui`` need (``Authorization: Bearer TOKEN``, or
+    the pages' token field); required to listen on any address but loopback. Unset: the UI
+    serves loopback only."""
 
     @property
     def resolved_lake_url(self) -> str:

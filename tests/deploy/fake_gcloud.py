@@ -136,6 +136,31 @@ def gcloud(args: list[str]) -> int:  # noqa: C901 (one branch per command)
             del state["functions"][name]
         _save(state)
         return 0
+    if pos[:1] == ["run"] and pos[1:3] != ["services", "add-iam-policy-binding"]:
+        run_services: dict[str, str] = state.setdefault("run_services", {})
+        verb, name = (pos[1], pos[2]) if pos[1] == "deploy" else (pos[2], pos[3])
+        if verb == "describe":
+            if name not in run_services:
+                return 1
+            return out(name if "name" in flags["format"][0] else run_services[name])
+        if verb == "deploy":
+            run_services[name] = flags["update-labels"][0].split("=", 1)[1]
+        elif verb == "delete":
+            del run_services[name]
+        _save(state)
+        return 0
+    if pos[:1] == ["secrets"] and pos[1] in ("describe", "create", "delete"):
+        secrets: dict[str, int] = state.setdefault("secrets", {})
+        verb, name = pos[1], pos[2]
+        if verb == "describe":
+            return out(name) if name in secrets else 1
+        if verb == "create":
+            # The token's length only: the fake never keeps (or logs) a secret's value.
+            secrets[name] = len(Path(flags["data-file"][0]).read_text().strip())
+        else:
+            del secrets[name]
+        _save(state)
+        return 0
     if pos[:2] == ["logging", "metrics"]:
         verb, name = pos[2], pos[3]
         if verb == "describe":

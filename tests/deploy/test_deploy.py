@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -331,3 +332,121 @@ def test_bad_arguments_are_refused(bed: DeployBed) -> None:
     alone = bed.run("--project", PROJECT, "--region", REGION, "--delete-data")
     assert alone.returncode == 1
     assert "--delete-data goes with --destroy" in alone.stderr
+
+
+UI_ACCOUNT = "serviceAccount:taxi-ui@demo-proj.iam.gserviceaccount.com"
+
+
+def _ui_grants(actions: list[str]) -> list[tuple[str, str]]:
+    """(resource, role) of every binding given to the UI's account."""
+    grants = []
+    for action in actions:
+        words = shlex.split(action)
+        if "add-iam-policy-binding" not in words or f"--member={UI_ACCOUNT}" not in words:
+            continue
+        verb = words.index("add-iam-policy-binding")
+        role = next(w for w in words if w.startswith("--role=")).removeprefix("--role=")
+        grants.append((" ".join(words[1 : verb + 2]).replace(" add-iam-policy-binding", ""), role))
+    return grants
+
+
+def test_with_ui_deploys_a_private_read_only_ui_service(bed: DeployBed) -> None:
+    first = bed.deploy("--with-ui")
+    assert first.returncode == 0, first.stderr
+    assert first.actions == _expected("deploy-ui.txt")
+
+    # Everything without the UI is the plan of a deploy without it, in the same order.
+    def without_ui(actions: list[str]) -> list[str]:
+        kept = [a for a in actions if "taxi-ui" not in a]
+        return [
+            a.replace(" secretmanager.googleapis.com", "").replace(" --with-ui", "") for a in kept
+        ]
+
+    assert without_ui(first.actions) == _expected("deploy.txt")
+    plan = "\n".join(first.actions)
+    assert "--allow-unauthenticated" not in plan.replace("--no-allow-unauthenticated", "")
+    (ui_deploy,) = [a for a in first.actions if a.startswith("gcloud run deploy taxi-ui")]
+    assert " --no-allow-unauthenticated " in ui_deploy
+    assert " --set-secrets=TAXI_PIPELINE_UI_TOKEN=taxi-ui-token:latest " in ui_deploy
+    assert "GOOGLE_ENTRYPOINT=python -m taxi_pipeline.ui" in ui_deploy
+    assert "TAXI_PIPELINE_WAREHOUSE_URL=bigquery://demo-proj/taxi" in ui_deploy
+    # Least privilege: it reads the dataset (dataViewer, by provisioning), runs queries, publishes
+    # requests and reads its token; no write role anywhere.
+    assert sorted(_ui_grants(first.actions)) == [
+        ("projects demo-proj", "roles/bigquery.jobUser"),
+        ("pubsub topics ingest-requests", "roles/pubsub.publisher"),
+        ("secrets taxi-ui-token", "roles/secretmanager.secretAccessor"),
+    ]
+    assert (
+        "provision data --project=demo-proj --region=europe-west1 --bucket=demo-proj-taxi-lake"
+        " --dataset=taxi --with-ui"
+    ) in first.actions
+    state = bed.read_state()
+    assert state["run_services"] == {"taxi-ui": state["run_services"]["taxi-ui"]}  # type: ignore[index]
+    assert state["secrets"] == {"taxi-ui-token": 64}  # 32 random bytes as hex
+    # The token itself is printed nowhere.
+    assert not re.search(r"\b[0-9a-f]{64}\b", first.stderr + first.stdout)
+    assert "gcloud run services proxy taxi-ui --region=europe-west1" in first.stderr
+
+    # Again: nothing of the UI changes; the token is not made anew.
+    again = bed.deploy("--with-ui")
+    assert again.returncode == 0, again.stderr
+    assert [a.split()[1] for a in again.actions] == ["data", "dead-letters", "schedules"]
+    assert bed.read_state() == state
+
+    # Changed source: the functions and the UI are redeployed, nothing else.
+    (bed.root / "functions" / "taxi_pipeline" / "extra.py").write_text("X = 1\n")
+    changed = bed.deploy("--with-ui")
+    deployed = [a.split()[3] for a in changed.actions if a.startswith("gcloud run deploy")]
+    assert deployed == ["taxi-ui"]
+    assert all(
+        a.startswith(("gcloud functions deploy", "gcloud run deploy", "provision "))
+        for a in changed.actions
+    )
+
+    # Destroy removes the UI too (its service, token, role and account).
+    gone = bed.deploy("--destroy")
+    assert gone.returncode == 0, gone.stderr
+    assert gone.actions == _expected("destroy-ui.txt")
+    state = bed.read_state()
+    assert state["run_services"] == {}
+    assert state["secrets"] == {}
+    accounts: list[str] = state["accounts"]  # type: ignore[assignment]
+    assert not any("taxi-ui" in account for account in accounts)
+
+
+def test_dry_run_with_ui_prints_the_ui_and_calls_nothing(bed: DeployBed) -> None:
+    result = bed.deploy("--with-ui", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.calls == ()
+    printed = [Call(tuple(shlex.split(line))).normalized() for line in _printed(result.stderr)]
+    ui = [line for line in printed if line.startswith("gcloud ") and "taxi-ui" in line]
+    assert [" ".join(shlex.split(line)[:4]) for line in ui] == [
+        "gcloud iam service-accounts create",
+        "gcloud projects add-iam-policy-binding demo-proj",
+        "gcloud pubsub topics add-iam-policy-binding",
+        "gcloud secrets create taxi-ui-token",
+        "gcloud secrets add-iam-policy-binding taxi-ui-token",
+        "gcloud run deploy taxi-ui",
+    ]
+    assert "--data-file=TOKEN_FILE" in ui[3]
+    assert "+ ensure dataset demo-proj.taxi in europe-west1, dataEditor for" in result.stderr
+    assert "dataViewer for taxi-ui" in result.stderr
+
+
+def test_dry_run_destroy_names_the_ui_too(bed: DeployBed) -> None:
+    result = bed.deploy("--destroy", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.calls == ()
+    assert "+ gcloud run services delete taxi-ui --region=europe-west1" in result.stderr
+    assert "+ gcloud secrets delete taxi-ui-token" in result.stderr
+    assert "+ gcloud iam service-accounts delete taxi-ui@demo-proj.iam.gserviceaccount.com" in (
+        result.stderr
+    )
+
+
+def test_with_ui_and_destroy_are_refused_together(bed: DeployBed) -> None:
+    result = bed.deploy("--destroy", "--with-ui")
+    assert result.returncode == 1
+    assert "--with-ui goes with a deploy" in result.stderr
+    assert result.calls == ()

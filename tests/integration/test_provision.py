@@ -188,6 +188,24 @@ def test_provisioning_twice_converges_on_one_end_state(target: Target, clients: 
         clients.storage.get_bucket(target.bucket)
 
 
+def test_with_ui_the_ui_account_may_only_read_the_dataset(target: Target, clients: Clients) -> None:
+    provision_data(target, clients, lambda _line: None)
+    granted: list[str] = []
+    provision_data(target, clients, granted.append, with_ui=True)
+    ui = f"taxi-ui@{PROJECT}.iam.gserviceaccount.com"
+    assert f"granted on {PROJECT}.{target.dataset}: dataViewer to {ui}" in granted
+    dataset = clients.bigquery.get_dataset(f"{PROJECT}.{target.dataset}")
+    roles = {str(e.entity_id): e.role for e in dataset.access_entries}
+    assert roles[ui] == "READER"
+    assert {roles[f"{fn}-fn@{PROJECT}.iam.gserviceaccount.com"] for fn in ("taxi-merge",)} == {
+        "WRITER"
+    }
+    again: list[str] = []
+    provision_data(target, clients, again.append, with_ui=True)
+    assert not [line for line in again if line.startswith("granted")]
+    destroy(target, clients, lambda _line: None, delete_data=True)
+
+
 def test_dead_letters_refuse_to_guess_before_the_functions_exist(
     target: Target, clients: Clients
 ) -> None:

@@ -33,9 +33,10 @@ class Call:
         return self.argv[0] == "gcloud" and bool(READ_VERBS & set(words[:5]))
 
     def normalized(self) -> str:
-        """One line, with the run-specific source folder and spec label replaced."""
+        """One line, with the run-specific source folder, token file and spec label replaced."""
         line = shlex.join(self.argv)
         line = re.sub(r"--source=\S+", "--source=SRC", line)
+        line = re.sub(r"--data-file=\S+", "--data-file=TOKEN_FILE", line)
         return re.sub(r"deploy_spec=[0-9a-f]{12}", "deploy_spec=LABEL", line)
 
 

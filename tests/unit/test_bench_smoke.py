@@ -24,6 +24,7 @@ _COMMANDS = {
     "cold_start": ["--rows", "500", "--runs", "1"],
     "bq_cost": ["--rows", "3000", "--no-emulator"],
     "backfill": ["--rows", "500", "--months", "2", "--runs", "1", "--concurrency", "1", "2"],
+    "ui": ["--runs", "300", "--requests", "2"],
 }
 
 
@@ -107,12 +108,24 @@ def test_backfill_runs_each_concurrency(results: dict[str, dict[str, Any]]) -> N
     assert set(backfill["concurrency"]) == {"1", "2"}
 
 
+def test_ui_serves_every_page_over_the_written_history(results: dict[str, dict[str, Any]]) -> None:
+    ui = results["ui"]
+    assert ui["runs"] == 300
+    assert ui["lines"] > 300 * 3
+    assert ui["rows_per_page"] == 100
+    assert set(ui["pages"]) == {
+        "/", "/?page=50", "/?state=FAILED&label=trigger=schedule", "/api/runs", "/coverage",
+        "/runs/{id}",
+    }  # fmt: skip
+    assert all(page["requests"] == 2 for page in ui["pages"].values())
+
+
 def test_report_renders_every_section_and_the_scratch_is_gone(
     results: dict[str, dict[str, Any]],
 ) -> None:
     text = results["_report"]["text"]
     for title in ("## 1. Month ingest", "## 2. Re-run", "## 3. Download", "## 4. Cold start",
-                  "## 5. BigQuery cost", "## 6. Backfill"):  # fmt: skip
+                  "## 5. BigQuery cost", "## 6. Backfill", "## 7. Web UI"):  # fmt: skip
         assert title in text
     assert "Not run yet" not in text
     assert results["_report"]["work_left"] == []

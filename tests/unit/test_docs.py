@@ -46,6 +46,7 @@ def test_a_none_default_is_unset_unless_something_derives_it() -> None:
         "gcp_project": "the warehouse URL's project (Pub/Sub)",
         "bus_url": "`pubsub://{gcp_project}`",
         "duckdb_threads": "unset",
+        "ui_token": "unset",
     }
     assert all("(derived)" not in default for default, _ in table.values())
     for name in shown:

@@ -61,6 +61,8 @@ def test_cloud_entry_points_import_without_local_only_packages() -> None:
         "import main\n"
         "from taxi_pipeline import bootstrap\n"
         "from taxi_pipeline.adapters import google_errors\n"
+        # The UI service's entry point (python -m taxi_pipeline.ui) and everything it serves.
+        "from taxi_pipeline.ui import __main__, app, backend, server\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

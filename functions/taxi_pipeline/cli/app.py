@@ -1,4 +1,4 @@
-"""The command line: ``taxi-pipeline run | load | sql | runs | status | schedule | backfill``.
+"""The command line: ``taxi-pipeline run | load | sql | runs | status | schedule | backfill | ui``.
 
 Each command group lives in its own module, which registers itself here; the groups share
 :mod:`taxi_pipeline.cli.common` and never import this module or each other.
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from taxi_pipeline.cli import backfill, history, load, run, schedule
+from taxi_pipeline.cli import backfill, history, load, run, schedule, ui
 from taxi_pipeline.cli.common import TaxiPipelineGroup, set_debug
 
 app = typer.Typer(
@@ -25,7 +25,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-for group in (run, load, history, schedule, backfill):
+for group in (run, load, history, schedule, backfill, ui):
     group.register(app)
 
 

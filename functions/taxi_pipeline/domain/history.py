@@ -275,10 +275,13 @@ def derive_runs(events: Iterable[RunEvent], liveness: Liveness | None = None) ->
     by_run: dict[str, list[RunEvent]] = {}
     for event in events:
         by_run.setdefault(event.run_id, []).append(event)
-    runs = [derive_run(group, liveness) for group in by_run.values()]
+    return sort_runs(derive_run(group, liveness) for group in by_run.values())
+
+
+def sort_runs(runs: Iterable[Run]) -> list[Run]:
+    """Runs in history order: by their first event, then run id (``derive_runs``' order)."""
     far = datetime.min.replace(tzinfo=UTC)
-    runs.sort(key=lambda r: (r.first_seen or far, r.run_id))
-    return runs
+    return sorted(runs, key=lambda r: (r.first_seen or far, r.run_id))
 
 
 def filter_runs(

@@ -159,24 +159,26 @@ def publish_backfill(
     *,
     warehouse: Warehouse | None = None,
     on_published: Callable[[Month, str], None] | None = None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> dict[Month, str]:
     """``--cloud``: one ``ingest-requests`` message per month, labelled ``backfill=true``.
 
     The run ids travel in the message body and attributes; with ``warehouse`` each run is
     recorded QUEUED first, so ``taxi-pipeline runs`` lists it before a function picks it up.
     """
+    labels = plan.labels | dict(extra_labels or {})
     run_ids: dict[Month, str] = {}
     for month in plan.months:
         run_id = new_run_id(plan.dataset, month)
         request = IngestRequest(
-            dataset=plan.dataset, month=str(month), run_id=run_id, labels=plan.labels
+            dataset=plan.dataset, month=str(month), run_id=run_id, labels=labels
         )
         if warehouse is not None:
-            warehouse.append_run_events([queued_event(run_id, plan.dataset, month, plan.labels)])
+            warehouse.append_run_events([queued_event(run_id, plan.dataset, month, labels)])
         bus.publish(
             Topic.INGEST_REQUESTS,
             request.to_bytes(),
-            run_attributes(run_id, plan.dataset, month, plan.labels),
+            run_attributes(run_id, plan.dataset, month, labels),
         )
         run_ids[month] = run_id
         if on_published is not None:

@@ -133,6 +133,7 @@ class SqliteHistory:
         self.path = path
         self.process = process
         self._lock = threading.Lock()
+        self._closed = False
         exists = path.exists()
         if not exists and not create:
             target = ":memory:"
@@ -159,6 +160,7 @@ class SqliteHistory:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self._closed = True
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -349,8 +351,9 @@ class SqliteHistory:
             )
 
     def leave(self) -> None:
-        """This process ends: its row and its progress go."""
-        if self.process is None:
+        """This process ends: its row and its progress go (nothing left to do once the store
+        was closed by another owner of it, such as the web UI's history)."""
+        if self.process is None or self._closed:
             return
         with self._transaction() as conn:
             conn.execute("DELETE FROM processes WHERE process = ?", [self.process.id])
