@@ -411,10 +411,10 @@ def _ui(data: dict[str, Any]) -> str:
         "",
         f"{data['runs']:,} synthetic runs ({data['lines']:,} history lines, the mix"
         " `taxi_pipeline.devkit.run_history` writes: mostly SUCCESS, re-runs, 404 skips, failures"
-        " after retries, a few in flight) in the DuckDB warehouse of a fresh home;"
+        " after retries, a few in flight) in the run history (`runs.sqlite`) of a fresh home;"
         " `taxi-pipeline ui` in its own process; one keep-alive client. Every timed request comes"
         f" {data['spacing_seconds']} s after the previous one, past the history cache's refresh"
-        " interval, so each also asks DuckDB for the lines recorded since the last refresh.",
+        " interval, so each also asks the history for the lines recorded since the last refresh.",
         "",
         "| page | median | p95 | max | bytes | requests |",
         "|---|---|---|---|---|---|",

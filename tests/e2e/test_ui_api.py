@@ -454,3 +454,38 @@ def test_an_unreadable_history_answers_503_with_the_reason(backend: UiBackend) -
         api = client.get("/api/coverage")
         assert api.status_code == 503
         assert api.json()["error"].startswith("the run history is unavailable: read")
+
+
+def test_a_failed_run_is_restarted_from_its_page_and_loads_its_month(
+    backend: UiBackend, source: Source
+) -> None:
+    history = backend.orchestrator.pipeline.history  # type: ignore[attr-defined]
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    failed = "green-201901-0badf00d"
+    history.append_run_events(
+        [
+            RunEvent(failed, "green", "2019-01", "queue", RunState.QUEUED, recorded_at=at),
+            RunEvent(
+                failed, "green", "2019-01", "download", RunState.FAILED,
+                started_at=at, finished_at=at, error="the source was down", recorded_at=at,
+                labels={"trigger": "manual"},
+            ),
+        ]
+    )  # fmt: skip
+    with _client(backend) as client:
+        detail = client.get(f"/api/runs/{failed}").json()
+        assert detail["state"] == "FAILED"
+        assert detail["actions"] == ["restart"]
+        assert f"/api/runs/{failed}/actions/restart" in client.get(f"/runs/{failed}").text
+        answer = client.post(f"/api/runs/{failed}/actions/restart", json={})
+        assert answer.status_code == 202, answer.text
+        new_run = answer.json()["message"].removeprefix("restarted as ")
+        run = _finished(client, new_run)
+        expected = source.files[(Dataset.GREEN, Month(2019, 1))].rows
+        assert run["state"] == "SUCCESS"
+        assert run["labels"]["restarted_from"] == failed
+        assert _rows(backend, "green", "2019-01") == expected
+        # A loaded run offers nothing more; restarting it again is refused.
+        assert client.get(f"/api/runs/{new_run}").json()["actions"] == []
+        refused = client.post(f"/api/runs/{new_run}/actions/restart", json={})
+        assert refused.status_code == 404

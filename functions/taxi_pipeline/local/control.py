@@ -68,7 +68,8 @@ class CancelOutcome:
     """Whether a cancel line was recorded (False: the run had ended already)."""
 
 
-def _run(history: History, run_id: str, liveness: Liveness) -> Run:
+def current_run(history: History, run_id: str, liveness: Liveness) -> Run:
+    """The run as the history derives it now (heartbeats included)."""
     events = history.run_events(run_id=run_id)
     if not events:
         raise UnknownRun(f"no run {run_id!r} in the history")
@@ -79,7 +80,7 @@ def cancel_run(
     history: History, run_id: str, liveness: Liveness, requested_by: ProcessInfo | None = None
 ) -> CancelOutcome:
     """Record that ``run_id`` must stop (nothing happens to a run that has ended)."""
-    run = _run(history, run_id, liveness)
+    run = current_run(history, run_id, liveness)
     if run.state in TERMINAL and run.state is not RunState.ABANDONED:
         return CancelOutcome(run, requested=False)
     who = f" by {requested_by.describe()}" if requested_by is not None else ""
@@ -113,7 +114,7 @@ def wait_until_stopped(
     returns the run as last seen."""
     deadline = time.monotonic() + timeout
     while True:
-        run = _run(history, run_id, liveness())
+        run = current_run(history, run_id, liveness())
         if stopped(run) or time.monotonic() >= deadline:
             return run
         time.sleep(poll)
@@ -122,7 +123,7 @@ def wait_until_stopped(
 def restart_run(runner: Submitter, history: History, run_id: str, liveness: Liveness) -> str:
     """Submit the run's month again with its labels plus ``restarted_from``; returns the new
     run id. Raises :class:`NotRestartable` for a run that is active, loaded or skipped."""
-    run = _run(history, run_id, liveness)
+    run = current_run(history, run_id, liveness)
     if run.state not in RESTARTABLE:
         hint = (
             "; `taxi-pipeline run --force` loads a month again"

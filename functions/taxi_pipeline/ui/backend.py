@@ -31,9 +31,10 @@ from taxi_pipeline.bootstrap import (
     warehouse_is_cloud,
 )
 from taxi_pipeline.domain.datasets import Dataset, Month
-from taxi_pipeline.domain.history import Run
+from taxi_pipeline.domain.history import ACTIVE, Run
 from taxi_pipeline.domain.messages import IngestRequest, Topic
 from taxi_pipeline.local.backfill import BackfillPlan, publish_backfill
+from taxi_pipeline.local.control import RESTARTABLE, cancel_run, current_run, restart_run
 from taxi_pipeline.pipeline.ports import Bus, Warehouse
 from taxi_pipeline.pipeline.recorder import new_run_id
 from taxi_pipeline.pipeline.steps.common import run_attributes
@@ -110,9 +111,34 @@ class LocalOrchestrator:
         return run_ids
 
     def actions(self, run: Run) -> Sequence[RunAction]:
+        """Cancel for a queued or running run, restart for a failed, cancelled or abandoned one
+        (the same rules as ``runs cancel`` / ``runs restart``), judged on the run as the home's
+        history derives it now, heartbeats included."""
+        history = self.pipeline.history
+        if history is None:
+            return ()
+        current = current_run(history, run.run_id, history.liveness())
+        if current.state in ACTIVE:
+            return (RunAction("cancel", "Cancel"),)
+        if current.state in RESTARTABLE:
+            return (RunAction("restart", "Restart"),)
         return ()
 
     def perform(self, action: str, run: Run) -> str:
+        history = self.pipeline.history
+        if history is None:
+            raise LookupError(f"{action!r} is not offered for run {run.run_id}")
+        if action == "cancel":
+            outcome = cancel_run(history, run.run_id, history.liveness(), history.process)
+            # A run of this process stops at once; another process's stops when it polls.
+            self.pipeline.cancel(run.run_id, "cancelled from the web UI", record=False)
+            if not outcome.requested:
+                return f"run {run.run_id} had already ended ({outcome.run.state.value})"
+            return f"cancel of {run.run_id} requested"
+        if action == "restart":
+            new_run = restart_run(self.pipeline, history, run.run_id, history.liveness())
+            self._wake.set()
+            return f"restarted as {new_run}"
         raise LookupError(f"{action!r} is not offered for run {run.run_id}")
 
     def _work(self) -> None:
