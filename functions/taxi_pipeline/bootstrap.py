@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ from taxi_pipeline.admission import RunGate, Ticket
 from taxi_pipeline.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.events import build_gcs_event
+from taxi_pipeline.logs import redact
 from taxi_pipeline.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
 from taxi_pipeline.ports import (
     Bus,
     Lake,
     NullProgress,
     ObjectInfo,
+    ObjectReader,
     Ports,
     Progress,
     Source,
@@ -135,7 +138,7 @@ def build_local(settings: Settings, progress: Progress | None = None) -> LocalPi
     ports = Ports(
         settings=settings,
         lake=lake,
-        warehouse=build_warehouse(settings),
+        warehouse=build_warehouse(settings, lake),
         bus=bus,
         source=_http_source(settings),
         locks=ThreadLocks(),
@@ -150,10 +153,23 @@ def build_local(settings: Settings, progress: Progress | None = None) -> LocalPi
     return pipeline
 
 
-def build_warehouse(settings: Settings) -> Warehouse:
-    """The warehouse named by ``TAXI_PIPELINE_WAREHOUSE_URL``."""
+def build_warehouse(settings: Settings, lake: Lake | None = None) -> Warehouse:
+    """The warehouse named by ``TAXI_PIPELINE_WAREHOUSE_URL``.
+
+    ``lake``: where a warehouse that cannot read the lake itself (PostgreSQL) reads the objects
+    it stages; unset, the lake of the settings, built when first needed.
+    """
     url = settings.resolved_warehouse_url
     scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
+
+        password = settings.warehouse_password
+        return PostgresWarehouse.from_url(
+            url,
+            password=password.get_secret_value() if password else None,
+            open_object=lake.open if lake is not None else _lazy_lake_reader(settings),
+        )
     if scheme == "duckdb":
         from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
 
@@ -165,8 +181,24 @@ def build_warehouse(settings: Settings) -> Warehouse:
 
         return BigQueryWarehouse.from_url(url, settings, client=_bigquery_emulator_client(settings))
     raise ConfigurationError(
-        f"unknown warehouse URL scheme in {url!r} (use duckdb:// or bigquery://)"
+        f"unknown warehouse URL scheme in {redact(url)!r}"
+        " (use duckdb://, bigquery:// or postgresql://)"
     )
+
+
+def _lazy_lake_reader(
+    settings: Settings,
+) -> Callable[[str, str | None], AbstractContextManager[ObjectReader]]:
+    """``Lake.open`` of the settings' lake, built on the first read (commands such as ``sql``
+    that only query never touch the lake)."""
+    lakes: list[Lake] = []
+
+    def open_object(name: str, generation: str | None) -> AbstractContextManager[ObjectReader]:
+        if not lakes:
+            lakes.append(build_lake(settings))
+        return lakes[0].open(name, generation)
+
+    return open_object
 
 
 def _bigquery_emulator_client(settings: Settings) -> Any:
@@ -239,7 +271,7 @@ def build_cloud(settings: Settings) -> Ports:
 
     check_source_base(settings)
     lake = build_lake(settings)
-    warehouse = build_warehouse(settings)
+    warehouse = build_warehouse(settings, lake)
     locks = GcsLocks(lake) if isinstance(lake, GcsStore) else ThreadLocks()
     return Ports(
         settings=settings,

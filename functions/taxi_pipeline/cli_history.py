@@ -35,6 +35,7 @@ from taxi_pipeline.bootstrap import LocalPipeline, build_bus, build_warehouse
 from taxi_pipeline.cli import HomeOption, SourceOption, _open, console, err_console, load_settings
 from taxi_pipeline.datasets import Dataset, Month, published_months
 from taxi_pipeline.errors import PipelineError
+from taxi_pipeline.logs import redact
 from taxi_pipeline.messages import IngestResult, RunState, Topic
 from taxi_pipeline.ports import Bus, Warehouse
 from taxi_pipeline.schedules import load_schedules
@@ -146,7 +147,7 @@ def runs(
             err_console.print("no runs match")
         else:
             err_console.print(
-                f"no runs recorded yet in {settings.resolved_warehouse_url}"
+                f"no runs recorded yet in {redact(settings.resolved_warehouse_url)}"
                 " (start one with `taxi-pipeline run DATASET YYYY-MM`)",
                 soft_wrap=True,
                 highlight=False,
@@ -438,12 +439,15 @@ def _backfill_cloud(
     except (PipelineError, ImportError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    # QUEUED lines go to the cloud warehouse only: a local DuckDB would split the history.
-    cloud_history = settings.resolved_warehouse_url.startswith("bigquery://")
+    # QUEUED lines go to the cloud warehouse only (BigQuery, or the PostgreSQL the functions use):
+    # a local DuckDB would split the history.
+    cloud_history = settings.resolved_warehouse_url.startswith(
+        ("bigquery://", "postgresql://", "postgres://")
+    )
     if only_missing and not cloud_history:
         err_console.print(
             "[red]error:[/red] --only-missing with --cloud needs the cloud warehouse"
-            " (TAXI_PIPELINE_WAREHOUSE_URL=bigquery://project/dataset)"
+            " (TAXI_PIPELINE_WAREHOUSE_URL=bigquery://project/dataset or postgresql://...)"
         )
         raise typer.Exit(2)
     context = _warehouse(settings) if cloud_history else _no_warehouse()

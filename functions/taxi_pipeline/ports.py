@@ -37,6 +37,12 @@ class ObjectWriter(Protocol):
     def write(self, chunk: bytes) -> None: ...
 
 
+class ObjectReader(Protocol):
+    """The bytes of a lake object being read, in order; ``b""`` at the end."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class Lake(Protocol):
     """The raw-file store: a folder locally, a GCS bucket in the cloud."""
 
@@ -50,6 +56,16 @@ class Lake(Protocol):
 
     def read_head(self, name: str, size: int) -> bytes:
         """The first ``size`` bytes of the object (fewer if it is shorter)."""
+
+    def open(
+        self, name: str, generation: str | None = None
+    ) -> AbstractContextManager[ObjectReader]:
+        """Stream the whole object (``read(n)`` at a time, in bounded memory).
+
+        With ``generation``, exactly that generation: :class:`TransientError` once the object
+        was replaced (the replacement brings its own event), :class:`PermanentError` when gone.
+        For a warehouse that cannot read the lake itself (PostgreSQL is fed through its client).
+        """
 
     def delete(self, name: str) -> None:
         """Remove the object; no error when it is already gone."""
@@ -149,10 +165,15 @@ class Warehouse(Protocol):
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         """Insert staged rows whose id is not in the final table; returns rows inserted.
 
-        Only target rows inside ``pickup_ranges`` (and NULL pickups when asked) are read.
+        Only target rows inside ``pickup_ranges`` (and NULL pickups when asked) are read. With
+        ``load``, the load is recorded too (its ``rows_inserted`` replaced by the count), in the
+        same transaction where the warehouse has one (DuckDB, PostgreSQL), right after it where
+        it has not (BigQuery: a crash in between re-stages and inserts 0).
         """
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:

@@ -29,7 +29,12 @@ from google.cloud.storage.fileio import BlobWriter
 
 from taxi_pipeline.adapters.gcp.gcs import GcsStore, _GcsWriter
 from taxi_pipeline.adapters.local.folder import STALE_PART_SECONDS, FolderStore
-from taxi_pipeline.errors import InvalidMessage, TransientError, VerificationFailed
+from taxi_pipeline.errors import (
+    InvalidMessage,
+    PermanentError,
+    TransientError,
+    VerificationFailed,
+)
 from taxi_pipeline.ports import Lake
 from taxi_pipeline.settings import Settings
 
@@ -150,6 +155,31 @@ def test_read_head_of_a_short_object_and_of_nothing(lake: Lake) -> None:
     _write(lake, "raw/x/short.bin", b"abc")
     assert lake.read_head("raw/x/short.bin", 1000) == b"abc"
     assert lake.read_head("raw/x/short.bin", 0) == b""
+
+
+def test_open_streams_the_whole_object_in_pieces(lake: Lake) -> None:
+    payload = os.urandom(3 * MIB + 4321)  # several of GcsStore's 1 MiB ranged reads here
+    _write(lake, NAME, payload)
+    info = lake.stat(NAME)
+    assert info is not None
+    for generation in (None, info.generation):
+        pieces = []
+        with lake.open(NAME, generation) as reader:
+            while piece := reader.read(700_000):
+                assert len(piece) <= 700_000
+                pieces.append(piece)
+        assert b"".join(pieces) == payload
+
+
+def test_open_of_a_replaced_generation_or_a_missing_object(lake: Lake) -> None:
+    _write(lake, NAME, b"first")
+    first = lake.stat(NAME)
+    _write(lake, NAME, b"second")
+    assert first is not None
+    with pytest.raises(TransientError, match="replaced"), lake.open(NAME, first.generation) as r:
+        r.read()
+    with pytest.raises(PermanentError, match="not in the lake"), lake.open("raw/none.csv.gz") as r:
+        r.read()
 
 
 def test_list_by_prefix_and_delete(lake: Lake) -> None:

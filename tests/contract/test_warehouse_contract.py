@@ -1,4 +1,5 @@
-"""The Warehouse contract: one suite over every adapter (DuckDB, BigQuery on the emulator).
+"""The Warehouse contract: one suite over every adapter (DuckDB, PostgreSQL, BigQuery on the
+emulator).
 
 An adapter that passes it is interchangeable for the steps. BigQuery runs in ``load`` staging
 mode: the emulator has no external tables (see tests/integration/test_bigquery_warehouse.py for
@@ -21,6 +22,8 @@ import pytest
 
 from taxi_pipeline.adapters.gcp.bigquery import BigQueryWarehouse
 from taxi_pipeline.adapters.local.duckdb_warehouse import DuckDbWarehouse
+from taxi_pipeline.adapters.local.folder import FolderStore
+from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
 from taxi_pipeline.datasets import Dataset, Month, object_name
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.errors import PermanentError
@@ -65,6 +68,26 @@ def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     warehouse.close()
 
 
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    server = request.getfixturevalue("postgres_server")
+    database = request.getfixturevalue("postgres_database")
+    lake = FolderStore(tmp_path / "lake")
+    warehouse = PostgresWarehouse.from_url(
+        server.url(database), password=server.password, open_object=lake.open
+    )
+
+    def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
+        name = object_name(dataset, month)
+        with lake.writer(name, {}) as out:
+            out.write(path.read_bytes())
+        info = lake.stat(name)
+        assert info is not None
+        return info
+
+    yield Harness(warehouse, put, warehouse.table_names)
+    warehouse.close()
+
+
 def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     client = request.getfixturevalue("bigquery_client")
     storage = request.getfixturevalue("storage_client")
@@ -89,6 +112,7 @@ def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
 
 CONFIGS = [
     pytest.param(AdapterConfig("duckdb", _duckdb)),
+    pytest.param(AdapterConfig("postgres", _postgres)),
     pytest.param(AdapterConfig("bigquery-emulator-load", _bigquery), marks=pytest.mark.emulator),
 ]
 

@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ from taxi_pipeline.ports import (
     Lake,
     LoadRecord,
     ObjectInfo,
+    ObjectReader,
     ObjectWriter,
     Ports,
     QueryResult,
@@ -325,6 +326,11 @@ class KillingLake:
     def read_head(self, name: str, size: int) -> bytes:
         return self.inner.read_head(name, size)
 
+    def open(
+        self, name: str, generation: str | None = None
+    ) -> AbstractContextManager[ObjectReader]:
+        return self.inner.open(name, generation)
+
     def delete(self, name: str) -> None:
         self.inner.delete(name)
 
@@ -366,11 +372,13 @@ class KillingWarehouse:
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         return self._around(
             "merge_staged",
             lambda: self.inner.merge_staged(
-                dataset, month, pickup_ranges, include_null_pickup, context
+                dataset, month, pickup_ranges, include_null_pickup, context, load=load
             ),
         )
 
@@ -426,6 +434,8 @@ class FailingWarehouse(KillingWarehouse):
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         raise self._error
 
@@ -588,6 +598,11 @@ class AnnouncingLake:
 
     def read_head(self, name: str, size: int) -> bytes:
         return self.inner.read_head(name, size)
+
+    def open(
+        self, name: str, generation: str | None = None
+    ) -> AbstractContextManager[ObjectReader]:
+        return self.inner.open(name, generation)
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -34,6 +34,8 @@ from taxi_pipeline.datasets import is_safe_object_name
 from taxi_pipeline.errors import (
     ConfigurationError,
     InvalidMessage,
+    PermanentError,
+    PipelineError,
     TransientError,
     VerificationFailed,
 )
@@ -96,6 +98,21 @@ class _GcsWriter:
     @property
     def md5_base64(self) -> str:
         return base64.b64encode(self.md5.digest()).decode()
+
+
+class _GcsReader:
+    """What :meth:`GcsStore.open` yields: the SDK's ``BlobReader`` with errors translated."""
+
+    def __init__(self, stream: Any, translated: Callable[[Exception], PipelineError]) -> None:
+        self._stream = stream
+        self._translated = translated
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            data: bytes = self._stream.read(size)
+        except Exception as exc:
+            raise self._translated(exc) from exc
+        return data
 
 
 class GcsStore:
@@ -322,6 +339,34 @@ class GcsStore:
         except Exception as exc:
             raise translate(exc, f"read {self.uri(name)}") from exc
         return data[:size]
+
+    @contextmanager
+    def open(self, name: str, generation: str | None = None) -> Iterator[_GcsReader]:
+        """Stream the object with ranged GETs of ``upload_chunk_mib`` (the SDK's BlobReader),
+        pinned to ``generation`` when given."""
+        check_object_name(name)
+        blob = self._bucket().blob(name, generation=int(generation) if generation else None)
+        try:
+            stream = blob.open("rb", chunk_size=self.chunk_size, timeout=self.timeout)
+        except Exception as exc:
+            raise self._read_error(exc, name, generation) from exc
+        reader = _GcsReader(stream, lambda exc: self._read_error(exc, name, generation))
+        try:
+            yield reader
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def _read_error(self, exc: Exception, name: str, generation: str | None) -> PipelineError:
+        from google.api_core.exceptions import NotFound
+
+        if isinstance(exc, NotFound) and generation is not None and self.stat(name) is not None:
+            return TransientError(
+                f"{self.uri(name)} was replaced (generation {generation} is gone); read it again"
+            )
+        if isinstance(exc, NotFound):
+            return PermanentError(f"{self.uri(name)} is not in the lake")
+        return translate(exc, f"read {self.uri(name)}")
 
     def delete(self, name: str) -> None:
         """Remove the object; no error when it is already gone."""

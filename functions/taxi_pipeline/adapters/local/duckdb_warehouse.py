@@ -324,19 +324,37 @@ class DuckDbWarehouse:
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
+        """The insert and the load record in one transaction."""
         stg = staging_table(dataset, month)
         columns = ", ".join(
             ["unique_row_id", "filename", *(_quote_ident(n) for n in dataset.layout.names)]
         )
         prune = target_pickup_predicate(dataset, pickup_ranges, include_null_pickup, "t")
-        ((inserted,),) = self._run(
-            "merge into final table",
-            f"INSERT INTO {dataset.final_table} ({columns})"
-            f" SELECT {columns} FROM {stg} s WHERE NOT EXISTS (SELECT 1 FROM"
-            f" {dataset.final_table} t WHERE ({prune}) AND t.unique_row_id = s.unique_row_id)",
-            cursor=self._staging_cursor(stg),
-        )
+        cursor = self._staging_cursor(stg)
+        self._run("begin merge", "BEGIN TRANSACTION", cursor=cursor)
+        try:
+            ((inserted,),) = self._run(
+                "merge into final table",
+                f"INSERT INTO {dataset.final_table} ({columns})"
+                f" SELECT {columns} FROM {stg} s WHERE NOT EXISTS (SELECT 1 FROM"
+                f" {dataset.final_table} t WHERE ({prune}) AND t.unique_row_id = s.unique_row_id)",
+                cursor=cursor,
+            )
+            if load is not None:
+                self._run(
+                    "record load",
+                    "INSERT INTO pipeline_loads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _load_row(load, int(inserted)),
+                    cursor=cursor,
+                )
+            self._run("commit merge", "COMMIT", cursor=cursor)
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
+            raise
         return int(inserted)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
@@ -464,16 +482,7 @@ class DuckDbWarehouse:
         self._run(
             "record load",
             "INSERT INTO pipeline_loads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                record.dataset.value,
-                str(record.month),
-                record.object_name,
-                record.generation,
-                record.run_id,
-                record.rows_in_file,
-                record.rows_inserted,
-                _naive(record.loaded_at),
-            ],
+            _load_row(record, record.rows_inserted),
         )
 
     def find_load(self, object_name: str, generation: str) -> LoadRecord | None:
@@ -518,6 +527,19 @@ def target_pickup_predicate(
     if include_null:
         terms.append(f"{pickup} IS NULL")
     return " OR ".join(terms) or "FALSE"
+
+
+def _load_row(record: LoadRecord, rows_inserted: int) -> list[object]:
+    return [
+        record.dataset.value,
+        str(record.month),
+        record.object_name,
+        record.generation,
+        record.run_id,
+        record.rows_in_file,
+        rows_inserted,
+        _naive(record.loaded_at),
+    ]
 
 
 def _local_path(source: ObjectInfo) -> Path:

@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from taxi_pipeline.datasets import is_safe_object_name
-from taxi_pipeline.errors import InvalidMessage
+from taxi_pipeline.errors import InvalidMessage, PermanentError, TransientError
 from taxi_pipeline.ports import ObjectInfo
 
 STALE_PART_SECONDS = 3600
@@ -137,6 +138,24 @@ class FolderStore:
     def read_head(self, name: str, size: int) -> bytes:
         with self._path(name).open("rb") as handle:
             return handle.read(size)
+
+    @contextmanager
+    def open(self, name: str, generation: str | None = None) -> Iterator[BinaryIO]:
+        path = self._path(name)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError as exc:
+            raise PermanentError(f"{name} is not in the lake") from exc
+        with handle:
+            # The handle keeps the file it opened even if a writer renames another over it, so
+            # checking the generation after opening tells which one is being read.
+            if generation is not None:
+                current = self.stat(name)
+                if current is None or current.generation != generation:
+                    raise TransientError(
+                        f"{name} was replaced (generation {generation} is gone); read it again"
+                    )
+            yield handle
 
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
