@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     socket). Unset: ``{home}/warehouse.duckdb`` (made absolute) as a ``duckdb://`` URL."""
 
     warehouse_password: SecretStr | None = None
-    """PostgreSQL password when the warehouse URL has none (before ``PGPASSWORD``); never
-    printed."""
+    """PostgreSQL password when the warehouse URL has none; unset: libpq's ``PGPASSWORD`` or
+    ``~/.pgpass``. Never printed."""
 
     source_url: str = DEFAULT_SOURCE_URL
     """Base of the source files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``."""

@@ -179,7 +179,9 @@ class PostgresWarehouse:
         where = self.target.described
         text = self._redact(_first_line(exc))
         if "password authentication failed" in text:
-            return ConfigurationError(f"PostgreSQL at {where} refused the password: {text}")
+            return ConfigurationError(
+                f"PostgreSQL at {where} refused the password (password authentication failed)"
+            )
         if "no password supplied" in text or "password is required" in text.lower():
             return ConfigurationError(
                 f"PostgreSQL at {where} needs a password: put it in the URL, PGPASSWORD or"
@@ -194,12 +196,7 @@ class PostgresWarehouse:
     def _check_and_create(self, conn: psycopg.Connection[Any]) -> None:
         """The server can MERGE, the schema exists; create the history tables and parsers."""
         try:
-            version = conn.info.server_version
-            if version < MINIMUM_SERVER_VERSION:
-                raise ConfigurationError(
-                    f"PostgreSQL at {self.target.described} is version {version // 10000}."
-                    f"{version % 10000}; the warehouse needs 15 or newer (MERGE)"
-                )
+            check_server_version(conn.info.server_version, self.target.described)
             (exists,) = _one(conn, "SELECT to_regnamespace(%s) IS NOT NULL", [self.schema])
             if not exists:
                 raise ConfigurationError(
@@ -657,6 +654,15 @@ class PostgresWarehouse:
 class _Staging:
     conn: psycopg.Connection[Any]
     name: str
+
+
+def check_server_version(version: int, where: str) -> None:
+    """Refuse a server without MERGE (``version``: libpq's number, 150004 for 15.4)."""
+    if version < MINIMUM_SERVER_VERSION:
+        raise ConfigurationError(
+            f"PostgreSQL at {where} is version {version // 10000}.{version % 10000}; the"
+            " warehouse needs PostgreSQL 15 or newer (MERGE)"
+        )
 
 
 def landing_name(dataset: Dataset, month: Month, run_id: str) -> str:
