@@ -167,7 +167,8 @@ class PostgresWarehouse:
             raise self._connect_error(exc, first) from exc
         try:
             conn.execute(
-                "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false)",
+                "SELECT set_config('search_path', %s, false), set_config('TimeZone', 'UTC', false),"
+                " set_config('DateStyle', 'ISO, MDY', false)",
                 [sql.quote_ident(self.schema)],
             )
         except psycopg.Error as exc:
@@ -422,19 +423,33 @@ class PostgresWarehouse:
                 f"the {dataset.value} {month} landing table is gone; stage the month again"
             )
         conn = staging.conn
-        statement = sql.merge_sql(
-            dataset,
-            self._table(dataset.final_table),
-            self._table(staging.name),
-            month,
-            pickup_ranges,
-            include_null_pickup,
-        )
+        landing = self._table(staging.name)
+        partition = sql.partition_name(dataset, month)
         try:
             with conn.transaction():
                 for key in merge_lock_keys(dataset, month, pickup_ranges, include_null_pickup):
                     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
-                inserted = conn.execute(statement).rowcount
+                # The file's month is locked: whether its partition exists cannot change now.
+                (loaded_before,) = _one(
+                    conn, "SELECT to_regclass(%s) IS NOT NULL", [self._table(partition)]
+                )
+                if loaded_before:
+                    statement = sql.merge_sql(
+                        dataset,
+                        self._table(dataset.final_table),
+                        landing,
+                        month,
+                        pickup_ranges,
+                        include_null_pickup,
+                    )
+                    inserted = conn.execute(statement).rowcount
+                else:
+                    first, *rest = sql.new_partition_sql(
+                        dataset, self.schema, landing, month, pickup_ranges, include_null_pickup
+                    )
+                    inserted = conn.execute(first).rowcount
+                    for statement in rest:
+                        conn.execute(statement)
                 if load is not None:
                     self._insert_load(conn, load, inserted)
         except psycopg.Error as exc:
@@ -452,7 +467,7 @@ class PostgresWarehouse:
             try:
                 found = conn.execute(
                     "SELECT relname FROM pg_class WHERE relnamespace = to_regnamespace(%s)"
-                    " AND relkind = 'r' AND relname LIKE %s",
+                    " AND relkind = 'r' AND NOT relispartition AND relname LIKE %s",
                     [self.schema, pattern],
                 ).fetchall()
                 for (table,) in found:
@@ -508,8 +523,9 @@ class PostgresWarehouse:
             str(name)
             for (name,) in self._run(
                 "list tables",
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
-                " ORDER BY 1",
+                # A final table's partitions are part of it, not tables of their own.
+                "SELECT relname FROM pg_class WHERE relnamespace = to_regnamespace(%s)"
+                " AND relkind IN ('r', 'p') AND NOT relispartition ORDER BY 1",
                 [self.schema],
             )
         ]
