@@ -58,7 +58,8 @@ def test_merge_locks_cover_the_files_month_and_every_pickup_month_in_order() -> 
 def test_each_run_lands_in_a_table_of_its_own_outside_the_partitions_names() -> None:
     first, second = landing_name(GREEN, JAN, "green-201901-a"), landing_name(GREEN, JAN, "b")
     assert first != second
-    assert first.startswith("green_tripdata_2019_01_") and len(first) <= 63
+    assert first.startswith("green_tripdata_2019_01_")
+    assert len(first) <= 63
     assert not sql.partition_name(GREEN, JAN).startswith("green_tripdata_2019_01_")
 
 
