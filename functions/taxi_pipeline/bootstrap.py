@@ -16,6 +16,7 @@ from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.local.admission import RunGate, Ticket
+from taxi_pipeline.logs import redact
 from taxi_pipeline.pipeline import handlers
 from taxi_pipeline.pipeline.cloudevents import build_gcs_event
 from taxi_pipeline.pipeline.ports import (
@@ -153,6 +154,15 @@ def build_warehouse(settings: Settings, *, read_only: bool = False) -> Warehouse
     opened for reading without creating anything (DuckDB: no file, no folder, no tables)."""
     url = settings.resolved_warehouse_url
     scheme = urlsplit(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
+
+        password = settings.warehouse_password
+        return PostgresWarehouse.from_url(
+            url,
+            password=password.get_secret_value() if password else None,
+            read_only=read_only,
+        )
     if scheme == "duckdb":
         from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 
@@ -167,7 +177,8 @@ def build_warehouse(settings: Settings, *, read_only: bool = False) -> Warehouse
 
         return BigQueryWarehouse.from_url(url, settings, client=_bigquery_emulator_client(settings))
     raise ConfigurationError(
-        f"unknown warehouse URL scheme in {url!r} (use duckdb:// or bigquery://)"
+        f"unknown warehouse URL scheme in {redact(url)!r}"
+        " (use duckdb://, bigquery:// or postgresql://)"
     )
 
 

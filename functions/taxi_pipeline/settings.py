@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SOURCE_URL: Final = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
@@ -45,9 +45,13 @@ class Settings(BaseSettings):
     (made absolute) as a ``file://`` URL."""
 
     warehouse_url: str | None = None
-    """``duckdb:///abs/path.duckdb`` or ``bigquery://project/dataset``.
+    """``duckdb:///abs/path.duckdb``, ``bigquery://project/dataset`` or
+    ``postgresql://user@host:port/db?schema=NAME`` (a libpq URL; ``?host=/cloudsql/...`` for a
+    socket). Unset: ``{home}/warehouse.duckdb`` (made absolute) as a ``duckdb://`` URL."""
 
-    Unset: ``{home}/warehouse.duckdb`` (made absolute) as a ``duckdb://`` URL."""
+    warehouse_password: SecretStr | None = None
+    """PostgreSQL password when the warehouse URL has none; unset: libpq's ``PGPASSWORD`` or
+    ``~/.pgpass``. Never printed."""
 
     source_url: str = DEFAULT_SOURCE_URL
     """Base of the source files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``."""

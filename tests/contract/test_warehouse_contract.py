@@ -1,4 +1,5 @@
-"""The Warehouse contract: one suite over every adapter (DuckDB, BigQuery on the emulator).
+"""The Warehouse contract: one suite over every adapter (DuckDB, PostgreSQL, BigQuery on the
+emulator).
 
 An adapter that passes it is interchangeable for the steps. BigQuery runs in ``load`` staging
 mode: the emulator has no external tables (see tests/integration/test_bigquery_warehouse.py for
@@ -23,6 +24,7 @@ from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
 from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore
+from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.domain.datasets import Dataset, Month, object_name
 from taxi_pipeline.domain.messages import RunState
@@ -75,6 +77,24 @@ def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     warehouse.close()
 
 
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    server = request.getfixturevalue("postgres_server")
+    database = request.getfixturevalue("postgres_database")
+    lake = FolderStore(tmp_path / "lake")
+    warehouse = PostgresWarehouse.from_url(server.url(database), password=server.password)
+
+    def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
+        name = object_name(dataset, month)
+        with lake.writer(name, {}) as out:
+            out.write(path.read_bytes())
+        info = lake.stat(name)
+        assert info is not None
+        return info
+
+    yield Harness(warehouse, lake, put, warehouse.table_names)
+    warehouse.close()
+
+
 def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     client = request.getfixturevalue("bigquery_client")
     storage = request.getfixturevalue("storage_client")
@@ -100,6 +120,7 @@ def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
 
 CONFIGS = [
     pytest.param(AdapterConfig("duckdb", _duckdb)),
+    pytest.param(AdapterConfig("postgres", _postgres)),
     pytest.param(AdapterConfig("bigquery-emulator-load", _bigquery), marks=pytest.mark.emulator),
 ]
 

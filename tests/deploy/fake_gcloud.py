@@ -9,7 +9,8 @@ Notification channels are kept as name -> email address, alert policies as name 
 
 Knobs (environment): ``FAKE_GCLOUD_ACCOUNT`` (empty: not logged in), ``FAKE_GCLOUD_BILLING``
 (``True``/``False``), ``FAKE_GCLOUD_FOREIGN_BUCKETS`` (comma list of names owned elsewhere),
-``FAKE_GCLOUD_REAL_PYTHON`` (interpreter for ``python -m infra.provision spec`` / ``-c``).
+``FAKE_GCLOUD_REAL_PYTHON`` (interpreter for ``python -m infra.provision spec`` / ``-c``),
+``FAKE_GCLOUD_SECRETS`` (comma list of the Secret Manager secrets that exist).
 """
 
 from __future__ import annotations
@@ -123,6 +124,15 @@ def gcloud(args: list[str]) -> int:  # noqa: C901 (one branch per command)
                 bindings.remove(binding)
             _save(state)
             return 0
+    if words.startswith("secrets describe"):  # secrets are the user's: never created here
+        return out(pos[2]) if pos[2] in os.environ.get("FAKE_GCLOUD_SECRETS", "").split(",") else 1
+    if pos[:2] == ["run", "services"] and pos[2] in ("describe", "update"):
+        attached: dict[str, str] = state.setdefault("cloudsql", {})
+        if pos[2] == "describe":
+            return out(attached.get(pos[3], "")) if pos[3] in state["functions"] else 1
+        attached[pos[3]] = flags["set-cloudsql-instances"][0]
+        _save(state)
+        return 0
     if pos[:1] == ["functions"]:
         verb, name = pos[1], pos[2]
         if verb == "describe":

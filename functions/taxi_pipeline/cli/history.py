@@ -18,6 +18,7 @@ from taxi_pipeline.cli.common import (
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, published_months
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.logs import redact
 from taxi_pipeline.render import html as report_html
 from taxi_pipeline.render import text as render_text
 
@@ -91,7 +92,7 @@ def runs(
             print_line("no runs match", err=True)
         else:
             print_line(
-                f"no runs recorded yet in {settings.resolved_warehouse_url}"
+                f"no runs recorded yet in {redact(settings.resolved_warehouse_url)}"
                 " (start one with `taxi-pipeline run DATASET YYYY-MM`)",
                 err=True,
             )
@@ -117,7 +118,7 @@ def show(
     with open_warehouse(settings) as warehouse:
         events = warehouse.run_events(run_id=run_id)
     if not events:
-        raise CliError(f"no run {run_id!r} in {settings.resolved_warehouse_url}")
+        raise CliError(f"no run {run_id!r} in {redact(settings.resolved_warehouse_url)}")
     for line in render_text.describe_run(history.derive_run(events), width=max(width, 10)):
         print_line(line)
 
@@ -149,7 +150,7 @@ def status(
     cells = history.coverage(datasets, months, loads, all_runs)
     for line in render_text.coverage_table(datasets, months, cells):
         print_line(line)
-    print_line(f"read {settings.resolved_warehouse_url}")
+    print_line(f"read {redact(settings.resolved_warehouse_url)}")
     if html is not None:
         shown = [r for r in all_runs if dataset is None or r.dataset == dataset.value]
         page = report_html.render(datasets, months, cells, shown)

@@ -171,10 +171,15 @@ class Staging(Protocol):
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         """Insert staged rows whose id is not in the final table; returns rows inserted.
 
-        Only target rows inside ``pickup_ranges`` (and NULL pickups when asked) are read.
+        Only target rows inside ``pickup_ranges`` (and NULL pickups when asked) are read. With
+        ``load``, the load is recorded too (its ``rows_inserted`` replaced by the count), in the
+        same transaction where the warehouse has one (DuckDB, PostgreSQL), right after it where
+        it has not (BigQuery: a crash in between re-stages and inserts 0).
         """
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:

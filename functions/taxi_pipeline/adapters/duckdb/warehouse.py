@@ -12,6 +12,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -230,10 +231,24 @@ class DuckDbWarehouse:
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
+        """The insert and the load record in one transaction."""
         stg = staging_table(dataset, month)
         sql = SQL.merge_sql(dataset, dataset.final_table, stg, pickup_ranges, include_null_pickup)
-        ((inserted,),) = self._run("merge into final table", sql, cursor=self._staging_cursor(stg))
+        cursor = self._staging_cursor(stg)
+        self._run("begin merge", "BEGIN TRANSACTION", cursor=cursor)
+        try:
+            ((inserted,),) = self._run("merge into final table", sql, cursor=cursor)
+            if load is not None:
+                statement, params = HISTORY.insert_load(replace(load, rows_inserted=int(inserted)))
+                self._run("record load", statement, [p.value for p in params], cursor=cursor)
+            self._run("commit merge", "COMMIT", cursor=cursor)
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                cursor.execute("ROLLBACK")
+            raise
         return int(inserted)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:

@@ -132,9 +132,19 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
             staged = ports.warehouse.stage(dataset, month, source, ports.lake, context)
             _check_staged(staged, source.name, ports)
             ranges = pickup_ranges(staged.pickup_dates)
+            load = LoadRecord(
+                dataset,
+                month,
+                source.name,
+                source.generation,
+                request.run_id,
+                staged.rows,
+                0,  # the warehouse records what it inserted
+                utcnow(),
+            )
             with ports.locks.hold(f"insert-{dataset.value}"):
                 inserted = ports.warehouse.merge_staged(
-                    dataset, month, ranges, _reads_null_pickups(staged), context
+                    dataset, month, ranges, _reads_null_pickups(staged), context, load=load
                 )
         except PermanentError:
             # A refused month leaves no external or staging table behind. (After a transient
@@ -142,18 +152,6 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
             _drop_quietly(ports, dataset, month)
             raise
         ports.warehouse.drop_month_objects(dataset, month)
-        ports.warehouse.record_load(
-            LoadRecord(
-                dataset,
-                month,
-                source.name,
-                source.generation,
-                request.run_id,
-                staged.rows,
-                inserted,
-                utcnow(),
-            )
-        )
     result = IngestResult(
         run_id=request.run_id,
         dataset=dataset,
