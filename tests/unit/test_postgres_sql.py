@@ -17,6 +17,7 @@ from taxi_pipeline.adapters.postgres.warehouse import (
     partition_name,
 )
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
+from taxi_pipeline.adapters.sql.history import History
 from taxi_pipeline.domain.datasets import Column, Dataset, Month
 from taxi_pipeline.domain.formats import CSV_GZ
 from taxi_pipeline.errors import ConfigurationError
@@ -146,9 +147,17 @@ def test_the_final_table_is_partitioned_by_file_and_merges_with_merge_into() -> 
     assert "WHERE NOT EXISTS (\n  SELECT 1 FROM f t\n" in first
 
 
-def test_history_parameters_are_psycopg_named_placeholders() -> None:
+def test_history_parameters_are_psycopg_named_placeholders_and_the_server_numbers_lines() -> None:
     assert POSTGRES.param("run_id") == "%(run_id)s"
-    assert POSTGRES.history_types["timestamp"] == "timestamptz"
+    runs, loads = History(POSTGRES, "r", "l").ddl()
+    assert runs.startswith(
+        "CREATE TABLE IF NOT EXISTS r (\n  seq bigint GENERATED ALWAYS AS IDENTITY,\n"
+        '  "run_id" text NOT NULL,'
+    )
+    assert '"recorded_at" timestamptz NOT NULL' in runs
+    assert "seq" not in loads
+    sql, _ = History(POSTGRES, "r", "l").select_events("x", None, None)
+    assert sql.endswith("WHERE TRUE AND run_id = %(run_id)s ORDER BY recorded_at, seq")
 
 
 def test_only_csv_gz_objects_can_be_copied() -> None:

@@ -1,7 +1,8 @@
 """The ports: what the steps need from the outside world, as small protocols.
 
 Each port has a local adapter (folder, DuckDB, in-process) and a GCP adapter (GCS, BigQuery,
-Pub/Sub); ``tests/contract`` runs one suite per port over every adapter.
+Pub/Sub), and the warehouse a PostgreSQL one; ``tests/contract`` runs one suite per port over
+every adapter.
 """
 
 from __future__ import annotations
@@ -225,8 +226,8 @@ class Closeable(Protocol):
 
 
 class Warehouse(Staging, UserQueries, RunHistory, LoadLedger, Closeable, Protocol):
-    """DuckDB locally, BigQuery in the cloud: every warehouse port in one adapter. Code that
-    needs one part takes that part's protocol."""
+    """DuckDB locally, BigQuery in the cloud, PostgreSQL in either: every warehouse port in one
+    adapter. Code that needs one part takes that part's protocol."""
 
 
 class Bus(Protocol):

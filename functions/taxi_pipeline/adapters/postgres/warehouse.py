@@ -228,7 +228,16 @@ class PostgresWarehouse:
                         f" {self.target.described} (`taxi-pipeline run` creates them)"
                     )
             else:
-                self._ddl(conn, self._history_ddl())
+                # Only what is missing: CREATE INDEX takes a lock on its table even when the
+                # index exists, and every process (each Cloud Run instance) gets here.
+                (ready,) = _one(
+                    conn,
+                    "SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+                    [self.history.runs_ref, self.history.loads_ref],
+                )
+                self._ddl(
+                    conn, [*([] if ready else self._history_ddl()), *POSTGRES.functions_sql()]
+                )
         except BaseException:
             conn.close()
             raise
@@ -238,12 +247,9 @@ class PostgresWarehouse:
         runs, loads = self.history.runs_ref, self.history.loads_ref
         return [
             *self.history.ddl(),
-            # Orders lines of equal recorded_at (POSTGRES.insertion_order), filled by the server.
-            f"ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS seq bigint GENERATED ALWAYS AS IDENTITY",
             f"CREATE INDEX IF NOT EXISTS pipeline_runs_run_id ON {runs} (run_id)",
             f"CREATE INDEX IF NOT EXISTS pipeline_loads_object ON {loads}"
             " (object_name, generation)",
-            *POSTGRES.functions_sql(),
         ]
 
     @contextlib.contextmanager
@@ -337,10 +343,14 @@ class PostgresWarehouse:
     def ensure_final_table(self, dataset: Dataset) -> None:
         final = self._table(dataset.final_table)
         with self._connection() as conn:
-            self._ddl(
-                conn,
-                [SQL.final_table_sql(dataset, final), *_index_sql(dataset, self.schema, final)],
-            )
+            # Each merge gets here: an existing table is left alone (CREATE INDEX IF NOT EXISTS
+            # would wait for the merges running on it). Table and indexes are one transaction.
+            (exists,) = _one(conn, "SELECT to_regclass(%s) IS NOT NULL", [final])
+            if not exists:
+                self._ddl(
+                    conn,
+                    [SQL.final_table_sql(dataset, final), *_index_sql(dataset, self.schema, final)],
+                )
 
     def create_external_table(
         self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader

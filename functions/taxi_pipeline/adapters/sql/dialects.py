@@ -50,6 +50,9 @@ class Dialect:
     """What orders history rows recorded at the same instant (a column, or the engine's row id)."""
     history_sequence: ClassVar[bool] = True
     """Whether ``pipeline_runs`` has a ``seq`` column the writer fills (no engine row id)."""
+    server_sequence: ClassVar[str | None] = None
+    """The type of a ``seq`` column of ``pipeline_runs`` the server fills itself (then
+    ``history_sequence`` is off and ``insertion_order`` names it)."""
     landing_types: ClassVar[Mapping[ColumnKind, str]] = {}
     """The types a client's COPY parses each kind into, where the adapter lands the lake object
     itself (the rest land as text): see ``Statements.staging_sql(landed=True)``."""
@@ -402,9 +405,9 @@ class PostgresDialect(Dialect):
     merge_style = "merge"
     merge_head = "MERGE INTO"
     fence = " OFFSET 0"
-    # pipeline_runs gets an identity column ``seq`` of its own (the adapter adds it): writers
-    # in several processes need no counter.
+    # pipeline_runs numbers its lines itself: writers in several processes need no counter.
     history_sequence = False
+    server_sequence = "bigint GENERATED ALWAYS AS IDENTITY"
 
     def param(self, name: str) -> str:
         return f"%({name})s"
