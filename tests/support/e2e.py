@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -48,6 +48,8 @@ class Cli:
     home: Path
     source_url: str
     runner: CliRunner
+    env: dict[str, str] = field(default_factory=dict)
+    """More environment (a warehouse URL, its password)."""
 
     def __call__(self, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str]:
         """Run ``taxi-pipeline *args``; the exit status and stdout + stderr as one text."""
@@ -58,6 +60,7 @@ class Cli:
                 "TAXI_PIPELINE_HOME": str(self.home),
                 "TAXI_PIPELINE_SOURCE_URL": self.source_url,
                 "COLUMNS": "200",
+                **self.env,
                 **(env or {}),
             },
             catch_exceptions=False,

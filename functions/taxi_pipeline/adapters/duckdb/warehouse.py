@@ -424,6 +424,8 @@ class DuckDbWarehouse:
         include_null_pickup: bool,
         context: JobContext,
     ) -> int:
+        """The insert, in one transaction. The load ledger is not DuckDB's: the caller
+        (:class:`EmbeddedWarehouse`) records the load once this has committed."""
         stg = staging_table(dataset, month)
         cursor = self._staging_cursor(stg)
         final = self._final(dataset)

@@ -54,13 +54,7 @@ class Statements:
                 return d.when(d.full_match(ref, _NUMERAL), ref)
             return ref
         if column.kind == "integer":
-            # "1.0" appears in some published months: accept whole decimals, refuse "1.5". A
-            # plain cast to an integer refuses "1.0" in BigQuery (and rounds "1.5" in its
-            # emulator).
-            number = d.try_cast(ref, d.column_types["numeric"])
-            return d.when(
-                f"{number} = {d.trunc(number)}", d.try_cast(number, d.column_types["integer"])
-            )
+            return d.try_integer(ref)
         return d.try_cast(ref, d.column_type(column))
 
     def possible_sql(self, column: Column, ref: str) -> str:
@@ -85,14 +79,56 @@ class Statements:
 
     # -- staging --------------------------------------------------------------------------
 
+    def landed(self, column: Column) -> bool:
+        """Whether COPY lands ``column`` typed (:meth:`landed_sql`), not as text."""
+        d = self.dialect
+        return d.landing_types.get(column.kind, d.text_type) != d.text_type
+
+    def landed_sql(self, column: Column, ref: str) -> str:
+        """The reference type of ``ref``, as the client's COPY landed it
+        (:attr:`~.dialects.PostgresDialect.landing_types`): a value its input function parsed
+        gets only its range checked (NULL: "1.5" for an integer, NaN), a text is cast as
+        :meth:`~.dialects.Dialect.landed_cast` says."""
+        d = self.dialect
+        if not self.landed(column):
+            return (
+                d.landed_cast(column, ref)
+                if column.kind != "string"
+                else self.typed_sql(column, ref)
+            )
+        if column.kind == "integer":
+            return d.when(
+                f"{ref} = {d.trunc(ref)} AND {ref} BETWEEN {-(2**63)} AND {2**63 - 1}",
+                f"CAST({ref} AS {d.column_types['integer']})",
+            )
+        if column.kind == "numeric":
+            # What DECIMAL(38, 9) holds once rounded to 9 decimals (NaN and infinities are not
+            # below it either).
+            return d.when(
+                f"abs({ref}) < {10**29 - 1}", f"CAST({ref} AS {d.column_types['numeric']})"
+            )
+        return ref
+
     def staging_sql(
-        self, dataset: Dataset, month: Month, table_ref: str, source_ref: str, filename: str
+        self,
+        dataset: Dataset,
+        month: Month,
+        table_ref: str,
+        source_ref: str,
+        filename: str,
+        *,
+        landed: bool = False,
     ) -> str:
         """The staging table from the month's text relation ``source_ref``.
 
         Empty fields become NULL first; each cast runs once (the text goes on under a private
         name, the typed value under the column's), and a row is bad where a text did not
         survive: ``_bad`` flags it and ``_bad_row`` keeps its text for the samples.
+
+        ``landed``: ``source_ref``'s columns hold the dialect's landing types instead of text
+        (PostgreSQL's COPY parsed the values), typed by :meth:`landed_sql`: a cast that fails
+        there fails the statement, and the adapter lands the file as text instead. A header line
+        inside the body cannot have landed (its names parse as no number).
         """
         d, q = self.dialect, self.q
         columns = dataset.layout.columns
@@ -102,23 +138,36 @@ class Statements:
         def text(c: Column) -> str:
             return q(f"__text_{c.name}")
 
-        nulled = ", ".join(f"{d.nullify_empty(n)} AS {n}" for n in names)
+        def typed_landing(c: Column) -> bool:
+            return landed and self.landed(c)
+
+        def as_text(c: Column) -> str:
+            ref = text(c) if c.checked else q(c.name)
+            return f"CAST({ref} AS {d.text_type})" if typed_landing(c) else ref
+
+        def cast(c: Column, ref: str) -> str:
+            return self.landed_sql(c, ref) if landed else self.typed_sql(c, ref)
+
+        nulled = ", ".join(
+            f"{n if typed_landing(c) else d.nullify_empty(n)} AS {n}"
+            for c, n in zip(columns, names, strict=True)
+        )
         typed = ",\n      ".join(
             [f"r.{q(c.name)} AS {text(c)}" for c in checked]
-            + [f"{self.typed_sql(c, 'r.' + q(c.name))} AS {q(c.name)}" for c in columns]
+            + [f"{cast(c, 'r.' + q(c.name))} AS {q(c.name)}" for c in columns]
         )
         possible = ",\n    ".join(
             [text(c) for c in checked]
             + [f"{self.possible_sql(c, q(c.name))} AS {q(c.name)}" for c in columns]
         )
         bad = " OR ".join(f"({text(c)} IS NOT NULL AND {q(c.name)} IS NULL)" for c in checked)
-        line = d.join_texts(
-            [f"COALESCE({text(c) if c.checked else q(c.name)}, '')" for c in columns]
-        )
+        line = d.join_texts([f"COALESCE({as_text(c)}, '')" for c in columns])
         # The header line again inside the body (files concatenated by hand): no trip. A bad
         # row, among the samples, not counted as a row, deleted before the merge.
-        header = " AND ".join(
-            f"{text(c) if c.checked else q(c.name)} = {d.quote_text(c.name)}" for c in columns
+        header = (
+            "FALSE"
+            if landed
+            else " AND ".join(f"{as_text(c)} = {d.quote_text(c.name)}" for c in columns)
         )
         return (
             f"{d.create_staging(table_ref)}\n"
@@ -132,8 +181,8 @@ class Statements:
             f"  SELECT {possible}\n"
             "  FROM (\n"
             f"    SELECT {typed}\n"
-            f"    FROM (SELECT {nulled} FROM {source_ref}) AS r\n"
-            "  ) AS typed\n"
+            f"    FROM (SELECT {nulled} FROM {source_ref}{d.fence}) AS r{d.fence}\n"
+            f"  ) AS typed{d.fence}\n"
             ") AS possible"
         )
 
@@ -223,15 +272,31 @@ class Statements:
         if self.dialect.merge_style == "merge":
             prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "T")
             return (
-                f"MERGE {final_ref} AS T\nUSING {staging_ref} AS S\n"
+                f"{self.dialect.merge_head} {final_ref} AS T\nUSING {staging_ref} AS S\n"
                 f"ON T.unique_row_id = S.unique_row_id\n  AND ({prune})\n"
                 f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)})\n"
                 f"  VALUES ({', '.join('S.' + c for c in columns)})"
             )
+        return self.insert_missing_sql(
+            dataset, final_ref, final_ref, staging_ref, ranges, include_null_pickup
+        )
+
+    def insert_missing_sql(
+        self,
+        dataset: Dataset,
+        into_ref: str,
+        final_ref: str,
+        staging_ref: str,
+        ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+    ) -> str:
+        """``INSERT INTO into_ref`` the staged rows whose id ``final_ref`` does not hold (the
+        final table itself, or a new table that becomes one of its partitions)."""
+        columns = self._final_columns(dataset)
         prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "t")
         listed = ", ".join(columns)
         return (
-            f"INSERT INTO {final_ref} ({listed})\n"
+            f"INSERT INTO {into_ref} ({listed})\n"
             f"SELECT {listed} FROM {staging_ref} s\nWHERE NOT EXISTS (\n"
             f"  SELECT 1 FROM {final_ref} t\n"
             f"  WHERE ({prune}) AND t.unique_row_id = s.unique_row_id\n)"

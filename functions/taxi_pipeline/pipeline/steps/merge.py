@@ -135,11 +135,21 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
             staged = ports.warehouse.stage(dataset, month, source, ports.lake, context)
             _check_staged(staged, source.name, ports)
             ranges = pickup_ranges(staged.pickup_dates)
+            load = LoadRecord(
+                dataset,
+                month,
+                source.name,
+                source.generation,
+                request.run_id,
+                staged.rows,
+                0,  # the warehouse records what it inserted
+                utcnow(),
+            )
             with ports.locks.hold(f"insert-{dataset.value}"):
                 # The last moment to stop: once the insert commits, the month is loaded.
                 ports.cancellation.check(request.run_id)
                 inserted = ports.warehouse.merge_staged(
-                    dataset, month, ranges, _reads_null_pickups(staged), context
+                    dataset, month, ranges, _reads_null_pickups(staged), context, load=load
                 )
         except Exception as exc:
             # A refused or cancelled month leaves no external or staging table behind. (After
@@ -150,18 +160,6 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
                 _drop_quietly(ports, dataset, month)
             raise
         ports.warehouse.drop_month_objects(dataset, month)
-        ports.warehouse.record_load(
-            LoadRecord(
-                dataset,
-                month,
-                source.name,
-                source.generation,
-                request.run_id,
-                staged.rows,
-                inserted,
-                utcnow(),
-            )
-        )
     result = IngestResult(
         run_id=request.run_id,
         dataset=dataset,
