@@ -68,7 +68,7 @@ def test_merge_is_insert_only_with_the_final_columns() -> None:
     assert "WHEN MATCHED" not in sql
     insert = sql.split("WHEN NOT MATCHED THEN INSERT (", 1)[1]
     columns = insert.split(")", 1)[0].split(", ")
-    assert columns == ["unique_row_id", "filename", *(f"`{n}`" for n in GREEN.layout.names)]
+    assert columns == ["unique_row_id", "filename", *(f"`{n}`" for n in GREEN.layout.final_names)]
     assert "_bad" not in sql  # staging's own columns stay behind
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.domain.schedules import Schedule, load_schedules
 from taxi_pipeline.local.scheduler import (
@@ -95,6 +95,8 @@ class _Pipeline:
         labels: Mapping[str, str] | None = None,
         force: bool = False,
         run_id: str | None = None,
+        source: Upstream | None = None,
+        replace: bool = False,
     ) -> str:
         run_id = f"{dataset.value}-{len(self.submitted)}"
         self.submitted.append((dataset, month, dict(labels or {})))

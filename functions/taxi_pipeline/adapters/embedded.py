@@ -28,6 +28,7 @@ from taxi_pipeline.pipeline.ports import (
     LoadRecord,
     ObjectInfo,
     QueryResult,
+    Replacement,
     RunEvent,
     StagingSummary,
 )
@@ -85,6 +86,19 @@ class EmbeddedWarehouse:
         context: JobContext,
     ) -> int:
         return self.tables.merge_staged(dataset, month, pickup_ranges, include_null_pickup, context)
+
+    def replace_staged(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement,
+    ) -> tuple[int, int]:
+        return self.tables.replace_staged(
+            dataset, month, pickup_ranges, include_null_pickup, context, replacing
+        )
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         self.tables.drop_month_objects(dataset, month)

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
 from taxi_pipeline.domain.messages import IngestRequest, parse_model
 from taxi_pipeline.domain.schedules import Schedule
 from taxi_pipeline.pipeline.ports import RunEvent
@@ -129,6 +129,8 @@ class Submitter(Protocol):
         labels: Mapping[str, str] | None = None,
         force: bool = False,
         run_id: str | None = None,
+        source: Upstream | None = None,
+        replace: bool = False,
     ) -> str: ...
 
     def drain(self, workers: int = 1) -> None: ...
