@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from taxi_pipeline.cli.app import app
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
-from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
+from taxi_pipeline.devkit.source_server import TLC_PREFIX, SourceServer, serve_directory
 from taxi_pipeline.domain.datasets import Dataset, Month
 
 MONTHS = {
@@ -57,6 +57,8 @@ class Cli:
             env={
                 "TAXI_PIPELINE_HOME": str(self.home),
                 "TAXI_PIPELINE_SOURCE_URL": self.source_url,
+                # The same local server answers the TLC's layout (403 for a missing month).
+                "TAXI_PIPELINE_TLC_URL": f"{self.source_url}/{TLC_PREFIX}",
                 "COLUMNS": "200",
                 **(env or {}),
             },

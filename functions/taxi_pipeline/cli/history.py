@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -32,12 +33,13 @@ from taxi_pipeline.cli.common import (
     styled_line,
 )
 from taxi_pipeline.domain import history
-from taxi_pipeline.domain.datasets import Dataset, published_months
+from taxi_pipeline.domain.datasets import Dataset, Month, published_months
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.local import control
 from taxi_pipeline.local.process import this_process
+from taxi_pipeline.pipeline.ports import LoadRecord
 from taxi_pipeline.render import html as report_html
 from taxi_pipeline.render import text as render_text
 from taxi_pipeline.settings import Settings
@@ -298,6 +300,21 @@ def restart(
 # -- status -------------------------------------------------------------------------------------
 
 
+def _status_months(
+    datasets: Sequence[Dataset], loads: Sequence[LoadRecord], runs: Sequence[history.Run]
+) -> list[Month]:
+    """The mirror's months, and any other with a load or a run that was not only SKIPPED (the
+    TLC's months are open-ended: a matrix from 2011 on would be mostly dots)."""
+    names = {d.value for d in datasets}
+    months = set(published_months())
+    months |= {load.month for load in loads if load.dataset.value in names}
+    for each in runs:
+        if each.dataset in names and each.state is not RunState.SKIPPED:
+            with contextlib.suppress(ValueError):
+                months.add(Month.parse(each.month))
+    return sorted(months)
+
+
 def status(
     html: Annotated[
         Path | None,
@@ -309,17 +326,19 @@ def status(
     ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Coverage: dataset x month matrix of loaded, missing, failed and running months.
+    """Coverage: dataset x month matrix of loaded, missing, failed and running months, with the
+    source of each loaded month (mirror or tlc).
 
-    The months are the range published upstream (2019-01 .. 2021-07)."""
+    The months are the mirror's range (2019-01 .. 2021-07) and every other month with a load or
+    a run that did not end SKIPPED."""
     settings = load_settings(home)
     datasets = [dataset] if dataset else list(Dataset)
-    months = published_months()
     with open_history(settings) as store:
         loads = store.loads()
         events = store.run_events()
         liveness = liveness_of(store)
     all_runs = history.derive_runs(events, liveness)
+    months = _status_months(datasets, loads, all_runs)
     cells = history.coverage(datasets, months, loads, all_runs)
     for line in render_text.coverage_table(datasets, months, cells):
         print_line(line)
