@@ -187,11 +187,15 @@ def replace_sql(
     include_null_pickup: bool,
     replacing: Replacement,
 ) -> str:
-    """One multi-statement transaction: delete the month's replaced rows, merge the staged
-    ones, commit; the last statement returns ``(rows deleted, rows inserted)``. Both DML
-    statements carry constant pickup bounds, so each reads only the partitions it names."""
+    """One multi-statement transaction: delete the month's replaced rows, insert the staged
+    ones whose id the table does not hold, commit; the last statement returns ``(rows
+    deleted, rows inserted)``. Both DML statements carry constant pickup bounds, so each reads
+    only the partitions it names. The insert is ``INSERT ... WHERE NOT EXISTS`` rather than the
+    MERGE: the same rows, and the BigQuery emulator runs no MERGE inside a transaction."""
     delete = SQL.delete_month_sql(dataset, final_ref, replacing)
-    merge = SQL.merge_sql(dataset, final_ref, staging_ref, ranges, include_null_pickup)
+    merge = SQL.merge_sql(
+        dataset, final_ref, staging_ref, ranges, include_null_pickup, style="insert-missing"
+    )
     return (
         "DECLARE deleted, inserted INT64 DEFAULT 0;\n"
         "BEGIN TRANSACTION;\n"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final, Literal
 
-from taxi_pipeline.adapters.sql.dialects import Dialect
+from taxi_pipeline.adapters.sql.dialects import Dialect, MergeStyle
 from taxi_pipeline.domain.datasets import Column, Dataset, Month
 from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat
 from taxi_pipeline.domain.tlc_schemas import TEXT, period_of
@@ -372,10 +372,12 @@ class Statements:
         staging_ref: str,
         ranges: Sequence[DateRange],
         include_null_pickup: bool,
+        style: MergeStyle | None = None,
     ) -> str:
-        """Insert the staged rows whose id the final table does not hold (insert-only)."""
+        """Insert the staged rows whose id the final table does not hold (insert-only), in the
+        dialect's style unless ``style`` says otherwise."""
         columns = self._final_columns(dataset)
-        if self.dialect.merge_style == "merge":
+        if (style or self.dialect.merge_style) == "merge":
             prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "T")
             return (
                 f"MERGE {final_ref} AS T\nUSING {staging_ref} AS S\n"
