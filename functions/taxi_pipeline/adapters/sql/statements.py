@@ -410,12 +410,12 @@ class Statements:
     def add_columns_sql(
         self, dataset: Dataset, table_ref: str, present: Sequence[str]
     ) -> list[str]:
-        """``ALTER TABLE ... ADD COLUMN`` of each final column a table made before it existed
-        lacks (``present``: its columns, any case). Nothing is reloaded: the column is NULL in
-        the rows already there (CSV months have no such value)."""
+        """``ALTER TABLE ... ADD COLUMN`` of each added column (the TLC's fees) a table made
+        before it existed lacks (``present``: its columns, any case). Nothing is reloaded: the
+        column is NULL in the rows already there (CSV months have no such value)."""
         have = {name.casefold() for name in present}
         return [
             f"ALTER TABLE {table_ref} ADD COLUMN {self.q(c.name)} {self.dialect.column_type(c)}"
-            for c in dataset.layout.final_columns
+            for c in dataset.layout.added
             if c.name.casefold() not in have
         ]
