@@ -397,3 +397,19 @@ def test_a_final_table_made_before_the_fee_columns_gains_them_in_place(
     assert (int(csv_rows), int(csv_fees)) == (ROWS, 0), "CSV rows kept, their fees NULL"
     assert int(tlc_fees) > 0
     assert _ids(cli, "yellow_tripdata", "yellow_tripdata_2019-03.csv") == csv_ids
+
+
+def test_a_backfill_across_both_sources_then_only_missing(cli: Cli, tlc: TlcSource) -> None:
+    code, out = cli("backfill", "yellow", "--from", "2024-01", "--to", "2024-02")
+    assert code == 3, out  # 2024-02: not published (403), SKIPPED
+    assert "1 SUCCESS, 1 SKIPPED" in out
+    code, out = cli("backfill", "yellow", "--from", "2024-01", "--to", "2024-02", "--only-missing")
+    assert code == 3, out
+    assert "1 already loaded and skipped" in out
+    code, out = cli("backfill", "yellow", "--from", "2020-10", "--to", "2020-10", "--source", "tlc")
+    assert code == 0, out
+    rows = cli.rows("SELECT filename, count(*) FROM yellow_tripdata GROUP BY 1 ORDER BY 1")
+    assert rows == [
+        ["yellow_tripdata_2020-10.parquet", str(ROWS)],
+        ["yellow_tripdata_2024-01.parquet", str(ROWS)],
+    ]
