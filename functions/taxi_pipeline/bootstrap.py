@@ -604,6 +604,11 @@ def build_bus(settings: Settings) -> Bus:
     raise ConfigurationError(f"unknown bus URL {url!r} (use pubsub://project or memory://)")
 
 
+def build_source(settings: Settings) -> Source:
+    """The HTTP source (``status --check-upstream`` asks it with HEAD requests)."""
+    return _http_source(settings)
+
+
 def _http_source(settings: Settings) -> Source:
     # Imported here: httpx pulls in its CLI's dependencies (~0.1 s), which cold starts skip.
     from taxi_pipeline.adapters.http.source import HttpxSource

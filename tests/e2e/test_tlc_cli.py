@@ -413,3 +413,45 @@ def test_a_backfill_across_both_sources_then_only_missing(cli: Cli, tlc: TlcSour
         ["yellow_tripdata_2020-10.parquet", str(ROWS)],
         ["yellow_tripdata_2024-01.parquet", str(ROWS)],
     ]
+
+
+# -- re-publication ------------------------------------------------------------------------------
+
+
+def test_a_month_republished_upstream_is_listed_and_reloads_only_with_replace(
+    tmp_path: Path,
+) -> None:
+    folder, month = tmp_path / "tlc", Month(2024, 3)
+    first = generate_parquet_month(folder, "yellow", month, 1_500, seed=21)
+    with serve_directory(folder) as server:
+        cli = Cli(tmp_path / "home", server.base_url, CliRunner())
+        assert cli("run", "yellow", str(month))[0] == 0
+        server.reset_log()
+        code, out = cli("status", "--check-upstream")
+        assert code == 0, out
+        assert "upstream: 1 loaded month asked (HEAD), 0 changed since the load" in out
+        assert {s.method for s in server.served} == {"HEAD"}
+
+        # The TLC re-uploads the month: other bytes, another ETag, size and Last-Modified.
+        again = generate_parquet_month(folder, "yellow", month, 1_600, seed=22)
+        code, out = cli("status", "--check-upstream")
+        assert code == 0, out
+        assert "1 changed since the load" in out
+        flat = " ".join(out.split())
+        assert "yellow 2024-03: changed upstream since its load (ETag" in flat
+        assert "taxi-pipeline run yellow 2024-03 --replace" in flat
+
+        code, out = cli("run", "yellow", str(month))  # the loaded file is kept: nothing new
+        assert code == 0, out
+        assert _summary(out, month)[1:4] == ["SUCCESS", f"{first.rows:,}", "0"]
+        code, out = cli("run", "yellow", str(month), "--force")
+        assert code == 1, out
+        assert "changed upstream since yellow 2024-03 was loaded from it" in " ".join(out.split())
+        assert cli.rows("SELECT count(*) FROM yellow_tripdata") == [[str(first.rows)]]
+
+        code, out = cli("run", "yellow", str(month), "--replace")
+        assert code == 0, out
+        assert _summary(out, month)[1:3] == ["SUCCESS", f"{again.rows:,}"]
+        assert _ids(cli, "yellow_tripdata", again.name) == _reference_ids(again)
+        code, out = cli("status", "--check-upstream")
+        assert "0 changed since the load" in out

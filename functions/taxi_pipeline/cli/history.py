@@ -13,6 +13,8 @@ import typer
 from taxi_pipeline.bootstrap import (
     HistoryStore,
     build_history,
+    build_lake,
+    build_source,
     check_embedded_exists,
     liveness_of,
 )
@@ -40,6 +42,7 @@ from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.local import control
 from taxi_pipeline.local.process import this_process
 from taxi_pipeline.pipeline.ports import LoadRecord
+from taxi_pipeline.pipeline.upstream import check_upstream as check_upstream_of
 from taxi_pipeline.render import html as report_html
 from taxi_pipeline.render import text as render_text
 from taxi_pipeline.settings import Settings
@@ -300,6 +303,25 @@ def restart(
 # -- status -------------------------------------------------------------------------------------
 
 
+def _print_upstream_checks(settings: Settings, loads: Sequence[LoadRecord]) -> None:
+    """One line per loaded month whose upstream changed or could not tell, and a count."""
+    source = build_source(settings)
+    try:
+        checks = check_upstream_of(loads, build_lake(settings), source)
+    finally:
+        source.close()
+    changed = [c for c in checks if c.changed]
+    asked = [c for c in checks if c.url is not None]
+    print_line("")
+    print_line(
+        f"upstream: {render_text.plural(len(asked), 'loaded month')} asked (HEAD),"
+        f" {len(changed)} changed since the load"
+    )
+    for check in checks:
+        if check.changed or check.problem:
+            print_line(f"  {check.line()}", style="yellow" if check.changed else None)
+
+
 def _status_months(
     datasets: Sequence[Dataset], loads: Sequence[LoadRecord], runs: Sequence[history.Run]
 ) -> list[Month]:
@@ -324,6 +346,15 @@ def status(
         Dataset | None,
         typer.Option(metavar="DATASET", case_sensitive=False, help="Only this dataset."),
     ] = None,
+    check_upstream: Annotated[
+        bool,
+        typer.Option(
+            "--check-upstream",
+            help="Also ask each loaded month's upstream (HEAD requests only) whether its file"
+            " changed since the load (ETag, Last-Modified, size); a changed month reloads only"
+            " with run --replace.",
+        ),
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Coverage: dataset x month matrix of loaded, missing, failed and running months, with the
@@ -342,6 +373,8 @@ def status(
     cells = history.coverage(datasets, months, loads, all_runs)
     for line in render_text.coverage_table(datasets, months, cells):
         print_line(line)
+    if check_upstream:
+        _print_upstream_checks(settings, [load for load in loads if load.dataset in datasets])
     print_line(f"read {settings.resolved_warehouse_url}")
     if html is not None:
         shown = [r for r in all_runs if dataset is None or r.dataset == dataset.value]
