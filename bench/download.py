@@ -58,9 +58,9 @@ def worker(target: str, base_url: str, month: str, dest: str) -> dict[str, Any]:
     from taxi_pipeline.adapters.http.source import HttpxSource
     from taxi_pipeline.adapters.memory.bus import InProcessBus
     from taxi_pipeline.adapters.memory.locks import ThreadLocks
-    from taxi_pipeline.domain.datasets import Dataset, Month, object_name
+    from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, object_name
     from taxi_pipeline.pipeline.ports import Lake, Ports
-    from taxi_pipeline.pipeline.steps.download import _download_once, source_file_url
+    from taxi_pipeline.pipeline.steps.download import DownloadJob, download_once, source_file_url
     from taxi_pipeline.settings import Settings
 
     settings = Settings(source_url=base_url, gcp_project=_PROJECT)
@@ -88,7 +88,17 @@ def worker(target: str, base_url: str, month: str, dest: str) -> dict[str, Any]:
     rss_ready = int(psutil.Process().memory_info().rss)
     started = time.perf_counter()
     deadline = time.monotonic() + settings.download_timeout_seconds
-    verified = _download_once(url, name, {"source_url": url}, dataset, ports, deadline)
+    job = DownloadJob(
+        url,
+        name,
+        {"source_url": url},
+        dataset,
+        parsed,
+        dataset.spec.publication(Upstream.MIRROR),
+        replace=False,
+        loaded_version=None,
+    )
+    verified = download_once(job, ports, deadline)
     seconds = time.perf_counter() - started
     stored = lake.stat(name)
     if stored is None or stored.size != verified.bytes_compressed:

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
-from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, parse_object_name
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
 from taxi_pipeline.errors import ConfigurationError
@@ -40,7 +40,7 @@ from taxi_pipeline.pipeline.ports import (
 )
 from taxi_pipeline.pipeline.recorder import cancel_event, cancel_reason, new_run_id, queued_event
 from taxi_pipeline.pipeline.steps.common import publish_result, run_attributes
-from taxi_pipeline.pipeline.steps.download import check_source_base
+from taxi_pipeline.pipeline.steps.download import check_source_base, check_tlc_base
 from taxi_pipeline.settings import LogFormat, Settings
 
 if TYPE_CHECKING:
@@ -102,14 +102,22 @@ class LocalPipeline:
         labels: Mapping[str, str] | None = None,
         force: bool = False,
         run_id: str | None = None,
+        source: Upstream | None = None,
+        replace: bool = False,
     ) -> str:
         """Record the run QUEUED and put its request on the bus once the dataset has a free
-        slot (:class:`RunGate`); returns its run id. After Ctrl-C, raises
-        :class:`RunCancelled`."""
+        slot (:class:`RunGate`); returns its run id. ``source`` None: the settings' source.
+        After Ctrl-C, raises :class:`RunCancelled`."""
         self.ports.cancellation.check(None)
         run_id = run_id or new_run_id(dataset, month)
         request = IngestRequest(
-            dataset=dataset, month=str(month), run_id=run_id, labels=dict(labels or {}), force=force
+            dataset=dataset,
+            month=str(month),
+            run_id=run_id,
+            labels=dict(labels or {}),
+            force=force,
+            source=source,
+            replace=replace,
         )
         self.ports.warehouse.append_run_events(
             [queued_event(run_id, dataset, month, request.labels)]
@@ -279,6 +287,7 @@ def build_local(
     from taxi_pipeline.adapters.folder.store import FolderStore
 
     check_source_base(settings)
+    check_tlc_base(settings)
     say = notice or _log_notice
     bus = InProcessBus(project="local", max_attempts=settings.max_delivery_attempts)
     lake_url = settings.resolved_lake_url
@@ -590,6 +599,7 @@ def build_cloud(settings: Settings) -> Ports:
     from taxi_pipeline.adapters.gcs.store import GcsLocks, GcsStore
 
     check_source_base(settings)
+    check_tlc_base(settings)
     lake = build_lake(settings)
     warehouse = build_warehouse(settings)
     locks = GcsLocks(lake) if isinstance(lake, GcsStore) else ThreadLocks()
@@ -620,6 +630,11 @@ def build_bus(settings: Settings) -> Bus:
     if parts.scheme == "memory":
         return InProcessBus(project=parts.netloc or "local")
     raise ConfigurationError(f"unknown bus URL {url!r} (use pubsub://project or memory://)")
+
+
+def build_source(settings: Settings) -> Source:
+    """The HTTP source (``status --check-upstream`` asks it with HEAD requests)."""
+    return _http_source(settings)
 
 
 def _http_source(settings: Settings) -> Source:

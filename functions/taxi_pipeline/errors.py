@@ -37,6 +37,11 @@ class UnsupportedMonth(PermanentError):
     """The month has no source file in a layout the pipeline reads (yellow before 2011-01)."""
 
 
+class SourceConflict(PermanentError):
+    """The month is loaded from another source (or from an upstream file that changed since):
+    refused unless the run replaces the month's rows (``--replace``)."""
+
+
 class VerificationFailed(PermanentError):
     """A downloaded file failed a check (length, gzip CRC, header, row count)."""
 

@@ -14,7 +14,10 @@ from typing import Final
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from taxi_pipeline.domain.datasets import Upstream
+
 DEFAULT_SOURCE_URL: Final = "https://github.com/DataTalksClub/nyc-tlc-data/releases/download"
+DEFAULT_TLC_URL: Final = "https://d37ci6vzurychx.cloudfront.net/trip-data"
 # What DuckDB's memory_limit accepts, from KB up (a few bytes only make every query fail).
 _MEMORY_SIZE: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?\s*(?:[kmgt]i?b)", re.IGNORECASE)
 
@@ -53,8 +56,16 @@ class Settings(BaseSettings):
     """PostgreSQL password when the warehouse URL has none; unset: libpq's ``PGPASSWORD`` or
     ``~/.pgpass``. Never printed."""
 
+    source: Upstream = Upstream.AUTO
+    """Where a run without ``--source`` downloads from: ``mirror`` (the DataTalksClub CSV
+    backups, 2019-01..2021-07), ``tlc`` (the TLC's Parquet files, yellow from 2011-01, green from
+    2013-08), or ``auto``: the mirror for its months, the TLC for every other."""
+
     source_url: str = DEFAULT_SOURCE_URL
-    """Base of the source files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``."""
+    """Base of the mirror's files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``."""
+
+    tlc_url: str = DEFAULT_TLC_URL
+    """Base of the TLC's files: ``{tlc_url}/{dataset}_tripdata_YYYY-MM.parquet``."""
 
     allow_insecure_source: bool = False
     """Allow a plain-http source base on a non-loopback host (loopback is always allowed)."""

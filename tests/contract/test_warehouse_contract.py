@@ -11,6 +11,7 @@ what the external mode proves there).
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +27,9 @@ from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore
 from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
-from taxi_pipeline.domain.datasets import Dataset, Month, object_name
+from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_parquet_month
+from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
+from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, format_of
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PermanentError
 from taxi_pipeline.pipeline.ports import (
@@ -34,6 +37,7 @@ from taxi_pipeline.pipeline.ports import (
     LakeReader,
     LoadRecord,
     ObjectInfo,
+    Replacement,
     RunEvent,
     Warehouse,
 )
@@ -67,7 +71,7 @@ def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     lake = tmp_path / "lake"
 
     def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
-        name = object_name(dataset, month)
+        name = object_name(dataset, month, format_of(path.name) or CSV_GZ)
         target = lake / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
@@ -84,7 +88,7 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
     warehouse = PostgresWarehouse.from_url(server.url(database), password=server.password)
 
     def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
-        name = object_name(dataset, month)
+        name = object_name(dataset, month, format_of(path.name) or CSV_GZ)
         with lake.writer(name, {}) as out:
             out.write(path.read_bytes())
         info = lake.stat(name)
@@ -107,8 +111,9 @@ def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
     )
 
     def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
-        blob = bucket.blob(object_name(dataset, month))
-        blob.upload_from_filename(str(path), content_type="application/gzip")
+        fmt = format_of(path.name) or CSV_GZ
+        blob = bucket.blob(object_name(dataset, month, fmt))
+        blob.upload_from_filename(str(path), content_type=fmt.content_type)
         blob.reload()
         uri = f"gs://{bucket.name}/{blob.name}"
         return ObjectInfo(bucket.name, blob.name, str(blob.generation), blob.size, uri)
@@ -148,7 +153,7 @@ def test_final_table_creation_is_idempotent(harness: Harness) -> None:
         warehouse.ensure_final_table(dataset)
         warehouse.ensure_final_table(dataset)
         result = warehouse.query(f"SELECT * FROM {dataset.final_table} LIMIT 0")
-        assert result.columns == ["unique_row_id", "filename", *dataset.layout.names]
+        assert result.columns == ["unique_row_id", "filename", *dataset.layout.final_names]
         assert _count(warehouse, dataset.final_table) == 0
     assert set(harness.table_names()) - HISTORY == {"green_tripdata", "yellow_tripdata"}
 
@@ -197,6 +202,76 @@ def test_merge_records_its_load_with_the_count(harness: Harness, green_file: Gen
     assert warehouse.merge_staged(GREEN, JAN, ranges, False, context, load=load) == ROWS
     assert warehouse.find_load(source.name, source.generation) == replace(load, rows_inserted=ROWS)
     warehouse.drop_month_objects(GREEN, JAN)
+
+
+@pytest.fixture(scope="module")
+def green_parquet(tmp_path_factory: pytest.TempPathFactory) -> GeneratedParquet:
+    """The TLC's file of the same month, from the 2013-08..2023-01 period (counts as DOUBLE)."""
+    folder = tmp_path_factory.mktemp("parquet")
+    return generate_parquet_month(folder, "green", JAN, 2_000, seed=4, non_integral_counts=1)
+
+
+def _reference_ids(generated: GeneratedParquet) -> list[str]:
+    ids = []
+    for vendor, pickup, dropoff, pu, do in generated.expected_id_texts():
+        stamps = [f"{t}+00" if t else "" for t in (pickup, dropoff)]
+        text = "".join([vendor or "", *stamps, pu or "", do or ""])
+        ids.append(hashlib.md5(text.encode()).hexdigest())
+    return sorted(ids)
+
+
+def test_a_parquet_month_stages_onto_the_reference_types(
+    harness: Harness, green_parquet: GeneratedParquet
+) -> None:
+    """Counts as DOUBLE become integers (1.5 is a bad value), ids are the reference's over the
+    final types, and the footer's rows are what staging reads."""
+    warehouse = harness.warehouse
+    source = harness.put(green_parquet.path, GREEN, JAN)
+    context = JobContext("green-201901-parquet", GREEN, JAN, "merge")
+    warehouse.ensure_final_table(GREEN)
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
+    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    assert (staged.rows, staged.rows_bad) == (green_parquet.rows, 1)
+    assert staged.rows_out_of_month == green_parquet.out_of_month_rows
+    assert "1.5" in staged.bad_samples[0]
+    ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == green_parquet.rows
+    ids = warehouse.query(
+        "SELECT unique_row_id FROM green_tripdata WHERE filename = 'green_tripdata_2019-01.parquet'"
+    )
+    assert all(isinstance(r[0], bytes) for r in ids.rows)
+    assert sorted(r[0].hex() for r in ids.rows if isinstance(r[0], bytes)) == _reference_ids(
+        green_parquet
+    )
+    expected = green_parquet.expected_table().column("passenger_count").to_pylist()
+    whole = [int(v) for v in expected if v is not None and v == int(v)]
+    ((total,),) = warehouse.query("SELECT SUM(passenger_count) FROM green_tripdata").rows
+    assert total == sum(whole)
+
+
+def test_replace_deletes_the_month_and_inserts_the_staged_rows_at_once(
+    harness: Harness, green_file: GeneratedFile, green_parquet: GeneratedParquet
+) -> None:
+    warehouse = harness.warehouse
+    warehouse.ensure_final_table(GREEN)
+    csv = harness.put(green_file.path, GREEN, JAN)
+    first = JobContext("green-201901-csv", GREEN, JAN, "merge", csv.generation)
+    warehouse.create_external_table(GREEN, JAN, csv, harness.lake)
+    staged = warehouse.stage(GREEN, JAN, csv, harness.lake, first)
+    old_ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(GREEN, JAN, old_ranges, False, first) == ROWS
+
+    parquet = harness.put(green_parquet.path, GREEN, JAN)
+    second = JobContext("green-201901-tlc", GREEN, JAN, "merge", parquet.generation)
+    warehouse.create_external_table(GREEN, JAN, parquet, harness.lake)
+    staged = warehouse.stage(GREEN, JAN, parquet, harness.lake, second)
+    ranges = pickup_ranges(staged.pickup_dates)
+    names = (csv_name(GREEN, JAN, CSV_GZ), csv_name(GREEN, JAN, PARQUET))
+    replacing = Replacement(names, (*old_ranges, *ranges))
+    replaced = warehouse.replace_staged(GREEN, JAN, ranges, False, second, replacing)
+    assert replaced == (ROWS, green_parquet.rows)
+    counts = warehouse.query("SELECT filename, COUNT(*) FROM green_tripdata GROUP BY filename")
+    assert counts.rows == [("green_tripdata_2019-01.parquet", green_parquet.rows)]
 
 
 def test_rows_without_pickup_merge_once(harness: Harness, tmp_path: Path) -> None:

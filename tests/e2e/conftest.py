@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from support.e2e import MONTHS, Cli, Source, serve_months
+from support.e2e import MONTHS, TLC_MONTHS, Cli, Source, serve_months
 
 
 @pytest.fixture(scope="session")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
-    with serve_months(tmp_path_factory.mktemp("source"), MONTHS) as served:
+    with serve_months(tmp_path_factory.mktemp("source"), MONTHS, TLC_MONTHS) as served:
         yield served
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from support.e2e import Cli, Source, serve_months
 from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 from taxi_pipeline.bootstrap import LocalPipeline, build_local
 from taxi_pipeline.domain import history
-from taxi_pipeline.domain.datasets import Dataset, Month, month_range
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, month_range
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.domain.schedules import load_schedules
 from taxi_pipeline.local.backfill import plan_backfill, run_backfill
@@ -143,7 +144,12 @@ def test_parallel_overlapping_backfills_and_a_schedule_firing_load_each_row_once
         home=tmp_path / "home", source_url=year.url, max_concurrent_runs_per_dataset=3
     )
     pipeline: LocalPipeline = build_local(settings)
-    green = [s for s in load_schedules() if s.dataset is Dataset.GREEN]
+    # The shipped green job, on the mirror's months (the CSV this test serves), lag 0.
+    green = [
+        dataclasses.replace(s, source=Upstream.MIRROR, lag_months=0)
+        for s in load_schedules()
+        if s.dataset is Dataset.GREEN
+    ]
     scheduler = Scheduler(pipeline, green, history=pipeline.ports.warehouse.run_events, workers=3)
     reports = []
     errors: list[BaseException] = []

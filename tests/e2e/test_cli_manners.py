@@ -388,14 +388,15 @@ def test_bad_value_samples_are_printed_escaped(cli: Cli, source: Source) -> None
 
 def test_schedule_announces_the_catch_up_before_firing(cli: Cli) -> None:
     code, out = cli(
-        "schedule", "--dataset", "green", "--since", "2019-01-01", "--until", "2019-02-02"
+        "schedule", "--dataset", "green", "--since", "2019-03-01", "--until", "2019-04-02"
     )
     assert code == 0, out
     lines = _lines(out)
     notice = next(i for i, line in enumerate(lines) if line.startswith("catching up"))
     first_fire = next(i for i, line in enumerate(lines) if line.startswith("fire "))
     assert notice < first_fire
-    assert lines[notice].startswith("catching up 2 missed fires since 2019-01-01 00:00 UTC")
+    assert lines[notice].startswith("catching up 2 missed fires since 2019-03-01 00:00 UTC")
+    assert "(taxi-green-monthly 2: green 2019-01 .. 2019-02)" in lines[notice]
 
 
 def _in_terminal(args: list[str], env: dict[str, str], answer: bytes | None) -> tuple[int, str]:
@@ -433,6 +434,7 @@ def test_schedule_asks_on_a_terminal_before_many_fires(cli: Cli) -> None:
         **os.environ,
         "TAXI_PIPELINE_HOME": str(cli.home),
         "TAXI_PIPELINE_SOURCE_URL": cli.source_url,
+        "TAXI_PIPELINE_TLC_URL": f"{cli.source_url}/trip-data",
     }
     args = ["schedule", "--since", "2019-01-01", "--until", "2019-03-02"]
     code, out = _in_terminal(args, env, answer=b"n\n")
@@ -444,7 +446,7 @@ def test_schedule_asks_on_a_terminal_before_many_fires(cli: Cli) -> None:
     assert cli("runs")[1].startswith("no runs recorded yet")
 
     code, out = _in_terminal([*args, "--yes"], env, answer=None)
-    assert code == 3, out  # 2019-03 is not served: SKIPPED
+    assert code == 3, out  # the TLC's 2018-11 and 2018-12 are not served: SKIPPED
     assert "[y/N]" not in out
     assert out.count("fire taxi-") == 6
 

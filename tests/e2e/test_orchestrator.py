@@ -9,6 +9,7 @@ server's throttled stream (download) or caught in it through the progress its pr
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -328,7 +329,7 @@ def test_a_killed_process_leaves_an_abandoned_run_not_a_running_one(home: Home) 
     code, _, err, _ = home.cli("run", dataset.value, str(month))
     assert code == 0, err
     code, out, _, _ = home.cli("status", "--dataset", "green")
-    assert f"{month}     {SMALL[(dataset, month)]:,}" in out
+    assert re.search(rf"^{month}\s+{SMALL[(dataset, month)]:,} mirror$", out, re.MULTILINE), out
 
 
 # -- cancel and restart from another terminal ------------------------------------------------------

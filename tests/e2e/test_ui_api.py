@@ -125,6 +125,7 @@ def test_a_run_posted_answers_202_runs_in_the_background_and_loads_its_month(
             "month": "2019-01",
             "state": "loaded",
             "loaded_rows": expected,
+            "source": "mirror",
             "run_id": run_id,
             "error": None,
         }

@@ -5,7 +5,9 @@ sends, POST, ack on 2xx / nack otherwise) -> ``functions/main.py`` served by ``f
 (one subprocess per target, configured only by environment variables, as deployed) ->
 GcsStore on fake-gcs-server, whose OBJECT_FINALIZE notification (Pub/Sub notification shape) the
 stand-in turns into the Eventarc ``storage.object.v1.finalized`` event -> register -> merge in the
-BigQuery emulator (staging mode ``load``: local-bigquery has no external tables).
+BigQuery emulator (staging mode ``load``: local-bigquery has no external tables; its load jobs
+read Parquet, so the TLC's months run the very path the cloud's load mode runs: a load job with
+``source_format = PARQUET``, then the staging casts).
 """
 
 # google-cloud-pubsub and google-cloud-storage ship no py.typed: their names are Any here.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -39,6 +42,7 @@ from emulators import BigQueryEmulator, FakeGcs, PubSubEmulator, free_port
 from google.api_core import exceptions as gexc
 
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
+from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_parquet_month
 from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import Topic
@@ -54,7 +58,17 @@ TARGETS = {
     Topic.DEAD_LETTER: "on_dead_letter",
 }
 GCS_TARGET = "on_object_finalized"
-MONTHS = {(Dataset.GREEN, Month(2019, 1)): 1_500, (Dataset.YELLOW, Month(2019, 1)): 2_000}
+MONTHS = {
+    (Dataset.GREEN, Month(2019, 1)): 1_500,
+    (Dataset.YELLOW, Month(2019, 1)): 2_000,
+    (Dataset.GREEN, Month(2019, 5)): 1_200,  # also published by the TLC: the source guard
+}
+TLC_MONTHS = {
+    (Dataset.YELLOW, Month(2024, 1)): 2_500,  # Airport_fee, INT32 ids, INT64 counts
+    (Dataset.YELLOW, Month(2020, 10)): 1_800,  # counts as DOUBLE, airport_fee null-typed
+    (Dataset.GREEN, Month(2025, 2)): 1_000,  # cbd_congestion_fee
+    (Dataset.GREEN, Month(2019, 5)): 1_300,
+}
 TIMEOUT = 90.0
 
 
@@ -252,9 +266,14 @@ class Chain:
     files: dict[tuple[Dataset, Month], GeneratedFile]
     bigquery: Any
     gcs: Any
+    parquet: dict[tuple[Dataset, Month], GeneratedParquet] = field(default_factory=dict)
 
-    def publish_ingest(self, dataset: Dataset, month: Month, run_id: str) -> None:
-        body = json.dumps({"dataset": dataset.value, "month": str(month), "run_id": run_id})
+    def publish_ingest(
+        self, dataset: Dataset, month: Month, run_id: str, **fields: str | bool
+    ) -> None:
+        body = json.dumps(
+            {"dataset": dataset.value, "month": str(month), "run_id": run_id, **fields}
+        )
         topic = f"projects/{self.project}/topics/{Topic.INGEST_REQUESTS.value}"
         self.publisher.publish(topic, body.encode(), origin="test").result(timeout=30)
 
@@ -309,6 +328,10 @@ def chain(
     directory = tmp_path_factory.mktemp("chain-source")
     files = {key: generate_month(directory, *key, rows=rows, seed=11) for key, rows in
              MONTHS.items()}  # fmt: skip
+    parquet = {
+        key: generate_parquet_month(directory, key[0].value, key[1], rows, seed=12)
+        for key, rows in TLC_MONTHS.items()
+    }
     logs = tmp_path_factory.mktemp("chain-functions")
     with serve_directory(directory) as source:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAXI_PIPELINE_")}
@@ -321,6 +344,7 @@ def chain(
             "TAXI_PIPELINE_GCP_PROJECT": project,
             "TAXI_PIPELINE_STAGING_MODE": "load",
             "TAXI_PIPELINE_SOURCE_URL": source.base_url,
+            "TAXI_PIPELINE_TLC_URL": source.tlc_base_url,
             "TAXI_PIPELINE_LOG_FORMAT": "json",
             "TAXI_PIPELINE_UPLOAD_CHUNK_MIB": "1",
         }
@@ -348,7 +372,7 @@ def chain(
             relay.start()
             try:
                 yield Chain(project, bucket, dataset, relay, publisher, subscriber, results,
-                            source, files, bigquery, gcs)  # fmt: skip
+                            source, files, bigquery, gcs, parquet)  # fmt: skip
             finally:
                 relay.stop()
         finally:
@@ -362,7 +386,11 @@ def chain(
 def test_two_months_through_the_cloud_chain_then_redelivery_inserts_nothing(
     chain: Chain,
 ) -> None:
-    runs = {key: f"{key[0].value}-{key[1]}-chain".replace("_", "-") for key in MONTHS}
+    runs = {
+        key: f"{key[0].value}-{key[1]}-chain".replace("_", "-")
+        for key in MONTHS
+        if key[1] == Month(2019, 1)
+    }
     for (dataset, month), run_id in runs.items():
         chain.publish_ingest(dataset, month, run_id)
 
@@ -423,3 +451,85 @@ def test_a_file_uploaded_by_hand_into_raw_is_loaded(chain: Chain, tmp_path: Path
         )
     }
     assert counts["green_tripdata_2019-02.csv"] == generated.rows  # the reference's filename
+
+
+def _reference_ids(generated: GeneratedParquet) -> list[str]:
+    """The zoomcamp id computed here from the file's description (BigQuery's ``+00``)."""
+    ids = []
+    for vendor, pickup, dropoff, pu, do in generated.expected_id_texts():
+        parts = [vendor, f"{pickup}+00" if pickup else None, f"{dropoff}+00" if dropoff else None]
+        text = "".join(p or "" for p in (*parts, pu, do))
+        ids.append(hashlib.md5(text.encode()).hexdigest())
+    return sorted(ids)
+
+
+def _by_file(chain: Chain, table: str, filename: str, select: str) -> list[Any]:
+    return list(
+        chain.bigquery.query_and_wait(
+            f"SELECT {select} FROM {chain.dataset}.{table} WHERE filename = '{filename}'"
+        )
+    )
+
+
+def test_the_tlc_parquet_months_through_the_cloud_chain(chain: Chain) -> None:
+    """Download -> load job (PARQUET) -> typed staging -> MERGE, for three schema periods: the
+    counts are the files', the ids an independent computation's, the fees filled."""
+    keys = [k for k in TLC_MONTHS if k[1] != Month(2019, 5)]
+    for dataset, month in keys:
+        chain.publish_ingest(dataset, month, f"{dataset.value}-{month}-tlc", source="tlc")
+    results = {r["run_id"]: r for r in chain.results(len(keys))}
+    for dataset, month in keys:
+        generated = chain.parquet[(dataset, month)]
+        result = results[f"{dataset.value}-{month}-tlc"]
+        assert result["state"] == "SUCCESS", str(result)
+        assert result["rows_in_file"] == result["rows_inserted"] == generated.rows
+        table = f"{dataset.value}_tripdata"
+        ids = [r["id"] for r in _by_file(chain, table, generated.name, "TO_HEX(unique_row_id) id")]
+        assert sorted(ids) == _reference_ids(generated), f"{dataset.value} {month}"
+
+    blob = chain.gcs.bucket(chain.bucket).get_blob("raw/yellow/yellow_tripdata_2024-01.parquet")
+    assert blob.metadata["upstream_etag"].startswith('"')
+    assert blob.metadata["upstream_size"] == str(
+        chain.parquet[(Dataset.YELLOW, Month(2024, 1))].size_bytes
+    )
+    yellow = chain.parquet[(Dataset.YELLOW, Month(2024, 1))].expected_table()
+    airport = [v for v in yellow.column("Airport_fee").to_pylist() if v is not None]
+    ((fees,),) = [
+        tuple(r.values())
+        for r in _by_file(chain, "yellow_tripdata", "yellow_tripdata_2024-01.parquet",
+                          "COUNT(airport_fee) n")
+    ]  # fmt: skip
+    assert fees == len(airport) > 0
+    green = chain.parquet[(Dataset.GREEN, Month(2025, 2))].expected_table()
+    cbd = [v for v in green.column("cbd_congestion_fee").to_pylist() if v is not None]
+    (row,) = _by_file(chain, "green_tripdata", "green_tripdata_2025-02.parquet",
+                      "COUNT(cbd_congestion_fee) n")  # fmt: skip
+    assert row["n"] == len(cbd) > 0
+
+
+def test_one_source_per_month_and_replace_in_one_bigquery_transaction(chain: Chain) -> None:
+    """green 2019-05 from the mirror; the TLC's file of it is refused, then replaces it."""
+    key = (Dataset.GREEN, Month(2019, 5))
+    csv, parquet = chain.files[key], chain.parquet[key]
+    chain.publish_ingest(*key, "green-2019-05-mirror")
+    (first,) = chain.results(1)
+    assert (first["state"], first["rows_inserted"]) == ("SUCCESS", csv.rows), str(first)
+
+    chain.publish_ingest(*key, "green-2019-05-tlc", source="tlc")
+    (refused,) = chain.results(1)
+    assert refused["state"] == "FAILED"
+    assert "is loaded from the DataTalksClub mirror" in refused["error"]
+    assert chain.gcs.bucket(chain.bucket).get_blob("raw/green/" + parquet.name) is None
+
+    chain.publish_ingest(*key, "green-2019-05-replace", source="tlc", replace=True)
+    (replaced,) = chain.results(1)
+    assert replaced["state"] == "SUCCESS", str(replaced)
+    assert (replaced["rows_replaced"], replaced["rows_inserted"]) == (csv.rows, parquet.rows)
+    counts = {
+        row["filename"]: row["n"]
+        for row in chain.bigquery.query_and_wait(
+            f"SELECT filename, count(*) AS n FROM {chain.dataset}.green_tripdata"
+            " WHERE filename LIKE 'green_tripdata_2019-05%' GROUP BY 1"
+        )
+    }
+    assert counts == {parquet.name: parquet.rows}

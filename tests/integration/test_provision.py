@@ -268,7 +268,7 @@ def test_schedules_become_exactly_the_reference_jobs(tmp_path: Path) -> None:
             time_zone="Etc/UTC",
             pubsub_target=PubsubTarget(
                 topic_name="projects/demo-proj/topics/ingest-requests",
-                data=f'{{"dataset": "{dataset}"}}'.encode(),
+                data=f'{{"dataset": "{dataset}", "source": "tlc", "lag_months": 2}}'.encode(),
                 attributes={"trigger": "schedule", "time_zone": "Etc/UTC"},
             ),
         )

@@ -16,11 +16,14 @@ from taxi_pipeline.adapters.bigquery.warehouse import (
     job_labels,
     label_value,
     raw_load_config,
+    replace_sql,
 )
 from taxi_pipeline.adapters.folder.store import FolderStore
+from taxi_pipeline.adapters.sql.statements import source_columns
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, csv_name
+from taxi_pipeline.domain.formats import PARQUET
 from taxi_pipeline.errors import ConfigurationError
-from taxi_pipeline.pipeline.ports import DateRange, JobContext, ObjectInfo
+from taxi_pipeline.pipeline.ports import DateRange, JobContext, ObjectInfo, Replacement
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
 
@@ -68,7 +71,7 @@ def test_merge_is_insert_only_with_the_final_columns() -> None:
     assert "WHEN MATCHED" not in sql
     insert = sql.split("WHEN NOT MATCHED THEN INSERT (", 1)[1]
     columns = insert.split(")", 1)[0].split(", ")
-    assert columns == ["unique_row_id", "filename", *(f"`{n}`" for n in GREEN.layout.names)]
+    assert columns == ["unique_row_id", "filename", *(f"`{n}`" for n in GREEN.layout.final_names)]
     assert "_bad" not in sql  # staging's own columns stay behind
 
 
@@ -240,3 +243,58 @@ def test_import_does_not_load_the_bigquery_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "False"
+
+
+# -- the TLC's Parquet files --------------------------------------------------------------------
+
+
+def test_a_parquet_external_table_takes_the_files_own_schema() -> None:
+    sql = external_table_sql(
+        Dataset.YELLOW, "`p.d.ext`", "gs://lake/raw/yellow/yellow_tripdata_2024-01.parquet", PARQUET
+    )
+    assert sql.startswith("CREATE OR REPLACE EXTERNAL TABLE `p.d.ext`\nOPTIONS (\n")
+    assert "format = 'PARQUET'" in sql
+    assert "STRING" not in sql  # no all-text schema: the footer's types
+    config = raw_load_config(Dataset.YELLOW, {"step": "merge"}, PARQUET)
+    assert config.source_format == "PARQUET"
+    assert config.schema is None
+
+
+def test_parquet_staging_casts_datetimes_to_timestamps_so_ids_end_in_plus_00() -> None:
+    month = Month(2024, 1)
+    sql = SQL.staging_sql(
+        Dataset.YELLOW,
+        month,
+        "`p.d.stg`",
+        "`p.d.raw`",
+        "yellow_tripdata_2024-01.parquet",
+        source_columns(PARQUET, Dataset.YELLOW, month),
+    )
+    assert "SAFE_CAST(r.`tpep_pickup_datetime` AS TIMESTAMP) AS `tpep_pickup_datetime`" in sql
+    assert "SAFE_CAST(r.`VendorID` AS STRING) AS `VendorID`" in sql
+    assert "`Airport_fee` AS `airport_fee`" in sql
+    assert "MD5(CONCAT(COALESCE(CAST(`VendorID` AS STRING)" in sql
+    counts = SQL.typed_from_sql(Column("passenger_count", "integer"), "x", "double")
+    assert counts == (
+        "IF(SAFE_CAST(x AS NUMERIC) = TRUNC(SAFE_CAST(x AS NUMERIC)),"
+        " SAFE_CAST(SAFE_CAST(x AS NUMERIC) AS INT64), NULL)"
+    )
+
+
+def test_replace_is_one_transaction_of_a_bounded_delete_and_an_insert_of_missing_ids() -> None:
+    ranges = [DateRange(date(2019, 1, 1), date(2019, 2, 1))]
+    replacing = Replacement(("green_tripdata_2019-01.csv", "green_tripdata_2019-01.parquet"), None)
+    sql = replace_sql(GREEN, FINAL, STAGING, ranges, False, replacing)
+    statements = [s.strip() for s in sql.split(";")]
+    assert statements[0] == "DECLARE deleted, inserted INT64 DEFAULT 0"
+    assert statements[1] == "BEGIN TRANSACTION"
+    assert statements[2].startswith(f"DELETE FROM {FINAL} AS T\nWHERE T.filename IN (")
+    assert statements[3] == "SET deleted = @@row_count"
+    assert statements[4].startswith(f"INSERT INTO {FINAL} (unique_row_id, filename,")
+    assert "WHERE NOT EXISTS" in statements[4]
+    assert "t.`lpep_pickup_datetime` >= TIMESTAMP '2019-01-01'" in statements[4]
+    assert statements[5:] == [
+        "SET inserted = @@row_count",
+        "COMMIT TRANSACTION",
+        "SELECT deleted, inserted",
+    ]

@@ -8,6 +8,8 @@ from taxi_pipeline.adapters.sql.dialects import BIGQUERY
 from taxi_pipeline.domain.datasets import (
     Dataset,
     Month,
+    Upstream,
+    choose_publication,
     csv_name,
     external_table,
     file_name,
@@ -16,7 +18,10 @@ from taxi_pipeline.domain.datasets import (
     parse_object_name,
     published_months,
     staging_table,
+    upstream_of_object,
 )
+from taxi_pipeline.domain.formats import PARQUET
+from taxi_pipeline.errors import UnsupportedMonth
 
 
 def test_layouts_match_the_published_headers() -> None:
@@ -109,3 +114,54 @@ def test_months() -> None:
 def test_a_month_is_exactly_four_ascii_digits_dash_two(text: str) -> None:
     with pytest.raises(ValueError, match="YYYY-MM"):
         Month.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "month", "choice", "upstream"),
+    [
+        (Dataset.YELLOW, Month(2019, 1), Upstream.AUTO, Upstream.MIRROR),
+        (Dataset.YELLOW, Month(2021, 7), Upstream.AUTO, Upstream.MIRROR),
+        (Dataset.YELLOW, Month(2021, 8), Upstream.AUTO, Upstream.TLC),
+        (Dataset.YELLOW, Month(2018, 12), Upstream.AUTO, Upstream.TLC),
+        (Dataset.GREEN, Month(2019, 5), Upstream.TLC, Upstream.TLC),
+        (Dataset.GREEN, Month(2024, 1), Upstream.MIRROR, Upstream.MIRROR),  # SKIPPED upstream
+        (Dataset.YELLOW, Month(2011, 1), Upstream.AUTO, Upstream.TLC),
+        (Dataset.GREEN, Month(2013, 8), Upstream.AUTO, Upstream.TLC),
+    ],
+)
+def test_auto_takes_the_mirror_in_its_range_and_the_tlc_otherwise(
+    dataset: Dataset, month: Month, choice: Upstream, upstream: Upstream
+) -> None:
+    publication = choose_publication(dataset, month, choice)
+    assert publication.upstream is upstream
+    expected_suffix = ".csv.gz" if upstream is Upstream.MIRROR else ".parquet"
+    assert file_name(dataset, month, publication.source_format).endswith(expected_suffix)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "month", "reason"),
+    [
+        (Dataset.YELLOW, Month(2010, 12), "other column names"),
+        (Dataset.GREEN, Month(2013, 7), "green trip data starts 2013-08"),
+    ],
+)
+def test_months_before_the_tlc_layout_are_refused(
+    dataset: Dataset, month: Month, reason: str
+) -> None:
+    with pytest.raises(UnsupportedMonth, match=reason):
+        choose_publication(dataset, month, Upstream.AUTO)
+
+
+def test_parquet_names_and_the_source_of_an_object() -> None:
+    month = Month(2024, 1)
+    assert (
+        object_name(Dataset.YELLOW, month, PARQUET) == "raw/yellow/yellow_tripdata_2024-01.parquet"
+    )
+    assert csv_name(Dataset.YELLOW, month, PARQUET) == "yellow_tripdata_2024-01.parquet"
+    assert parse_object_name("raw/green/green_tripdata_2024-01.parquet") == (Dataset.GREEN, month)
+    assert upstream_of_object("raw/green/green_tripdata_2024-01.parquet") is Upstream.TLC
+    assert upstream_of_object("raw/green/green_tripdata_2019-01.csv.gz") is Upstream.MIRROR
+    assert upstream_of_object("raw/x") is None
+    assert [c.name for c in Dataset.YELLOW.layout.added] == ["airport_fee", "cbd_congestion_fee"]
+    assert [c.name for c in Dataset.GREEN.layout.added] == ["cbd_congestion_fee"]
+    assert len(published_months()) == 31, "the coverage range stays the mirror's"

@@ -7,9 +7,12 @@ import base64
 import pytest
 from cloudevents.http import CloudEvent
 
+from taxi_pipeline.domain.datasets import Dataset, Upstream
 from taxi_pipeline.domain.messages import (
     IngestRequest,
+    IngestResult,
     MergeRequest,
+    RunState,
     is_run_id,
     labels_from_attributes,
     parse_model,
@@ -89,3 +92,43 @@ def test_run_ids_and_labels_from_attributes_match_whole_values() -> None:
     assert labels_from_attributes({"label_trigger": "schedule\n", "label_ok": "yes"}) == {
         "ok": "yes"
     }
+
+
+def test_the_source_fields_are_optional_so_version_1_messages_stay_valid() -> None:
+    old = parse_model(IngestRequest, b'{"version":1,"dataset":"green","month":"2019-03"}', "r")
+    assert (old.source, old.replace, old.lag_months) == (None, False, None)
+    new = parse_model(
+        IngestRequest,
+        b'{"dataset":"yellow","month":"2024-01","source":"tlc","replace":true}',
+        "request",
+    )
+    assert (new.source, new.replace) == (Upstream.TLC, True)
+    assert parse_model(IngestRequest, new.to_bytes(), "request") == new
+    scheduled = parse_model(
+        IngestRequest, b'{"dataset":"green","source":"tlc","lag_months":2}', "r"
+    )
+    assert (scheduled.month, scheduled.lag_months) == (None, 2)
+    merge = parse_model(
+        MergeRequest,
+        b'{"dataset":"green","month":"2019-01","run_id":"green-201901-a","object_name":'
+        b'"raw/green/green_tripdata_2019-01.parquet","generation":"1"}',
+        "merge request",
+    )
+    assert merge.replace is False
+    result = IngestResult(
+        run_id="r", dataset=Dataset.GREEN, month="2019-01", state=RunState.SUCCESS
+    )
+    assert b"notes" not in result.to_bytes(), "absent unless there are notes"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"dataset":"green","source":"s3"}', "source"),
+        (b'{"dataset":"green","lag_months":-1}', "lag_months"),
+        (b'{"dataset":"green","lag_months":25}', "lag_months"),
+    ],
+)
+def test_a_bad_source_or_lag_is_refused(body: bytes, reason: str) -> None:
+    with pytest.raises(InvalidMessage, match=reason):
+        parse_model(IngestRequest, body, "request")

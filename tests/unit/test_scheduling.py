@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from taxi_pipeline.domain.datasets import Dataset, Month
-from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
+from taxi_pipeline.domain.messages import IngestRequest, RunState, parse_model
 from taxi_pipeline.domain.schedules import Schedule, load_schedules
 from taxi_pipeline.local.scheduler import (
     Scheduler,
@@ -19,6 +19,8 @@ from taxi_pipeline.local.scheduler import (
     schedule_label,
 )
 from taxi_pipeline.pipeline.ports import RunEvent
+from taxi_pipeline.pipeline.steps.download import resolve_month
+from taxi_pipeline.settings import Settings
 
 GREEN = Schedule("taxi-green-monthly", Dataset.GREEN, "0 9 1 * *", "Etc/UTC", '{"dataset":"green"}')
 YELLOW = Schedule(
@@ -54,6 +56,24 @@ def test_month_is_the_fire_date_month_minus_the_lag_in_the_schedule_zone() -> No
     assert fired_month(new_york, utc(2019, 3, 1, 4, 59), 0) == Month(2019, 2)
 
 
+def test_the_shipped_jobs_ask_the_tlc_for_the_month_two_months_back_as_the_cloud_does() -> None:
+    """The fire of 2026-12-01 asks for 2026-10, locally and in the download function (which
+    reads the Cloud Scheduler job's body and its publish time), whatever the lag setting."""
+    green = next(s for s in load_schedules() if s.dataset is Dataset.GREEN)
+    (at,) = fire_times(green, utc(2026, 11, 30), utc(2026, 12, 2))
+    assert at == utc(2026, 12, 1, 9)
+    assert fired_month(green, at, lag_months=0) == Month(2026, 10)
+    request = parse_model(IngestRequest, green.data, "schedule body")
+    assert request.source is Upstream.TLC
+    settings = Settings(schedule_lag_months=5)  # the job's own lag wins
+    assert resolve_month(request, at, settings) == Month(2026, 10)
+
+    pipeline, clock = _Pipeline(), _Clock(utc(2026, 12, 1, 9, 30))
+    scheduler = Scheduler(pipeline, [green], history=lambda: [], clock=clock, sleep=clock.sleep)
+    (fired,) = scheduler.run(once=True, since=utc(2026, 11, 30))
+    assert (fired.fire.month, pipeline.sources) == (Month(2026, 10), [Upstream.TLC])
+
+
 def _history(name: str, fired: str, state: RunState = RunState.SUCCESS) -> RunEvent:
     return RunEvent(
         run_id=f"green-x-{fired}",
@@ -85,6 +105,7 @@ class _Pipeline:
 
     events: list[RunEvent] = field(default_factory=list)
     submitted: list[tuple[Dataset, Month, dict[str, str]]] = field(default_factory=list)
+    sources: list[Upstream | None] = field(default_factory=list)
     drains: int = 0
 
     def submit(
@@ -95,8 +116,11 @@ class _Pipeline:
         labels: Mapping[str, str] | None = None,
         force: bool = False,
         run_id: str | None = None,
+        source: Upstream | None = None,
+        replace: bool = False,
     ) -> str:
         run_id = f"{dataset.value}-{len(self.submitted)}"
+        self.sources.append(source)
         self.submitted.append((dataset, month, dict(labels or {})))
         self.events.append(
             RunEvent(

@@ -30,6 +30,7 @@ from taxi_pipeline.pipeline.ports import (
     LoadRecord,
     ObjectInfo,
     QueryResult,
+    Replacement,
     RunEvent,
     StagingSummary,
 )
@@ -96,6 +97,26 @@ class EmbeddedWarehouse:
         if load is not None:
             self.history.record_load(replace(load, rows_inserted=inserted))
         return inserted
+
+    def replace_staged(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement,
+        *,
+        load: LoadRecord | None = None,
+    ) -> tuple[int, int]:
+        """DuckDB's delete and insert (one transaction, committed), then ``load`` in the
+        SQLite ledger, as :meth:`merge_staged`."""
+        deleted, inserted = self.tables.replace_staged(
+            dataset, month, pickup_ranges, include_null_pickup, context, replacing
+        )
+        if load is not None:
+            self.history.record_load(replace(load, rows_inserted=inserted))
+        return deleted, inserted
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         self.tables.drop_month_objects(dataset, month)

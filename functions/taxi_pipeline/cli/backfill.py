@@ -24,6 +24,8 @@ from taxi_pipeline.cli.common import (
     DatasetArgument,
     HomeOption,
     SourceOption,
+    TlcUrlOption,
+    UpstreamOption,
     check_loadable,
     err_console,
     exit_with,
@@ -36,7 +38,7 @@ from taxi_pipeline.cli.common import (
     source_hint,
 )
 from taxi_pipeline.cli.live import EXIT_CANCELLED, Interrupts
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
 from taxi_pipeline.domain.messages import IngestResult, RunState, Topic
 from taxi_pipeline.errors import RunCancelled
 from taxi_pipeline.local.backfill import (
@@ -83,10 +85,15 @@ def backfill(
             " --concurrency: the functions' maximum instances bound the cloud)."
         ),
     ] = False,
+    source: UpstreamOption = None,
     source_url: SourceOption = None,
+    tlc_url: TlcUrlOption = None,
     home: HomeOption = None,
 ) -> None:
     """Load a range of months, N at a time locally, or publish them with --cloud.
+
+    The source as for `run`: the mirror's CSV for 2019-01..2021-07, the TLC's Parquet otherwise
+    (--source).
 
     --cloud publishes one ingest-requests message per month, labelled backfill=true. The cloud
     has no per-backfill limit: each function's maximum instances (infra/resources.py) bound how
@@ -102,8 +109,8 @@ def backfill(
             param_hint="--concurrency",
         )
     first_month, last_month = parse_month_option(first, "--from"), parse_month_option(last, "--to")
-    check_loadable([first_month], "--from")
-    settings = load_settings(home, source_url)
+    settings = load_settings(home, source_url, tlc_url=tlc_url, source=source)
+    check_loadable([first_month], "--from", dataset=dataset, source=settings.source)
     if concurrency is not None:
         settings = settings.model_copy(update={"max_concurrent_runs_per_dataset": concurrency})
     if cloud:
@@ -118,6 +125,7 @@ def backfill(
                 last_month,
                 only_missing=only_missing,
                 warehouse=pipeline.ports.warehouse,
+                source=source,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
@@ -220,7 +228,12 @@ def _backfill_cloud(
     with context as warehouse:
         try:
             plan = plan_backfill(
-                dataset, first, last, only_missing=only_missing, warehouse=warehouse
+                dataset,
+                first,
+                last,
+                only_missing=only_missing,
+                warehouse=warehouse,
+                source=settings.source if settings.source is not Upstream.AUTO else None,
             )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc

@@ -33,9 +33,9 @@ from typer.core import TyperGroup
 
 from taxi_pipeline.bootstrap import LocalPipeline, build_local, build_warehouse
 from taxi_pipeline.domain import history
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, choose_publication
 from taxi_pipeline.domain.messages import IngestResult, RunState
-from taxi_pipeline.errors import ConfigurationError, PipelineError, RunCancelled
+from taxi_pipeline.errors import ConfigurationError, PipelineError, RunCancelled, UnsupportedMonth
 from taxi_pipeline.logs import configure_logging, redact
 from taxi_pipeline.pipeline.ports import Progress as ProgressPort
 from taxi_pipeline.pipeline.ports import ProgressTask, Warehouse
@@ -248,6 +248,32 @@ SourceOption = Annotated[
         help="Base URL of the source files (TAXI_PIPELINE_SOURCE_URL).",
     ),
 ]
+UpstreamOption = Annotated[
+    Upstream | None,
+    typer.Option(
+        "--source",
+        metavar="SOURCE",
+        case_sensitive=False,
+        help="auto (default: the mirror for 2019-01..2021-07, the TLC otherwise), mirror or tlc"
+        " (TAXI_PIPELINE_SOURCE).",
+    ),
+]
+TlcUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tlc-url",
+        metavar="URL",
+        help="Base URL of the TLC's Parquet files (TAXI_PIPELINE_TLC_URL).",
+    ),
+]
+ReplaceOption = Annotated[
+    bool,
+    typer.Option(
+        "--replace",
+        help="Replace the rows of a month loaded from the other source (or from an upstream"
+        " file that changed since) instead of refusing the run; downloads the file again.",
+    ),
+]
 HomeOption = Annotated[
     Path | None,
     typer.Option(
@@ -260,13 +286,23 @@ LOCAL_DEFAULTS: Final = {"http_attempts": 2, "max_delivery_attempts": 2}
 after 2 x 2 tries in seconds, not 3 x 5. The environment still overrides them."""
 
 
-def load_settings(home: Path | None = None, source_url: str | None = None) -> Settings:
+def load_settings(
+    home: Path | None = None,
+    source_url: str | None = None,
+    *,
+    tlc_url: str | None = None,
+    source: Upstream | None = None,
+) -> Settings:
     """Settings from the environment, with the CLI's defaults and flags on top."""
     overrides: dict[str, object] = {}
     if home is not None:
         overrides["home"] = home
     if source_url is not None:
         overrides["source_url"] = source_url
+    if tlc_url is not None:
+        overrides["tlc_url"] = tlc_url
+    if source is not None:
+        overrides["source"] = source
     settings = Settings(**overrides)  # type: ignore[arg-type]
     local = {k: v for k, v in LOCAL_DEFAULTS.items() if k not in settings.model_fields_set}
     if local:
@@ -310,12 +346,26 @@ def parse_month_option(value: str, option: str) -> Month:
         raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
-def check_loadable(months: Iterable[Month], param_hint: str, today: datetime | None = None) -> None:
-    """Refuse, before anything runs, months that cannot exist upstream: in the future or before
-    the first TLC month. (``backfill`` and ``run`` alike; the download step checks again.)"""
+def check_loadable(
+    months: Iterable[Month],
+    param_hint: str,
+    today: datetime | None = None,
+    *,
+    dataset: Dataset | None = None,
+    source: Upstream = Upstream.AUTO,
+) -> None:
+    """Refuse, before anything runs, months that cannot exist upstream: in the future, before
+    the first TLC month, or (given the dataset) before the TLC's first month in today's layout
+    when the TLC is the source. (``backfill`` and ``run`` alike; the download step checks
+    again.)"""
     now = today or datetime.now(UTC)
     current = Month(now.year, now.month)
     for month in months:
+        if dataset is not None and month >= EARLIEST_MONTH:
+            try:
+                choose_publication(dataset, month, source)
+            except UnsupportedMonth as exc:
+                raise typer.BadParameter(str(exc), param_hint=param_hint) from exc
         if current < month:
             raise typer.BadParameter(
                 f"{month} is in the future (this is {current})", param_hint=param_hint
@@ -449,7 +499,11 @@ def source_hint(settings: Settings, result: IngestResult) -> str:
     reach it, an HTTP error) but the source never said "not published"."""
     if result.state is not RunState.FAILED or not result.error:
         return ""
-    url = source_file_url(settings, result.dataset, Month.parse(result.month))
-    if url not in result.error:
-        return ""
-    return "; check the network, or use --source-url (TAXI_PIPELINE_SOURCE_URL) for another source"
+    month = Month.parse(result.month)
+    for upstream, option in (
+        (Upstream.MIRROR, "--source-url (TAXI_PIPELINE_SOURCE_URL)"),
+        (Upstream.TLC, "--tlc-url (TAXI_PIPELINE_TLC_URL)"),
+    ):
+        if source_file_url(settings, result.dataset, month, upstream) in result.error:
+            return f"; check the network, or use {option} for another source"
+    return ""

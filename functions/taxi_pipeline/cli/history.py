@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,8 @@ import typer
 from taxi_pipeline.bootstrap import (
     HistoryStore,
     build_history,
+    build_lake,
+    build_source,
     check_embedded_exists,
     liveness_of,
 )
@@ -32,13 +35,15 @@ from taxi_pipeline.cli.common import (
     styled_line,
 )
 from taxi_pipeline.domain import history
-from taxi_pipeline.domain.datasets import Dataset, published_months
+from taxi_pipeline.domain.datasets import Dataset, Month, published_months
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.local import control
 from taxi_pipeline.local.process import this_process
 from taxi_pipeline.logs import redact
+from taxi_pipeline.pipeline.ports import LoadRecord
+from taxi_pipeline.pipeline.upstream import check_upstream as check_upstream_of
 from taxi_pipeline.render import html as report_html
 from taxi_pipeline.render import text as render_text
 from taxi_pipeline.settings import Settings
@@ -299,6 +304,40 @@ def restart(
 # -- status -------------------------------------------------------------------------------------
 
 
+def _print_upstream_checks(settings: Settings, loads: Sequence[LoadRecord]) -> None:
+    """One line per loaded month whose upstream changed or could not tell, and a count."""
+    source = build_source(settings)
+    try:
+        checks = check_upstream_of(loads, build_lake(settings), source)
+    finally:
+        source.close()
+    changed = [c for c in checks if c.changed]
+    asked = [c for c in checks if c.url is not None]
+    print_line("")
+    print_line(
+        f"upstream: {render_text.plural(len(asked), 'loaded month')} asked (HEAD),"
+        f" {len(changed)} changed since the load"
+    )
+    for check in checks:
+        if check.changed or check.problem:
+            print_line(f"  {check.line()}", style="yellow" if check.changed else None)
+
+
+def _status_months(
+    datasets: Sequence[Dataset], loads: Sequence[LoadRecord], runs: Sequence[history.Run]
+) -> list[Month]:
+    """The mirror's months, and any other with a load or a run that was not only SKIPPED (the
+    TLC's months are open-ended: a matrix from 2011 on would be mostly dots)."""
+    names = {d.value for d in datasets}
+    months = set(published_months())
+    months |= {load.month for load in loads if load.dataset.value in names}
+    for each in runs:
+        if each.dataset in names and each.state is not RunState.SKIPPED:
+            with contextlib.suppress(ValueError):
+                months.add(Month.parse(each.month))
+    return sorted(months)
+
+
 def status(
     html: Annotated[
         Path | None,
@@ -308,22 +347,35 @@ def status(
         Dataset | None,
         typer.Option(metavar="DATASET", case_sensitive=False, help="Only this dataset."),
     ] = None,
+    check_upstream: Annotated[
+        bool,
+        typer.Option(
+            "--check-upstream",
+            help="Also ask each loaded month's upstream (HEAD requests only) whether its file"
+            " changed since the load (ETag, Last-Modified, size); a changed month reloads only"
+            " with run --replace.",
+        ),
+    ] = False,
     home: HomeOption = None,
 ) -> None:
-    """Coverage: dataset x month matrix of loaded, missing, failed and running months.
+    """Coverage: dataset x month matrix of loaded, missing, failed and running months, with the
+    source of each loaded month (mirror or tlc).
 
-    The months are the range published upstream (2019-01 .. 2021-07)."""
+    The months are the mirror's range (2019-01 .. 2021-07) and every other month with a load or
+    a run that did not end SKIPPED."""
     settings = load_settings(home)
     datasets = [dataset] if dataset else list(Dataset)
-    months = published_months()
     with open_history(settings) as store:
         loads = store.loads()
         events = store.run_events()
         liveness = liveness_of(store)
     all_runs = history.derive_runs(events, liveness)
+    months = _status_months(datasets, loads, all_runs)
     cells = history.coverage(datasets, months, loads, all_runs)
     for line in render_text.coverage_table(datasets, months, cells):
         print_line(line)
+    if check_upstream:
+        _print_upstream_checks(settings, [load for load in loads if load.dataset in datasets])
     print_line(f"read {redact(settings.resolved_warehouse_url)}")
     if html is not None:
         shown = [r for r in all_runs if dataset is None or r.dataset == dataset.value]

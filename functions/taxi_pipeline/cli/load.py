@@ -1,6 +1,7 @@
 """``taxi-pipeline load PATH``: a hand upload on the embedded default.
 
-The file is copied into the lake as ``raw/{dataset}/{published file name}`` with no metadata,
+The file (a mirror's ``.csv.gz`` or a TLC ``.parquet``, told by its name's ending) is copied into
+the lake as ``raw/{dataset}/{published file name}`` with no metadata,
 exactly as a file someone uploads into the bucket by hand; its finalized-object event then
 starts the chain the cloud runs for such an upload: register (which verifies the whole object
 first, since no download did), merge. The run id derives from the object's generation.
@@ -25,6 +26,7 @@ from taxi_pipeline.cli.common import (
     result_line,
 )
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name, parse_object_name
+from taxi_pipeline.domain.formats import CSV_GZ, format_of
 from taxi_pipeline.errors import PipelineError
 
 _COPY_CHUNK = 1024 * 1024
@@ -45,7 +47,8 @@ def identify(path: Path, dataset: Dataset | None, month: str | None) -> tuple[Da
     except ValueError as exc:
         raise typer.BadParameter(
             f"cannot tell the dataset and month from the file name {path.name!r} (published"
-            " names look like green_tripdata_2019-01.csv.gz); give --dataset and --month",
+            " names look like green_tripdata_2019-01.csv.gz or yellow_tripdata_2024-01.parquet);"
+            " give --dataset and --month",
             param_hint="PATH",
         ) from exc
     return (
@@ -59,7 +62,7 @@ def load(
         Path,
         typer.Argument(
             metavar="PATH",
-            help="A .csv.gz month as published",
+            help="A month as published: a .csv.gz (the mirror) or a .parquet (the TLC)",
             exists=True,
             dir_okay=False,
             readable=True,
@@ -82,7 +85,8 @@ def load(
     chosen_dataset, chosen_month = identify(path, dataset, month)
     settings = load_settings(home)
     pipeline = open_local(settings)
-    name = object_name(chosen_dataset, chosen_month)
+    fmt = format_of(path.name) or CSV_GZ
+    name = object_name(chosen_dataset, chosen_month, fmt)
     try:
         known = set(pipeline.results)
         with path.open("rb") as source, pipeline.ports.lake.writer(name, {}) as target:
@@ -94,7 +98,7 @@ def load(
     finally:
         pipeline.close()
     results = [r for run_id, r in pipeline.results.items() if run_id not in known]
-    print_line(f"{path} -> {name} ({file_name(chosen_dataset, chosen_month)})")
+    print_line(f"{path} -> {name} ({file_name(chosen_dataset, chosen_month, fmt)})")
     if not results:
         raise CliError(
             f"{chosen_dataset.value} {chosen_month}: no result was recorded", ExitStatus.FAILED

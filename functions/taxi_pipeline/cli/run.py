@@ -22,7 +22,10 @@ from taxi_pipeline.cli.common import (
     DatasetArgument,
     ExitStatus,
     HomeOption,
+    ReplaceOption,
     SourceOption,
+    TlcUrlOption,
+    UpstreamOption,
     check_loadable,
     console,
     err_console,
@@ -36,7 +39,7 @@ from taxi_pipeline.cli.common import (
     state_of,
 )
 from taxi_pipeline.cli.live import EXIT_CANCELLED, Interrupts, LiveProgress
-from taxi_pipeline.domain.datasets import Dataset, Month, parse_month_span
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, parse_month_span
 from taxi_pipeline.domain.messages import IngestResult, RunState
 from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.render.text import aligned, plural, printable
@@ -50,7 +53,14 @@ def register(app: typer.Typer) -> None:
 
 
 def run_months(
-    pipeline: LocalPipeline, dataset: Dataset, months: list[Month], force: bool, workers: int = 1
+    pipeline: LocalPipeline,
+    dataset: Dataset,
+    months: list[Month],
+    force: bool,
+    workers: int = 1,
+    *,
+    source: Upstream | None = None,
+    replace: bool = False,
 ) -> list[tuple[Month, str, float]]:
     """Submit one run per month and process the bus; returns (month, run id, seconds).
     After Ctrl-C no further month starts."""
@@ -59,7 +69,14 @@ def run_months(
         if pipeline.cancelled:
             break
         started = time.monotonic()
-        run_id = pipeline.submit(dataset, month, force=force, labels={"trigger": "manual"})
+        run_id = pipeline.submit(
+            dataset,
+            month,
+            force=force,
+            labels={"trigger": "manual"},
+            source=source,
+            replace=replace,
+        )
         pipeline.drain(workers)
         timings.append((month, run_id, time.monotonic() - started))
     return timings
@@ -70,28 +87,35 @@ def run(
     months: Annotated[
         str, typer.Argument(metavar="MONTHS", help="YYYY-MM or a range YYYY-MM..YYYY-MM")
     ],
+    source: UpstreamOption = None,
     source_url: SourceOption = None,
+    tlc_url: TlcUrlOption = None,
     home: HomeOption = None,
     force: Annotated[
         bool, typer.Option(help="Download and merge again even if already loaded.")
     ] = False,
+    replace: ReplaceOption = False,
 ) -> None:
     """Download, register and merge months through the event chain; print a summary.
 
-    Exit status 0 when every month is SUCCESS, 1 when one FAILED, 3 when none failed but some
-    were SKIPPED (not published), 2 for bad arguments or settings."""
+    The source: the DataTalksClub mirror's CSV for 2019-01..2021-07, the TLC's Parquet for
+    every other month (--source). A month already loaded from the other source is refused
+    unless --replace. Exit status 0 when every month is SUCCESS, 1 when one FAILED, 3 when none
+    failed but some were SKIPPED (not published), 2 for bad arguments or settings."""
     try:
         month_list = parse_month_span(months)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="MONTHS") from exc
-    check_loadable(month_list, "MONTHS")
-    settings = load_settings(home, source_url)
+    settings = load_settings(home, source_url, tlc_url=tlc_url, source=source)
+    check_loadable(month_list, "MONTHS", dataset=dataset, source=settings.source)
     live = LiveProgress(err_console)
     # Opened before the bars start: an error line is then printed after nothing else.
     pipeline = open_local(settings, live, notice=notice)
     try:
         with live.shown(), Interrupts(pipeline, err_console) as interrupts:
-            timings = run_months(pipeline, dataset, month_list, force)
+            timings = run_months(
+                pipeline, dataset, month_list, force, source=source, replace=replace
+            )
     finally:
         pipeline.close()
     if interrupts.interrupted:
@@ -148,6 +172,10 @@ def print_summary(
     console.print(table)
     for reason in reasons:
         print_line(reason, err=True, style="red" if " FAILED: " in reason else "yellow")
+    for month, run_id, _ in timings:
+        result = results.get(run_id)
+        for note in (result.notes or ()) if result else ():
+            print_line(f"{month} note: {note}", err=True, style="yellow")
     return states
 
 

@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -330,7 +331,7 @@ def serve_directory(
         pass
 
     Handler.state = state
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = _QuietServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True  # a stalled (delayed) request must not hold up shutdown
     thread = threading.Thread(
         target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="source-server"
@@ -342,6 +343,17 @@ def serve_directory(
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a 403 it does not read to the end, a cancelled download) is no
+    error worth a traceback on stderr."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            _log.debug("client %s went away", client_address)
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,8 +1,13 @@
-"""The published taxi datasets: their CSV layouts, reference types, months and names.
+"""The published taxi datasets: their CSV layouts, reference types, sources, months and names.
 
 Everything here is pure data and naming rules, shared by every step and adapter, so the
 cloud (BigQuery) and the embedded default (DuckDB) agree on what a column is called and
 what type it has.
+
+Two upstreams publish the months: the DataTalksClub mirror (``csv.gz``, 2019-01..2021-07, the
+zoomcamp's data) and the NYC TLC itself (``parquet``, yellow from 2011-01, green from 2013-08,
+about two months after a month ends). They are not the same rows, so a month is loaded from one
+of them only (:func:`choose_publication`, and the source guard of the download and merge steps).
 """
 
 from __future__ import annotations
@@ -14,8 +19,20 @@ from functools import total_ordering
 from typing import Final, Literal
 
 from taxi_pipeline.domain.formats import FORMATS, SourceFormat, format_named, format_of
+from taxi_pipeline.errors import UnsupportedMonth
 
 ColumnKind = Literal["string", "timestamp", "integer", "numeric"]
+
+
+class Upstream(StrEnum):
+    """Where a month's file comes from: the ``--source`` of a run (``TAXI_PIPELINE_SOURCE``)."""
+
+    AUTO = "auto"
+    """The mirror for the months it publishes, the TLC for every other month."""
+    MIRROR = "mirror"
+    """The DataTalksClub CSV backups: ``{source_url}/{dataset}/{file}.csv.gz``."""
+    TLC = "tlc"
+    """The TLC's Parquet files: ``{tlc_url}/{dataset}_tripdata_YYYY-MM.parquet``."""
 
 
 class Dataset(StrEnum):
@@ -62,15 +79,35 @@ class Column:
 
 @dataclass(frozen=True)
 class Layout:
-    """The published CSV layout of a dataset, in file order."""
+    """The published CSV layout of a dataset, in file order, and the final table's columns
+    beyond it."""
 
     columns: tuple[Column, ...]
     pickup: str
     dropoff: str
+    added: tuple[Column, ...] = ()
+    """Final-table columns the CSV does not have (the TLC's fees): NULL for CSV months. A final
+    table made before they existed gains them in place (``ALTER TABLE ... ADD COLUMN``)."""
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The CSV's column names, in file order."""
         return tuple(c.name for c in self.columns)
+
+    @property
+    def final_columns(self) -> tuple[Column, ...]:
+        """Every column of the final table after ``unique_row_id`` and ``filename``."""
+        return self.columns + self.added
+
+    @property
+    def final_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.final_columns)
+
+    def column(self, name: str) -> Column:
+        for candidate in self.final_columns:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(f"no column {name!r}")
 
     @property
     def header(self) -> str:
@@ -113,12 +150,21 @@ class TripProfile:
 
 @dataclass(frozen=True)
 class Publication:
-    """What a source publishes of a dataset: a file format and the months it covers."""
+    """What an upstream publishes of a dataset: a file format and the months it covers."""
 
+    upstream: Upstream
     format: str
-    """A name in :data:`formats.FORMATS` (``csv.gz``)."""
+    """A name in :data:`formats.FORMATS` (``csv.gz``, ``parquet``)."""
     first: Month
-    last: Month
+    last: Month | None
+    """``None``: still publishing (a month appears some weeks after it ends)."""
+
+    @property
+    def source_format(self) -> SourceFormat:
+        return format_named(self.format)
+
+    def covers(self, month: Month) -> bool:
+        return self.first <= month and (self.last is None or month <= self.last)
 
 
 @dataclass(frozen=True)
@@ -138,8 +184,18 @@ class DatasetSpec:
         return self.layout.id_columns
 
     def published_months(self) -> list[Month]:
-        months = {m for p in self.publications for m in month_range(p.first, p.last)}
+        """The months of the closed publications (the mirror's): the coverage matrix's range.
+        The TLC's publication is open (it grows every month) and is not enumerated."""
+        months = {
+            m for p in self.publications if p.last is not None for m in month_range(p.first, p.last)
+        }
         return sorted(months)
+
+    def publication(self, upstream: Upstream) -> Publication:
+        for candidate in self.publications:
+            if candidate.upstream is upstream:
+                return candidate
+        raise ValueError(f"{self.dataset.value} has no {upstream.value} publication")
 
 
 # Reference types from the zoomcamp's 08_gcp_taxi flow (see shared/reference/zoomcamp-pipeline.md).
@@ -152,6 +208,8 @@ YELLOW_LAYOUT: Final = Layout(
     ),
     pickup="tpep_pickup_datetime",
     dropoff="tpep_dropoff_datetime",
+    # The TLC's files have them (airport_fee spelled Airport_fee from 2023-02); the CSV not.
+    added=_columns("airport_fee:N cbd_congestion_fee:N"),
 )
 
 GREEN_LAYOUT: Final = Layout(
@@ -164,6 +222,7 @@ GREEN_LAYOUT: Final = Layout(
     ),
     pickup="lpep_pickup_datetime",
     dropoff="lpep_dropoff_datetime",
+    added=_columns("cbd_congestion_fee:N"),
 )
 
 _MONTH_RE: Final = re.compile(r"([0-9]{4})-([0-9]{2})")
@@ -236,9 +295,14 @@ def parse_month_span(text: str) -> list[Month]:
     return [Month.parse(text)]
 
 
-# What the source publishes (release tags yellow/green of DataTalksClub/nyc-tlc-data).
+# What the mirror publishes (release tags yellow/green of DataTalksClub/nyc-tlc-data).
 PUBLISHED_FIRST: Final = Month(2019, 1)
 PUBLISHED_LAST: Final = Month(2021, 7)
+_MIRROR: Final = Publication(Upstream.MIRROR, "csv.gz", PUBLISHED_FIRST, PUBLISHED_LAST)
+# What the TLC publishes in today's layout (domain/tlc_schemas.py: yellow before 2011-01 has
+# other column names; green starts 2013-08).
+TLC_YELLOW_FIRST: Final = Month(2011, 1)
+TLC_GREEN_FIRST: Final = Month(2013, 8)
 _ZONES: Final = ("PULocationID", "DOLocationID")
 
 SPECS: Final[dict[Dataset, DatasetSpec]] = {
@@ -246,14 +310,14 @@ SPECS: Final[dict[Dataset, DatasetSpec]] = {
         Dataset.YELLOW,
         YELLOW_LAYOUT,
         cluster_columns=_ZONES,
-        publications=(Publication("csv.gz", PUBLISHED_FIRST, PUBLISHED_LAST),),
+        publications=(_MIRROR, Publication(Upstream.TLC, "parquet", TLC_YELLOW_FIRST, None)),
         profile=TripProfile(850, (710, 985, 993, 998), 900, 250),
     ),
     Dataset.GREEN: DatasetSpec(
         Dataset.GREEN,
         GREEN_LAYOUT,
         cluster_columns=_ZONES,
-        publications=(Publication("csv.gz", PUBLISHED_FIRST, PUBLISHED_LAST),),
+        publications=(_MIRROR, Publication(Upstream.TLC, "parquet", TLC_GREEN_FIRST, None)),
         profile=TripProfile(0, (500, 950, 975, 995), 150, 275),
     ),
 }
@@ -267,8 +331,53 @@ def published_months(dataset: Dataset | None = None) -> list[Month]:
 
 
 def source_format(dataset: Dataset) -> SourceFormat:
-    """The format the source publishes ``dataset`` in (its first publication's)."""
+    """The format the mirror publishes ``dataset`` in (its first publication's)."""
     return format_named(SPECS[dataset].publications[0].format)
+
+
+def choose_publication(dataset: Dataset, month: Month, choice: Upstream) -> Publication:
+    """The publication a run of ``dataset`` ``month`` downloads from.
+
+    ``auto``: the mirror for the months it publishes, the TLC for every other. An explicit
+    ``mirror`` is taken as asked (a month it lacks is then not published: SKIPPED). The TLC
+    before its first month in today's layout raises :class:`UnsupportedMonth`.
+    """
+    spec = SPECS[dataset]
+    if choice is Upstream.AUTO:
+        mirror = spec.publication(Upstream.MIRROR)
+        choice = Upstream.MIRROR if mirror.covers(month) else Upstream.TLC
+    publication = spec.publication(choice)
+    if choice is Upstream.TLC and month < publication.first:
+        raise UnsupportedMonth(
+            f"{dataset.value} {month} is not available from the TLC in today's layout:"
+            f" {_BEFORE_TLC[dataset]}; the pipeline reads {dataset.value} from the TLC from"
+            f" {publication.first} on"
+        )
+    return publication
+
+
+_BEFORE_TLC: Final = {
+    Dataset.YELLOW: "its yellow files before 2011-01 have other column names (vendor_name,"
+    " Trip_Pickup_DateTime, coordinates instead of zones)",
+    Dataset.GREEN: "green trip data starts 2013-08",
+}
+
+
+def upstream_of(dataset: Dataset, fmt: SourceFormat) -> Upstream:
+    """The upstream that publishes ``dataset`` in ``fmt`` (a loaded object's source)."""
+    for publication in SPECS[dataset].publications:
+        if publication.format == fmt.name:
+            return publication.upstream
+    raise ValueError(f"{dataset.value} is not published as {fmt.name}")
+
+
+def upstream_of_object(name: str) -> Upstream | None:
+    """The upstream of the lake object ``name`` (``None``: not a month's object)."""
+    try:
+        dataset, _, fmt = parse_object(name)
+        return upstream_of(dataset, fmt)
+    except ValueError:
+        return None
 
 
 def file_name(dataset: Dataset, month: Month, fmt: SourceFormat | None = None) -> str:
@@ -277,7 +386,8 @@ def file_name(dataset: Dataset, month: Month, fmt: SourceFormat | None = None) -
 
 
 def csv_name(dataset: Dataset, month: Month, fmt: SourceFormat | None = None) -> str:
-    """The ``filename`` column value: the published CSV's name (without ``.gz``)."""
+    """The ``filename`` column value: the published CSV's name (without ``.gz``), or the
+    Parquet file's name."""
     chosen = fmt or source_format(dataset)
     return chosen.row_filename(file_name(dataset, month, chosen))
 

@@ -6,7 +6,8 @@ of a hand upload is checked, and what the ``filename`` column says for it. How e
 stages it is that warehouse's hook (``adapters/sql/dialects.py``: DuckDB's reader, BigQuery's
 external-table and load-job options).
 
-A new format (Parquet is next) adds its entry to :data:`FORMATS` and its verifier module.
+A new format adds its entry to :data:`FORMATS` and its verifier module (``csv.gz``:
+``pipeline/verify.py``; ``parquet``: ``pipeline/verify_parquet.py``).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import importlib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, cast
 
 from taxi_pipeline.errors import VerificationFailed
 
 if TYPE_CHECKING:
-    from taxi_pipeline.domain.datasets import Layout
+    from taxi_pipeline.domain.datasets import Layout, Month
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,26 @@ class VerifiedFile:
     bytes_compressed: int
     bytes_uncompressed: int
     rows: int
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the file holds that is not loaded (``new column X (double) not loaded``)."""
+        return ()
+
+
+@dataclass(frozen=True)
+class VerifyTarget:
+    """What a verifier checks a file against."""
+
+    dataset: str
+    month: Month
+    layout: Layout
+    expected_length: int | None
+    """The announced (or stored) size; ``None``: unknown."""
+    min_rows: int = 1
+    max_inflated: int = 8 * 1024**3
+    etag: str | None = None
+    """The source's ``ETag``, where the format can check the bytes against it."""
 
 
 class StreamVerifier(Protocol):
@@ -41,8 +62,15 @@ class StreamVerifier(Protocol):
     def finish(self) -> VerifiedFile: ...
 
 
-VerifierFactory = Callable[["Layout", "int | None", int, int], StreamVerifier]
-"""``(layout, expected length or None, minimum rows, maximum inflated bytes) -> verifier``."""
+VerifierFactory = Callable[[VerifyTarget], StreamVerifier]
+"""A stream verifier for a file expected to match the target."""
+ObjectVerifier = Callable[[BinaryIO, VerifyTarget], VerifiedFile]
+"""Verify a whole object at hand (a seekable stream of it: a hand upload, a lake object)."""
+
+
+def _resolve(path: str) -> object:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 @dataclass(frozen=True)
@@ -56,6 +84,8 @@ class SourceFormat:
     verifier_path: str
     """``module:factory`` of its :data:`VerifierFactory` (resolved when first used, so the
     domain imports no verifier and a format's verifier loads only where it runs)."""
+    object_verifier_path: str
+    """``module:function`` of its :data:`ObjectVerifier`."""
     check_head: Callable[[bytes, Layout, str], None]
     """Cheap check of the first :attr:`head_bytes` of an object nobody verified (a hand
     upload): raises ``VerificationFailed``. Arguments: head, layout, dataset name."""
@@ -63,13 +93,18 @@ class SourceFormat:
     row_filename_suffix: str
     """What the ``filename`` column ends with instead of :attr:`suffix` (the reference writes
     the CSV's name: ``.csv`` for a ``.csv.gz`` file)."""
+    declares_rows: bool = False
+    """Whether a file states its row count where it is cheap to read (a Parquet footer): the
+    merge then checks that staging read exactly that many rows."""
 
-    def verifier(
-        self, layout: Layout, expected_length: int | None, min_rows: int, max_inflated: int
-    ) -> StreamVerifier:
-        module, _, attribute = self.verifier_path.partition(":")
-        factory = cast("VerifierFactory", getattr(importlib.import_module(module), attribute))
-        return factory(layout, expected_length, min_rows, max_inflated)
+    def verifier(self, target: VerifyTarget) -> StreamVerifier:
+        factory = cast("VerifierFactory", _resolve(self.verifier_path))
+        return factory(target)
+
+    def verify_object(self, handle: BinaryIO, target: VerifyTarget) -> VerifiedFile:
+        """Verify a whole object read through ``handle`` (as a download is verified)."""
+        verify = cast("ObjectVerifier", _resolve(self.object_verifier_path))
+        return verify(handle, target)
 
     def row_filename(self, file_name: str) -> str:
         """The ``filename`` column value of the rows of ``file_name``."""
@@ -111,20 +146,44 @@ def header_mismatch(expected: str, got: str, layout: str = "published") -> str:
     return f"{lead} column {len(want) + 1} ({extra[:60]!r}) is not in it {counts}"
 
 
+PARQUET_MAGIC: Final = b"PAR1"
+
+
+def _check_parquet_head(head: bytes, layout: Layout, dataset: str) -> None:
+    """``PAR1`` first (the footer, schema and row count are checked on the whole object)."""
+    if head[: len(PARQUET_MAGIC)] != PARQUET_MAGIC:
+        raise VerificationFailed(
+            f"not a Parquet file: it starts with {head[:4]!r}, not {PARQUET_MAGIC!r}"
+            " (an error page or another format)"
+        )
+
+
 CSV_GZ: Final = SourceFormat(
     name="csv.gz",
     suffix=".csv.gz",
     content_type="application/gzip",
-    verifier_path="taxi_pipeline.pipeline.verify:GzipCsvVerifier",
+    verifier_path="taxi_pipeline.pipeline.verify:gzip_csv_verifier",
+    object_verifier_path="taxi_pipeline.pipeline.verify:verify_gzip_csv_object",
     check_head=_check_gzip_csv_head,
     head_bytes=64 * 1024,
     row_filename_suffix=".csv",
 )
 
-# Parquet (the official TLC files) goes here: PARQUET = SourceFormat(name="parquet",
-# suffix=".parquet", content_type="application/vnd.apache.parquet", verifier_path=
-# "taxi_pipeline.pipeline.verify_parquet:ParquetVerifier", ...), then into FORMATS.
-FORMATS: Final[dict[str, SourceFormat]] = {CSV_GZ.name: CSV_GZ}
+PARQUET: Final = SourceFormat(
+    name="parquet",
+    suffix=".parquet",
+    # Registered with IANA in 2024; GCS and browsers show it as such.
+    content_type="application/vnd.apache.parquet",
+    verifier_path="taxi_pipeline.pipeline.verify_parquet:parquet_verifier",
+    object_verifier_path="taxi_pipeline.pipeline.verify_parquet:verify_parquet_lake_object",
+    check_head=_check_parquet_head,
+    head_bytes=len(PARQUET_MAGIC),
+    # The TLC's rows are named after the file itself: there is no CSV behind it.
+    row_filename_suffix=".parquet",
+    declares_rows=True,
+)
+
+FORMATS: Final[dict[str, SourceFormat]] = {CSV_GZ.name: CSV_GZ, PARQUET.name: PARQUET}
 
 
 def format_named(name: str) -> SourceFormat:

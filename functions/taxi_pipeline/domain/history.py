@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.datasets import Dataset, Month, upstream_of_object
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
 from taxi_pipeline.pipeline.recorder import CANCEL_STEP, QUEUE_STEP
@@ -396,6 +396,8 @@ class Cell:
     ``missing``."""
     run_id: str | None = None
     error: str | None = None
+    source: str | None = None
+    """Where the latest completed load's rows came from (``mirror``, ``tlc``), when known."""
 
 
 def coverage(
@@ -428,10 +430,12 @@ def coverage(
             load = latest_load.get(key)
             run = latest_run.get(key)
             rows = load.rows_in_file if load else None
+            upstream = upstream_of_object(load.object_name) if load else None
+            source = upstream.value if upstream else None
             if key in active:
-                cell = Cell(dataset, month, rows, "running", active[key].run_id)
+                cell = Cell(dataset, month, rows, "running", active[key].run_id, source=source)
             elif load is not None:
-                cell = Cell(dataset, month, rows, "loaded", load.run_id)
+                cell = Cell(dataset, month, rows, "loaded", load.run_id, source=source)
             elif run is not None and run.state in _UNLOADED:
                 cell = Cell(dataset, month, None, _UNLOADED[run.state], run.run_id, run.error)
             else:

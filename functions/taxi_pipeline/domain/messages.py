@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
 from taxi_pipeline.errors import InvalidMessage
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024
@@ -102,7 +102,11 @@ class IngestRequest(_Message):
     """Body of an ``ingest-requests`` message: load one dataset-month.
 
     ``month`` may be absent (Cloud Scheduler's static body): the month then comes from the
-    event's time. ``run_id`` may be absent: the download step assigns one.
+    event's time, minus ``lag_months`` (absent: ``TAXI_PIPELINE_SCHEDULE_LAG_MONTHS``).
+    ``run_id`` may be absent: the download step assigns one. ``source`` absent:
+    ``TAXI_PIPELINE_SOURCE`` (``auto``). ``replace``: a month loaded from the other source (or
+    from an upstream file that changed since) has its rows replaced instead of the run being
+    refused. Every field added since version 1 is optional, so older messages stay valid.
     """
 
     dataset: Dataset
@@ -110,6 +114,9 @@ class IngestRequest(_Message):
     run_id: RunId | None = None
     labels: Labels = Field(default_factory=dict)
     force: bool = False
+    source: Upstream | None = None
+    replace: bool = False
+    lag_months: int | None = Field(default=None, ge=0, le=24)
 
     @field_validator("month")
     @classmethod
@@ -133,6 +140,8 @@ class MergeRequest(_Message):
     generation: str
     labels: Labels = Field(default_factory=dict)
     force: bool = False
+    replace: bool = False
+    """Replace the month's rows (of either source) instead of refusing another source's."""
 
     @field_validator("month")
     @classmethod
@@ -176,6 +185,11 @@ class IngestResult(_Message):
     bytes_downloaded: int | None = None
     error: str | None = None
     labels: Labels = Field(default_factory=dict)
+    rows_replaced: int | None = None
+    """Rows of the month deleted by a ``replace`` run (the other source's, or the old file's)."""
+    notes: tuple[str, ...] | None = None
+    """What the run loaded differently from what the file holds (``new column X not loaded``),
+    and what it replaced."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,12 @@
 One file feeds both the Cloud Scheduler jobs that ``deploy.sh`` provisions and the local
 scheduler, so the two can never disagree. Each ``[[schedule]]`` table becomes a frozen
 :class:`Schedule`; a malformed entry fails loading with the entry's name and the reason.
+
+A schedule names its ``source`` and its ``lag_months``; both go into the ingest request's body
+(``{"dataset": "green", "source": "tlc", "lag_months": 2}``), so the download function reads the
+fire's month as the local scheduler does: the fire date's month (in the schedule's time zone)
+minus the lag. The TLC publishes a month about two months after it ends, hence lag 2: the fire of
+2026-12-01 asks for 2026-10, and a month not out yet ends SKIPPED.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from taxi_pipeline.domain.datasets import Dataset
+from taxi_pipeline.domain.datasets import Dataset, Upstream
 from taxi_pipeline.domain.messages import IngestRequest, Topic, parse_model
 from taxi_pipeline.errors import ConfigurationError, InvalidMessage
 
@@ -28,7 +34,9 @@ DEFAULT_PATH: Final = Path(__file__).parent.parent / "schedules.toml"
 _JOB_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,500}$")
 """Cloud Scheduler's job id rule."""
 
-_KEYS: Final = frozenset({"name", "dataset", "cron", "time_zone", "topic", "body", "attributes"})
+_KEYS: Final = frozenset(
+    {"name", "dataset", "cron", "time_zone", "topic", "body", "attributes", "source", "lag_months"}
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,11 @@ class Schedule:
     """The message body published verbatim: an :class:`IngestRequest` as JSON."""
     attributes: Mapping[str, str] = field(default_factory=dict)
     topic: Topic = Topic.INGEST_REQUESTS
+    source: Upstream | None = None
+    """Where its runs download from (``None``: ``TAXI_PIPELINE_SOURCE``)."""
+    lag_months: int | None = None
+    """A fire loads its date's month minus this many months (``None``: the setting
+    ``TAXI_PIPELINE_SCHEDULE_LAG_MONTHS``)."""
 
     @property
     def data(self) -> bytes:
@@ -85,7 +98,9 @@ def _parse(entry: object, index: int, source: Path) -> Schedule:
         cron = _text(entry, "cron")
         time_zone = _text(entry, "time_zone", "Etc/UTC")
         topic = Topic(_text(entry, "topic", Topic.INGEST_REQUESTS.value))
-        body = _text(entry, "body", json.dumps({"dataset": dataset.value}))
+        upstream = Upstream(_text(entry, "source")) if "source" in entry else None
+        lag = _lag(entry)
+        body = _body(entry, dataset, upstream, lag)
         attributes = _attributes(entry.get("attributes", {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigurationError(f"{where}: {exc}") from exc
@@ -105,7 +120,53 @@ def _parse(entry: object, index: int, source: Path) -> Schedule:
         raise ConfigurationError(
             f"{where}: body is for {request.dataset.value}, not {dataset.value}"
         )
-    return Schedule(name, dataset, cron, time_zone, body, attributes, topic)
+    return Schedule(
+        name,
+        dataset,
+        cron,
+        time_zone,
+        body,
+        attributes,
+        topic,
+        request.source,
+        request.lag_months,
+    )
+
+
+def _lag(entry: Mapping[str, object]) -> int | None:
+    value = entry.get("lag_months")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 24:
+        raise ValueError(f"'lag_months' must be a whole number of months 0..24, got {value!r}")
+    return value
+
+
+def _body(
+    entry: Mapping[str, object], dataset: Dataset, source: Upstream | None, lag: int | None
+) -> str:
+    """The entry's ``body``, or one made of its dataset, source and lag. Given both, the body
+    and the keys must agree (one job, one meaning); the body's dataset is checked by the
+    caller."""
+    wanted: dict[str, object] = {}
+    if source is not None:
+        wanted["source"] = source.value
+    if lag is not None:
+        wanted["lag_months"] = lag
+    if "body" not in entry:
+        return json.dumps({"dataset": dataset.value, **wanted})
+    body = _text(entry, "body")
+    try:
+        given = json.loads(body)
+    except ValueError:
+        return body  # refused with its reason when parsed as a request
+    if isinstance(given, dict):
+        for key, value in wanted.items():
+            if key in given and given[key] != value:
+                raise ValueError(f"body says {key} {given[key]!r}, the entry {value!r}")
+        if set(wanted) - set(given):
+            return json.dumps({**given, **wanted})
+    return body
 
 
 def _text(entry: Mapping[str, object], key: str, default: str | None = None) -> str:

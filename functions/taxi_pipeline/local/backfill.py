@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from taxi_pipeline.domain.datasets import Dataset, Month, month_range
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, month_range
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic
 from taxi_pipeline.local.scheduler import Submitter
 from taxi_pipeline.pipeline.ports import Bus, Warehouse
@@ -59,6 +59,8 @@ class BackfillPlan:
     already_loaded: tuple[Month, ...] = ()
     """Months skipped by ``only_missing``."""
     backfill_id: str = field(default_factory=lambda: secrets.token_hex(4))
+    source: Upstream | None = None
+    """Where its runs download from (``None``: ``TAXI_PIPELINE_SOURCE``, ``auto``)."""
 
     @property
     def labels(self) -> dict[str, str]:
@@ -73,6 +75,7 @@ def plan_backfill(
     only_missing: bool = False,
     warehouse: Warehouse | None = None,
     today: datetime | None = None,
+    source: Upstream | None = None,
 ) -> BackfillPlan:
     """The months ``first..last``; raises ``ValueError`` for an empty or future range."""
     if last < first:
@@ -91,6 +94,7 @@ def plan_backfill(
         dataset,
         tuple(m for m in months if m not in loaded),
         tuple(m for m in months if m in loaded),
+        source=source,
     )
 
 
@@ -148,7 +152,9 @@ def run_backfill(
         run_id = new_run_id(plan.dataset, month)
         with lock:
             mine.add(run_id)
-        run_ids[month] = pipeline.submit(plan.dataset, month, labels=labels, run_id=run_id)
+        run_ids[month] = pipeline.submit(
+            plan.dataset, month, labels=labels, run_id=run_id, source=plan.source
+        )
     pipeline.drain(workers)
     return BackfillReport(plan, run_ids, results, pipeline.gate.peak.get(plan.dataset, 0))
 
@@ -171,7 +177,7 @@ def publish_backfill(
     for month in plan.months:
         run_id = new_run_id(plan.dataset, month)
         request = IngestRequest(
-            dataset=plan.dataset, month=str(month), run_id=run_id, labels=labels
+            dataset=plan.dataset, month=str(month), run_id=run_id, labels=labels, source=plan.source
         )
         if warehouse is not None:
             warehouse.append_run_events([queued_event(run_id, plan.dataset, month, labels)])

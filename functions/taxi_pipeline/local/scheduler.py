@@ -3,9 +3,12 @@
 The same :func:`taxi_pipeline.domain.schedules.load_schedules` entries become the Cloud
 Scheduler jobs, so local and cloud fire on the same crons in the same time zones.
 
-- A fire at local date D loads month(D) minus ``settings.schedule_lag_months`` (the reference
-  loads the scheduled date's own month, lag 0). The date is taken in the schedule's time zone,
-  so a fire at 00:30 on the 1st in New York is that month, not the previous one in UTC.
+- A fire at local date D loads month(D) minus the schedule's ``lag_months`` (the shipped jobs:
+  2, the TLC's publication delay), else ``settings.schedule_lag_months`` (the reference loads
+  the scheduled date's own month, lag 0), from the schedule's ``source``. The date is taken in
+  the schedule's time zone, so a fire at 00:30 on the 1st in New York is that month, not the
+  previous one in UTC. The download function computes the same month from the Cloud Scheduler
+  job's body (``lag_months``) and its publish time.
 - Each fire is one run labelled ``trigger=schedule, schedule=<name>, fired=YYYYMMDDHHMM``
   (UTC). The last fire of each schedule is therefore remembered in ``pipeline_runs`` itself:
   no extra state table, and the same memory works on BigQuery.
@@ -29,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
 from taxi_pipeline.domain.messages import IngestRequest, parse_model
 from taxi_pipeline.domain.schedules import Schedule
 from taxi_pipeline.pipeline.ports import RunEvent
@@ -78,9 +81,11 @@ def schedule_label(schedule: Schedule) -> str:
 
 
 def fired_month(schedule: Schedule, at: datetime, lag_months: int) -> Month:
-    """The month a fire loads: the fire's local date's month minus the lag."""
+    """The month a fire loads: the fire's local date's month minus the schedule's lag, or
+    ``lag_months`` (the setting) for a schedule that names none."""
     local = at.astimezone(ZoneInfo(schedule.time_zone))
-    return Month(local.year, local.month).minus(lag_months)
+    lag = schedule.lag_months if schedule.lag_months is not None else lag_months
+    return Month(local.year, local.month).minus(lag)
 
 
 def fire_times(schedule: Schedule, after: datetime, until: datetime) -> list[datetime]:
@@ -129,6 +134,8 @@ class Submitter(Protocol):
         labels: Mapping[str, str] | None = None,
         force: bool = False,
         run_id: str | None = None,
+        source: Upstream | None = None,
+        replace: bool = False,
     ) -> str: ...
 
     def drain(self, workers: int = 1) -> None: ...
@@ -212,7 +219,9 @@ class Scheduler:
             horizon = min(now, until) if until is not None else now
             fires = self.due(baselines, horizon)
             for fire in fires:
-                run_id = self.pipeline.submit(fire.dataset, fire.month, labels=fire.labels)
+                run_id = self.pipeline.submit(
+                    fire.dataset, fire.month, labels=fire.labels, source=fire.schedule.source
+                )
                 log.info(
                     "schedule %s fired for %s: %s %s (run %s)",
                     fire.schedule.name,

@@ -105,6 +105,17 @@ class DateRange:
 
 
 @dataclass(frozen=True)
+class Replacement:
+    """The month's rows a replacing merge deletes before it inserts the staged ones."""
+
+    filenames: tuple[str, ...]
+    """``filename`` values of the month's files, every source's."""
+    pickup_ranges: tuple[DateRange, ...] | None
+    """The dates those rows sit on (each row's pickup, or its dropoff without one), besides
+    NULL pickups; ``None``: unknown, so every date is read."""
+
+
+@dataclass(frozen=True)
 class QueryResult:
     columns: list[str]
     rows: list[tuple[object, ...]]
@@ -188,6 +199,21 @@ class Staging(Protocol):
         default's SQLite ledger, BigQuery: a crash in between re-stages and inserts 0).
         """
 
+    def replace_staged(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement,
+        *,
+        load: LoadRecord | None = None,
+    ) -> tuple[int, int]:
+        """Atomically delete the month's rows ``replacing`` names, then insert the staged rows
+        as :meth:`merge_staged` does (``load`` recorded as it does); returns ``(rows deleted,
+        rows inserted)``."""
+
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop the month's staging and external tables; no error when already gone."""
 
@@ -242,11 +268,59 @@ class Bus(Protocol):
         """Publish and wait for the confirmation; returns the message id."""
 
 
+@dataclass(frozen=True)
+class UpstreamVersion:
+    """What an upstream says about a file's version: its validators and size. The TLC
+    re-uploads months in batches; a change of any of these means another file."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+    size: int | None = None
+
+    METADATA_KEYS = ("upstream_etag", "upstream_last_modified", "upstream_size")
+    """Where the lake object's metadata keeps them."""
+
+    @property
+    def known(self) -> bool:
+        return any(v is not None for v in (self.etag, self.last_modified, self.size))
+
+    def as_metadata(self) -> dict[str, str]:
+        values = (self.etag, self.last_modified, None if self.size is None else str(self.size))
+        return {k: v for k, v in zip(self.METADATA_KEYS, values, strict=True) if v is not None}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> UpstreamVersion:
+        etag, modified, size = (metadata.get(k) for k in cls.METADATA_KEYS)
+        return cls(etag, modified, int(size) if size and size.isdigit() else None)
+
+    def differences(self, other: UpstreamVersion) -> list[str]:
+        """``ETag "a" -> "b"``, ... for each validator both know and that differs."""
+        out = []
+        for label, mine, theirs in (
+            ("ETag", self.etag, other.etag),
+            ("Last-Modified", self.last_modified, other.last_modified),
+            ("size", self.size, other.size),
+        ):
+            if mine is not None and theirs is not None and mine != theirs:
+                out.append(f"{label} {mine} -> {theirs}")
+        return out
+
+
 class SourceResponse(Protocol):
     status_code: int
     content_length: int | None
+    etag: str | None
+    last_modified: str | None
 
     def iter_bytes(self) -> Iterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class HeadAnswer:
+    """The answer to a HEAD request: status and the file's version."""
+
+    status_code: int
+    version: UpstreamVersion
 
 
 class Source(Closeable, Protocol):
@@ -258,6 +332,10 @@ class Source(Closeable, Protocol):
         """Start a streaming GET; raises :class:`TransientError` on connection failures and
         past ``deadline`` (a ``time.monotonic()`` instant, for the whole GET and its body),
         :class:`PermanentError` on a redirect that may not be followed."""
+
+    def head(self, url: str) -> HeadAnswer:
+        """A HEAD request (redirects followed and checked like :meth:`get`'s): the file's
+        validators without its bytes."""
 
 
 class Locks(Protocol):

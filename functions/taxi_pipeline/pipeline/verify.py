@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import cast
+from typing import BinaryIO, cast
 
 from isal import isal_zlib
 
 from taxi_pipeline.domain.datasets import Layout
-from taxi_pipeline.domain.formats import StreamVerifier, header_mismatch
+from taxi_pipeline.domain.formats import StreamVerifier, VerifyTarget, header_mismatch
 from taxi_pipeline.domain.formats import VerifiedFile as VerifiedFile
 from taxi_pipeline.errors import VerificationFailed
-from taxi_pipeline.pipeline.ports import Lake
 
 _MAX_HEADER_BYTES = 4096
 _READ_CHUNK = 1024 * 1024
@@ -141,6 +140,21 @@ class GzipCsvVerifier:
         return VerifiedFile(self._compressed, self._uncompressed, rows)
 
 
+def gzip_csv_verifier(target: VerifyTarget) -> GzipCsvVerifier:
+    """The ``csv.gz`` entry's :data:`~taxi_pipeline.domain.formats.VerifierFactory`."""
+    return GzipCsvVerifier(
+        target.layout, target.expected_length, target.min_rows, target.max_inflated
+    )
+
+
+def verify_gzip_csv_object(handle: BinaryIO, target: VerifyTarget) -> VerifiedFile:
+    """The ``csv.gz`` entry's object verifier: the whole object inflated once, streaming."""
+    verifier = gzip_csv_verifier(target)
+    while chunk := handle.read(_READ_CHUNK):
+        verifier.feed(chunk)
+    return verifier.finish()
+
+
 class BackgroundVerifier:
     """Runs a format's verifier (:class:`GzipCsvVerifier` for ``csv.gz``) on its own thread, so
     inflating (which releases the GIL) overlaps with receiving and uploading the same bytes. At
@@ -181,23 +195,3 @@ class BackgroundVerifier:
         if self._thread.is_alive():
             self._chunks.put(None)
             self._thread.join()
-
-
-def verify_lake_object(
-    lake: Lake,
-    name: str,
-    layout: Layout,
-    size: int,
-    min_rows: int = 1,
-    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
-) -> VerifiedFile:
-    """Read the whole object once, streaming, and verify it as a download is verified.
-
-    For objects the download step did not write (hand uploads): they must pass the same checks
-    before anything is staged. ``size`` is the object's size as the lake reports it.
-    """
-    verifier = GzipCsvVerifier(layout, size, min_rows, max_inflated_bytes)
-    with lake.open_read(name) as handle:
-        while chunk := handle.read(_READ_CHUNK):
-            verifier.feed(chunk)
-    return verifier.finish()

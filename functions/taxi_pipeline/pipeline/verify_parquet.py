@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from taxi_pipeline.domain.datasets import Month
+from taxi_pipeline.domain.formats import VerifyTarget
 from taxi_pipeline.domain.tlc_schemas import Recognition, arrow_fields, period_of, recognise
 from taxi_pipeline.errors import VerificationFailed
 from taxi_pipeline.pipeline.verify import VerifiedFile
@@ -56,6 +57,11 @@ class VerifiedParquet(VerifiedFile):
     """The schema period, each column as the file holds it, and any new columns."""
     created_by: str
     """The writer the footer names (e.g. ``parquet-cpp-arrow version 14.0.2``)."""
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """``new column X (type) not loaded`` for each column beyond the file's period."""
+        return self.recognition.new_column_messages
 
 
 def md5_of_etag(etag: str | None) -> str | None:
@@ -145,6 +151,25 @@ class ParquetVerifier:
         )
 
 
+def parquet_verifier(target: VerifyTarget) -> ParquetVerifier:
+    """The ``parquet`` entry's :data:`~taxi_pipeline.domain.formats.VerifierFactory`."""
+    return ParquetVerifier(
+        target.dataset, target.month, target.expected_length, target.min_rows, etag=target.etag
+    )
+
+
+def verify_parquet_lake_object(handle: BinaryIO, target: VerifyTarget) -> VerifiedParquet:
+    """The ``parquet`` entry's object verifier: both ends of a seekable object (its footer)."""
+    return verify_parquet_object(
+        handle,
+        target.dataset,
+        target.month,
+        expected_length=target.expected_length,
+        min_rows=target.min_rows,
+        etag=target.etag,
+    )
+
+
 def verify_parquet_object(
     source: BinaryIO | Path,
     dataset: str,
@@ -182,7 +207,14 @@ def verify_parquet_object(
         source.seek(0)
         head = source.read(len(MAGIC))
         _check_head(head)
-        keep = max_footer_bytes + _TRAILER
+        # The trailer first, then exactly the footer it announces: a lake object in GCS is
+        # read with ranged GETs, and a footer is tens of KiB where the limit is 16 MiB.
+        source.seek(max(size - _TRAILER, 0))
+        trailer = source.read(_TRAILER)
+        keep = _TRAILER
+        if len(trailer) == _TRAILER and trailer[-len(MAGIC) :] == MAGIC:
+            (announced,) = struct.unpack("<I", trailer[: -len(MAGIC)])
+            keep = min(announced, max_footer_bytes) + _TRAILER
         source.seek(max(size - keep, 0))
         tail = source.read(keep)
         return _verify(head, tail, size, str(dataset), month, min_rows, max_footer_bytes)

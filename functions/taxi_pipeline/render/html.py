@@ -128,6 +128,8 @@ def _matrix(
             title = f"{dataset.value} {month}: {cell.state}"
             if cell.loaded_rows is not None:
                 title += f", {cell.loaded_rows:,} rows"
+            if cell.source:
+                title += f" from the {cell.source}"
             if cell.run_id:
                 title += f", run {cell.run_id}"
             tds.append(

@@ -270,7 +270,8 @@ def coverage_table(
 
     def text(cell: Cell) -> str:
         if cell.state == "loaded":
-            return _number(cell.loaded_rows)
+            rows = _number(cell.loaded_rows)
+            return f"{rows} {cell.source}" if cell.source else rows
         if cell.state == "running":
             return "running" + (f" ({_number(cell.loaded_rows)})" if cell.loaded_rows else "")
         return {

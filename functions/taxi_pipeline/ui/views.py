@@ -251,6 +251,8 @@ def _calendar_cell(cell: Cell, latest_run: str | None) -> CalendarCell:
     title = f"{cell.dataset.value} {cell.month}: {cell.state}"
     if cell.loaded_rows is not None:
         title += f", {cell.loaded_rows:,} rows"
+    if cell.source:
+        title += f" from the {cell.source}"
     if cell.run_id:
         title += f", {'loaded by' if cell.state == 'loaded' else 'run'} {cell.run_id}"
     if latest_run and latest_run != cell.run_id:
@@ -284,6 +286,7 @@ def coverage_json(
                 "month": str(m),
                 "state": cells[(d, m)].state,
                 "loaded_rows": cells[(d, m)].loaded_rows,
+                "source": cells[(d, m)].source,
                 "run_id": cells[(d, m)].run_id,
                 "error": cells[(d, m)].error,
             }

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from taxi_pipeline.adapters.google_errors import translate
 from taxi_pipeline.adapters.sql.dialects import BIGQUERY, STAGING_EXPIRATION
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
-from taxi_pipeline.adapters.sql.statements import Statements
+from taxi_pipeline.adapters.sql.statements import Statements, source_columns
 from taxi_pipeline.domain.datasets import (
     Dataset,
     Month,
@@ -64,6 +64,7 @@ from taxi_pipeline.pipeline.ports import (
     LoadRecord,
     ObjectInfo,
     QueryResult,
+    Replacement,
     RunEvent,
     StagingSummary,
 )
@@ -165,25 +166,64 @@ def raw_table(dataset: Dataset, month: Month) -> str:
 def external_table_sql(
     dataset: Dataset, table_ref: str, uri: str, fmt: SourceFormat = CSV_GZ
 ) -> str:
-    """``CREATE OR REPLACE EXTERNAL TABLE`` over the lake object, every column STRING, read as
-    the format's options say (:meth:`BigQueryDialect.external_options`)."""
-    columns = ",\n  ".join(f"{quote_ident(c.name)} STRING" for c in dataset.layout.columns)
+    """``CREATE OR REPLACE EXTERNAL TABLE`` over the lake object, read as the format's options
+    say (:meth:`BigQueryDialect.external_options`): a CSV with every column STRING, a Parquet
+    file with the schema its footer declares."""
     options = ",\n  ".join([*BIGQUERY.external_options(fmt), f"uris = [{quote_text(uri)}]"])
+    columns = ""
+    if BIGQUERY.text_schema(fmt):
+        listed = ",\n  ".join(f"{quote_ident(c.name)} STRING" for c in dataset.layout.columns)
+        columns = f" (\n  {listed}\n)"
     return (
-        f"CREATE OR REPLACE EXTERNAL TABLE {table_ref} (\n  {columns}\n)\n"
+        f"CREATE OR REPLACE EXTERNAL TABLE {table_ref}{columns}\n"
         f"OPTIONS (\n  {options},\n  {BIGQUERY.expiration_option()}\n)"
+    )
+
+
+def replace_sql(
+    dataset: Dataset,
+    final_ref: str,
+    staging_ref: str,
+    ranges: Sequence[DateRange],
+    include_null_pickup: bool,
+    replacing: Replacement,
+) -> str:
+    """One multi-statement transaction: delete the month's replaced rows, insert the staged
+    ones whose id the table does not hold, commit; the last statement returns ``(rows
+    deleted, rows inserted)``. Both DML statements carry constant pickup bounds, so each reads
+    only the partitions it names. The insert is ``INSERT ... WHERE NOT EXISTS`` rather than the
+    MERGE: the same rows, and the BigQuery emulator runs no MERGE inside a transaction."""
+    delete = SQL.delete_month_sql(dataset, final_ref, replacing)
+    merge = SQL.merge_sql(
+        dataset, final_ref, staging_ref, ranges, include_null_pickup, style="insert-missing"
+    )
+    return (
+        "DECLARE deleted, inserted INT64 DEFAULT 0;\n"
+        "BEGIN TRANSACTION;\n"
+        f"{delete};\n"
+        "SET deleted = @@row_count;\n"
+        f"{merge};\n"
+        "SET inserted = @@row_count;\n"
+        "COMMIT TRANSACTION;\n"
+        "SELECT deleted, inserted"
     )
 
 
 def raw_load_config(
     dataset: Dataset, labels: Mapping[str, str], fmt: SourceFormat = CSV_GZ
 ) -> bigquery.LoadJobConfig:
-    """The load job of ``load`` staging mode: the object into the raw table, every column STRING,
-    read as the external table reads it (:meth:`BigQueryDialect.load_options`)."""
+    """The load job of ``load`` staging mode: the object into the raw table (a CSV's every
+    column STRING, a Parquet file's own schema), read as the external table reads it
+    (:meth:`BigQueryDialect.load_options`)."""
     from google.cloud import bigquery
 
+    schema = (
+        [bigquery.SchemaField(c.name, "STRING") for c in dataset.layout.columns]
+        if BIGQUERY.text_schema(fmt)
+        else None
+    )
     return bigquery.LoadJobConfig(
-        schema=[bigquery.SchemaField(c.name, "STRING") for c in dataset.layout.columns],
+        schema=schema,
         write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
         create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
         labels=dict(labels),
@@ -212,6 +252,7 @@ class BigQueryWarehouse:
         self._client_lock = threading.Lock()
         self._history_ready = False
         self._history_lock = threading.Lock()
+        self._final_ready: set[Dataset] = set()
         self._seq_lock = threading.Lock()
         self._seq = 0
 
@@ -372,11 +413,23 @@ class BigQueryWarehouse:
     # -- tables ------------------------------------------------------------------------------
 
     def ensure_final_table(self, dataset: Dataset) -> None:
+        """Create the final table, or add the columns a table made before them lacks (one
+        ``ALTER TABLE`` each, in place: no row is rewritten). Checked once per instance:
+        BigQuery limits the metadata updates of a table."""
+        if dataset in self._final_ready:
+            return
+        labels = job_labels(step="ensure-final-table", dataset=dataset)
+        ref = self.table_ref(dataset.final_table)
         self._query(
-            f"create final table {dataset.final_table}",
-            SQL.final_table_sql(dataset, self.table_ref(dataset.final_table)),
-            job_labels(step="ensure-final-table", dataset=dataset),
+            f"create final table {dataset.final_table}", SQL.final_table_sql(dataset, ref), labels
         )
+        with self._translated(f"read the schema of {dataset.final_table}"):
+            present = [
+                f.name for f in self.client.get_table(self.table_id(dataset.final_table)).schema
+            ]
+        for statement in SQL.add_columns_sql(dataset, ref, present):
+            self._query(f"add a column to {dataset.final_table}", statement, labels)
+        self._final_ready.add(dataset)
 
     def create_external_table(
         self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
@@ -431,6 +484,7 @@ class BigQueryWarehouse:
                 self.table_ref(staging),
                 self.table_ref(source_name),
                 csv_name(dataset, month, fmt),
+                source_columns(fmt, dataset, month),
             ),
             labels,
             identity=(context, "stage"),
@@ -511,6 +565,38 @@ class BigQueryWarehouse:
         if load is not None:
             self.record_load(replace(load, rows_inserted=inserted))
         return inserted
+
+    def replace_staged(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement,
+        *,
+        load: LoadRecord | None = None,
+    ) -> tuple[int, int]:
+        """:func:`replace_sql` as one script job (a redelivery attaches to it by its id), then
+        the load record, as :meth:`merge_staged`."""
+        _, rows, _ = self._query(
+            f"replace {dataset.value} {month} with {staging_table(dataset, month)}",
+            replace_sql(
+                dataset,
+                self.table_ref(dataset.final_table),
+                self.table_ref(staging_table(dataset, month)),
+                pickup_ranges,
+                include_null_pickup,
+                replacing,
+            ),
+            job_labels(context),
+            identity=(context, "replace"),
+        )
+        (row,) = rows
+        deleted, inserted = int(row[0]), int(row[1])
+        if load is not None:
+            self.record_load(replace(load, rows_inserted=inserted))
+        return deleted, inserted
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         # The tables API deletes any kind of table (DROP TABLE / DROP EXTERNAL TABLE differ).

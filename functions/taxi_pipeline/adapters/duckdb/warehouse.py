@@ -38,7 +38,7 @@ import duckdb
 
 from taxi_pipeline.adapters.sql.dialects import DUCKDB
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History
-from taxi_pipeline.adapters.sql.statements import Statements
+from taxi_pipeline.adapters.sql.statements import Statements, source_columns
 from taxi_pipeline.domain.datasets import (
     Dataset,
     Month,
@@ -60,6 +60,7 @@ from taxi_pipeline.pipeline.ports import (
     ObjectInfo,
     Progress,
     QueryResult,
+    Replacement,
     RunEvent,
     StagingSummary,
 )
@@ -328,8 +329,19 @@ class DuckDbWarehouse:
         self._final_tables.add(dataset)
 
     def _create_final_table(self, dataset: Dataset) -> None:
+        """Create the final table, or add the columns a table made before them lacks."""
         with self._ddl_lock:
             self._run("create final table", SQL.final_table_sql(dataset, self._final(dataset)))
+            present = self._run(
+                "read final table columns",
+                "SELECT column_name FROM information_schema.columns WHERE table_catalog = ?"
+                " AND table_name = ?",
+                [FILE_ALIAS, dataset.final_table],
+            )
+            for statement in SQL.add_columns_sql(
+                dataset, self._final(dataset), [r[0] for r in present]
+            ):
+                self._run("add a final table column", statement)
 
     def create_external_table(
         self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
@@ -406,7 +418,14 @@ class DuckDbWarehouse:
         with self._watched(cursor, context, "stage"):
             self._run(
                 "build staging table",
-                SQL.staging_sql(dataset, month, stg, ext, csv_name(dataset, month, fmt)),
+                SQL.staging_sql(
+                    dataset,
+                    month,
+                    stg,
+                    ext,
+                    csv_name(dataset, month, fmt),
+                    source_columns(fmt, dataset, month),
+                ),
                 cursor=cursor,
             )
         (row,) = self._run(
@@ -426,10 +445,36 @@ class DuckDbWarehouse:
     ) -> int:
         """The insert, in one transaction. The load ledger is not DuckDB's: the caller
         (:class:`EmbeddedWarehouse`) records the load once this has committed."""
+        _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, context)
+        return inserted
+
+    def replace_staged(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement,
+    ) -> tuple[int, int]:
+        """The delete and the insert in one transaction: another process reads the month's old
+        rows or its new ones, never neither or both."""
+        return self._merge(dataset, month, pickup_ranges, include_null_pickup, context, replacing)
+
+    def _merge(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement | None = None,
+    ) -> tuple[int, int]:
         stg = staging_table(dataset, month)
         cursor = self._staging_cursor(stg)
         final = self._final(dataset)
         sql = SQL.merge_sql(dataset, final, stg, pickup_ranges, include_null_pickup)
+        deleted = 0
         with (
             self._file(f"merge {dataset.value} {month} (run {context.run_id})"),
             self._watched(cursor, context, "merge"),
@@ -440,6 +485,12 @@ class DuckDbWarehouse:
             # still rolls the insert back. Nothing half-merged is ever committed.
             self._run("begin the merge", "BEGIN TRANSACTION", cursor=cursor)
             try:
+                if replacing is not None:
+                    ((deleted,),) = self._run(
+                        "delete the month's replaced rows",
+                        SQL.delete_month_sql(dataset, final, replacing),
+                        cursor=cursor,
+                    )
                 ((inserted,),) = self._run("merge into final table", sql, cursor=cursor)
                 self._cancellation.check(context.run_id)
                 self._run("commit the merge", "COMMIT", cursor=cursor)
@@ -447,7 +498,7 @@ class DuckDbWarehouse:
                 with contextlib.suppress(duckdb.Error):
                     cursor.execute("ROLLBACK")
                 raise
-        return int(inserted)
+        return int(deleted), int(inserted)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         with self._ddl_lock:

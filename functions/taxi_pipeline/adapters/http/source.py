@@ -24,6 +24,7 @@ import httpx
 
 from taxi_pipeline.domain.sources import display_url, hop_problem
 from taxi_pipeline.errors import PermanentError, TransientError
+from taxi_pipeline.pipeline.ports import HeadAnswer, UpstreamVersion
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class _Watchdog:
 class _Response:
     status_code: int
     content_length: int | None
+    etag: str | None
+    last_modified: str | None
     _response: httpx.Response
     _watchdog: _Watchdog
 
@@ -138,11 +141,11 @@ class HttpxSource:
         response = self._follow(url, deadline)
         try:
             watchdog.arm(response)
-            length = response.headers.get("content-length")
-            encoding = response.headers.get("content-encoding", "identity")
             yield _Response(
                 response.status_code,
-                int(length) if length and length.isdigit() and encoding == "identity" else None,
+                _length(response),
+                response.headers.get("etag"),
+                response.headers.get("last-modified"),
                 response,
                 watchdog,
             )
@@ -150,7 +153,20 @@ class HttpxSource:
             watchdog.disarm()
             response.close()
 
-    def _follow(self, url: str, deadline: float | None) -> httpx.Response:
+    def head(self, url: str) -> HeadAnswer:
+        """HEAD ``url`` (redirects followed and checked hop by hop, as a GET's)."""
+        response = self._follow(url, None, method="HEAD")
+        response.close()
+        return HeadAnswer(
+            response.status_code,
+            UpstreamVersion(
+                response.headers.get("etag"),
+                response.headers.get("last-modified"),
+                _length(response),
+            ),
+        )
+
+    def _follow(self, url: str, deadline: float | None, method: str = "GET") -> httpx.Response:
         """The first answer that is not a redirect; every hop checked before it is requested."""
         current = url
         for hop in range(self._max_redirects + 1):
@@ -160,7 +176,7 @@ class HttpxSource:
                     raise PermanentError(
                         f"{display_url(url)} redirects to {display_url(current)}, which {problem}"
                     )
-            response = self._send(current, deadline)
+            response = self._send(current, deadline, method)
             if response.next_request is None:
                 return response
             response.close()
@@ -170,7 +186,7 @@ class HttpxSource:
             f"{display_url(url)} redirects more than {self._max_redirects} times (a redirect loop?)"
         )
 
-    def _send(self, url: str, deadline: float | None) -> httpx.Response:
+    def _send(self, url: str, deadline: float | None, method: str = "GET") -> httpx.Response:
         timeout: float = self._timeout
         if deadline is not None:
             remaining = deadline - time.monotonic()
@@ -178,7 +194,7 @@ class HttpxSource:
                 raise DeadlineReached("the download ran past its deadline")
             timeout = min(timeout, remaining)
         try:
-            request = self._client.build_request("GET", url, timeout=httpx.Timeout(timeout))
+            request = self._client.build_request(method, url, timeout=httpx.Timeout(timeout))
             return self._client.send(request, stream=True)
         except httpx.RemoteProtocolError as exc:
             if str(exc).startswith(_INVALID_LOCATION):
@@ -195,3 +211,10 @@ class HttpxSource:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _length(response: httpx.Response) -> int | None:
+    """The body's length as announced, when it is the file's (no content encoding)."""
+    length = response.headers.get("content-length")
+    encoding = response.headers.get("content-encoding", "identity")
+    return int(length) if length and length.isdigit() and encoding == "identity" else None

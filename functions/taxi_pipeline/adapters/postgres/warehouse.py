@@ -39,14 +39,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
-from taxi_pipeline.adapters.sql.statements import Statements
+from taxi_pipeline.adapters.sql.statements import SourceColumn, Sources, Statements, source_columns
 from taxi_pipeline.domain.datasets import (
+    Column,
     Dataset,
     Month,
     csv_name,
     parse_object,
     staging_table,
 )
+from taxi_pipeline.domain.formats import PARQUET, SourceFormat
 from taxi_pipeline.errors import (
     ConfigurationError,
     PermanentError,
@@ -61,12 +63,14 @@ from taxi_pipeline.pipeline.ports import (
     LoadRecord,
     ObjectInfo,
     QueryResult,
+    Replacement,
     RunEvent,
     StagingSummary,
 )
 
 if TYPE_CHECKING:
     import psycopg
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ MINIMUM_SERVER_VERSION: Final = 150000
 
 _SCHEMA_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COPY_CHUNK: Final = 1 << 20
+_PARQUET_BATCH_ROWS: Final = 64 * 1024
 _IDLE_CONNECTIONS: Final = 4
 # SQLSTATEs of a value an input function refused: the file is landed as text and typed value by
 # value instead. Any other COPY error (a short line, bad UTF-8) fails the month as it is.
@@ -351,6 +356,20 @@ class PostgresWarehouse:
                     conn,
                     [SQL.final_table_sql(dataset, final), *_index_sql(dataset, self.schema, final)],
                 )
+                return
+            # A table made before the TLC's fee columns gains them in place (NULL in the rows
+            # there); the catalog read takes no lock, the ALTER only runs when one is missing.
+            present = conn.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = %s",
+                [self.schema, dataset.final_table],
+            ).fetchall()
+            missing = SQL.add_columns_sql(dataset, final, [str(r[0]) for r in present])
+            if missing:
+                # IF NOT EXISTS: another process may have added it since the catalog read.
+                self._ddl(
+                    conn, [a.replace(" ADD COLUMN ", " ADD COLUMN IF NOT EXISTS ") for a in missing]
+                )
 
     def create_external_table(
         self, dataset: Dataset, month: Month, source: ObjectInfo, lake: LakeReader
@@ -417,29 +436,38 @@ class PostgresWarehouse:
         The landing table has the dialect's landing types, parsed by COPY's input functions (no
         per-value casts in SQL); ``as_text``: every column text, for a file with a value some
         input function refuses (typed then value by value, NULL where a value does not fit).
+        A Parquet object is written into COPY as CSV rows by this client (:meth:`_copy_parquet`),
+        so both formats land alike: the staging SQL types them as it types the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
         q = POSTGRES.quote_ident
-        types = {c.name: "text" if as_text else POSTGRES.landing_types[c.kind]
-                 for c in dataset.layout.columns}  # fmt: skip
-        columns = ", ".join(q(n) for n in dataset.layout.names)
+        landed = _landed_columns(dataset, month, fmt)
+        types = {c.name: "text" if as_text else POSTGRES.landing_types[c.kind] for c in landed}
+        columns = ", ".join(q(c.name) for c in landed)
+        # The landing table holds the final columns the file has, each as text would: what
+        # the staging SQL reads from a CSV.
+        sources: Sources = {
+            c.name: SourceColumn(c.name if c in landed else None)
+            for c in dataset.layout.final_columns
+        }
         with conn.transaction():
             conn.execute(f"DROP TABLE IF EXISTS {staging}")
             conn.execute(f"DROP TABLE IF EXISTS {landing}")
             conn.execute(
                 f"CREATE UNLOGGED TABLE {landing} ("
-                + ", ".join(f"{q(n)} {types[n]}" for n in dataset.layout.names)
+                + ", ".join(f"{q(c.name)} {types[c.name]}" for c in landed)
                 + ")"
             )
-            self._copy(
-                conn,
-                lake,
-                source,
-                f"COPY {landing} ({columns}) FROM STDIN {POSTGRES.copy_options(fmt)}",
-            )
+            statement = f"COPY {landing} ({columns}) FROM STDIN {POSTGRES.copy_options(fmt)}"
+            if fmt is PARQUET:
+                self._copy_parquet(conn, lake, source, statement, dataset, month)
+            else:
+                self._copy(conn, lake, source, statement)
             filename = csv_name(dataset, month, fmt)
             conn.execute(
-                SQL.staging_sql(dataset, month, staging, landing, filename, landed=not as_text)
+                SQL.staging_sql(
+                    dataset, month, staging, landing, filename, sources, landed=not as_text
+                )
             )
             conn.execute(f"DROP TABLE {landing}")
             row = _one(conn, SQL.measure_sql(dataset, month, staging))
@@ -461,6 +489,48 @@ class PostgresWarehouse:
                 while chunk := inflated.read(_COPY_CHUNK):
                     copy.write(chunk)
 
+    def _copy_parquet(
+        self,
+        conn: psycopg.Connection[Any],
+        lake: LakeReader,
+        source: ObjectInfo,
+        statement: str,
+        dataset: Dataset,
+        month: Month,
+    ) -> None:
+        """Stream a Parquet object into COPY as CSV rows, a batch of rows at a time (memory
+        bounded by a row group): pyarrow reads it from the lake handle (GCS reads are ranged)
+        and writes the batch as CSV, the landing table's columns in its order."""
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        wanted = _parquet_sources(dataset, month)
+        with lake.open_read(source.name) as raw:
+            parquet = pq.ParquetFile(raw)
+            by_folded = {name.casefold(): name for name in parquet.schema_arrow.names}
+            # The verifier checked the footer for the month's period; a column it allows to
+            # be absent is simply not there.
+            names = [(final, by_folded.get(name.casefold())) for final, name in wanted]
+            read = sorted({found for _, found in names if found is not None})
+            writer: pa_csv.CSVWriter | None = None
+            with conn.cursor().copy(statement) as copy:
+                sink = _CopySink(copy)
+                try:
+                    for batch in parquet.iter_batches(
+                        batch_size=_PARQUET_BATCH_ROWS, columns=read, use_threads=False
+                    ):
+                        landing = _as_landing_batch(batch, names)
+                        if writer is None:
+                            writer = pa_csv.CSVWriter(
+                                sink,
+                                landing.schema,
+                                write_options=pa_csv.WriteOptions(include_header=False),
+                            )
+                        writer.write_batch(landing)
+                finally:
+                    if writer is not None:
+                        writer.close()
+
     def merge_staged(
         self,
         dataset: Dataset,
@@ -473,6 +543,34 @@ class PostgresWarehouse:
     ) -> int:
         """The insert-only merge and the load record, one transaction, under the advisory locks
         of every dataset-month it touches (taken in order: two merges never deadlock)."""
+        _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, None, load)
+        return inserted
+
+    def replace_staged(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement,
+        *,
+        load: LoadRecord | None = None,
+    ) -> tuple[int, int]:
+        """The month's files' partitions dropped, the staged rows inserted as the file's first
+        load, and the load record: one transaction, so another session reads the month's old
+        rows or its new ones (it waits on the dropped partitions' lock meanwhile)."""
+        return self._merge(dataset, month, pickup_ranges, include_null_pickup, replacing, load)
+
+    def _merge(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        replacing: Replacement | None,
+        load: LoadRecord | None,
+    ) -> tuple[int, int]:
         import psycopg
 
         with self._lock:
@@ -484,11 +582,22 @@ class PostgresWarehouse:
         conn = staging.conn
         source = self._table(staging.name)
         final = self._table(dataset.final_table)
-        partition = self._table(partition_name(dataset, month))
+        partition = self._table(partition_name(dataset, staging.filename))
+        deleted = 0
         try:
             with conn.transaction():
                 for key in merge_lock_keys(dataset, month, pickup_ranges, include_null_pickup):
                     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+                if replacing is not None:
+                    # A row's filename routes it to its file's partition: the month's rows of
+                    # a file are exactly that partition's.
+                    for filename in replacing.filenames:
+                        old = self._table(partition_name(dataset, filename))
+                        (exists,) = _one(conn, "SELECT to_regclass(%s) IS NOT NULL", [old])
+                        if exists:
+                            (rows,) = _one(conn, f"SELECT count(*) FROM {old}")
+                            conn.execute(f"DROP TABLE {old}")
+                            deleted += int(rows)
                 # The file's month is locked: whether its partition exists cannot change now.
                 (loaded_before,) = _one(conn, "SELECT to_regclass(%s) IS NOT NULL", [partition])
                 if loaded_before:
@@ -519,7 +628,7 @@ class PostgresWarehouse:
                     conn.execute(statement, _params(params))
         except psycopg.Error as exc:
             raise self._translate(exc, f"merge into {dataset.final_table}") from exc
-        return int(inserted)
+        return deleted, int(inserted)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop this run's staging table, and those of the month whose run died."""
@@ -655,9 +764,11 @@ def _index_sql(dataset: Dataset, schema: str, table_ref: str) -> list[str]:
     ]
 
 
-def partition_name(dataset: Dataset, month: Month) -> str:
-    """The partition that holds the rows of the month's published file."""
-    return f"{dataset.final_table}_file_{month.underscored}"
+def partition_name(dataset: Dataset, filename: str) -> str:
+    """The partition that holds the rows of one published file (``filename`` as the rows
+    name it): ``green_tripdata_file_2019_01_csv``, ``green_tripdata_file_2019_01_parquet``."""
+    stem = filename.removeprefix(f"{dataset.value}_tripdata_")
+    return f"{dataset.final_table}_file_" + re.sub(r"[^0-9A-Za-z]", "_", stem)
 
 
 def check_server_version(version: int, where: str) -> None:
@@ -713,3 +824,70 @@ def _url_password(conninfo: str) -> str | None:
 
     value = conninfo_to_dict(conninfo).get("password")
     return str(value) if value else None
+
+
+def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[Column]:
+    """The final columns a file of ``fmt`` for ``month`` has, in the order COPY lands them: a
+    CSV's in its layout, a Parquet file's those its schema period names."""
+    if fmt is PARQUET:
+        present = {final for final, _ in _parquet_sources(dataset, month)}
+        return [c for c in dataset.layout.final_columns if c.name in present]
+    return list(dataset.layout.columns)
+
+
+def _parquet_sources(dataset: Dataset, month: Month) -> list[tuple[str, str]]:
+    """``(final column, Parquet column as its period spells it)`` of each column the month's
+    period has, in the final table's order."""
+    sources = source_columns(PARQUET, dataset, month)
+    return [
+        (c.name, found)
+        for c in dataset.layout.final_columns
+        if (found := sources[c.name].name) is not None
+    ]
+
+
+def _as_landing_batch(
+    batch: pa.RecordBatch, names: Sequence[tuple[str, str | None]]
+) -> pa.RecordBatch:
+    """The batch as the landing table's CSV columns: renamed to the final names, timestamps
+    written as the CSV writes them (``2019-01-01 10:00:00``, fractions only where a value has
+    one), a column the file lacks or holds as nulls written empty (NULL). pyarrow writes
+    1.0 as ``1``, as the CSV has counts and codes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays: list[pa.Array] = []
+    for _, found in names:
+        if found is None:
+            arrays.append(pa.nulls(batch.num_rows, pa.string()))
+            continue
+        array = batch.column(found)
+        if pa.types.is_timestamp(array.type):
+            with contextlib.suppress(pa.ArrowInvalid):  # a cast that would drop a fraction
+                array = pc.cast(array, pa.timestamp("s"))
+            array = pc.cast(array, pa.string())
+        elif pa.types.is_null(array.type):
+            array = pa.nulls(batch.num_rows, pa.string())
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=[final for final, _ in names])
+
+
+class _CopySink:
+    """A write-only file over a COPY, for pyarrow's CSV writer."""
+
+    def __init__(self, copy: psycopg.Copy) -> None:
+        self._copy = copy
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._copy.write(data)
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final, Literal
 
 from taxi_pipeline.domain.datasets import Column, ColumnKind, Dataset
-from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
+from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat
 from taxi_pipeline.errors import ConfigurationError
 
 HistoryKind = Literal["text", "integer", "timestamp"]
@@ -177,8 +177,10 @@ class Dialect:
     # -- the lake -------------------------------------------------------------------------
 
     def read_source(self, fmt: SourceFormat, location: str, dataset: Dataset) -> str:
-        """A relation over the lake object at ``location`` with every column as text (a view
-        body); only warehouses that read the lake themselves have one."""
+        """A relation over the lake object at ``location`` (a view body): a CSV with every
+        column as text, a Parquet file with its own types (staging casts each:
+        ``statements.source_columns``); only warehouses that read the lake themselves have
+        one."""
         raise ConfigurationError(f"the {self.name} warehouse cannot read {fmt.name} objects")
 
 
@@ -228,6 +230,10 @@ class DuckDbDialect(Dialect):
                 " auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
                 f" compression = 'gzip', strict_mode = true, columns = {{{columns}}})"
             )
+        if fmt is PARQUET:
+            # Names as the file spells them; staging picks the period's columns (any case) and
+            # casts each onto its reference type. A new column is read by nobody.
+            return f"SELECT * FROM read_parquet({self.quote_text(location)})"
         return super().read_source(fmt, location, dataset)
 
 
@@ -320,6 +326,11 @@ class BigQueryDialect(Dialect):
             return "\nPARTITION BY DATE(recorded_at)\nCLUSTER BY dataset, run_id"
         return "\nCLUSTER BY object_name"
 
+    def text_schema(self, fmt: SourceFormat) -> bool:
+        """Whether ``fmt`` is read with an explicit all-STRING schema (a CSV); a Parquet file
+        brings its own (a timestamp without zone reads as DATETIME; staging casts it)."""
+        return fmt is CSV_GZ
+
     def external_options(self, fmt: SourceFormat) -> list[str]:
         """The ``OPTIONS`` of an external table over ``fmt`` (``uris`` and the expiration aside).
 
@@ -340,6 +351,8 @@ class BigQueryDialect(Dialect):
                 "allow_quoted_newlines = true",
                 "encoding = 'UTF8'",
             ]
+        if fmt is PARQUET:
+            return ["format = 'PARQUET'"]
         raise ConfigurationError(f"the {self.name} warehouse cannot read {fmt.name} objects")
 
     def load_options(self, fmt: SourceFormat) -> dict[str, object]:
@@ -359,6 +372,8 @@ class BigQueryDialect(Dialect):
                 "ignore_unknown_values": False,
                 "max_bad_records": 0,
             }
+        if fmt is PARQUET:
+            return {"source_format": "PARQUET"}
         raise ConfigurationError(f"the {self.name} warehouse cannot load {fmt.name} objects")
 
 
@@ -478,6 +493,8 @@ class PostgresDialect(Dialect):
         strict)."""
         if fmt is CSV_GZ:
             return "(FORMAT csv, HEADER true)"
+        if fmt is PARQUET:
+            return "(FORMAT csv)"  # the client writes the Parquet rows as CSV, no header
         raise ConfigurationError(f"the {self.name} warehouse cannot read {fmt.name} objects")
 
     def functions_sql(self) -> list[str]:

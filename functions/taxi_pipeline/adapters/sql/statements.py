@@ -1,10 +1,14 @@
 """The staging, measuring and merging SQL of every SQL warehouse, written once over a
 :class:`~.dialects.Dialect`.
 
-- Staging reads the month's text relation (an external table, a loaded raw table, a text
-  staging table fed through a client) and types it: every typed value is NULL where its text does
-  not fit (the "1.0" integer rule, numerals, impossible timestamps), and such a row is flagged
-  ``_bad`` with its text kept in ``_bad_row``, so nothing needs a second read of the source.
+- Staging reads the month's relation (an external table, a loaded raw table, a text staging
+  table fed through a client, DuckDB's ``read_csv`` or ``read_parquet``) and types it onto the
+  final table's reference types. A CSV's columns are all text; a Parquet file's have the types
+  of its schema period (:func:`source_columns`: integers of either width, counts as DOUBLE,
+  null-typed placeholders, timestamps without a zone), each cast explicitly. Every typed value is
+  NULL where its source value does not fit (the "1.0" integer rule, numerals, impossible
+  timestamps), and such a row is flagged ``_bad`` with its text kept in ``_bad_row``, so nothing
+  needs a second read of the source.
 - The id is the zoomcamp reference ``unique_row_id``: MD5 over the id columns as BigQuery casts
   them to STRING, concatenated without a separator.
 - The merge inserts only ids absent from the final table and reads the target only on the
@@ -13,13 +17,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
-from typing import Any, Final
+from typing import Any, Final, Literal
 
-from taxi_pipeline.adapters.sql.dialects import Dialect
+from taxi_pipeline.adapters.sql.dialects import Dialect, MergeStyle
 from taxi_pipeline.domain.datasets import Column, Dataset, Month
-from taxi_pipeline.pipeline.ports import DateRange, StagingSummary
+from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat
+from taxi_pipeline.domain.tlc_schemas import TEXT, period_of
+from taxi_pipeline.pipeline.ports import DateRange, Replacement, StagingSummary
 
 BAD_SAMPLES: Final = 5
 EARLIEST_TIMESTAMP: Final = date(1, 1, 1)
@@ -33,6 +40,73 @@ _NUMERAL: Final = "[0-9]+([.][0-9]+)?"
 
 def _timestamp(day: date) -> str:
     return f"TIMESTAMP '{day.isoformat()}'"
+
+
+SourceKind = Literal["text", "integer", "double", "timestamp", "empty"]
+"""What a source column holds: text (every CSV column), integers of any width, doubles,
+timestamps, or nothing (a Parquet null-typed placeholder)."""
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    """Where a final column comes from in the month's source relation."""
+
+    name: str | None
+    """The source's column (as the file spells it); ``None``: the file has none (NULL)."""
+    kind: SourceKind = "text"
+
+
+Sources = Mapping[str, SourceColumn]
+"""Final column name -> its source column."""
+
+
+def source_columns(fmt: SourceFormat, dataset: Dataset, month: Month) -> Sources:
+    """Each final column's source in a file of ``fmt`` for ``month``.
+
+    A CSV holds the layout's columns as text (the added ones are NULL). A Parquet file holds its
+    schema period's columns (``domain/tlc_schemas``), matched by name ignoring case (yellow's
+    ``Airport_fee`` / ``airport_fee``), each of the widest kind its month's files are known to
+    hold it in: a column that is DOUBLE in one month and null-typed or INT32 the next is cast as
+    a double, which reads the others too.
+    """
+    layout = dataset.layout
+    if fmt is not PARQUET:
+        present = set(layout.names)
+        return {
+            c.name: SourceColumn(c.name if c.name in present else None)
+            for c in layout.final_columns
+        }
+    period = period_of(dataset.value, month)
+    by_folded = {c.name.casefold(): c for c in period.columns}
+    out: dict[str, SourceColumn] = {}
+    for column in layout.final_columns:
+        found = by_folded.get(column.name.casefold())
+        if found is None:
+            out[column.name] = SourceColumn(None)
+            continue
+        out[column.name] = SourceColumn(found.name, _kind_of(found.accepted_in(month)))
+    return out
+
+
+def _can_fail(column: Column, kind: SourceKind) -> bool:
+    """Whether a value of ``kind`` can fail ``column``'s type (the row then counts as bad)."""
+    if kind == "text":
+        return column.checked
+    if kind == "double":
+        return column.kind != "string" or column.numeral
+    return kind == "timestamp"
+
+
+def _kind_of(arrow_types: frozenset[str]) -> SourceKind:
+    if arrow_types & TEXT:
+        return "text"
+    if any(t.startswith("timestamp") for t in arrow_types):
+        return "timestamp"
+    if "double" in arrow_types:
+        return "double"
+    if arrow_types & {"int32", "int64"}:
+        return "integer"
+    return "empty"
 
 
 class Statements:
@@ -56,6 +130,31 @@ class Statements:
         if column.kind == "integer":
             return d.try_integer(ref)
         return d.try_cast(ref, d.column_type(column))
+
+    def typed_from_sql(self, column: Column, ref: str, kind: SourceKind) -> str:
+        """The reference type of the source value ``ref`` of ``kind``; NULL when it does not
+        fit (a count of 1.5, a double that is no numeral, a number past NUMERIC's range)."""
+        d = self.dialect
+        if kind == "text":
+            return self.typed_sql(column, ref)
+        target = d.column_type(column)
+        if kind == "integer" and column.kind == "string":
+            return d.try_cast(ref, d.text_type)
+        if kind != "double" or column.kind in ("numeric", "timestamp"):
+            # Integers, timestamps without a zone (BigQuery reads them as DATETIME: cast to
+            # TIMESTAMP, so the id's text ends in "+00" as the CSV's does), null-typed columns.
+            return d.try_cast(ref, target)
+        # A count written as a double: 1.0 is 1, 1.5 is a bad value (as the CSV's "1.0").
+        number = d.try_cast(ref, d.column_types["numeric"])
+        integral = f"{number} = {d.trunc(number)}"
+        whole = d.try_cast(number, d.column_types["integer"])
+        if column.kind == "integer":
+            return d.when(integral, whole)
+        as_text = d.when(integral, d.try_cast(whole, d.text_type))
+        if column.numeral:
+            return as_text
+        # A code column (RatecodeID, trip_type) written as a double: "1" as the CSV has it.
+        return f"COALESCE({as_text}, {d.try_cast(ref, d.text_type)})"
 
     def possible_sql(self, column: Column, ref: str) -> str:
         """The typed value ``ref`` where it is a possible one (timestamps in range)."""
@@ -116,24 +215,29 @@ class Statements:
         table_ref: str,
         source_ref: str,
         filename: str,
+        sources: Sources | None = None,
         *,
         landed: bool = False,
     ) -> str:
-        """The staging table from the month's text relation ``source_ref``.
+        """The staging table from the month's relation ``source_ref``, whose columns
+        ``sources`` describes (default: the CSV's, all text).
 
-        Empty fields become NULL first; each cast runs once (the text goes on under a private
-        name, the typed value under the column's), and a row is bad where a text did not
-        survive: ``_bad`` flags it and ``_bad_row`` keeps its text for the samples.
+        Empty texts become NULL first; each cast runs once (the source value goes on under a
+        private name, the typed value under the column's), and a row is bad where a value did
+        not survive: ``_bad`` flags it and ``_bad_row`` keeps its text for the samples.
 
         ``landed``: ``source_ref``'s columns hold the dialect's landing types instead of text
-        (PostgreSQL's COPY parsed the values), typed by :meth:`landed_sql`: a cast that fails
-        there fails the statement, and the adapter lands the file as text instead. A header line
-        inside the body cannot have landed (its names parse as no number).
+        (PostgreSQL's COPY parsed the CSV's values), typed by :meth:`landed_sql`: a cast that
+        fails there fails the statement, and the adapter lands the file as text instead. A header
+        line inside the body cannot have landed (its names parse as no number).
         """
         d, q = self.dialect, self.q
-        columns = dataset.layout.columns
-        checked = [c for c in columns if c.checked]
+        sources = sources or source_columns(CSV_GZ, dataset, month)
+        columns = dataset.layout.final_columns
+        present = [c for c in columns if sources[c.name].name is not None]
+        checked = [c for c in present if _can_fail(c, sources[c.name].kind)]
         names = [q(c.name) for c in columns]
+        all_text = all(sources[c.name].kind == "text" for c in present)
 
         def text(c: Column) -> str:
             return q(f"__text_{c.name}")
@@ -141,33 +245,57 @@ class Statements:
         def typed_landing(c: Column) -> bool:
             return landed and self.landed(c)
 
+        def read(c: Column) -> str:
+            source = sources[c.name]
+            ref = q(source.name or c.name)
+            if source.kind != "text" or typed_landing(c):
+                value = ref
+            elif all_text:
+                value = d.nullify_empty(ref)  # a CSV reader may null empty fields itself
+            else:
+                value = f"NULLIF({ref}, {d.empty_text})"  # a Parquet text, as the CSV's
+            return f"{value} AS {q(c.name)}"
+
+        def typed_value(c: Column) -> str:
+            kind = sources[c.name].kind
+            if c not in present:
+                return f"CAST(NULL AS {d.column_type(c)})"
+            if landed:
+                return self.landed_sql(c, "r." + q(c.name))
+            return self.typed_from_sql(c, "r." + q(c.name), kind)
+
         def as_text(c: Column) -> str:
-            ref = text(c) if c.checked else q(c.name)
-            return f"CAST({ref} AS {d.text_type})" if typed_landing(c) else ref
+            value = text(c) if c in checked else q(c.name)
+            if sources[c.name].kind == "text" and not typed_landing(c):
+                return value
+            return f"CAST({value} AS {d.text_type})"
 
-        def cast(c: Column, ref: str) -> str:
-            return self.landed_sql(c, ref) if landed else self.typed_sql(c, ref)
-
-        nulled = ", ".join(
-            f"{n if typed_landing(c) else d.nullify_empty(n)} AS {n}"
-            for c, n in zip(columns, names, strict=True)
-        )
+        nulled = ", ".join(read(c) for c in present)
         typed = ",\n      ".join(
             [f"r.{q(c.name)} AS {text(c)}" for c in checked]
-            + [f"{cast(c, 'r.' + q(c.name))} AS {q(c.name)}" for c in columns]
+            + [f"{typed_value(c)} AS {q(c.name)}" for c in columns]
         )
         possible = ",\n    ".join(
             [text(c) for c in checked]
             + [f"{self.possible_sql(c, q(c.name))} AS {q(c.name)}" for c in columns]
         )
-        bad = " OR ".join(f"({text(c)} IS NOT NULL AND {q(c.name)} IS NULL)" for c in checked)
-        line = d.join_texts([f"COALESCE({as_text(c)}, '')" for c in columns])
+        bad = (
+            " OR ".join(f"({text(c)} IS NOT NULL AND {q(c.name)} IS NULL)" for c in checked)
+            or "FALSE"
+        )
+        line = d.join_texts([f"COALESCE({as_text(c)}, '')" for c in present])
         # The header line again inside the body (files concatenated by hand): no trip. A bad
-        # row, among the samples, not counted as a row, deleted before the merge.
+        # row, among the samples, not counted as a row, deleted before the merge. Only a text
+        # file can hold one, and none that COPY landed typed.
         header = (
-            "FALSE"
-            if landed
-            else " AND ".join(f"{as_text(c)} = {d.quote_text(c.name)}" for c in columns)
+            "COALESCE("
+            + " AND ".join(
+                f"{text(c) if c in checked else q(c.name)} = {d.quote_text(c.name)}"
+                for c in present
+            )
+            + ", FALSE)"
+            if all_text and not landed
+            else "FALSE"
         )
         return (
             f"{d.create_staging(table_ref)}\n"
@@ -176,7 +304,7 @@ class Statements:
             f"  {', '.join(names)},\n"
             f"  ({bad}) AS _bad,\n"
             f"  {d.when(f'({bad})', line)} AS _bad_row,\n"
-            f"  COALESCE({header}, FALSE) AS _header\n"
+            f"  {header} AS _header\n"
             "FROM (\n"
             f"  SELECT {possible}\n"
             "  FROM (\n"
@@ -257,7 +385,21 @@ class Statements:
         return " OR ".join(terms) or "FALSE"
 
     def _final_columns(self, dataset: Dataset) -> list[str]:
-        return ["unique_row_id", "filename", *(self.q(n) for n in dataset.layout.names)]
+        return ["unique_row_id", "filename", *(self.q(n) for n in dataset.layout.final_names)]
+
+    def delete_month_sql(
+        self, dataset: Dataset, final_ref: str, replacing: Replacement, alias: str = "T"
+    ) -> str:
+        """Delete the rows a replacing merge replaces: the month's file names, on their
+        recorded dates (constant bounds: pruned partitions) and NULL pickups."""
+        names = ", ".join(self.dialect.quote_text(n) for n in replacing.filenames)
+        where = f"{alias}.filename IN ({names})"
+        if replacing.pickup_ranges is not None:
+            prune = self.target_pickup_predicate(
+                dataset, replacing.pickup_ranges, include_null=True, alias=alias
+            )
+            where += f"\n  AND ({prune})"
+        return f"DELETE FROM {final_ref} AS {alias}\nWHERE {where}"
 
     def merge_sql(
         self,
@@ -266,10 +408,12 @@ class Statements:
         staging_ref: str,
         ranges: Sequence[DateRange],
         include_null_pickup: bool,
+        style: MergeStyle | None = None,
     ) -> str:
-        """Insert the staged rows whose id the final table does not hold (insert-only)."""
+        """Insert the staged rows whose id the final table does not hold (insert-only), in the
+        dialect's style unless ``style`` says otherwise."""
         columns = self._final_columns(dataset)
-        if self.dialect.merge_style == "merge":
+        if (style or self.dialect.merge_style) == "merge":
             prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "T")
             return (
                 f"{self.dialect.merge_head} {final_ref} AS T\nUSING {staging_ref} AS S\n"
@@ -303,13 +447,27 @@ class Statements:
         )
 
     def final_table_sql(self, dataset: Dataset, table_ref: str) -> str:
-        """``CREATE TABLE IF NOT EXISTS`` of the final table, in the layout's column order."""
+        """``CREATE TABLE IF NOT EXISTS`` of the final table, in the layout's column order
+        (the CSV's, then the added ones)."""
         d = self.dialect
         columns = ",\n  ".join(
-            f"{self.q(c.name)} {d.column_type(c)}" for c in dataset.layout.columns
+            f"{self.q(c.name)} {d.column_type(c)}" for c in dataset.layout.final_columns
         )
         return (
             f"CREATE TABLE IF NOT EXISTS {table_ref} (\n"
             f"  unique_row_id {d.id_type},\n  filename {d.text_type},\n  {columns}\n)"
             f"{d.final_table_suffix(dataset)}"
         )
+
+    def add_columns_sql(
+        self, dataset: Dataset, table_ref: str, present: Sequence[str]
+    ) -> list[str]:
+        """``ALTER TABLE ... ADD COLUMN`` of each added column (the TLC's fees) a table made
+        before it existed lacks (``present``: its columns, any case). Nothing is reloaded: the
+        column is NULL in the rows already there (CSV months have no such value)."""
+        have = {name.casefold() for name in present}
+        return [
+            f"ALTER TABLE {table_ref} ADD COLUMN {self.q(c.name)} {self.dialect.column_type(c)}"
+            for c in dataset.layout.added
+            if c.name.casefold() not in have
+        ]

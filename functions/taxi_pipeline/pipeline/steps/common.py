@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, upstream_of_object
 from taxi_pipeline.domain.messages import (
     IngestResult,
     MergeRequest,
@@ -13,7 +14,13 @@ from taxi_pipeline.domain.messages import (
     Topic,
     labels_to_attributes,
 )
-from taxi_pipeline.pipeline.ports import ObjectInfo, Ports
+from taxi_pipeline.errors import SourceConflict
+from taxi_pipeline.pipeline.ports import LoadLedger, LoadRecord, ObjectInfo, Ports
+
+UPSTREAM_NAMES: Final = {
+    Upstream.MIRROR: "the DataTalksClub mirror",
+    Upstream.TLC: "the TLC",
+}
 
 
 @dataclass
@@ -54,6 +61,7 @@ def request_merge(
     labels: Mapping[str, str],
     *,
     force: bool = False,
+    replace: bool = False,
 ) -> None:
     """Hand a verified lake object over to the merge step (``merge-requests``)."""
     request = MergeRequest(
@@ -64,6 +72,7 @@ def request_merge(
         generation=source.generation,
         labels=dict(labels),
         force=force,
+        replace=replace,
     )
     ports.bus.publish(
         Topic.MERGE_REQUESTS, request.to_bytes(), run_attributes(run_id, dataset, month, labels)
@@ -89,4 +98,33 @@ def failed_result(invocation: Invocation, state: RunState, error: str) -> Ingest
         state=state,
         error=error[:2000],
         labels=invocation.labels,
+    )
+
+
+def current_load(ledger: LoadLedger, dataset: Dataset, month: Month) -> LoadRecord | None:
+    """The month's latest completed load: what its rows in the final table come from."""
+    loads = [load for load in ledger.loads(dataset) if load.month == month]
+    return max(loads, key=lambda load: load.loaded_at) if loads else None
+
+
+def describe_upstream(upstream: Upstream | None) -> str:
+    return UPSTREAM_NAMES.get(upstream, "an unknown source") if upstream else "an unknown source"
+
+
+def check_one_source(
+    dataset: Dataset, month: Month, loaded: LoadRecord | None, object_name: str, replace: bool
+) -> None:
+    """One month, one source: a month loaded from another source's file is refused
+    (:class:`SourceConflict`) unless the run replaces its rows. The two sources are not the
+    same rows (yellow 2019-01: 7,667,792 in the CSV backup, 7,696,617 in Parquet), so loading
+    both would count many trips twice."""
+    if loaded is None or replace or loaded.object_name == object_name:
+        return
+    had, wants = upstream_of_object(loaded.object_name), upstream_of_object(object_name)
+    file = loaded.object_name.rsplit("/", 1)[-1]
+    raise SourceConflict(
+        f"{dataset.value} {month} is loaded from {describe_upstream(had)} ({file}, run"
+        f" {loaded.run_id}); loading it from {describe_upstream(wants)} too would hold two"
+        " sources' rows for one month. Nothing was changed; run it with --replace (message"
+        " field replace) to replace the month's rows"
     )

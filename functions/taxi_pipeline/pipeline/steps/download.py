@@ -1,8 +1,13 @@
 """Step 1, download: stream the published file from the HTTP source into the lake, verified.
 
-Nothing unverified becomes a ``raw/`` object: the lake writer commits only after the whole stream
-passed :class:`GzipCsvVerifier`. The committed object announces itself (GCS finalize event, or the
-folder store's equivalent), which triggers the register step.
+The month's source is chosen first (``auto``: the mirror's CSV for 2019-01..2021-07, the TLC's
+Parquet otherwise; :func:`datasets.choose_publication`), and a month already loaded from the
+other source is refused unless the request replaces it. Nothing unverified becomes a ``raw/``
+object: the lake writer commits only after the whole stream passed the format's verifier
+(:class:`GzipCsvVerifier`, :class:`ParquetVerifier`). The object keeps the upstream's ETag,
+Last-Modified and size in its metadata (``status --check-upstream`` compares them). The
+committed object announces itself (GCS finalize event, or the folder store's equivalent),
+which triggers the register step.
 """
 
 from __future__ import annotations
@@ -23,8 +28,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from taxi_pipeline.domain.datasets import Dataset, Month, file_name, object_name, source_format
-from taxi_pipeline.domain.formats import VerifiedFile
+from taxi_pipeline.domain.datasets import (
+    Dataset,
+    Month,
+    Publication,
+    Upstream,
+    choose_publication,
+    file_name,
+    object_name,
+)
+from taxi_pipeline.domain.formats import VerifiedFile, VerifyTarget
 from taxi_pipeline.domain.messages import IngestRequest, RunState, labels_to_attributes
 from taxi_pipeline.domain.sources import INSECURE_OPT_IN, display_url, is_loopback
 from taxi_pipeline.errors import (
@@ -32,15 +45,24 @@ from taxi_pipeline.errors import (
     InvalidMessage,
     NotPublished,
     PermanentError,
+    SourceConflict,
     TransientError,
 )
-from taxi_pipeline.pipeline.ports import ObjectInfo, Ports
+from taxi_pipeline.pipeline.ports import ObjectInfo, Ports, UpstreamVersion
 from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
-from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
+from taxi_pipeline.pipeline.steps.common import (
+    Invocation,
+    check_one_source,
+    current_load,
+    request_merge,
+)
 from taxi_pipeline.pipeline.verify import BackgroundVerifier, TruncatedStream
 from taxi_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
+
+REPLACE_KEY = "replace"
+"""Object metadata of a download made by a ``replace`` run: its merge replaces the month."""
 
 EARLIEST_MONTH = Month(2009, 1)
 """The first month of TLC trip records; anything earlier cannot exist upstream."""
@@ -55,41 +77,65 @@ class DownloadOutcome:
 
 
 def check_source_base(settings: Settings) -> str:
-    """The configured source base, refused unless https (plain http only on loopback or opt-in)."""
-    base = settings.source_url.rstrip("/")
+    """The configured mirror base, refused unless https (plain http only on loopback or
+    opt-in)."""
+    return _check_base(settings.source_url, settings, "source URL")
+
+
+def check_tlc_base(settings: Settings) -> str:
+    """The configured TLC base, checked like the mirror's."""
+    return _check_base(settings.tlc_url, settings, "TLC URL")
+
+
+def _check_base(url: str, settings: Settings, what: str) -> str:
+    base = url.rstrip("/")
     parts = urlsplit(base)
     # First, and without echoing the URL: the messages below quote it, and settings errors
     # reach logs and run records. ";params" in the path are as good a place for a token as a
     # query string (and the file URL appends to the base, so they would reach every request).
     if "@" in parts.netloc or parts.query or parts.fragment or ";" in parts.path:
         raise ConfigurationError(
-            "source URL must not carry a query, fragment, ;parameters or credentials"
+            f"{what} must not carry a query, fragment, ;parameters or credentials"
         )
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigurationError(f"source URL {base!r} must be an http(s) URL")
+        raise ConfigurationError(f"{what} {base!r} must be an http(s) URL")
     if (
         parts.scheme == "http"
         and not settings.allow_insecure_source
         and not is_loopback(parts.hostname)
     ):
         raise ConfigurationError(
-            f"source URL {base!r} is plain http; use https, or set {INSECURE_OPT_IN} to allow it"
+            f"{what} {base!r} is plain http; use https, or set {INSECURE_OPT_IN} to allow it"
         )
     return base
 
 
-def source_file_url(settings: Settings, dataset: Dataset, month: Month) -> str:
-    """``{base}/{dataset}/{file name}`` (:func:`datasets.file_name`) from validated parts only."""
-    return f"{check_source_base(settings)}/{dataset.value}/{file_name(dataset, month)}"
+def source_file_url(
+    settings: Settings, dataset: Dataset, month: Month, upstream: Upstream = Upstream.MIRROR
+) -> str:
+    """The file's URL from validated parts only: the mirror's ``{source_url}/{dataset}/{file
+    name}``, the TLC's ``{tlc_url}/{file name}`` (:func:`datasets.file_name`)."""
+    publication = dataset.spec.publication(upstream)
+    name = file_name(dataset, month, publication.source_format)
+    if upstream is Upstream.TLC:
+        return f"{check_tlc_base(settings)}/{name}"
+    return f"{check_source_base(settings)}/{dataset.value}/{name}"
+
+
+def publication_for(request: IngestRequest, month: Month, settings: Settings) -> Publication:
+    """Where the request's month comes from: its ``source``, else ``TAXI_PIPELINE_SOURCE``."""
+    return choose_publication(request.dataset, month, request.source or settings.source)
 
 
 def resolve_month(request: IngestRequest, event_time: datetime, settings: Settings) -> Month:
-    """The request's month, or (scheduled runs) the event time's month minus the lag."""
+    """The request's month, or (scheduled runs) the event time's month minus the lag: the
+    request's ``lag_months`` (what a schedule asks for), else the setting's."""
     explicit = request.parsed_month
     if explicit is not None:
         month = explicit
     else:
-        month = Month(event_time.year, event_time.month).minus(settings.schedule_lag_months)
+        lag = request.lag_months if request.lag_months is not None else settings.schedule_lag_months
+        month = Month(event_time.year, event_time.month).minus(lag)
     latest = Month(event_time.year, event_time.month)
     if month < EARLIEST_MONTH:
         raise InvalidMessage(f"month {month} is before the first published month {EARLIEST_MONTH}")
@@ -131,19 +177,22 @@ def run(
         ports.warehouse, run_id, dataset, month, "download", invocation.attempt, labels
     )
     recorder.running()
-    url = source_file_url(ports.settings, dataset, month)
-    name = object_name(dataset, month)
+    publication = publication_for(request, month, ports.settings)
+    fmt = publication.source_format
+    url = source_file_url(ports.settings, dataset, month, publication.upstream)
+    name = object_name(dataset, month, fmt)
+    # One month, one source: refused before anything is downloaded (the merge checks again,
+    # under its lock, for hand uploads).
+    loaded = current_load(ports.warehouse, dataset, month)
+    check_one_source(dataset, month, loaded, name, request.replace)
     # One download of an object at a time: a second run of the month (a schedule firing during
     # a backfill, a duplicate request) waits, then finds the verified object and reuses it
     # instead of writing a second generation that would be staged and merged again.
     with ports.locks.hold(f"download-{dataset.value}-{month}"):
         ports.cancellation.check(run_id)
         existing = ports.lake.stat(name)
-        if (
-            existing is not None
-            and existing.metadata.get("source_url") == url
-            and not request.force
-        ):
+        fresh = request.force or request.replace
+        if existing is not None and existing.metadata.get("source_url") == url and not fresh:
             # Only verified downloads are ever committed with our metadata, so it is safe to
             # reuse; no object event follows (nothing was written), so hand over to merge.
             log.info(
@@ -151,7 +200,7 @@ def run(
                 name,
                 existing.generation,
             )
-            request_merge(ports, run_id, dataset, month, existing, labels, force=request.force)
+            request_merge(ports, run_id, dataset, month, existing, labels)
             recorder.finish(RunState.SKIPPED, bytes_=0, details={"reason": "already in the lake"})
             return DownloadOutcome(run_id, existing, downloaded=False, verified=None)
 
@@ -160,20 +209,54 @@ def run(
             "dataset": dataset.value,
             "month": str(month),
             "source_url": url,
+            "source": publication.upstream.value,
         }
+        if request.replace:
+            # Read by the register step, which hands the object to the merge.
+            metadata[REPLACE_KEY] = "true"
         metadata.update(labels_to_attributes(labels))
-        verified = _download_with_retries(url, name, metadata, dataset, ports)
+        # Loaded from this very object: a forced download of an upstream file that changed
+        # since must not be merged insert-only over the old rows (only --replace reloads it).
+        guard = (
+            UpstreamVersion.from_metadata(existing.metadata)
+            if existing is not None and loaded is not None and loaded.object_name == name
+            else None
+        )
+        job = DownloadJob(url, name, metadata, dataset, month, publication, request.replace, guard)
+        verified = _download_with_retries(job, ports)
         stored = ports.lake.stat(name)
     if stored is None:
         raise TransientError(f"{name} is not visible in the lake right after its upload")
-    recorder.finish(RunState.SUCCESS, rows=verified.rows, bytes_=verified.bytes_compressed)
+    recorder.finish(
+        RunState.SUCCESS,
+        rows=verified.rows,
+        bytes_=verified.bytes_compressed,
+        details=_notes(verified),
+    )
     log.info("downloaded %s: %d bytes, %d rows", name, verified.bytes_compressed, verified.rows)
     return DownloadOutcome(run_id, stored, downloaded=True, verified=verified)
 
 
-def _download_with_retries(
-    url: str, name: str, metadata: dict[str, str], dataset: Dataset, ports: Ports
-) -> VerifiedFile:
+def _notes(verified: VerifiedFile) -> dict[str, str]:
+    return {"notes": "; ".join(verified.notes)} if verified.notes else {}
+
+
+@dataclass(frozen=True)
+class DownloadJob:
+    """One file to download: where from, where to, and what to check it against."""
+
+    url: str
+    name: str
+    metadata: dict[str, str]
+    dataset: Dataset
+    month: Month
+    publication: Publication
+    replace: bool
+    loaded_version: UpstreamVersion | None
+    """The upstream version of the object the month is loaded from (a forced re-download)."""
+
+
+def _download_with_retries(job: DownloadJob, ports: Ports) -> VerifiedFile:
     """Up to ``http_attempts`` attempts, all within one deadline: a source that is slow (or
     trickles bytes, each read well within the read timeout) fails as transient in time for the
     failure to be recorded, before the platform's function timeout kills the instance."""
@@ -189,12 +272,12 @@ def _download_with_retries(
         reraise=True,
     )
     try:
-        return retrying(_download_once, url, name, metadata, dataset, ports, deadline)
+        return retrying(download_once, job, ports, deadline)
     except TransientError as exc:
         if time.monotonic() < deadline:
             raise
         raise TransientError(
-            f"downloading {display_url(url)} took longer than"
+            f"downloading {display_url(job.url)} took longer than"
             f" {settings.download_timeout_seconds:g} s (TAXI_PIPELINE_DOWNLOAD_TIMEOUT_SECONDS):"
             f" {exc}"
         ) from exc
@@ -238,30 +321,37 @@ class SpeedFloor:
             )
 
 
-def _download_once(
-    url: str,
-    name: str,
-    metadata: dict[str, str],
-    dataset: Dataset,
-    ports: Ports,
-    deadline: float,
-) -> VerifiedFile:
+def _not_published(job: DownloadJob, status: int) -> bool:
+    """404/410 anywhere; 403 from the TLC, whose CloudFront over S3 answers a missing key so."""
+    return status in (404, 410) or (status == 403 and job.publication.upstream is Upstream.TLC)
+
+
+def download_once(job: DownloadJob, ports: Ports, deadline: float) -> VerifiedFile:
     settings = ports.settings
+    url, name, dataset = job.url, job.name, job.dataset
     with ports.source.get(url, deadline=deadline) as response:
         status = response.status_code
-        if status in (404, 410):
+        if _not_published(job, status):
             raise NotPublished(f"{url} is not published (HTTP {status})")
         if status in (408, 425, 429) or status >= 500:
             # Timeout, too early, throttled, server trouble: worth another try.
             raise TransientError(f"{url} answered HTTP {status}")
         if status != 200:
             raise PermanentError(f"{url} answered HTTP {status}")
+        version = UpstreamVersion(response.etag, response.last_modified, response.content_length)
+        _check_unchanged(job, version)
+        metadata = {**job.metadata, **version.as_metadata()}
         verifier = BackgroundVerifier(
-            source_format(dataset).verifier(
-                dataset.layout,
-                response.content_length,
-                settings.min_rows_per_file,
-                settings.max_inflated_bytes,
+            job.publication.source_format.verifier(
+                VerifyTarget(
+                    dataset=dataset.value,
+                    month=job.month,
+                    layout=dataset.layout,
+                    expected_length=response.content_length,
+                    min_rows=settings.min_rows_per_file,
+                    max_inflated=settings.max_inflated_bytes,
+                    etag=response.etag,
+                )
             )
         )
         speed = SpeedFloor(
@@ -287,6 +377,21 @@ def _download_once(
         finally:
             verifier.close()
             task.close()
+
+
+def _check_unchanged(job: DownloadJob, version: UpstreamVersion) -> None:
+    """A forced download of a loaded month whose upstream file changed since its load is
+    refused before a byte is written: merged insert-only, the new file's rows would sit beside
+    the old file's. ``--replace`` reloads it."""
+    if job.loaded_version is None or job.replace:
+        return
+    changed = job.loaded_version.differences(version)
+    if changed:
+        raise SourceConflict(
+            f"{display_url(job.url)} changed upstream since {job.dataset.value} {job.month} was"
+            f" loaded from it ({'; '.join(changed)}). Nothing was changed; run it with --replace"
+            " to replace the month's rows with the new file's"
+        )
 
 
 def _finish(verifier: BackgroundVerifier, content_length: int | None) -> VerifiedFile:

@@ -2,9 +2,10 @@
 
 Triggered by the lake's object-finalized event, so a file a user uploads by hand into ``raw/``
 is loaded exactly like a downloaded one. Objects outside ``raw/`` are ignored. An object the
-download step did not write (a hand upload, ``taxi-pipeline load``) was never verified: it is read
-once in full and verified as a download is (every gzip member's CRC and size, the header, the
-row count, the inflated size) before anything is staged.
+download step did not write (a hand upload, ``taxi-pipeline load``) was never verified: it is
+verified whole by its format's object verifier before anything is staged (a ``.csv.gz``: read once
+in full, every gzip member's CRC and size, the header, the row count, the inflated size; a
+``.parquet``: ``PAR1`` at both ends, the footer, its schema and row count).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import logging
 from collections.abc import Mapping
 
 from taxi_pipeline.domain.datasets import parse_object
+from taxi_pipeline.domain.formats import VerifyTarget
 from taxi_pipeline.domain.messages import GcsObject, RunState, is_run_id, labels_from_attributes
 from taxi_pipeline.errors import InvalidMessage, PermanentError
 from taxi_pipeline.pipeline.ports import Ports
 from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
 from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
-from taxi_pipeline.pipeline.verify import verify_lake_object
+from taxi_pipeline.pipeline.steps.download import REPLACE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +58,24 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
     # Cheap check first (the format's head check), then, for an object nobody verified (a
     # hand upload), the whole object as a download is verified.
     fmt.check_head(ports.lake.read_head(obj.name, fmt.head_bytes), dataset.layout, dataset.value)
-    if not _written_by_download(current.metadata):
-        verified = verify_lake_object(
-            ports.lake,
-            obj.name,
-            dataset.layout,
-            current.size,
-            ports.settings.min_rows_per_file,
-            ports.settings.max_inflated_bytes,
+    downloaded = _written_by_download(current.metadata)
+    if not downloaded:
+        target = VerifyTarget(
+            dataset=dataset.value,
+            month=month,
+            layout=dataset.layout,
+            expected_length=current.size,
+            min_rows=ports.settings.min_rows_per_file,
+            max_inflated=ports.settings.max_inflated_bytes,
         )
+        with ports.lake.open_read(obj.name) as handle:
+            verified = fmt.verify_object(handle, target)
         log.info("verified hand-uploaded %s: %d rows", obj.name, verified.rows)
 
     ports.warehouse.ensure_final_table(dataset)
     table = ports.warehouse.create_external_table(dataset, month, current, ports.lake)
-    request_merge(ports, run_id, dataset, month, current, labels)
+    replace = downloaded and current.metadata.get(REPLACE_KEY) == "true"
+    request_merge(ports, run_id, dataset, month, current, labels, replace=replace)
     recorder.finish(RunState.SUCCESS, bytes_=current.size, details={"external_table": table})
     return run_id
 
