@@ -83,9 +83,15 @@ _SCHEMA_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COPY_CHUNK: Final = 1 << 20
 _PARQUET_BATCH_ROWS: Final = 64 * 1024
 _IDLE_CONNECTIONS: Final = 4
-# SQLSTATEs of a value an input function refused: the file is landed as text and typed value by
-# value instead. Any other COPY error (a short line, bad UTF-8) fails the month as it is.
+# SQLSTATEs of a value the strict staging refused (a cast, or taxi_pipeline_refuse): the month is
+# typed the exact way instead, from the same landed rows. Any other error fails the month.
 _VALUE_REFUSED: Final = frozenset({"22P02", "22007", "22008", "22003", "22009"})
+# The strict staging and its measure run on parallel workers where the server has them: a month's
+# rows are one large table, and moving a row to the leader costs less than typing it.
+_PARALLEL_SETTINGS: Final = (("parallel_setup_cost", "0"), ("parallel_tuple_cost", "0"))
+_INDEX_MEMORY: Final = "256MB"
+"""maintenance_work_mem of a first load's index builds (sorted in memory, and with two parallel
+workers, which the server's 64MB default allows only below 32MB each); the session's only."""
 _TRANSIENT_STATES: Final = frozenset(
     {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300", "53400", "08006"}
 )
@@ -394,28 +400,20 @@ class PostgresWarehouse:
         name = landing_name(dataset, month, context.run_id)
         filename = csv_name(dataset, month, fmt)
         conn = self._connect()
+        entry = _Staging(conn, name, filename)
         with self._lock:
-            self._staging[(dataset, month)] = _Staging(conn, name, filename)
+            self._staging[(dataset, month)] = entry
         staging, landing = self._table(name), self._table(f"{name}_text")
         try:
             conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [_in_use_key(name)])
-            try:
-                row = self._land_and_stage(conn, dataset, month, lake, source, staging, landing)
-            except psycopg.DataError as exc:
-                if exc.sqlstate not in _VALUE_REFUSED:
-                    raise
-                log.info(
-                    "%s: COPY refused a value (%s); landing it as text",
-                    source.name,
-                    self._redact(_first_line(exc)),
-                )
-                row = self._land_and_stage(
-                    conn, dataset, month, lake, source, staging, landing, as_text=True
-                )
-            conn.execute(f"ANALYZE {staging}")
+            row, strict = self._land_and_stage(conn, dataset, month, lake, source, staging, landing)
+            if not strict:
+                conn.execute(f"ANALYZE {staging}")
         except psycopg.Error as exc:
             raise self._translate(exc, f"stage {source.name}") from exc
-        return SQL.summary(row)
+        summary = SQL.summary(row)
+        entry.partition_ready, entry.rows = strict, summary.rows
+        return summary
 
     def _land_and_stage(
         self,
@@ -426,36 +424,37 @@ class PostgresWarehouse:
         source: ObjectInfo,
         staging: str,
         landing: str,
-        *,
-        as_text: bool = False,
-    ) -> tuple[Any, ...]:
-        """COPY the object into the landing table, build the staging table from it with the
-        shared staging SQL, measure it: one transaction, so a COPY cut short (a kill, a lost
-        connection) leaves nothing.
+    ) -> tuple[tuple[Any, ...], bool]:
+        """COPY the object into a text landing table, type it into the staging table, measure
+        it: one transaction, so a COPY cut short (a kill, a lost connection) leaves nothing.
+        Returns the measure's row and whether the strict staging wrote it.
 
-        The landing table has the dialect's landing types, parsed by COPY's input functions (no
-        per-value casts in SQL); ``as_text``: every column text, for a file with a value some
-        input function refuses (typed then value by value, NULL where a value does not fit).
-        A Parquet object is written into COPY as CSV rows by this client (:meth:`_copy_parquet`),
-        so both formats land alike: the staging SQL types them as it types the CSV's text.
+        The strict staging (:meth:`_stage_strict`) first; a month it refuses is typed from the
+        same landed rows by the exact staging SQL (NULL where a value does not fit, the row
+        counted bad). A Parquet object is written into COPY as CSV rows by this client
+        (:meth:`_copy_parquet`), so both formats land alike, as the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
         q = POSTGRES.quote_ident
         landed = _landed_columns(dataset, month, fmt)
-        types = {c.name: "text" if as_text else POSTGRES.landing_types[c.kind] for c in landed}
         columns = ", ".join(q(c.name) for c in landed)
-        # The landing table holds the final columns the file has, each as text would: what
-        # the staging SQL reads from a CSV.
+        # The landing table holds the final columns the file has, each as text: what the
+        # staging SQL reads from a CSV.
         sources: Sources = {
             c.name: SourceColumn(c.name if c in landed else None)
             for c in dataset.layout.final_columns
         }
+        filename = csv_name(dataset, month, fmt)
         with conn.transaction():
+            # The commit need not wait for the WAL: a server crash may lose this staging, which
+            # the merge then reports gone (transient), and the redelivery stages again. The
+            # merge's own commit waits as always.
+            conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
             conn.execute(f"DROP TABLE IF EXISTS {staging}")
             conn.execute(f"DROP TABLE IF EXISTS {landing}")
             conn.execute(
                 f"CREATE UNLOGGED TABLE {landing} ("
-                + ", ".join(f"{q(c.name)} {types[c.name]}" for c in landed)
+                + ", ".join(f"{q(c.name)} text" for c in landed)
                 + ")"
             )
             statement = f"COPY {landing} ({columns}) FROM STDIN {POSTGRES.copy_options(fmt)}"
@@ -463,16 +462,48 @@ class PostgresWarehouse:
                 self._copy_parquet(conn, lake, source, statement, dataset, month)
             else:
                 self._copy(conn, lake, source, statement)
-            filename = csv_name(dataset, month, fmt)
-            conn.execute(
-                SQL.staging_sql(
-                    dataset, month, staging, landing, filename, sources, landed=not as_text
-                )
-            )
+            row = self._stage_strict(conn, dataset, month, staging, landing, filename, sources)
+            strict = row is not None
+            if row is None:
+                conn.execute(SQL.staging_sql(dataset, month, staging, landing, filename, sources))
+                row = _one(conn, SQL.measure_sql(dataset, month, staging))
+                if SQL.repeated_headers(row):
+                    conn.execute(SQL.drop_repeated_headers_sql(staging))
             conn.execute(f"DROP TABLE {landing}")
-            row = _one(conn, SQL.measure_sql(dataset, month, staging))
-            if SQL.repeated_headers(row):
-                conn.execute(SQL.drop_repeated_headers_sql(staging))
+        return row, strict
+
+    def _stage_strict(
+        self,
+        conn: psycopg.Connection[Any],
+        dataset: Dataset,
+        month: Month,
+        staging: str,
+        landing: str,
+        filename: str,
+        sources: Sources,
+    ) -> tuple[Any, ...] | None:
+        """The staging table as the file's future partition (``Statements.strict_staging_sql``:
+        the final table's columns only, logged), measured; ``None`` where it refuses a value
+        (nothing of it stays: a savepoint)."""
+        import psycopg
+
+        try:
+            with conn.transaction():
+                for name, value in _PARALLEL_SETTINGS:
+                    conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+                conn.execute(
+                    SQL.strict_staging_sql(dataset, month, staging, landing, filename, sources)
+                )
+                row = _one(conn, SQL.strict_measure_sql(dataset, month, staging))
+        except psycopg.DataError as exc:
+            if exc.sqlstate not in _VALUE_REFUSED:
+                raise
+            log.info(
+                "%s: %s; typing it the exact way",
+                filename,
+                self._redact(_first_line(exc)),
+            )
+            return None
         return row
 
     def _copy(
@@ -580,10 +611,17 @@ class PostgresWarehouse:
                 f"the {dataset.value} {month} staging table is gone; stage the month again"
             )
         conn = staging.conn
-        source = self._table(staging.name)
         final = self._table(dataset.final_table)
         partition = self._table(partition_name(dataset, staging.filename))
+        # Merged again after its first load attached it: the staged rows are that partition.
+        source = partition if staging.attached else self._table(staging.name)
+        if staging.attached and replacing is not None and staging.filename in replacing.filenames:
+            raise TransientError(
+                f"the {dataset.value} {month} staged rows are the file's partition already;"
+                " stage the month again"
+            )
         deleted = 0
+        attached = False
         try:
             with conn.transaction():
                 for key in merge_lock_keys(dataset, month, pickup_ranges, include_null_pickup):
@@ -605,22 +643,34 @@ class PostgresWarehouse:
                         dataset, final, source, pickup_ranges, include_null_pickup
                     )
                     inserted = conn.execute(statement).rowcount
+                elif staging.partition_ready:
+                    # The file's first load, the strict staging table itself as its partition:
+                    # the rows whose id the final table holds deleted (usually none), indexes
+                    # built sorted, attached (ATTACH checks the filename, a sequential read).
+                    present = conn.execute(
+                        SQL.delete_present_sql(
+                            dataset, source, final, pickup_ranges, include_null_pickup
+                        )
+                    ).rowcount
+                    inserted = staging.rows - present
+                    self._index(conn, dataset, source, partition)
+                    conn.execute(
+                        f"ALTER TABLE {source} RENAME TO"
+                        f" {POSTGRES.quote_ident(partition_name(dataset, staging.filename))}"
+                    )
+                    self._attach(conn, final, partition, staging.filename)
+                    attached = True
                 else:
-                    # The file's first load: its new rows written in bulk into a table of their
-                    # own, indexes built sorted, then attached as the file's partition (ATTACH
-                    # checks the filename, a sequential read).
+                    # A first load typed the exact way: its new rows written in bulk into a
+                    # table of their own, then indexed and attached likewise.
                     conn.execute(f"CREATE TABLE {partition} (LIKE {final})")
                     inserted = conn.execute(
                         SQL.insert_missing_sql(
                             dataset, partition, final, source, pickup_ranges, include_null_pickup
                         )
                     ).rowcount
-                    for statement in _index_sql(dataset, self.schema, partition):
-                        conn.execute(statement)
-                    conn.execute(
-                        f"ALTER TABLE {final} ATTACH PARTITION {partition}"
-                        f" FOR VALUES IN ({POSTGRES.quote_text(staging.filename)})"
-                    )
+                    self._index(conn, dataset, partition, partition)
+                    self._attach(conn, final, partition, staging.filename)
                 if load is not None:
                     statement, params = self.history.insert_load(
                         replace(load, rows_inserted=int(inserted))
@@ -628,7 +678,23 @@ class PostgresWarehouse:
                     conn.execute(statement, _params(params))
         except psycopg.Error as exc:
             raise self._translate(exc, f"merge into {dataset.final_table}") from exc
+        staging.attached = staging.attached or attached
         return deleted, int(inserted)
+
+    def _index(
+        self, conn: psycopg.Connection[Any], dataset: Dataset, table: str, partition: str
+    ) -> None:
+        """The final table's indexes on ``table``, named for the ``partition`` it becomes."""
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [_INDEX_MEMORY])
+        for statement in _index_sql(dataset, self.schema, table, name=partition):
+            conn.execute(statement)
+
+    @staticmethod
+    def _attach(conn: psycopg.Connection[Any], final: str, partition: str, filename: str) -> None:
+        conn.execute(
+            f"ALTER TABLE {final} ATTACH PARTITION {partition}"
+            f" FOR VALUES IN ({POSTGRES.quote_text(filename)})"
+        )
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop this run's staging table, and those of the month whose run died."""
@@ -744,18 +810,24 @@ class _Staging:
     name: str
     filename: str
     """The ``filename`` of the staged rows: the value of the file's partition."""
+    partition_ready: bool = False
+    """Whether the strict staging wrote the table (the final table's columns only, logged): a
+    file's first load attaches it as the file's partition."""
+    rows: int = 0
+    attached: bool = False
+    """Whether a first load made the table the file's partition (committed)."""
 
 
 def _params(params: Sequence[Param]) -> dict[str, object]:
     return {p.name: p.value for p in params}
 
 
-def _index_sql(dataset: Dataset, schema: str, table_ref: str) -> list[str]:
-    """The pickup and id indexes of the final table, or of one of its partitions: the merge
-    reads only the staged pickup ranges of the target, so its cost follows the month, not the
-    table. No unique index: duplicate rows inside one published file are kept, as the reference
-    keeps them."""
-    table = table_ref.rsplit(".", 1)[-1].strip('"')
+def _index_sql(dataset: Dataset, schema: str, table_ref: str, name: str | None = None) -> list[str]:
+    """The pickup and id indexes of the final table, or of one of its partitions (``name``: the
+    table whose name they carry, default ``table_ref``): the merge reads only the staged pickup
+    ranges of the target, so its cost follows the month, not the table. No unique index:
+    duplicate rows inside one published file are kept, as the reference keeps them."""
+    table = (name or table_ref).rsplit(".", 1)[-1].strip('"')
     q = POSTGRES.quote_ident
     return [
         f"CREATE INDEX IF NOT EXISTS {q(table + '_pickup')}"
