@@ -384,3 +384,26 @@ def test_a_file_the_strict_staging_refuses_is_typed_the_exact_way(
     warehouse.drop_month_objects(Dataset.GREEN, JAN)
     assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
     warehouse.close()
+
+
+def test_a_copy_failing_on_any_connection_stages_nothing(
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+) -> None:
+    """The month lands through two COPY connections in turn, a piece (a MiB) each: a short line
+    in the second piece fails that COPY, and the other ends with it."""
+    lines = [GOOD] * 40_000
+    lines[20_000] = GOOD.rsplit(",", 3)[0]  # too few fields, 1.5 MB in: the second piece
+    lake = FolderStore(tmp_path / "lake")
+    name = object_name(Dataset.GREEN, JAN)
+    with lake.writer(name, {}) as out:
+        out.write(write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, lines).read_bytes())
+    source = lake.stat(name)
+    assert source is not None
+    warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
+    warehouse.ensure_final_table(Dataset.GREEN)
+    context = JobContext("green-201901-short", Dataset.GREEN, JAN, "merge")
+    with pytest.raises(PermanentError, match="missing data for column"):
+        warehouse.stage(Dataset.GREEN, JAN, source, lake, context)
+    warehouse.drop_month_objects(Dataset.GREEN, JAN)
+    assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
+    warehouse.close()

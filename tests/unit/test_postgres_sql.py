@@ -200,5 +200,6 @@ def test_history_parameters_are_psycopg_named_placeholders_and_the_server_number
 
 def test_only_csv_gz_objects_can_be_copied() -> None:
     assert POSTGRES.copy_options(CSV_GZ) == "(FORMAT csv, HEADER true, FREEZE true)"
+    assert POSTGRES.copy_options(CSV_GZ, header=False) == "(FORMAT csv, HEADER false, FREEZE true)"
     with pytest.raises(ConfigurationError, match="cannot read parquet"):
         POSTGRES.copy_options(replace(CSV_GZ, name="parquet"))

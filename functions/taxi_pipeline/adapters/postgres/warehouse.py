@@ -37,6 +37,13 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from taxi_pipeline.adapters.postgres.copying import CHUNK as COPY_CHUNK
+from taxi_pipeline.adapters.postgres.copying import (
+    CopyTarget,
+    copy_pieces,
+    csv_pieces,
+    parquet_pieces,
+)
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
 from taxi_pipeline.adapters.sql.statements import SourceColumn, Sources, Statements, source_columns
@@ -80,7 +87,8 @@ MINIMUM_SERVER_VERSION: Final = 150000
 """MERGE appeared in PostgreSQL 15."""
 
 _SCHEMA_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_COPY_CHUNK: Final = 1 << 20
+_COPY_STREAMS: Final = 2
+"""Connections a month lands through at once (two server processes parse it)."""
 _PARQUET_BATCH_ROWS: Final = 64 * 1024
 _IDLE_CONNECTIONS: Final = 4
 # SQLSTATEs of a value the strict staging refused (a cast, or taxi_pipeline_refuse): the month is
@@ -403,10 +411,10 @@ class PostgresWarehouse:
         entry = _Staging(conn, name, filename)
         with self._lock:
             self._staging[(dataset, month)] = entry
-        staging, landing = self._table(name), self._table(f"{name}_text")
+        staging = self._table(name)
         try:
             conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [_in_use_key(name)])
-            row, strict = self._land_and_stage(conn, dataset, month, lake, source, staging, landing)
+            row, strict = self._land_and_stage(conn, dataset, month, lake, source, name)
             if not strict:
                 conn.execute(f"ANALYZE {staging}")
         except psycopg.Error as exc:
@@ -422,54 +430,83 @@ class PostgresWarehouse:
         month: Month,
         lake: LakeReader,
         source: ObjectInfo,
-        staging: str,
-        landing: str,
+        name: str,
     ) -> tuple[tuple[Any, ...], bool]:
-        """COPY the object into a text landing table, type it into the staging table, measure
-        it: one transaction, so a COPY cut short (a kill, a lost connection) leaves nothing.
-        Returns the measure's row and whether the strict staging wrote it.
+        """COPY the object into text landing tables, type them into the staging table ``name``,
+        measure it: one transaction, so a COPY cut short (a kill, a lost connection) leaves no
+        staging table. Returns the measure's row and whether the strict staging wrote it.
 
-        The strict staging (:meth:`_stage_strict`) first; a month it refuses is typed from the
-        same landed rows by the exact staging SQL (NULL where a value does not fit, the row
-        counted bad). A Parquet object is written into COPY as CSV rows by this client
-        (:meth:`_copy_parquet`), so both formats land alike, as the CSV's text.
+        The rows land through :data:`_COPY_STREAMS` connections at once (:mod:`.copying`): this
+        one's landing table is new in its transaction, each other's commits with its COPY (a
+        run that dies leaves it to the next run of the month, as a staging table). The strict
+        staging (:meth:`_stage_strict`) first; a month it refuses is typed from the same landed
+        rows by the exact staging SQL (NULL where a value does not fit, the row counted bad). A
+        Parquet object is written into COPY as CSV rows by this client, so both formats land
+        alike, as the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
         q = POSTGRES.quote_ident
         landed = _landed_columns(dataset, month, fmt)
         columns = ", ".join(q(c.name) for c in landed)
-        # The landing table holds the final columns the file has, each as text: what the
+        # The landing tables hold the final columns the file has, each as text: what the
         # staging SQL reads from a CSV.
         sources: Sources = {
             c.name: SourceColumn(c.name if c in landed else None)
             for c in dataset.layout.final_columns
         }
         filename = csv_name(dataset, month, fmt)
-        with conn.transaction():
-            # The commit need not wait for the WAL: a server crash may lose this staging, which
-            # the merge then reports gone (transient), and the redelivery stages again. The
-            # merge's own commit waits as always.
-            conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
-            conn.execute(f"DROP TABLE IF EXISTS {staging}")
-            conn.execute(f"DROP TABLE IF EXISTS {landing}")
-            conn.execute(
-                f"CREATE UNLOGGED TABLE {landing} ("
-                + ", ".join(f"{q(c.name)} text" for c in landed)
-                + ")"
-            )
-            statement = f"COPY {landing} ({columns}) FROM STDIN {POSTGRES.copy_options(fmt)}"
-            if fmt is PARQUET:
-                self._copy_parquet(conn, lake, source, statement, dataset, month)
-            else:
-                self._copy(conn, lake, source, statement)
-            row = self._stage_strict(conn, dataset, month, staging, landing, filename, sources)
-            strict = row is not None
-            if row is None:
-                conn.execute(SQL.staging_sql(dataset, month, staging, landing, filename, sources))
-                row = _one(conn, SQL.measure_sql(dataset, month, staging))
-                if SQL.repeated_headers(row):
-                    conn.execute(SQL.drop_repeated_headers_sql(staging))
-            conn.execute(f"DROP TABLE {landing}")
+        staging = self._table(name)
+        landings = [self._table(n) for n in _landing_names(name)]
+        text_columns = ", ".join(f"{q(c.name)} text" for c in landed)
+
+        def create(landing: str) -> list[str]:
+            return [
+                f"DROP TABLE IF EXISTS {landing}",
+                f"CREATE UNLOGGED TABLE {landing} ({text_columns})",
+            ]
+
+        helpers = [self._connect() for _ in landings[1:]]
+        done = False
+        try:
+            with conn.transaction():
+                # The commit need not wait for the WAL: a server crash may lose this staging,
+                # which the merge then reports gone (transient), and the redelivery stages
+                # again. The merge's own commit waits as always.
+                conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+                conn.execute(f"DROP TABLE IF EXISTS {staging}")
+                for statement in create(landings[0]):
+                    conn.execute(statement)
+                targets = [
+                    CopyTarget(
+                        c,
+                        f"COPY {landing} ({columns}) FROM STDIN"
+                        f" {POSTGRES.copy_options(fmt, header=i == 0)}",
+                        None if i == 0 else create(landing),
+                    )
+                    for i, (c, landing) in enumerate(zip([conn, *helpers], landings, strict=True))
+                ]
+                with lake.open_read(source.name) as raw:
+                    copy_pieces(targets, self._pieces(raw, fmt, dataset, month))
+                union = " UNION ALL ".join(f"SELECT {columns} FROM {t}" for t in landings)
+                relation = f"({union}) AS landed"
+                row = self._stage_strict(conn, dataset, month, staging, relation, filename, sources)
+                strict = row is not None
+                if row is None:
+                    conn.execute(
+                        SQL.staging_sql(dataset, month, staging, relation, filename, sources)
+                    )
+                    row = _one(conn, SQL.measure_sql(dataset, month, staging))
+                    if SQL.repeated_headers(row):
+                        conn.execute(SQL.drop_repeated_headers_sql(staging))
+                for landing in landings:
+                    conn.execute(f"DROP TABLE {landing}")
+            done = True
+        finally:
+            for helper, landing in zip(helpers, landings[1:], strict=True):
+                if not done:
+                    with contextlib.suppress(Exception):
+                        helper.execute(f"DROP TABLE IF EXISTS {landing}")
+                helper.close()
         return row, strict
 
     def _stage_strict(
@@ -506,61 +543,36 @@ class PostgresWarehouse:
             return None
         return row
 
-    def _copy(
-        self, conn: psycopg.Connection[Any], lake: LakeReader, source: ObjectInfo, statement: str
-    ) -> None:
-        """Stream the lake object, inflated on ISA-L's own thread, into COPY, 1 MiB at a time."""
-        from isal import igzip_threaded
+    @staticmethod
+    def _pieces(
+        raw: BinaryIO, fmt: SourceFormat, dataset: Dataset, month: Month
+    ) -> Iterator[bytes]:
+        """The object as CSV text in pieces of whole records: a CSV inflated on ISA-L's own
+        thread; a Parquet file a batch of rows at a time (memory bounded by a row group),
+        pyarrow reading it from the lake handle (GCS reads are ranged) and writing each batch
+        as CSV, the landing table's columns in its order."""
+        if fmt is not PARQUET:
+            from isal import igzip_threaded
 
-        with lake.open_read(source.name) as raw:
             inflated: BinaryIO = igzip_threaded.open(  # type: ignore[no-untyped-call]
-                raw, "rb", threads=1, block_size=_COPY_CHUNK
+                raw, "rb", threads=1, block_size=COPY_CHUNK
             )
-            with inflated, conn.cursor().copy(statement) as copy:
-                while chunk := inflated.read(_COPY_CHUNK):
-                    copy.write(chunk)
-
-    def _copy_parquet(
-        self,
-        conn: psycopg.Connection[Any],
-        lake: LakeReader,
-        source: ObjectInfo,
-        statement: str,
-        dataset: Dataset,
-        month: Month,
-    ) -> None:
-        """Stream a Parquet object into COPY as CSV rows, a batch of rows at a time (memory
-        bounded by a row group): pyarrow reads it from the lake handle (GCS reads are ranged)
-        and writes the batch as CSV, the landing table's columns in its order."""
-        import pyarrow.csv as pa_csv
+            with inflated:
+                yield from csv_pieces(inflated)
+            return
         import pyarrow.parquet as pq
 
         wanted = _parquet_sources(dataset, month)
-        with lake.open_read(source.name) as raw:
-            parquet = pq.ParquetFile(raw)
-            by_folded = {name.casefold(): name for name in parquet.schema_arrow.names}
-            # The verifier checked the footer for the month's period; a column it allows to
-            # be absent is simply not there.
-            names = [(final, by_folded.get(name.casefold())) for final, name in wanted]
-            read = sorted({found for _, found in names if found is not None})
-            writer: pa_csv.CSVWriter | None = None
-            with conn.cursor().copy(statement) as copy:
-                sink = _CopySink(copy)
-                try:
-                    for batch in parquet.iter_batches(
-                        batch_size=_PARQUET_BATCH_ROWS, columns=read, use_threads=False
-                    ):
-                        landing = _as_landing_batch(batch, names)
-                        if writer is None:
-                            writer = pa_csv.CSVWriter(
-                                sink,
-                                landing.schema,
-                                write_options=pa_csv.WriteOptions(include_header=False),
-                            )
-                        writer.write_batch(landing)
-                finally:
-                    if writer is not None:
-                        writer.close()
+        parquet = pq.ParquetFile(raw)
+        by_folded = {name.casefold(): name for name in parquet.schema_arrow.names}
+        # The verifier checked the footer for the month's period; a column it allows to be
+        # absent is simply not there.
+        names = [(final, by_folded.get(name.casefold())) for final, name in wanted]
+        read = sorted({found for _, found in names if found is not None})
+        batches = parquet.iter_batches(
+            batch_size=_PARQUET_BATCH_ROWS, columns=read, use_threads=False
+        )
+        yield from parquet_pieces(_as_landing_batch(batch, names) for batch in batches)
 
     def merge_staged(
         self,
@@ -711,7 +723,7 @@ class PostgresWarehouse:
                     [self.schema, pattern],
                 ).fetchall()
                 for (table,) in found:
-                    owner = str(table).removesuffix("_text")
+                    owner = _staging_owner(str(table))
                     (free,) = _one(
                         conn,
                         "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
@@ -737,7 +749,9 @@ class PostgresWarehouse:
             return
         with contextlib.suppress(Exception):
             if not staging.conn.closed:
-                staging.conn.execute(f"DROP TABLE IF EXISTS {self._table(staging.name)}")
+                # And a landing table another connection committed, if the stage failed after.
+                for table in [staging.name, *_landing_names(staging.name)[1:]]:
+                    staging.conn.execute(f"DROP TABLE IF EXISTS {self._table(table)}")
         staging.conn.close()  # ends the session: its advisory lock goes with it
 
     def query(self, sql: str) -> QueryResult:
@@ -823,16 +837,18 @@ def _params(params: Sequence[Param]) -> dict[str, object]:
 
 
 def _index_sql(dataset: Dataset, schema: str, table_ref: str, name: str | None = None) -> list[str]:
-    """The pickup and id indexes of the final table, or of one of its partitions (``name``: the
-    table whose name they carry, default ``table_ref``): the merge reads only the staged pickup
-    ranges of the target, so its cost follows the month, not the table. No unique index:
-    duplicate rows inside one published file are kept, as the reference keeps them."""
+    """The pickup index of the final table, or of one of its partitions (``name``: the table
+    whose name it carries, default ``table_ref``): a merge reads the target only on the staged
+    pickup ranges (each partition's index finds the few rows of another file there), then joins
+    on the id by hashing, so its cost follows the month, not the table. No index on the id: no
+    merge plan uses one (a hash join of a month's ids beats a million index probes), and
+    building it cost a tenth of a first load (BENCHMARKS.md). No unique index either: duplicate
+    rows inside one published file are kept, as the reference keeps them."""
     table = (name or table_ref).rsplit(".", 1)[-1].strip('"')
     q = POSTGRES.quote_ident
     return [
         f"CREATE INDEX IF NOT EXISTS {q(table + '_pickup')}"
         f" ON {table_ref} ({q(dataset.layout.pickup)})",
-        f"CREATE INDEX IF NOT EXISTS {q(table + '_unique_row_id')} ON {table_ref} (unique_row_id)",
     ]
 
 
@@ -856,6 +872,16 @@ def landing_name(dataset: Dataset, month: Month, run_id: str) -> str:
     """``green_tripdata_2019_01_<10 hex of the run id's MD5>``: one staging table per run."""
     digest = hashlib.md5(run_id.encode(), usedforsecurity=False).hexdigest()[:10]
     return f"{staging_table(dataset, month)}_{digest}"
+
+
+def _landing_names(name: str) -> list[str]:
+    """The landing tables of staging table ``name``, one per COPY connection."""
+    return [f"{name}_text", *(f"{name}_text{i}" for i in range(1, _COPY_STREAMS))]
+
+
+def _staging_owner(table: str) -> str:
+    """The staging table a landing table belongs to (a staging table its own)."""
+    return re.sub(r"_text[0-9]*$", "", table)
 
 
 def _in_use_key(landing: str) -> str:
@@ -942,24 +968,3 @@ def _as_landing_batch(
             array = pa.nulls(batch.num_rows, pa.string())
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, names=[final for final, _ in names])
-
-
-class _CopySink:
-    """A write-only file over a COPY, for pyarrow's CSV writer."""
-
-    def __init__(self, copy: psycopg.Copy) -> None:
-        self._copy = copy
-        self.closed = False
-
-    def write(self, data: bytes) -> int:
-        self._copy.write(data)
-        return len(data)
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True

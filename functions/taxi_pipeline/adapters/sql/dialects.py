@@ -529,14 +529,15 @@ class PostgresDialect(Dialect):
         # table, then attached (BENCHMARKS.md), instead of row by row into growing indexes.
         return " PARTITION BY LIST (filename)"
 
-    def copy_options(self, fmt: SourceFormat) -> str:
+    def copy_options(self, fmt: SourceFormat, *, header: bool = True) -> str:
         """The options of ``COPY ... FROM STDIN`` of an object of ``fmt`` (decompressed by the
         client): an empty unquoted field is NULL, a quoted one empty (``NULLIF`` makes both
         NULL), a line with too few or too many fields fails the COPY (as ``read_csv`` is
         strict). FREEZE: the landing table is new in the COPY's transaction, so its rows are
-        written visible to all, and reading them dirties no page to set hint bits."""
+        written visible to all, and reading them dirties no page to set hint bits. ``header``:
+        the stream starts with the CSV's header line (the first of a month's COPYs)."""
         if fmt is CSV_GZ:
-            return "(FORMAT csv, HEADER true, FREEZE true)"
+            return f"(FORMAT csv, HEADER {'true' if header else 'false'}, FREEZE true)"
         if fmt is PARQUET:
             # The client writes the Parquet rows as CSV, no header.
             return "(FORMAT csv, FREEZE true)"
