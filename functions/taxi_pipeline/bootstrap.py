@@ -13,9 +13,10 @@ from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
-from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, parse_object_name
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
+from taxi_pipeline.domain.runs import RunEvent, RunIdentity, new_run_id, object_event_attributes
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.local.admission import RunGate, Ticket
 from taxi_pipeline.local.orchestrator import MirroredProgress, Watcher
@@ -33,13 +34,12 @@ from taxi_pipeline.pipeline.ports import (
     ObjectInfo,
     Ports,
     Progress,
-    RunEvent,
     RunHistory,
     Source,
     Warehouse,
 )
-from taxi_pipeline.pipeline.recorder import cancel_event, cancel_reason, new_run_id, queued_event
-from taxi_pipeline.pipeline.steps.common import publish_result, run_attributes
+from taxi_pipeline.pipeline.recorder import cancel_event, cancel_reason, queued_event
+from taxi_pipeline.pipeline.steps.common import publish_result
 from taxi_pipeline.pipeline.steps.download import check_source_base, check_tlc_base
 from taxi_pipeline.settings import LogFormat, Settings
 
@@ -109,31 +109,25 @@ class LocalPipeline:
         slot (:class:`RunGate`); returns its run id. ``source`` None: the settings' source.
         After Ctrl-C, raises :class:`RunCancelled`."""
         self.ports.cancellation.check(None)
-        run_id = run_id or new_run_id(dataset, month)
+        run = RunIdentity(run_id or new_run_id(dataset, month), dataset, month, dict(labels or {}))
         request = IngestRequest(
             dataset=dataset,
             month=str(month),
-            run_id=run_id,
-            labels=dict(labels or {}),
+            run_id=run.run_id,
+            labels=dict(run.labels),
             force=force,
             source=source,
             replace=replace,
         )
-        self.ports.warehouse.append_run_events(
-            [queued_event(run_id, dataset, month, request.labels)]
-        )
+        self.ports.warehouse.append_run_events([queued_event(run)])
         with self._lock:
-            self._active[run_id] = request
+            self._active[run.run_id] = request
 
         def publish() -> None:
-            self.bus.publish(
-                Topic.INGEST_REQUESTS,
-                request.to_bytes(),
-                run_attributes(run_id, dataset, month, request.labels),
-            )
+            self.bus.publish(Topic.INGEST_REQUESTS, request.to_bytes(), run.attributes())
 
-        self.gate.offer(Ticket(run_id, dataset, publish))
-        return run_id
+        self.gate.offer(Ticket(run.run_id, dataset, publish))
+        return run.run_id
 
     def drain(self, workers: int = 1) -> None:
         """Process the bus until it is idle and no request waits for a slot (a slot held by
@@ -298,14 +292,7 @@ def build_local(
         )
 
     def announce(info: ObjectInfo) -> None:
-        attributes: dict[str, str] = {"object": info.name}
-        try:
-            dataset, month = parse_object_name(info.name)
-            attributes |= {"dataset": dataset.value, "month": str(month)}
-        except ValueError:
-            pass
-        if "run_id" in info.metadata:
-            attributes["run_id"] = info.metadata["run_id"]
+        attributes = object_event_attributes(info.name, info.metadata)
         bus.deliver(LAKE_EVENTS_TOPIC, build_gcs_event(info), attributes)
 
     lake = FolderStore(_file_path(lake_url, "TAXI_PIPELINE_LAKE_URL"), on_finalized=announce)

@@ -31,16 +31,9 @@ from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_pa
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
 from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, format_of
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import PermanentError
-from taxi_pipeline.pipeline.ports import (
-    JobContext,
-    LakeReader,
-    LoadRecord,
-    ObjectInfo,
-    Replacement,
-    RunEvent,
-    Warehouse,
-)
+from taxi_pipeline.pipeline.ports import JobContext, LakeReader, ObjectInfo, Replacement, Warehouse
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
 

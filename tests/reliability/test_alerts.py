@@ -18,11 +18,10 @@ from support.reliability import (
 from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.history import derive_run
 from taxi_pipeline.domain.messages import MergeRequest, RunState, Topic
+from taxi_pipeline.domain.runs import RunEvent, RunIdentity
 from taxi_pipeline.errors import TransientError
 from taxi_pipeline.pipeline.cloudevents import build_pubsub_event, dead_letter_attributes
 from taxi_pipeline.pipeline.handlers import ALERT_LABEL
-from taxi_pipeline.pipeline.ports import RunEvent
-from taxi_pipeline.pipeline.steps.common import run_attributes
 
 RUN = "green-201901-alerts"
 
@@ -115,7 +114,7 @@ def test_a_dead_letter_after_the_run_succeeded_is_a_note_not_a_failure(
         dataset=Dataset.GREEN, month=str(JAN), run_id=run_id, object_name=load.object_name,
         generation=load.generation,
     )  # fmt: skip
-    attributes = run_attributes(run_id, Dataset.GREEN, JAN, {})
+    attributes = RunIdentity(run_id, Dataset.GREEN, JAN).attributes()
     original = build_pubsub_event(PROJECT, Topic.MERGE_REQUESTS, request.to_bytes(), attributes)
     before = len(rig.events(run_id))
     rig.bus.publish(

@@ -37,6 +37,7 @@ from taxi_pipeline.devkit.generator import GeneratedFile
 from taxi_pipeline.devkit.source_server import SourceServer
 from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, Topic, parse_model
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.pipeline import handlers
 from taxi_pipeline.pipeline.cloudevents import (
     PUBSUB_PUBLISHED,
@@ -52,12 +53,10 @@ from taxi_pipeline.pipeline.ports import (
     JobContext,
     Lake,
     LakeReader,
-    LoadRecord,
     ObjectInfo,
     ObjectWriter,
     Ports,
     QueryResult,
-    RunEvent,
     StagingSummary,
     Warehouse,
 )

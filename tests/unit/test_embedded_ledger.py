@@ -13,7 +13,8 @@ from taxi_pipeline.adapters.embedded import EmbeddedWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.devkit.generator import write_raw
 from taxi_pipeline.domain.datasets import Dataset, Month, object_name
-from taxi_pipeline.pipeline.ports import JobContext, LoadRecord, ObjectInfo
+from taxi_pipeline.domain.runs import LoadRecord
+from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 GREEN, JAN = Dataset.GREEN, Month(2019, 1)

@@ -23,15 +23,14 @@ from typing import Any
 from taxi_pipeline.adapters.duckdb.warehouse import HISTORY_TABLES, DuckDbWarehouse
 from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
     ObjectInfo,
     QueryResult,
     Replacement,
-    RunEvent,
     StagingSummary,
 )
 

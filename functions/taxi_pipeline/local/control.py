@@ -22,9 +22,9 @@ from typing import Final, Protocol
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import TERMINAL, Liveness, Run, derive_run, describe_process
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import RunEvent
 from taxi_pipeline.errors import PermanentError
 from taxi_pipeline.local.process import ProcessInfo
-from taxi_pipeline.pipeline.ports import RunEvent
 from taxi_pipeline.pipeline.recorder import cancel_event
 
 RESTARTABLE: Final = frozenset({RunState.FAILED, RunState.CANCELLED, RunState.ABANDONED})

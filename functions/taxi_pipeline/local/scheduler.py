@@ -34,8 +34,8 @@ from croniter import croniter
 
 from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
 from taxi_pipeline.domain.messages import IngestRequest, parse_model
+from taxi_pipeline.domain.runs import RunEvent
 from taxi_pipeline.domain.schedules import Schedule
-from taxi_pipeline.pipeline.ports import RunEvent
 
 log = logging.getLogger(__name__)
 

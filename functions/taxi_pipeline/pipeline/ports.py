@@ -14,7 +14,8 @@ from datetime import date, datetime
 from typing import BinaryIO, Protocol
 
 from taxi_pipeline.domain.datasets import Dataset, Month
-from taxi_pipeline.domain.messages import RunState, Topic
+from taxi_pipeline.domain.messages import Topic
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.pipeline.cancellation import Cancellation
 from taxi_pipeline.settings import Settings
 
@@ -119,43 +120,6 @@ class Replacement:
 class QueryResult:
     columns: list[str]
     rows: list[tuple[object, ...]]
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    """One appended line of the run history (``pipeline_runs``)."""
-
-    run_id: str
-    dataset: str
-    month: str
-    step: str
-    state: RunState
-    attempt: int = 1
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    rows: int | None = None
-    bytes: int | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    error: str | None = None
-    details: Mapping[str, str] = field(default_factory=dict)
-    recorded_at: datetime | None = None
-    process: str | None = None
-    """``host:pid:token`` of the process that wrote the line, where the history records it (the
-    embedded default's): a run whose process is gone is ABANDONED."""
-
-
-@dataclass(frozen=True)
-class LoadRecord:
-    """A lake object that was merged completely into its final table."""
-
-    dataset: Dataset
-    month: Month
-    object_name: str
-    generation: str
-    run_id: str
-    rows_in_file: int
-    rows_inserted: int
-    loaded_at: datetime
 
 
 class Staging(Protocol):

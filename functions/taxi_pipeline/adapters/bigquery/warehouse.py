@@ -56,16 +56,15 @@ from taxi_pipeline.domain.datasets import (
     staging_table,
 )
 from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, TransientError
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
     ObjectInfo,
     QueryResult,
     Replacement,
-    RunEvent,
     StagingSummary,
 )
 from taxi_pipeline.settings import Settings, StagingMode

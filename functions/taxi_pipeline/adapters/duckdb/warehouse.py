@@ -48,6 +48,7 @@ from taxi_pipeline.domain.datasets import (
     staging_table,
 )
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, PermanentError, RunCancelled, TransientError
 from taxi_pipeline.local.process import pid_alive
 from taxi_pipeline.pipeline.cancellation import Cancellation
@@ -55,13 +56,11 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
     NullProgress,
     ObjectInfo,
     Progress,
     QueryResult,
     Replacement,
-    RunEvent,
     StagingSummary,
 )
 

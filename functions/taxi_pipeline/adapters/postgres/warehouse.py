@@ -49,6 +49,7 @@ from taxi_pipeline.domain.datasets import (
     staging_table,
 )
 from taxi_pipeline.domain.formats import PARQUET, SourceFormat
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import (
     ConfigurationError,
     PermanentError,
@@ -60,11 +61,9 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
     ObjectInfo,
     QueryResult,
     Replacement,
-    RunEvent,
     StagingSummary,
 )
 

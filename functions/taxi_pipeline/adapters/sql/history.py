@@ -13,7 +13,7 @@ from typing import Any, Final
 from taxi_pipeline.adapters.sql.dialects import Dialect, HistoryKind
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 
 RUNS_TABLE: Final = "pipeline_runs"
 LOADS_TABLE: Final = "pipeline_loads"

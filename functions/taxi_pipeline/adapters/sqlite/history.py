@@ -29,10 +29,9 @@ from typing import Any, Final
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import CANCEL_STEP, LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, TransientError
 from taxi_pipeline.local.process import ProcessInfo, is_gone
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
-from taxi_pipeline.pipeline.recorder import CANCEL_STEP
 
 HEARTBEAT_SECONDS: Final = 2.0
 """How often a process of the embedded default beats."""

@@ -27,6 +27,7 @@ from taxi_pipeline.domain.datasets import (
 )
 from taxi_pipeline.domain.formats import SourceFormat, VerifiedFile, VerifyTarget
 from taxi_pipeline.domain.messages import IngestResult, MergeRequest, RunState
+from taxi_pipeline.domain.runs import LoadRecord, RunIdentity
 from taxi_pipeline.errors import (
     DataQualityError,
     InvalidMessage,
@@ -37,19 +38,13 @@ from taxi_pipeline.errors import (
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
-    LoadRecord,
     ObjectInfo,
     Ports,
     Replacement,
     StagingSummary,
 )
 from taxi_pipeline.pipeline.recorder import StepRecorder, utcnow
-from taxi_pipeline.pipeline.steps.common import (
-    Invocation,
-    check_one_source,
-    describe_upstream,
-    publish_result,
-)
+from taxi_pipeline.pipeline.steps.common import check_one_source, describe_upstream, publish_result
 
 PICKUP_DATES_KEY = "pickup_dates"
 """Merge details: the dates the month's rows sit on (``start/end`` ranges), which a later
@@ -133,18 +128,15 @@ def _object_format(request: MergeRequest) -> SourceFormat:
     return fmt
 
 
-def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestResult:
-    """Stage and merge one lake object; publishes and returns the run's result."""
-    dataset, month = request.dataset, request.parsed_month
-    invocation.run_id, invocation.dataset, invocation.month = request.run_id, dataset, month
-    invocation.labels = dict(request.labels)
+def run(request: MergeRequest, run: RunIdentity, attempt: int, ports: Ports) -> IngestResult:
+    """Stage and merge one lake object; publishes and returns the run's result. ``run`` is the
+    request's (:func:`runs.run_of_merge_request`)."""
+    dataset, month = run.dataset, run.month
     fmt = _object_format(request)
-    ports.cancellation.check(request.run_id, recorded=True)
-    recorder = StepRecorder(
-        ports.warehouse, request.run_id, dataset, month, "merge", invocation.attempt, request.labels
-    )
+    ports.cancellation.check(run.run_id, recorded=True)
+    recorder = StepRecorder(ports.warehouse, run, "merge", attempt)
     with ports.locks.hold(f"merge-{dataset.value}-{month}"):
-        ports.cancellation.check(request.run_id)
+        ports.cancellation.check(run.run_id)
         recorder.running()
         source = ports.lake.stat(request.object_name)
         if source is None:
