@@ -33,7 +33,14 @@ from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, format_of
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import PermanentError
-from taxi_pipeline.pipeline.ports import JobContext, LakeReader, ObjectInfo, Replacement, Warehouse
+from taxi_pipeline.pipeline.ports import (
+    JobContext,
+    LakeReader,
+    MergePlan,
+    ObjectInfo,
+    Replacement,
+    Warehouse,
+)
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
 
@@ -165,23 +172,23 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     assert list(staged.pickup_dates) == sorted(staged.pickup_dates)
     ranges = pickup_ranges(staged.pickup_dates)
 
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == ROWS
     # Another run of the month (BigQuery: a redelivery of the same run attaches to its jobs and
     # repeats their figures, test_bigquery_warehouse.py) inserts nothing.
     other = JobContext("green-201901-contract2", GREEN, JAN, "merge")
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, other) == 0  # re-merge
+    assert warehouse.merge_staged(MergePlan(other, ranges, False)).inserted == 0  # re-merge
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
     rerun = JobContext("green-201901-contract3", GREEN, JAN, "merge")
     again = warehouse.stage(GREEN, JAN, source, harness.lake, rerun)
     assert again == staged
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, rerun) == 0  # re-run
+    assert warehouse.merge_staged(MergePlan(rerun, ranges, False)).inserted == 0  # re-run
     assert _count(warehouse, GREEN.final_table) == ROWS
     distinct = warehouse.query("SELECT COUNT(DISTINCT unique_row_id) FROM green_tripdata")
     assert distinct.rows == [(ROWS - green_file.duplicate_rows,)]
 
 
 def test_merge_records_its_load_with_the_count(harness: Harness, green_file: GeneratedFile) -> None:
-    """``merge_staged(load=...)`` records the load itself, with the rows it inserted."""
+    """A plan with a load: ``merge_staged`` records the load itself, with the rows it inserted."""
     warehouse = harness.warehouse
     source = harness.put(green_file.path, GREEN, JAN)
     context = JobContext("green-201901-ledger", GREEN, JAN, "merge")
@@ -192,7 +199,7 @@ def test_merge_records_its_load_with_the_count(harness: Harness, green_file: Gen
         GREEN, JAN, source.name, source.generation, context.run_id, staged.rows, 0, T0
     )
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context, load=load) == ROWS
+    assert warehouse.merge_staged(MergePlan(context, ranges, False, load=load)).inserted == ROWS
     assert warehouse.find_load(source.name, source.generation) == replace(load, rows_inserted=ROWS)
     warehouse.drop_month_objects(GREEN, JAN)
 
@@ -228,7 +235,7 @@ def test_a_parquet_month_stages_onto_the_reference_types(
     assert staged.rows_out_of_month == green_parquet.out_of_month_rows
     assert "1.5" in staged.bad_samples[0]
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == green_parquet.rows
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == green_parquet.rows
     ids = warehouse.query(
         "SELECT unique_row_id FROM green_tripdata WHERE filename = 'green_tripdata_2019-01.parquet'"
     )
@@ -252,7 +259,7 @@ def test_replace_deletes_the_month_and_inserts_the_staged_rows_at_once(
     warehouse.create_external_table(GREEN, JAN, csv, harness.lake)
     staged = warehouse.stage(GREEN, JAN, csv, harness.lake, first)
     old_ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, old_ranges, False, first) == ROWS
+    assert warehouse.merge_staged(MergePlan(first, old_ranges, False)).inserted == ROWS
 
     parquet = harness.put(green_parquet.path, GREEN, JAN)
     second = JobContext("green-201901-tlc", GREEN, JAN, "merge", parquet.generation)
@@ -261,8 +268,8 @@ def test_replace_deletes_the_month_and_inserts_the_staged_rows_at_once(
     ranges = pickup_ranges(staged.pickup_dates)
     names = (csv_name(GREEN, JAN, CSV_GZ), csv_name(GREEN, JAN, PARQUET))
     replacing = Replacement(names, (*old_ranges, *ranges))
-    replaced = warehouse.replace_staged(GREEN, JAN, ranges, False, second, replacing)
-    assert replaced == (ROWS, green_parquet.rows)
+    replaced = warehouse.merge_staged(MergePlan(second, ranges, False, replacing))
+    assert (replaced.deleted, replaced.inserted) == (ROWS, green_parquet.rows)
     counts = warehouse.query("SELECT filename, COUNT(*) FROM green_tripdata GROUP BY filename")
     assert counts.rows == [("green_tripdata_2019-01.parquet", green_parquet.rows)]
 
@@ -281,10 +288,10 @@ def test_rows_without_pickup_merge_once(harness: Harness, tmp_path: Path) -> Non
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (3, 1, 1)
     assert staged.bad_samples == (bad_number,)
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, ranges, True, context) == 3
+    assert warehouse.merge_staged(MergePlan(context, ranges, True)).inserted == 3
     # The NULL-pickup row is found again only because the target's NULL pickups are read.
     other = JobContext("green-201901-nopickup2", GREEN, JAN, "merge")
-    assert warehouse.merge_staged(GREEN, JAN, ranges, True, other) == 0
+    assert warehouse.merge_staged(MergePlan(other, ranges, True)).inserted == 0
     assert _count(warehouse, GREEN.final_table) == 3
 
 

@@ -31,7 +31,7 @@ from taxi_pipeline.adapters.gcs.store import GcsStore
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.domain.datasets import Dataset, Month, external_table, object_name, staging_table
 from taxi_pipeline.errors import ConfigurationError, PermanentError
-from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo, StagingSummary
+from taxi_pipeline.pipeline.ports import JobContext, MergePlan, ObjectInfo, StagingSummary
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
 
@@ -158,14 +158,17 @@ def test_load_mode_end_to_end(
 
     ranges = pickup_ranges(staged.pickup_dates)
     assert len(ranges) >= 3  # the month plus strays years away, each its own range
-    inserted = warehouse.merge_staged(GREEN, JAN, ranges, False, context)
+    inserted = warehouse.merge_staged(MergePlan(context, ranges, False)).inserted
     assert inserted == ROWS  # duplicates inside one file are all kept, as in the reference
     # The same run's merge again (a redelivery) attaches to its job: the same figure, no new
     # insert. Another run of the month stages and merges anew and inserts nothing.
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == ROWS
     other = JobContext(_unique("green-201901").replace("_", "-"), GREEN, JAN, "merge")
     again = warehouse.stage(GREEN, JAN, source, _gcs(bucket), other)
-    assert warehouse.merge_staged(GREEN, JAN, pickup_ranges(again.pickup_dates), False, other) == 0
+    assert (
+        warehouse.merge_staged(MergePlan(other, pickup_ranges(again.pickup_dates), False)).inserted
+        == 0
+    )
     (count,) = warehouse.query("SELECT COUNT(*) AS n FROM green_tripdata").rows
     assert count == (ROWS,)
 
@@ -183,7 +186,7 @@ def test_load_mode_end_to_end(
     duck, local = _duckdb(tmp_path, green_file.path)
     duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
     assert duck_staged == staged
-    duck.merge_staged(GREEN, JAN, pickup_ranges(duck_staged.pickup_dates), False, context)
+    duck.merge_staged(MergePlan(context, pickup_ranges(duck_staged.pickup_dates), False))
     bq_ids = Counter(
         r[0] for r in warehouse.query("SELECT TO_HEX(unique_row_id) FROM green_tripdata").rows
     )
@@ -328,7 +331,7 @@ def test_external_mode_as_far_as_the_emulator_goes(
     assert (staged.rows, staged.rows_bad) == (ROWS, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == ROWS
     assert not [
         j for j in _jobs(bigquery_client, context.run_id) if isinstance(j, bigquery.LoadJob)
     ]
@@ -384,7 +387,7 @@ def test_sdk_errors_are_translated(make_warehouse: Factory) -> None:
     with pytest.raises(PermanentError, match="query: BadRequest"):
         warehouse.query("SELEC nonsense")
     with pytest.raises(PermanentError, match="merge green_tripdata_2019_01 into green_tripdata"):
-        warehouse.merge_staged(GREEN, JAN, [], True, context)  # no tables at all
+        warehouse.merge_staged(MergePlan(context, [], True))  # no tables at all
 
 
 class _StallsAfterSubmittingTheMerge:
@@ -445,7 +448,7 @@ def test_a_redelivered_merge_attaches_to_the_first_ones_job_instead_of_inserting
     outcome: dict[str, int] = {}
     delivery = threading.Thread(
         target=lambda: outcome.setdefault(
-            "first", first.merge_staged(GREEN, JAN, ranges, False, context)
+            "first", first.merge_staged(MergePlan(context, ranges, False)).inserted
         )
     )
     delivery.start()
@@ -454,7 +457,7 @@ def test_a_redelivered_merge_attaches_to_the_first_ones_job_instead_of_inserting
         # The redelivery: stages again and merges, while the first delivery still waits.
         again = second.stage(GREEN, JAN, source, _gcs(bucket), context)
         assert again == staged
-        outcome["second"] = second.merge_staged(GREEN, JAN, ranges, False, context)
+        outcome["second"] = second.merge_staged(MergePlan(context, ranges, False)).inserted
     finally:
         stalling.release.set()
         delivery.join(60)
@@ -483,9 +486,11 @@ def test_a_job_that_failed_runs_again_under_the_next_id(
     )
     warehouse.ensure_final_table(GREEN)
     with pytest.raises(PermanentError, match="merge green_tripdata_2019_01"):
-        warehouse.merge_staged(GREEN, JAN, [], True, context)  # no staging table yet: fails
+        warehouse.merge_staged(MergePlan(context, [], True))  # no staging table yet: fails
     staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
-    inserted = warehouse.merge_staged(GREEN, JAN, pickup_ranges(staged.pickup_dates), True, context)
+    inserted = warehouse.merge_staged(
+        MergePlan(context, pickup_ranges(staged.pickup_dates), True)
+    ).inserted
     assert inserted == ROWS
     failed, done = sorted(_merge_jobs(bigquery_client, context.run_id), key=lambda j: j.job_id)
     assert (failed.job_id, failed.error_result is not None) == (

@@ -28,7 +28,7 @@ from taxi_pipeline.domain.runs import RunEvent
 from taxi_pipeline.errors import RunCancelled
 from taxi_pipeline.local.process import this_process
 from taxi_pipeline.pipeline.cancellation import Cancellation
-from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo, ProgressTask
+from taxi_pipeline.pipeline.ports import JobContext, MergePlan, ObjectInfo, ProgressTask
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 GREEN, JAN = Dataset.GREEN, Month(2019, 1)
@@ -293,7 +293,7 @@ def test_a_cancelled_merge_commits_nothing(tmp_path: Path, month_file: Path) -> 
     warehouse.create_external_table(GREEN, JAN, source, lake)
     staged = warehouse.stage(GREEN, JAN, source, lake, context)
     with pytest.raises(RunCancelled):
-        warehouse.merge_staged(GREEN, JAN, pickup_ranges(staged.pickup_dates), False, context)
+        warehouse.merge_staged(MergePlan(context, pickup_ranges(staged.pickup_dates), False))
     assert warehouse.query("SELECT count(*) FROM green_tripdata").rows == [(0,)]
     assert _open_elsewhere(warehouse.path) == 0  # released again
     warehouse.close()

@@ -49,10 +49,11 @@ from taxi_pipeline.pipeline.cloudevents import (
 from taxi_pipeline.pipeline.cloudevents import build_pubsub_event as _build_pubsub_event
 from taxi_pipeline.pipeline.ports import (
     Bus,
-    DateRange,
     JobContext,
     Lake,
     LakeReader,
+    MergeOutcome,
+    MergePlan,
     ObjectInfo,
     ObjectWriter,
     Ports,
@@ -371,22 +372,8 @@ class KillingWarehouse:
             "stage", lambda: self.inner.stage(dataset, month, source, lake, context)
         )
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        *,
-        load: LoadRecord | None = None,
-    ) -> int:
-        return self._around(
-            "merge_staged",
-            lambda: self.inner.merge_staged(
-                dataset, month, pickup_ranges, include_null_pickup, context, load=load
-            ),
-        )
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
+        return self._around("merge_staged", lambda: self.inner.merge_staged(plan))
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         self._around("drop_month_objects", lambda: self.inner.drop_month_objects(dataset, month))
@@ -436,16 +423,7 @@ class FailingWarehouse(KillingWarehouse):
         super().__init__(inner, KillSwitch("never"))
         self._error = error
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        *,
-        load: LoadRecord | None = None,
-    ) -> int:
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         raise self._error
 
 

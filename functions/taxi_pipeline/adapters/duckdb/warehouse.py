@@ -56,6 +56,8 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
+    MergeOutcome,
+    MergePlan,
     NullProgress,
     ObjectInfo,
     Progress,
@@ -434,31 +436,20 @@ class DuckDbWarehouse:
             self._run("drop repeated headers", SQL.drop_repeated_headers_sql(stg), cursor=cursor)
         return SQL.summary(row)
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-    ) -> int:
-        """The insert, in one transaction. The load ledger is not DuckDB's: the caller
-        (:class:`EmbeddedWarehouse`) records the load once this has committed."""
-        _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, context)
-        return inserted
-
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-    ) -> tuple[int, int]:
-        """The delete and the insert in one transaction: another process reads the month's old
-        rows or its new ones, never neither or both."""
-        return self._merge(dataset, month, pickup_ranges, include_null_pickup, context, replacing)
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
+        """The insert (a replacing plan's delete with it), in one transaction: another process
+        reads the month's old rows or its new ones, never neither or both. The load ledger is
+        not DuckDB's: the caller (:class:`EmbeddedWarehouse`) records ``plan.load`` once this
+        has committed."""
+        deleted, inserted = self._merge(
+            plan.dataset,
+            plan.month,
+            plan.pickup_ranges,
+            plan.include_null_pickup,
+            plan.context,
+            plan.replacing,
+        )
+        return MergeOutcome(inserted, deleted if plan.replacing is not None else None)
 
     def _merge(
         self,

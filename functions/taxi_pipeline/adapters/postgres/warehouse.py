@@ -32,7 +32,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -61,9 +61,10 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
+    MergeOutcome,
+    MergePlan,
     ObjectInfo,
     QueryResult,
-    Replacement,
     StagingSummary,
 )
 
@@ -530,47 +531,16 @@ class PostgresWarehouse:
                     if writer is not None:
                         writer.close()
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        *,
-        load: LoadRecord | None = None,
-    ) -> int:
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         """The insert-only merge and the load record, one transaction, under the advisory locks
-        of every dataset-month it touches (taken in order: two merges never deadlock)."""
-        _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, None, load)
-        return inserted
-
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-        *,
-        load: LoadRecord | None = None,
-    ) -> tuple[int, int]:
-        """The month's files' partitions dropped, the staged rows inserted as the file's first
-        load, and the load record: one transaction, so another session reads the month's old
+        of every dataset-month it touches (taken in order: two merges never deadlock). A
+        replacing plan first drops the month's files' partitions and inserts the staged rows as
+        the file's first load, in that same transaction: another session reads the month's old
         rows or its new ones (it waits on the dropped partitions' lock meanwhile)."""
-        return self._merge(dataset, month, pickup_ranges, include_null_pickup, replacing, load)
-
-    def _merge(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        replacing: Replacement | None,
-        load: LoadRecord | None,
-    ) -> tuple[int, int]:
         import psycopg
+
+        dataset, month, replacing = plan.dataset, plan.month, plan.replacing
+        pickup_ranges, include_null_pickup = plan.pickup_ranges, plan.include_null_pickup
 
         with self._lock:
             staging = self._staging.get((dataset, month))
@@ -620,14 +590,13 @@ class PostgresWarehouse:
                         f"ALTER TABLE {final} ATTACH PARTITION {partition}"
                         f" FOR VALUES IN ({POSTGRES.quote_text(staging.filename)})"
                     )
+                load = plan.recorded_load(int(inserted))
                 if load is not None:
-                    statement, params = self.history.insert_load(
-                        replace(load, rows_inserted=int(inserted))
-                    )
+                    statement, params = self.history.insert_load(load)
                     conn.execute(statement, _params(params))
         except psycopg.Error as exc:
             raise self._translate(exc, f"merge into {dataset.final_table}") from exc
-        return deleted, int(inserted)
+        return MergeOutcome(int(inserted), deleted if replacing is not None else None)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop this run's staging table, and those of the month whose run died."""

@@ -38,6 +38,7 @@ from taxi_pipeline.errors import (
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
+    MergePlan,
     ObjectInfo,
     Ports,
     Replacement,
@@ -261,7 +262,6 @@ def _stage_and_merge(
     context = JobContext(request.run_id, dataset, month, "merge", source.generation)
     ports.warehouse.ensure_final_table(dataset)
     replacing = _replacement(ports, dataset, month, loads) if request.replace else None
-    replaced: int | None = None
     try:
         declared = _declared(ports, fmt, dataset, month, source)
         # Recreated here too: a crash between register and merge must not strand the run.
@@ -287,14 +287,8 @@ def _stage_and_merge(
         with ports.locks.hold(f"insert-{dataset.value}"):
             # The last moment to stop: once the insert commits, the month is loaded.
             ports.cancellation.check(request.run_id)
-            if replacing is not None:
-                replaced, inserted = ports.warehouse.replace_staged(
-                    dataset, month, ranges, null_pickups, context, replacing, load=load
-                )
-            else:
-                inserted = ports.warehouse.merge_staged(
-                    dataset, month, ranges, null_pickups, context, load=load
-                )
+            plan = MergePlan(context, ranges, null_pickups, replacing, load)
+            outcome = ports.warehouse.merge_staged(plan)
     except Exception as exc:
         # A refused or cancelled month leaves no external or staging table behind. (After
         # a transient failure they stay: the redelivery replaces them.)
@@ -304,9 +298,9 @@ def _stage_and_merge(
             _drop_quietly(ports, dataset, month)
         raise
     notes = list(declared.notes if declared is not None else ())
-    if replaced is not None:
-        notes.append(_replaced_note(replaced, loads, source.name))
-    return _Merged(staged, inserted, ranges, tuple(notes), replaced)
+    if outcome.deleted is not None:
+        notes.append(_replaced_note(outcome.deleted, loads, source.name))
+    return _Merged(staged, outcome.inserted, ranges, tuple(notes), outcome.deleted)
 
 
 def _declared(
