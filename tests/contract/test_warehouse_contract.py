@@ -165,7 +165,7 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
 
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (ROWS, 0, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     assert set(green_file.stray_pickup_dates) <= set(staged.pickup_dates)
@@ -179,7 +179,7 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     assert warehouse.merge_staged(MergePlan(other, ranges, False)).inserted == 0  # re-merge
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
     rerun = JobContext("green-201901-contract3", GREEN, JAN, "merge")
-    again = warehouse.stage(GREEN, JAN, source, harness.lake, rerun)
+    again = warehouse.stage(source, harness.lake, rerun)
     assert again == staged
     assert warehouse.merge_staged(MergePlan(rerun, ranges, False)).inserted == 0  # re-run
     assert _count(warehouse, GREEN.final_table) == ROWS
@@ -194,7 +194,7 @@ def test_merge_records_its_load_with_the_count(harness: Harness, green_file: Gen
     context = JobContext("green-201901-ledger", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     load = LoadRecord(
         GREEN, JAN, source.name, source.generation, context.run_id, staged.rows, 0, T0
     )
@@ -230,7 +230,7 @@ def test_a_parquet_month_stages_onto_the_reference_types(
     context = JobContext("green-201901-parquet", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert (staged.rows, staged.rows_bad) == (green_parquet.rows, 1)
     assert staged.rows_out_of_month == green_parquet.out_of_month_rows
     assert "1.5" in staged.bad_samples[0]
@@ -257,14 +257,14 @@ def test_replace_deletes_the_month_and_inserts_the_staged_rows_at_once(
     csv = harness.put(green_file.path, GREEN, JAN)
     first = JobContext("green-201901-csv", GREEN, JAN, "merge", csv.generation)
     warehouse.create_external_table(GREEN, JAN, csv, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, csv, harness.lake, first)
+    staged = warehouse.stage(csv, harness.lake, first)
     old_ranges = pickup_ranges(staged.pickup_dates)
     assert warehouse.merge_staged(MergePlan(first, old_ranges, False)).inserted == ROWS
 
     parquet = harness.put(green_parquet.path, GREEN, JAN)
     second = JobContext("green-201901-tlc", GREEN, JAN, "merge", parquet.generation)
     warehouse.create_external_table(GREEN, JAN, parquet, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, parquet, harness.lake, second)
+    staged = warehouse.stage(parquet, harness.lake, second)
     ranges = pickup_ranges(staged.pickup_dates)
     names = (csv_name(GREEN, JAN, CSV_GZ), csv_name(GREEN, JAN, PARQUET))
     replacing = Replacement(names, (*old_ranges, *ranges))
@@ -284,7 +284,7 @@ def test_rows_without_pickup_merge_once(harness: Harness, tmp_path: Path) -> Non
     context = JobContext("green-201901-nopickup", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (3, 1, 1)
     assert staged.bad_samples == (bad_number,)
     ranges = pickup_ranges(staged.pickup_dates)
@@ -316,7 +316,7 @@ def test_impossible_timestamps_and_non_numeral_ids_are_bad_values(
     context = JobContext("green-201901-impossible", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (8, 6, 3)
     assert staged.rows_without_dropoff == 1
     assert staged.pickup_dates == (date(2019, 1, 5),)
@@ -328,9 +328,7 @@ def test_drop_month_objects_leaves_nothing(harness: Harness, green_file: Generat
     source = harness.put(green_file.path, GREEN, JAN)
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    warehouse.stage(
-        GREEN, JAN, source, harness.lake, JobContext("green-201901-drop", GREEN, JAN, "merge")
-    )
+    warehouse.stage(source, harness.lake, JobContext("green-201901-drop", GREEN, JAN, "merge"))
     assert len(set(harness.table_names()) - HISTORY) > 1
 
     warehouse.drop_month_objects(GREEN, JAN)

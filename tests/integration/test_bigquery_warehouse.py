@@ -144,7 +144,7 @@ def test_load_mode_end_to_end(
         warehouse.create_external_table(GREEN, JAN, source, _gcs(bucket))
         == "green_tripdata_2019_01_raw"
     )
-    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = warehouse.stage(source, _gcs(bucket), context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (ROWS, 0, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     assert set(green_file.stray_pickup_dates) <= set(staged.pickup_dates)
@@ -164,7 +164,7 @@ def test_load_mode_end_to_end(
     # insert. Another run of the month stages and merges anew and inserts nothing.
     assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == ROWS
     other = JobContext(_unique("green-201901").replace("_", "-"), GREEN, JAN, "merge")
-    again = warehouse.stage(GREEN, JAN, source, _gcs(bucket), other)
+    again = warehouse.stage(source, _gcs(bucket), other)
     assert (
         warehouse.merge_staged(MergePlan(other, pickup_ranges(again.pickup_dates), False)).inserted
         == 0
@@ -184,7 +184,7 @@ def test_load_mode_end_to_end(
 
     # Same file, same ids as the DuckDB adapter (the same reference formula on both engines).
     duck, local = _duckdb(tmp_path, green_file.path)
-    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
+    duck_staged = duck.stage(local, _folder(tmp_path), context)
     assert duck_staged == staged
     duck.merge_staged(MergePlan(context, pickup_ranges(duck_staged.pickup_dates), False))
     bq_ids = Counter(
@@ -262,10 +262,10 @@ def test_values_that_do_not_fit_are_counted_like_duckdb(
     source = _upload(bucket, path)
     context = JobContext("green-201901-badvalues", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
-    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = warehouse.stage(source, _gcs(bucket), context)
 
     duck, local = _duckdb(tmp_path, path)
-    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
+    duck_staged = duck.stage(local, _folder(tmp_path), context)
     duck.close()
     expected_bad = {lines[2], lines[3], lines[5]}
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (7, 3, 1)
@@ -327,7 +327,7 @@ def test_external_mode_as_far_as_the_emulator_goes(
     )
     load.result()
     context = JobContext("green-201901-external", GREEN, JAN, "merge")
-    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = warehouse.stage(source, _gcs(bucket), context)
     assert (staged.rows, staged.rows_bad) == (ROWS, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     ranges = pickup_ranges(staged.pickup_dates)
@@ -347,7 +347,7 @@ def test_a_truncated_file_fails_the_load_permanently(
     warehouse = make_warehouse(StagingMode.LOAD)
     context = JobContext("green-201901-truncated", GREEN, JAN, "merge")
     with pytest.raises(PermanentError, match="load gs://"):
-        warehouse.stage(GREEN, JAN, _upload(bucket, path), _gcs(bucket), context)
+        warehouse.stage(_upload(bucket, path), _gcs(bucket), context)
 
 
 def test_quoted_newlines_load_as_one_row_like_duckdb(
@@ -366,10 +366,10 @@ def test_quoted_newlines_load_as_one_row_like_duckdb(
     path = write_raw(tmp_path / "green_tripdata_2019-01.csv.gz", GREEN.layout.header, lines)
     warehouse = make_warehouse(StagingMode.LOAD)
     context = JobContext(_unique("green-201901-newlines").replace("_", "-"), GREEN, JAN, "merge")
-    staged = warehouse.stage(GREEN, JAN, _upload(bucket, path), _gcs(bucket), context)
+    staged = warehouse.stage(_upload(bucket, path), _gcs(bucket), context)
 
     duck, local = _duckdb(tmp_path, path)
-    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
+    duck_staged = duck.stage(local, _folder(tmp_path), context)
     duck.close()
     assert (staged.rows, staged.rows_bad) == (3, 1)
     assert staged == duck_staged
@@ -443,7 +443,7 @@ def test_a_redelivered_merge_attaches_to_the_first_ones_job_instead_of_inserting
         _unique("green-201901").replace("_", "-"), GREEN, JAN, "merge", source.generation
     )
     first.ensure_final_table(GREEN)
-    staged = first.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = first.stage(source, _gcs(bucket), context)
     ranges = pickup_ranges(staged.pickup_dates)
     outcome: dict[str, int] = {}
     delivery = threading.Thread(
@@ -455,7 +455,7 @@ def test_a_redelivered_merge_attaches_to_the_first_ones_job_instead_of_inserting
     try:
         assert stalling.submitted.wait(60)
         # The redelivery: stages again and merges, while the first delivery still waits.
-        again = second.stage(GREEN, JAN, source, _gcs(bucket), context)
+        again = second.stage(source, _gcs(bucket), context)
         assert again == staged
         outcome["second"] = second.merge_staged(MergePlan(context, ranges, False)).inserted
     finally:
@@ -487,7 +487,7 @@ def test_a_job_that_failed_runs_again_under_the_next_id(
     warehouse.ensure_final_table(GREEN)
     with pytest.raises(PermanentError, match="merge green_tripdata_2019_01"):
         warehouse.merge_staged(MergePlan(context, [], True))  # no staging table yet: fails
-    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = warehouse.stage(source, _gcs(bucket), context)
     inserted = warehouse.merge_staged(
         MergePlan(context, pickup_ranges(staged.pickup_dates), True)
     ).inserted

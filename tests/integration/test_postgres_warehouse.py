@@ -237,7 +237,7 @@ def test_a_file_lands_typed_and_falls_back_to_text_with_the_same_outcome(
     warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
     warehouse.ensure_final_table(Dataset.GREEN)
     context = JobContext("green-201901-landed", Dataset.GREEN, JAN, "merge")
-    staged = warehouse.stage(Dataset.GREEN, JAN, source, lake, context)
+    staged = warehouse.stage(source, lake, context)
     assert (staged.rows, staged.rows_bad) == (len(lines), bad)
     assert len(staged.bad_samples) == bad
     ranges = pickup_ranges(staged.pickup_dates)

@@ -81,15 +81,8 @@ class _DatesPastTheCalendar(KillingWarehouse):
     def __init__(self, inner: KillingWarehouse | object) -> None:
         super().__init__(inner, KillSwitch("never"))  # type: ignore[arg-type]
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
-        staged = self.inner.stage(dataset, month, source, lake, context)
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        staged = self.inner.stage(source, lake, context)
         return StagingSummary(
             staged.rows,
             staged.rows_bad,

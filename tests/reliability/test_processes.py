@@ -291,7 +291,7 @@ def test_a_cancelled_merge_commits_nothing(tmp_path: Path, month_file: Path) -> 
     warehouse.ensure_final_table(GREEN)
     lake = FolderStore(month_file.parent)
     warehouse.create_external_table(GREEN, JAN, source, lake)
-    staged = warehouse.stage(GREEN, JAN, source, lake, context)
+    staged = warehouse.stage(source, lake, context)
     with pytest.raises(RunCancelled):
         warehouse.merge_staged(MergePlan(context, pickup_ranges(staged.pickup_dates), False))
     assert warehouse.query("SELECT count(*) FROM green_tripdata").rows == [(0,)]

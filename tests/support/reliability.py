@@ -360,17 +360,8 @@ class KillingWarehouse:
             lambda: self.inner.create_external_table(dataset, month, source, lake),
         )
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
-        return self._around(
-            "stage", lambda: self.inner.stage(dataset, month, source, lake, context)
-        )
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        return self._around("stage", lambda: self.inner.stage(source, lake, context))
 
     def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         return self._around("merge_staged", lambda: self.inner.merge_staged(plan))

@@ -44,7 +44,7 @@ def _merge(
     context = JobContext(run_id, GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, lake)
-    staged = warehouse.stage(GREEN, JAN, source, lake, context)
+    staged = warehouse.stage(source, lake, context)
     load = LoadRecord(GREEN, JAN, source.name, source.generation, run_id, staged.rows, 0, T0)
     ranges = pickup_ranges(staged.pickup_dates)
     try:

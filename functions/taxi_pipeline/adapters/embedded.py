@@ -67,15 +67,8 @@ class EmbeddedWarehouse:
     ) -> str:
         return self.tables.create_external_table(dataset, month, source, lake)
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
-        return self.tables.stage(dataset, month, source, lake, context)
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        return self.tables.stage(source, lake, context)
 
     def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         """DuckDB's insert (a replacing plan's delete with it, one transaction), committed; then

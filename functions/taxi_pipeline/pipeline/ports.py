@@ -171,15 +171,9 @@ class Staging(Protocol):
         """(Re)create the month's table over the lake object; returns its name. ``lake`` reads
         the object for a warehouse that cannot read the lake by ``source.uri`` itself."""
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
-        """(Re)build the month's staging table with ``unique_row_id`` and ``filename``."""
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        """(Re)build the month's staging table (the context's dataset and month) with
+        ``unique_row_id`` and ``filename``."""
 
     def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         """Insert the staged rows whose id is not in the final table; a replacing plan first

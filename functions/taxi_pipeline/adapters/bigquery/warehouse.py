@@ -460,14 +460,8 @@ class BigQueryWarehouse:
             )
         return name
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        dataset, month = context.dataset, context.month
         uri = _gcs_uri(source)
         _, _, fmt = parse_object(source.name)
         if self.settings.staging_mode is StagingMode.LOAD:

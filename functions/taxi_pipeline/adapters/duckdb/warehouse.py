@@ -405,14 +405,8 @@ class DuckDbWarehouse:
                 watcher.join()
             task.close()
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        dataset, month = context.dataset, context.month
         ext, stg = external_table(dataset, month), staging_table(dataset, month)
         _, _, fmt = parse_object(source.name)
         cursor = self._new_staging_cursor(stg)

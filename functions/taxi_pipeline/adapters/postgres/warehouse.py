@@ -378,16 +378,10 @@ class PostgresWarehouse:
         in. Returns the prefix of the month's staging tables."""
         return staging_table(dataset, month)
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
         import psycopg
 
+        dataset, month = context.dataset, context.month
         _, _, fmt = parse_object(source.name)
         POSTGRES.copy_options(fmt)  # a format PostgreSQL cannot take fails before any work
         self._end_staging(dataset, month)

@@ -266,7 +266,7 @@ def _stage_and_merge(
         declared = _declared(ports, fmt, dataset, month, source)
         # Recreated here too: a crash between register and merge must not strand the run.
         ports.warehouse.create_external_table(dataset, month, source, ports.lake)
-        staged = ports.warehouse.stage(dataset, month, source, ports.lake, context)
+        staged = ports.warehouse.stage(source, ports.lake, context)
         if declared is not None and staged.rows != declared.rows:
             raise VerificationFailed(
                 f"{source.name}: its footer says {declared.rows} rows, staging read {staged.rows}"
