@@ -50,6 +50,11 @@ class Dialect:
     """What orders history rows recorded at the same instant (a column, or the engine's row id)."""
     history_sequence: ClassVar[bool] = True
     """Whether ``pipeline_runs`` has a ``seq`` column the writer fills (no engine row id)."""
+    history_process: ClassVar[bool] = False
+    """Whether ``pipeline_runs`` keeps the ``process`` that wrote each line (the embedded
+    default's SQLite history does: a run whose process is gone is ABANDONED)."""
+    loads_order: ClassVar[str] = "loaded_at"
+    """The order of ``pipeline_loads`` rows."""
     server_sequence: ClassVar[str | None] = None
     """The type of a ``seq`` column of ``pipeline_runs`` the server fills itself (then
     ``history_sequence`` is off and ``insertion_order`` names it)."""
