@@ -8,17 +8,17 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
-from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
+from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
 from taxi_pipeline.domain.runs import RunEvent, RunIdentity, new_run_id, object_event_attributes
 from taxi_pipeline.errors import ConfigurationError
-from taxi_pipeline.local.admission import RunGate, Ticket
+from taxi_pipeline.local.admission import RunGate, RunOptions, Ticket
 from taxi_pipeline.local.orchestrator import MirroredProgress, Watcher
 from taxi_pipeline.local.process import ProcessInfo, this_process
 from taxi_pipeline.logs import redact
@@ -94,30 +94,21 @@ class LocalPipeline:
             )
             self._watcher.start()
 
-    def submit(
-        self,
-        dataset: Dataset,
-        month: Month,
-        *,
-        labels: Mapping[str, str] | None = None,
-        force: bool = False,
-        run_id: str | None = None,
-        source: Upstream | None = None,
-        replace: bool = False,
-    ) -> str:
+    def submit(self, dataset: Dataset, month: Month, **options: Unpack[RunOptions]) -> str:
         """Record the run QUEUED and put its request on the bus once the dataset has a free
-        slot (:class:`RunGate`); returns its run id. ``source`` None: the settings' source.
-        After Ctrl-C, raises :class:`RunCancelled`."""
+        slot (:class:`RunGate`); returns its run id. After Ctrl-C, raises
+        :class:`RunCancelled`."""
         self.ports.cancellation.check(None)
-        run = RunIdentity(run_id or new_run_id(dataset, month), dataset, month, dict(labels or {}))
+        run_id = options.get("run_id") or new_run_id(dataset, month)
+        run = RunIdentity(run_id, dataset, month, dict(options.get("labels") or {}))
         request = IngestRequest(
             dataset=dataset,
             month=str(month),
             run_id=run.run_id,
             labels=dict(run.labels),
-            force=force,
-            source=source,
-            replace=replace,
+            force=options.get("force", False),
+            source=options.get("source"),
+            replace=options.get("replace", False),
         )
         self.ports.warehouse.append_run_events([queued_event(run)])
         with self._lock:

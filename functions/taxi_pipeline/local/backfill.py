@@ -19,7 +19,7 @@ from typing import Protocol
 from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, month_range
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic
 from taxi_pipeline.domain.runs import RunIdentity, new_run_id
-from taxi_pipeline.local.scheduler import Submitter
+from taxi_pipeline.local.admission import Runner
 from taxi_pipeline.pipeline.ports import Bus, Warehouse
 from taxi_pipeline.pipeline.recorder import queued_event
 
@@ -39,7 +39,7 @@ class PeakGauge(Protocol):
     def peak(self) -> Mapping[Dataset, int]: ...
 
 
-class LocalRunner(Submitter, Protocol):
+class LocalRunner(Runner, Protocol):
     """What a local backfill needs from the pipeline (``bootstrap.LocalPipeline`` has it)."""
 
     @property

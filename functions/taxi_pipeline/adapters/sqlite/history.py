@@ -37,6 +37,7 @@ from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.runs import CANCEL_STEP, LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, TransientError
+from taxi_pipeline.local.orchestrator import PhaseFigures
 from taxi_pipeline.local.process import ProcessInfo, is_gone
 
 HEARTBEAT_SECONDS: Final = 2.0
@@ -338,16 +339,9 @@ class SqliteHistory:
 
     # -- progress ----------------------------------------------------------------------------
 
-    def set_progress(
-        self,
-        run_id: str,
-        description: str,
-        done: int,
-        total: int | None,
-        unit: str,
-        *,
-        finished: bool = False,
-    ) -> None:
+    def set_progress(self, figures: PhaseFigures) -> None:
+        run_id, description, done = figures.run_id, figures.description, figures.done
+        total, unit, finished = figures.total, figures.unit, figures.finished
         phase = description.split(" ", 1)[0]
         with self._transaction() as conn:
             conn.execute(
