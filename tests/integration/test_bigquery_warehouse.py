@@ -28,8 +28,9 @@ from taxi_pipeline.adapters.bigquery.warehouse import SQL, BigQueryWarehouse
 from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore
+from taxi_pipeline.adapters.sql.tables import external_table, staging_table
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
-from taxi_pipeline.domain.datasets import Dataset, Month, external_table, object_name, staging_table
+from taxi_pipeline.domain.datasets import Dataset, Month, object_name
 from taxi_pipeline.errors import ConfigurationError, PermanentError
 from taxi_pipeline.pipeline.ports import JobContext, MergePlan, ObjectInfo, StagingSummary
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges

@@ -46,14 +46,8 @@ from taxi_pipeline.adapters.google_errors import translate
 from taxi_pipeline.adapters.sql.dialects import BIGQUERY, STAGING_EXPIRATION
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
 from taxi_pipeline.adapters.sql.statements import Statements, source_columns
-from taxi_pipeline.domain.datasets import (
-    Dataset,
-    Month,
-    csv_name,
-    external_table,
-    parse_object,
-    staging_table,
-)
+from taxi_pipeline.adapters.sql.tables import external_table, staging_table
+from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, parse_object
 from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, TransientError

@@ -38,14 +38,8 @@ import duckdb
 from taxi_pipeline.adapters.sql.dialects import DUCKDB
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History
 from taxi_pipeline.adapters.sql.statements import Statements, source_columns
-from taxi_pipeline.domain.datasets import (
-    Dataset,
-    Month,
-    csv_name,
-    external_table,
-    parse_object,
-    staging_table,
-)
+from taxi_pipeline.adapters.sql.tables import external_table, staging_table
+from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, parse_object
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, PermanentError, RunCancelled, TransientError
 from taxi_pipeline.local.process import pid_alive

@@ -40,14 +40,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
 from taxi_pipeline.adapters.sql.statements import SourceColumn, Sources, Statements, source_columns
-from taxi_pipeline.domain.datasets import (
-    Column,
-    Dataset,
-    Month,
-    csv_name,
-    parse_object,
-    staging_table,
-)
+from taxi_pipeline.adapters.sql.tables import staging_table
+from taxi_pipeline.domain.datasets import Column, Dataset, Month, csv_name, parse_object
 from taxi_pipeline.domain.formats import PARQUET, SourceFormat
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import (

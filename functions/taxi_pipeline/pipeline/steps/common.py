@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Final
 
 from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, upstream_of_object
+from taxi_pipeline.domain.formats import SourceFormat, VerifiedFile, VerifyTarget
 from taxi_pipeline.domain.messages import IngestResult, MergeRequest, Topic
 from taxi_pipeline.domain.runs import LoadRecord, RunIdentity, run_of_result
 from taxi_pipeline.errors import SourceConflict
 from taxi_pipeline.pipeline.ports import LoadLedger, ObjectInfo, Ports
+from taxi_pipeline.settings import Settings
 
 UPSTREAM_NAMES: Final = {
     Upstream.MIRROR: "the DataTalksClub mirror",
@@ -38,6 +40,35 @@ def publish_result(ports: Ports, result: IngestResult) -> None:
         result.to_bytes(),
         run_of_result(result).attributes() | {"state": result.state.value},
     )
+
+
+def verify_target(
+    settings: Settings,
+    dataset: Dataset,
+    month: Month,
+    expected_length: int | None,
+    etag: str | None = None,
+) -> VerifyTarget:
+    """What a file of the month is checked against, within the settings' bounds."""
+    return VerifyTarget(
+        dataset=dataset.value,
+        month=month,
+        layout=dataset.layout,
+        expected_length=expected_length,
+        min_rows=settings.min_rows_per_file,
+        max_inflated=settings.max_inflated_bytes,
+        etag=etag,
+    )
+
+
+def verify_lake_object(
+    ports: Ports, fmt: SourceFormat, dataset: Dataset, month: Month, info: ObjectInfo
+) -> VerifiedFile:
+    """The whole lake object verified as its download would have been (its format's object
+    verifier, read through the lake)."""
+    target = verify_target(ports.settings, dataset, month, info.size)
+    with ports.lake.open_read(info.name) as handle:
+        return fmt.verify_object(handle, target)
 
 
 def current_load(ledger: LoadLedger, dataset: Dataset, month: Month) -> LoadRecord | None:

@@ -36,7 +36,7 @@ from taxi_pipeline.domain.datasets import (
     file_name,
     object_name,
 )
-from taxi_pipeline.domain.formats import VerifiedFile, VerifyTarget
+from taxi_pipeline.domain.formats import VerifiedFile
 from taxi_pipeline.domain.messages import IngestRequest, RunState
 from taxi_pipeline.domain.runs import RunIdentity
 from taxi_pipeline.domain.sources import INSECURE_OPT_IN, display_url, is_loopback
@@ -49,7 +49,12 @@ from taxi_pipeline.errors import (
 )
 from taxi_pipeline.pipeline.ports import ObjectInfo, Ports, UpstreamVersion
 from taxi_pipeline.pipeline.recorder import StepRecorder
-from taxi_pipeline.pipeline.steps.common import check_one_source, current_load, request_merge
+from taxi_pipeline.pipeline.steps.common import (
+    check_one_source,
+    current_load,
+    request_merge,
+    verify_target,
+)
 from taxi_pipeline.pipeline.verify import BackgroundVerifier, TruncatedStream
 from taxi_pipeline.settings import Settings
 
@@ -286,19 +291,8 @@ def download_once(job: DownloadJob, ports: Ports, deadline: float) -> VerifiedFi
         version = UpstreamVersion(response.etag, response.last_modified, response.content_length)
         _check_unchanged(job, version)
         metadata = {**job.metadata, **version.as_metadata()}
-        verifier = BackgroundVerifier(
-            job.publication.source_format.verifier(
-                VerifyTarget(
-                    dataset=dataset.value,
-                    month=job.month,
-                    layout=dataset.layout,
-                    expected_length=response.content_length,
-                    min_rows=settings.min_rows_per_file,
-                    max_inflated=settings.max_inflated_bytes,
-                    etag=response.etag,
-                )
-            )
-        )
+        target = verify_target(settings, dataset, job.month, response.content_length, response.etag)
+        verifier = BackgroundVerifier(job.publication.source_format.verifier(target))
         speed = SpeedFloor(
             settings.download_min_bytes_per_second, settings.download_speed_window_seconds
         )

@@ -25,7 +25,7 @@ from taxi_pipeline.domain.datasets import (
     parse_object,
     upstream_of_object,
 )
-from taxi_pipeline.domain.formats import SourceFormat, VerifiedFile, VerifyTarget
+from taxi_pipeline.domain.formats import SourceFormat, VerifiedFile
 from taxi_pipeline.domain.messages import IngestResult, MergeRequest, RunState
 from taxi_pipeline.domain.runs import LoadRecord, RunIdentity
 from taxi_pipeline.errors import (
@@ -45,7 +45,12 @@ from taxi_pipeline.pipeline.ports import (
     StagingSummary,
 )
 from taxi_pipeline.pipeline.recorder import StepRecorder, utcnow
-from taxi_pipeline.pipeline.steps.common import check_one_source, describe_upstream, publish_result
+from taxi_pipeline.pipeline.steps.common import (
+    check_one_source,
+    describe_upstream,
+    publish_result,
+    verify_lake_object,
+)
 
 PICKUP_DATES_KEY = "pickup_dates"
 """Merge details: the dates the month's rows sit on (``start/end`` ranges), which a later
@@ -310,16 +315,7 @@ def _declared(
     schema its month's period does not have fails here); ``None`` for other formats."""
     if not fmt.declares_rows:
         return None
-    target = VerifyTarget(
-        dataset=dataset.value,
-        month=month,
-        layout=dataset.layout,
-        expected_length=source.size,
-        min_rows=ports.settings.min_rows_per_file,
-        max_inflated=ports.settings.max_inflated_bytes,
-    )
-    with ports.lake.open_read(source.name) as handle:
-        return fmt.verify_object(handle, target)
+    return verify_lake_object(ports, fmt, dataset, month, source)
 
 
 def _replacement(

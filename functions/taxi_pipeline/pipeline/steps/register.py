@@ -14,13 +14,12 @@ import logging
 from collections.abc import Mapping
 
 from taxi_pipeline.domain.datasets import parse_object
-from taxi_pipeline.domain.formats import VerifyTarget
 from taxi_pipeline.domain.messages import GcsObject, RunState, is_run_id
 from taxi_pipeline.domain.runs import RunIdentity
 from taxi_pipeline.errors import PermanentError
 from taxi_pipeline.pipeline.ports import Ports
 from taxi_pipeline.pipeline.recorder import StepRecorder
-from taxi_pipeline.pipeline.steps.common import request_merge
+from taxi_pipeline.pipeline.steps.common import request_merge, verify_lake_object
 from taxi_pipeline.pipeline.steps.download import REPLACE_KEY
 
 log = logging.getLogger(__name__)
@@ -60,16 +59,7 @@ def run(obj: GcsObject, run: RunIdentity, attempt: int, ports: Ports) -> str:
     fmt.check_head(ports.lake.read_head(obj.name, fmt.head_bytes), dataset.layout, dataset.value)
     downloaded = _written_by_download(current.metadata)
     if not downloaded:
-        target = VerifyTarget(
-            dataset=dataset.value,
-            month=month,
-            layout=dataset.layout,
-            expected_length=current.size,
-            min_rows=ports.settings.min_rows_per_file,
-            max_inflated=ports.settings.max_inflated_bytes,
-        )
-        with ports.lake.open_read(obj.name) as handle:
-            verified = fmt.verify_object(handle, target)
+        verified = verify_lake_object(ports, fmt, dataset, month, current)
         log.info("verified hand-uploaded %s: %d rows", obj.name, verified.rows)
 
     ports.warehouse.ensure_final_table(dataset)
