@@ -4,17 +4,9 @@ mark the run FAILED with its reason and raise an alert (a structured ERROR log l
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
-from support.reliability import (
-    JAN,
-    PROJECT,
-    FailingWarehouse,
-    JsonLog,
-    Rig,
-    RigFactory,
-    Source,
-)
+from support.reliability import JAN, PROJECT, JsonLog, Rig, RigFactory, Source
+from taxi_pipeline.adapters.faults.wrappers import Faults
 from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.history import derive_run
 from taxi_pipeline.domain.messages import MergeRequest, RunState, Topic
@@ -53,12 +45,9 @@ def test_an_event_past_the_maximum_age_is_dropped_and_recorded(
 def test_a_failure_past_its_deliveries_is_dead_lettered_failed_and_alerted(
     rig_factory: RigFactory, source: Source, json_log: JsonLog
 ) -> None:
-    rig = rig_factory(
-        max_attempts=3,
-        wrap_warehouse=partial(
-            FailingWarehouse, error=TransientError("Too many DML statements outstanding")
-        ),
-    )
+    # A fault that outlives every retry: every merge fails.
+    error = TransientError("Too many DML statements outstanding")
+    rig = rig_factory(max_attempts=3, faults=Faults(fail={"merge_staged": error}, seed=0))
     rig.bus.submit(Dataset.GREEN, JAN, RUN)
     rig.run()
 
