@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
@@ -42,7 +42,7 @@ from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History,
 from taxi_pipeline.adapters.sql.statements import SourceColumn, Sources, Statements, source_columns
 from taxi_pipeline.adapters.sql.tables import staging_table
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, csv_name, parse_object
-from taxi_pipeline.domain.formats import PARQUET, SourceFormat
+from taxi_pipeline.domain.formats import SourceFormat
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import (
     ConfigurationError,
@@ -64,7 +64,6 @@ from taxi_pipeline.pipeline.ports import (
 
 if TYPE_CHECKING:
     import psycopg
-    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,6 @@ MINIMUM_SERVER_VERSION: Final = 150000
 """MERGE appeared in PostgreSQL 15."""
 
 _SCHEMA_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_COPY_CHUNK: Final = 1 << 20
-_PARQUET_BATCH_ROWS: Final = 64 * 1024
 _IDLE_CONNECTIONS: Final = 4
 # SQLSTATEs of a value an input function refused: the file is landed as text and typed value by
 # value instead. Any other COPY error (a short line, bad UTF-8) fails the month as it is.
@@ -424,12 +421,14 @@ class PostgresWarehouse:
         The landing table has the dialect's landing types, parsed by COPY's input functions (no
         per-value casts in SQL); ``as_text``: every column text, for a file with a value some
         input function refuses (typed then value by value, NULL where a value does not fit).
-        A Parquet object is written into COPY as CSV rows by this client (:meth:`_copy_parquet`),
-        so both formats land alike: the staging SQL types them as it types the CSV's text.
+        The format's CSV feed writes the object into COPY (a CSV inflated as it is, a Parquet
+        object's rows as CSV), so every format lands alike: the staging SQL types them as it
+        types the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
         q = POSTGRES.quote_ident
-        landed = _landed_columns(dataset, month, fmt)
+        in_file = _landed_columns(dataset, month, fmt)
+        landed = [column for column, _ in in_file]
         types = {c.name: "text" if as_text else POSTGRES.landing_types[c.kind] for c in landed}
         columns = ", ".join(q(c.name) for c in landed)
         # The landing table holds the final columns the file has, each as text would: what
@@ -447,10 +446,8 @@ class PostgresWarehouse:
                 + ")"
             )
             statement = f"COPY {landing} ({columns}) FROM STDIN {POSTGRES.copy_options(fmt)}"
-            if fmt is PARQUET:
-                self._copy_parquet(conn, lake, source, statement, dataset, month)
-            else:
-                self._copy(conn, lake, source, statement)
+            with lake.open_read(source.name) as raw, conn.cursor().copy(statement) as copy:
+                fmt.write_csv(raw, [(c.name, name) for c, name in in_file], _CopySink(copy))
             filename = csv_name(dataset, month, fmt)
             conn.execute(
                 SQL.staging_sql(
@@ -462,62 +459,6 @@ class PostgresWarehouse:
             if SQL.repeated_headers(row):
                 conn.execute(SQL.drop_repeated_headers_sql(staging))
         return row
-
-    def _copy(
-        self, conn: psycopg.Connection[Any], lake: LakeReader, source: ObjectInfo, statement: str
-    ) -> None:
-        """Stream the lake object, inflated on ISA-L's own thread, into COPY, 1 MiB at a time."""
-        from isal import igzip_threaded
-
-        with lake.open_read(source.name) as raw:
-            inflated: BinaryIO = igzip_threaded.open(  # type: ignore[no-untyped-call]
-                raw, "rb", threads=1, block_size=_COPY_CHUNK
-            )
-            with inflated, conn.cursor().copy(statement) as copy:
-                while chunk := inflated.read(_COPY_CHUNK):
-                    copy.write(chunk)
-
-    def _copy_parquet(
-        self,
-        conn: psycopg.Connection[Any],
-        lake: LakeReader,
-        source: ObjectInfo,
-        statement: str,
-        dataset: Dataset,
-        month: Month,
-    ) -> None:
-        """Stream a Parquet object into COPY as CSV rows, a batch of rows at a time (memory
-        bounded by a row group): pyarrow reads it from the lake handle (GCS reads are ranged)
-        and writes the batch as CSV, the landing table's columns in its order."""
-        import pyarrow.csv as pa_csv
-        import pyarrow.parquet as pq
-
-        wanted = _parquet_sources(dataset, month)
-        with lake.open_read(source.name) as raw:
-            parquet = pq.ParquetFile(raw)
-            by_folded = {name.casefold(): name for name in parquet.schema_arrow.names}
-            # The verifier checked the footer for the month's period; a column it allows to
-            # be absent is simply not there.
-            names = [(final, by_folded.get(name.casefold())) for final, name in wanted]
-            read = sorted({found for _, found in names if found is not None})
-            writer: pa_csv.CSVWriter | None = None
-            with conn.cursor().copy(statement) as copy:
-                sink = _CopySink(copy)
-                try:
-                    for batch in parquet.iter_batches(
-                        batch_size=_PARQUET_BATCH_ROWS, columns=read, use_threads=False
-                    ):
-                        landing = _as_landing_batch(batch, names)
-                        if writer is None:
-                            writer = pa_csv.CSVWriter(
-                                sink,
-                                landing.schema,
-                                write_options=pa_csv.WriteOptions(include_header=False),
-                            )
-                        writer.write_batch(landing)
-                finally:
-                    if writer is not None:
-                        writer.close()
 
     def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         """The insert-only merge and the load record, one transaction, under the advisory locks
@@ -782,54 +723,23 @@ def _url_password(conninfo: str) -> str | None:
     return str(value) if value else None
 
 
-def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[Column]:
-    """The final columns a file of ``fmt`` for ``month`` has, in the order COPY lands them: a
-    CSV's in its layout, a Parquet file's those its schema period names."""
-    if fmt is PARQUET:
-        present = {final for final, _ in _parquet_sources(dataset, month)}
-        return [c for c in dataset.layout.final_columns if c.name in present]
-    return list(dataset.layout.columns)
-
-
-def _parquet_sources(dataset: Dataset, month: Month) -> list[tuple[str, str]]:
-    """``(final column, Parquet column as its period spells it)`` of each column the month's
-    period has, in the final table's order."""
-    sources = source_columns(PARQUET, dataset, month)
+def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[tuple[Column, str]]:
+    """The final columns a file of ``fmt`` for ``month`` has, in the order COPY lands them,
+    each with its name in the file: a CSV's layout columns, a typed file's (Parquet) those its
+    schema period names."""
+    if not fmt.typed:
+        return [(c, c.name) for c in dataset.layout.columns]
+    sources = source_columns(fmt, dataset, month)
     return [
-        (c.name, found)
+        (c, found)
         for c in dataset.layout.final_columns
         if (found := sources[c.name].name) is not None
     ]
 
 
-def _as_landing_batch(
-    batch: pa.RecordBatch, names: Sequence[tuple[str, str | None]]
-) -> pa.RecordBatch:
-    """The batch as the landing table's CSV columns: renamed to the final names, timestamps
-    written as the CSV writes them (``2019-01-01 10:00:00``, fractions only where a value has
-    one), a column the file lacks or holds as nulls written empty (NULL). pyarrow writes
-    1.0 as ``1``, as the CSV has counts and codes."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arrays: list[pa.Array] = []
-    for _, found in names:
-        if found is None:
-            arrays.append(pa.nulls(batch.num_rows, pa.string()))
-            continue
-        array = batch.column(found)
-        if pa.types.is_timestamp(array.type):
-            with contextlib.suppress(pa.ArrowInvalid):  # a cast that would drop a fraction
-                array = pc.cast(array, pa.timestamp("s"))
-            array = pc.cast(array, pa.string())
-        elif pa.types.is_null(array.type):
-            array = pa.nulls(batch.num_rows, pa.string())
-        arrays.append(array)
-    return pa.RecordBatch.from_arrays(arrays, names=[final for final, _ in names])
-
-
 class _CopySink:
-    """A write-only file over a COPY, for pyarrow's CSV writer."""
+    """A write-only file over a COPY (what a format's CSV feed writes into; pyarrow's CSV
+    writer asks for the rest)."""
 
     def __init__(self, copy: psycopg.Copy) -> None:
         self._copy = copy

@@ -334,7 +334,7 @@ class BigQueryDialect(Dialect):
     def text_schema(self, fmt: SourceFormat) -> bool:
         """Whether ``fmt`` is read with an explicit all-STRING schema (a CSV); a Parquet file
         brings its own (a timestamp without zone reads as DATETIME; staging casts it)."""
-        return fmt is CSV_GZ
+        return not fmt.typed
 
     def external_options(self, fmt: SourceFormat) -> list[str]:
         """The ``OPTIONS`` of an external table over ``fmt`` (``uris`` and the expiration aside).
