@@ -385,6 +385,12 @@ def _run_in_process(pipeline: LocalPipeline, faults: Faults | None) -> None:
     bus.listen(Topic.INGEST_RESULTS, pipeline._collect)
 
 
+def history_in_warehouse(settings: Settings) -> bool:
+    """Whether the warehouse keeps the run history in its own database (BigQuery, PostgreSQL);
+    the embedded default's is the home's SQLite file, beside DuckDB's."""
+    return urlsplit(settings.resolved_warehouse_url).scheme in ("bigquery", *POSTGRES_SCHEMES)
+
+
 def warehouse_is_cloud(settings: Settings) -> bool:
     """Whether the warehouse is the cloud's: runs are then started by publishing to Pub/Sub, and
     the cloud functions run them. BigQuery always; PostgreSQL serves either, so it is the cloud's
