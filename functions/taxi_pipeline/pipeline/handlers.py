@@ -25,6 +25,7 @@ from taxi_pipeline.domain.messages import (
     IngestRequest,
     IngestResult,
     MergeRequest,
+    PubSubMessage,
     RunState,
     parse_model,
 )
@@ -93,9 +94,7 @@ def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
     invocation = Invocation("download")
     with _handling(event, invocation, ports):
         _check_age(event, ports, invocation)
-        envelope, body = parse_pubsub(event)
-        invocation.attempt = envelope.delivery_attempt or 1
-        message = envelope.message
+        message, body = _delivery(event, invocation)
         invocation.delivery_id = message_delivery(message.publish_time, message.message_id, body)
         request = parse_model(IngestRequest, body, "ingest request")
         # Known before the request is checked: a refusal (a month in the future) is recorded
@@ -125,12 +124,19 @@ def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
     invocation = Invocation("merge")
     with _handling(event, invocation, ports):
         _check_age(event, ports, invocation)
-        envelope, body = parse_pubsub(event)
-        invocation.attempt = envelope.delivery_attempt or 1
-        invocation.delivery_id = f"message {envelope.message.message_id}"
+        message, body = _delivery(event, invocation)
+        invocation.delivery_id = f"message {message.message_id}"
         request = parse_model(MergeRequest, body, "merge request")
         run = invocation.run = run_of_merge_request(request)
         merge.run(request, run, invocation.attempt, ports)
+
+
+def _delivery(event: CloudEventLike, invocation: Invocation) -> tuple[PubSubMessage, bytes]:
+    """The Pub/Sub message a push delivers and its body; the invocation learns which delivery
+    attempt this is."""
+    envelope, body = parse_pubsub(event)
+    invocation.attempt = envelope.delivery_attempt or 1
+    return envelope.message, body
 
 
 def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
