@@ -18,7 +18,7 @@ from taxi_pipeline.adapters.postgres.warehouse import SQL, PostgresWarehouse, ch
 from taxi_pipeline.devkit.generator import generate_month, write_raw
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, object_name
 from taxi_pipeline.errors import ConfigurationError, PermanentError
-from taxi_pipeline.pipeline.ports import JobContext
+from taxi_pipeline.pipeline.ports import JobContext, MergePlan
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 JAN = Month(2019, 1)
@@ -376,11 +376,11 @@ def test_a_file_the_strict_staging_refuses_is_typed_the_exact_way(
     warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
     warehouse.ensure_final_table(Dataset.GREEN)
     context = JobContext("green-201901-landed", Dataset.GREEN, JAN, "merge")
-    staged = warehouse.stage(Dataset.GREEN, JAN, source, lake, context)
+    staged = warehouse.stage(source, lake, context)
     assert (staged.rows, staged.rows_bad) == (len(lines), bad)
     assert len(staged.bad_samples) == bad
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(Dataset.GREEN, JAN, ranges, True, context) == len(lines)
+    assert warehouse.merge_staged(MergePlan(context, ranges, True)).inserted == len(lines)
     warehouse.drop_month_objects(Dataset.GREEN, JAN)
     assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
     warehouse.close()
@@ -403,7 +403,7 @@ def test_a_copy_failing_on_any_connection_stages_nothing(
     warehouse.ensure_final_table(Dataset.GREEN)
     context = JobContext("green-201901-short", Dataset.GREEN, JAN, "merge")
     with pytest.raises(PermanentError, match="missing data for column"):
-        warehouse.stage(Dataset.GREEN, JAN, source, lake, context)
+        warehouse.stage(source, lake, context)
     warehouse.drop_month_objects(Dataset.GREEN, JAN)
     assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
     warehouse.close()

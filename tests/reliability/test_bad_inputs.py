@@ -179,7 +179,7 @@ CASES = [
     Case(
         "merge-traversal",
         _merge({**_MERGE, "object_name": "raw/green/../../../etc/passwd"}),
-        "is not the lake object of green 2019-02",
+        "is not a lake object of green 2019-02",
     ),
     Case("merge-no-run-id", _merge({k: v for k, v in _MERGE.items() if k != "run_id"}), "run_id"),
     Case("merge-object-missing", _merge(_MERGE), "is not in the lake any more"),
@@ -193,10 +193,11 @@ CASES = [
         "is not of the form raw/",
     ),
     Case("object-csv", _object_event("raw/green/green_tripdata_2019-02.csv"), "is not of the form"),
+    # A TLC month's object is a lake object (issue 11); this event names one that is not there.
     Case(
-        "object-parquet",
+        "object-parquet-gone",
         _object_event("raw/green/green_tripdata_2019-02.parquet"),
-        "is not of the form",
+        "no longer exists in the lake",
     ),
     Case(
         "object-dataset-mismatch",

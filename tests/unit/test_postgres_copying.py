@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from taxi_pipeline.adapters.postgres.copying import csv_pieces, record_end
+from taxi_pipeline.adapters.postgres.copying import PieceSink, record_end
 
 
 @pytest.mark.parametrize(
@@ -27,13 +27,17 @@ def test_a_piece_ends_after_the_last_newline_outside_quotes(data: bytes, end: in
     assert record_end(data) == end
 
 
-def test_the_pieces_are_the_records_in_order_whatever_the_chunk_size() -> None:
+def test_the_pieces_are_the_records_in_order_whatever_the_writes_and_chunk_size() -> None:
     rows = [["1", f"line {i}", 'a "quoted"\nfield' if i % 7 == 0 else "plain"] for i in range(500)]
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
     data = text.getvalue().encode()
-    for chunk in (1, 7, 64, 1000, len(data) + 1):
-        pieces = list(csv_pieces(io.BytesIO(data), chunk))
+    for chunk, write in ((1, 5), (7, 3), (64, 100), (1000, 333), (len(data) + 1, len(data))):
+        pieces: list[bytes] = []
+        sink = PieceSink(pieces.append, chunk)
+        for start in range(0, len(data), write):
+            sink.write(data[start : start + write])
+        sink.finish()
         assert b"".join(pieces) == data
         for piece in pieces:  # each piece parses on its own into whole records
             assert all(len(r) == 3 for r in csv.reader(io.StringIO(piece.decode())))

@@ -1,28 +1,28 @@
-"""Streaming a lake object into PostgreSQL's ``COPY ... FROM STDIN``, over several connections.
+"""Feeding a lake object into PostgreSQL's ``COPY ... FROM STDIN`` over several connections.
 
 One COPY is one server process parsing every field of the month; two COPYs, each into a landing
 table of its own on a connection of its own, parse it on two cores (BENCHMARKS.md, section 8).
-This client cuts the inflated CSV at record boundaries (a newline outside quotes) and hands the
-pieces out in turn, or hands out a Parquet file's batches of rows written as CSV; each
-connection's COPY runs on a thread of its own, fed through a short queue, so memory stays
-bounded by a few pieces per connection.
+The format's CSV feed writes into a :class:`PieceSink`, which cuts the CSV text at record ends (a
+newline outside quotes) about every MiB and hands the pieces to the connections in turn; each
+connection's COPY runs on a thread of its own behind a short queue, so memory stays bounded by a
+few pieces per connection.
 
-A failure anywhere (the source, a COPY, the server) ends every COPY with an error: none of them
-completes on part of the data.
+A failure anywhere (the feed, a COPY, the server) ends every COPY with an error: none completes
+on part of the data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     import psycopg
-    import pyarrow as pa
 
 CHUNK: Final = 1 << 20
 """Bytes inflated, and handed to one connection, at a time."""
@@ -46,7 +46,7 @@ class _Abort(Exception):
     """Raised inside a COPY block so that the COPY fails rather than ends."""
 
 
-def record_end(data: bytes) -> int:
+def record_end(data: bytes | bytearray) -> int:
     """Where the last complete CSV record of ``data`` ends (0: none does), ``data`` starting at
     a record's start: after the last newline with an even number of quotes before it (a quote
     inside a quoted field is doubled, so the parity holds)."""
@@ -63,34 +63,46 @@ def record_end(data: bytes) -> int:
     return 0
 
 
-def csv_pieces(inflated: BinaryIO, chunk: int = CHUNK) -> Iterator[bytes]:
-    """The inflated CSV in pieces of whole records (the last may lack its newline)."""
-    carry = b""
-    while block := inflated.read(chunk):
-        data = carry + block if carry else block
-        end = record_end(data)
-        if end:
-            yield data[:end]
-        carry = data[end:]
-    if carry:
-        yield carry
+class PieceSink:
+    """A write-only file (what a format's CSV feed and pyarrow's CSV writer write into) that
+    hands the text to ``deliver`` in pieces of whole records of about ``chunk`` bytes."""
+
+    def __init__(self, deliver: Callable[[bytes], None], chunk: int = CHUNK) -> None:
+        self._deliver = deliver
+        self._chunk = chunk
+        self._buffer = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        if len(self._buffer) >= self._chunk:
+            end = record_end(self._buffer)
+            if end:
+                piece = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                self._deliver(piece)
+        return len(data)
+
+    def finish(self) -> None:
+        """Hand over the rest (the last record may lack its newline)."""
+        if self._buffer:
+            piece, self._buffer = bytes(self._buffer), bytearray()
+            self._deliver(piece)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
 
 
-def parquet_pieces(batches: Iterable[pa.RecordBatch]) -> Iterator[bytes]:
-    """Each batch of rows as CSV text, no header."""
-    import pyarrow as pa
-    import pyarrow.csv as pa_csv
-
-    options = pa_csv.WriteOptions(include_header=False)
-    for batch in batches:
-        sink = pa.BufferOutputStream()
-        pa_csv.write_csv(batch, sink, write_options=options)
-        yield sink.getvalue().to_pybytes()
-
-
-def copy_pieces(targets: Sequence[CopyTarget], pieces: Iterable[bytes]) -> None:
-    """Hand ``pieces`` to ``targets`` in turn, each COPY on a thread of its own; return once
-    every COPY completed, or raise the first failure once every COPY has ended (failed)."""
+def copy_through(targets: Sequence[CopyTarget], feed: Callable[[PieceSink], None]) -> None:
+    """Run ``feed`` (writing the CSV text into the sink it gets) on this thread and each
+    target's COPY on a thread of its own, the pieces handed out in turn; return once every COPY
+    completed, or raise the first failure once every COPY has ended (failed)."""
     failures: list[BaseException] = []
     failed = threading.Event()
     queues: list[queue.Queue[bytes | None]] = [queue.Queue(_QUEUED) for _ in targets]
@@ -100,14 +112,17 @@ def copy_pieces(targets: Sequence[CopyTarget], pieces: Iterable[bytes]) -> None:
         )
         for i, target in enumerate(targets)
     ]
+    turn = itertools.count()
+
+    def deliver(piece: bytes) -> None:
+        _put(queues[next(turn) % len(queues)], piece, failed)
+
     for thread in threads:
         thread.start()
     try:
-        turn = 0
-        for piece in pieces:
-            if piece:
-                _put(queues[turn % len(queues)], piece, failed)
-                turn += 1
+        sink = PieceSink(deliver)
+        feed(sink)
+        sink.finish()
         for q in queues:
             _put(q, None, failed)  # the end: each COPY completes
     except _Abort:

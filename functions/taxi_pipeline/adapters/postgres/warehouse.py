@@ -32,30 +32,19 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from taxi_pipeline.adapters.postgres.copying import CHUNK as COPY_CHUNK
-from taxi_pipeline.adapters.postgres.copying import (
-    CopyTarget,
-    copy_pieces,
-    csv_pieces,
-    parquet_pieces,
-)
+from taxi_pipeline.adapters.postgres.copying import CopyTarget, copy_through
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
 from taxi_pipeline.adapters.sql.statements import SourceColumn, Sources, Statements, source_columns
-from taxi_pipeline.domain.datasets import (
-    Column,
-    Dataset,
-    Month,
-    csv_name,
-    parse_object,
-    staging_table,
-)
-from taxi_pipeline.domain.formats import PARQUET, SourceFormat
+from taxi_pipeline.adapters.sql.tables import staging_table
+from taxi_pipeline.domain.datasets import Column, Dataset, Month, csv_name, parse_object
+from taxi_pipeline.domain.formats import SourceFormat
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import (
     ConfigurationError,
     PermanentError,
@@ -67,17 +56,15 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
+    MergeOutcome,
+    MergePlan,
     ObjectInfo,
     QueryResult,
-    Replacement,
-    RunEvent,
     StagingSummary,
 )
 
 if TYPE_CHECKING:
     import psycopg
-    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +76,6 @@ MINIMUM_SERVER_VERSION: Final = 150000
 _SCHEMA_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COPY_STREAMS: Final = 2
 """Connections a month lands through at once (two server processes parse it)."""
-_PARQUET_BATCH_ROWS: Final = 64 * 1024
 _IDLE_CONNECTIONS: Final = 4
 # SQLSTATEs of a value the strict staging refused (a cast, or taxi_pipeline_refuse): the month is
 # typed the exact way instead, from the same landed rows. Any other error fails the month.
@@ -392,16 +378,10 @@ class PostgresWarehouse:
         in. Returns the prefix of the month's staging tables."""
         return staging_table(dataset, month)
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
         import psycopg
 
+        dataset, month = context.dataset, context.month
         _, _, fmt = parse_object(source.name)
         POSTGRES.copy_options(fmt)  # a format PostgreSQL cannot take fails before any work
         self._end_staging(dataset, month)
@@ -441,12 +421,14 @@ class PostgresWarehouse:
         run that dies leaves it to the next run of the month, as a staging table). The strict
         staging (:meth:`_stage_strict`) first; a month it refuses is typed from the same landed
         rows by the exact staging SQL (NULL where a value does not fit, the row counted bad). A
-        Parquet object is written into COPY as CSV rows by this client, so both formats land
-        alike, as the CSV's text.
+        format's CSV feed writes the object into COPY (a CSV inflated as it is, a Parquet
+        object's rows as CSV), so every format lands alike, as the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
         q = POSTGRES.quote_ident
-        landed = _landed_columns(dataset, month, fmt)
+        in_file = _landed_columns(dataset, month, fmt)
+        landed = [column for column, _ in in_file]
+        feed = [(column.name, name) for column, name in in_file]
         columns = ", ".join(q(c.name) for c in landed)
         # The landing tables hold the final columns the file has, each as text: what the
         # staging SQL reads from a CSV.
@@ -486,7 +468,7 @@ class PostgresWarehouse:
                     for i, (c, landing) in enumerate(zip([conn, *helpers], landings, strict=True))
                 ]
                 with lake.open_read(source.name) as raw:
-                    copy_pieces(targets, self._pieces(raw, fmt, dataset, month))
+                    copy_through(targets, lambda sink: fmt.write_csv(raw, feed, sink))
                 union = " UNION ALL ".join(f"SELECT {columns} FROM {t}" for t in landings)
                 relation = f"({union}) AS landed"
                 row = self._stage_strict(conn, dataset, month, staging, relation, filename, sources)
@@ -543,78 +525,16 @@ class PostgresWarehouse:
             return None
         return row
 
-    @staticmethod
-    def _pieces(
-        raw: BinaryIO, fmt: SourceFormat, dataset: Dataset, month: Month
-    ) -> Iterator[bytes]:
-        """The object as CSV text in pieces of whole records: a CSV inflated on ISA-L's own
-        thread; a Parquet file a batch of rows at a time (memory bounded by a row group),
-        pyarrow reading it from the lake handle (GCS reads are ranged) and writing each batch
-        as CSV, the landing table's columns in its order."""
-        if fmt is not PARQUET:
-            from isal import igzip_threaded
-
-            inflated: BinaryIO = igzip_threaded.open(  # type: ignore[no-untyped-call]
-                raw, "rb", threads=1, block_size=COPY_CHUNK
-            )
-            with inflated:
-                yield from csv_pieces(inflated)
-            return
-        import pyarrow.parquet as pq
-
-        wanted = _parquet_sources(dataset, month)
-        parquet = pq.ParquetFile(raw)
-        by_folded = {name.casefold(): name for name in parquet.schema_arrow.names}
-        # The verifier checked the footer for the month's period; a column it allows to be
-        # absent is simply not there.
-        names = [(final, by_folded.get(name.casefold())) for final, name in wanted]
-        read = sorted({found for _, found in names if found is not None})
-        batches = parquet.iter_batches(
-            batch_size=_PARQUET_BATCH_ROWS, columns=read, use_threads=False
-        )
-        yield from parquet_pieces(_as_landing_batch(batch, names) for batch in batches)
-
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        *,
-        load: LoadRecord | None = None,
-    ) -> int:
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         """The insert-only merge and the load record, one transaction, under the advisory locks
-        of every dataset-month it touches (taken in order: two merges never deadlock)."""
-        _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, None, load)
-        return inserted
-
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-        *,
-        load: LoadRecord | None = None,
-    ) -> tuple[int, int]:
-        """The month's files' partitions dropped, the staged rows inserted as the file's first
-        load, and the load record: one transaction, so another session reads the month's old
+        of every dataset-month it touches (taken in order: two merges never deadlock). A
+        replacing plan first drops the month's files' partitions and inserts the staged rows as
+        the file's first load, in that same transaction: another session reads the month's old
         rows or its new ones (it waits on the dropped partitions' lock meanwhile)."""
-        return self._merge(dataset, month, pickup_ranges, include_null_pickup, replacing, load)
-
-    def _merge(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        replacing: Replacement | None,
-        load: LoadRecord | None,
-    ) -> tuple[int, int]:
         import psycopg
+
+        dataset, month, replacing = plan.dataset, plan.month, plan.replacing
+        pickup_ranges, include_null_pickup = plan.pickup_ranges, plan.include_null_pickup
 
         with self._lock:
             staging = self._staging.get((dataset, month))
@@ -683,15 +603,14 @@ class PostgresWarehouse:
                     ).rowcount
                     self._index(conn, dataset, partition, partition)
                     self._attach(conn, final, partition, staging.filename)
+                load = plan.recorded_load(int(inserted))
                 if load is not None:
-                    statement, params = self.history.insert_load(
-                        replace(load, rows_inserted=int(inserted))
-                    )
+                    statement, params = self.history.insert_load(load)
                     conn.execute(statement, _params(params))
         except psycopg.Error as exc:
             raise self._translate(exc, f"merge into {dataset.final_table}") from exc
         staging.attached = staging.attached or attached
-        return deleted, int(inserted)
+        return MergeOutcome(int(inserted), deleted if replacing is not None else None)
 
     def _index(
         self, conn: psycopg.Connection[Any], dataset: Dataset, table: str, partition: str
@@ -924,47 +843,15 @@ def _url_password(conninfo: str) -> str | None:
     return str(value) if value else None
 
 
-def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[Column]:
-    """The final columns a file of ``fmt`` for ``month`` has, in the order COPY lands them: a
-    CSV's in its layout, a Parquet file's those its schema period names."""
-    if fmt is PARQUET:
-        present = {final for final, _ in _parquet_sources(dataset, month)}
-        return [c for c in dataset.layout.final_columns if c.name in present]
-    return list(dataset.layout.columns)
-
-
-def _parquet_sources(dataset: Dataset, month: Month) -> list[tuple[str, str]]:
-    """``(final column, Parquet column as its period spells it)`` of each column the month's
-    period has, in the final table's order."""
-    sources = source_columns(PARQUET, dataset, month)
+def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[tuple[Column, str]]:
+    """The final columns a file of ``fmt`` for ``month`` has, in the order COPY lands them,
+    each with its name in the file: a CSV's layout columns, a typed file's (Parquet) those its
+    schema period names."""
+    if not fmt.typed:
+        return [(c, c.name) for c in dataset.layout.columns]
+    sources = source_columns(fmt, dataset, month)
     return [
-        (c.name, found)
+        (c, found)
         for c in dataset.layout.final_columns
         if (found := sources[c.name].name) is not None
     ]
-
-
-def _as_landing_batch(
-    batch: pa.RecordBatch, names: Sequence[tuple[str, str | None]]
-) -> pa.RecordBatch:
-    """The batch as the landing table's CSV columns: renamed to the final names, timestamps
-    written as the CSV writes them (``2019-01-01 10:00:00``, fractions only where a value has
-    one), a column the file lacks or holds as nulls written empty (NULL). pyarrow writes
-    1.0 as ``1``, as the CSV has counts and codes."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arrays: list[pa.Array] = []
-    for _, found in names:
-        if found is None:
-            arrays.append(pa.nulls(batch.num_rows, pa.string()))
-            continue
-        array = batch.column(found)
-        if pa.types.is_timestamp(array.type):
-            with contextlib.suppress(pa.ArrowInvalid):  # a cast that would drop a fraction
-                array = pc.cast(array, pa.timestamp("s"))
-            array = pc.cast(array, pa.string())
-        elif pa.types.is_null(array.type):
-            array = pa.nulls(batch.num_rows, pa.string())
-        arrays.append(array)
-    return pa.RecordBatch.from_arrays(arrays, names=[final for final, _ in names])
