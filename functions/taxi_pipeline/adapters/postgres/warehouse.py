@@ -5,18 +5,24 @@
   password comes from the URL, ``TAXI_PIPELINE_WAREHOUSE_PASSWORD`` or ``PGPASSWORD`` (in that
   order) and never appears in an error or a log line.
 - PostgreSQL cannot read the lake: :meth:`stage` streams the object through this client
-  (``LakeReader.open_read``), gzip inflated here (ISA-L, on its own thread), into ``COPY ... FROM
-  STDIN`` of an UNLOGGED text landing table, then builds the run's own UNLOGGED staging table
-  (``{dataset}_tripdata_YYYY_MM_{run digest}``) from it with the shared staging SQL
-  (:mod:`taxi_pipeline.adapters.sql.statements`: the same types, bad values and ids as DuckDB and
-  BigQuery), all in one transaction, so a killed COPY leaves nothing. Runs of different months
-  never wait for each other; a staging table whose run died is dropped by the next run of its
-  month (a session advisory lock marks the ones in use).
+  (``LakeReader.open_read``; the format's CSV feed inflates a gzip CSV, or writes a Parquet
+  file's rows as CSV) into ``COPY ... FROM STDIN`` of UNLOGGED text landing tables, through two
+  connections at once (:mod:`.copying`), then types them into the run's own staging table
+  (``{dataset}_tripdata_YYYY_MM_{run digest}``), measures it, and drops the landing tables, in
+  one transaction, so a killed COPY leaves no staging table. The typing is strict first
+  (``Statements.strict_staging_sql``: plain casts of the files' own spellings in one statement
+  the server runs on parallel workers; its table has the final table's columns only), exact
+  where the strict one refuses a value (the shared staging SQL of
+  :mod:`taxi_pipeline.adapters.sql.statements`: NULL where a value does not fit, the row
+  counted bad): the same types, bad values and ids as DuckDB and BigQuery either way. Runs of
+  different months never wait for each other; a staging table whose run died is dropped by the
+  next run of its month (a session advisory lock marks the ones in use).
 - :meth:`merge_staged` is the insert-only merge over the staged pickup ranges, in one transaction
   with the load record, under transaction advisory locks on the dataset-months it touches (the
   file's month and every pickup month the staging data has): two processes, or two Cloud Run
   instances, never both insert the same rows. The final table is partitioned by file: a file's
-  first load is written in bulk into a new table, indexed, then attached as its partition; a
+  first load deletes the ids the final table holds from its strict staging table, indexes it and
+  attaches it as the file's partition (an exactly typed one is written into a new partition); a
   file loaded before merges with MERGE.
 - :meth:`query` runs the user's one statement in a READ ONLY transaction that is rolled back.
 
