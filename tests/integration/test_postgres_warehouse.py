@@ -5,6 +5,7 @@ typing expressions mean when PostgreSQL evaluates them."""
 from __future__ import annotations
 
 import gzip
+import logging
 import socket
 from pathlib import Path
 
@@ -407,3 +408,42 @@ def test_a_copy_failing_on_any_connection_stages_nothing(
     warehouse.drop_month_objects(Dataset.GREEN, JAN)
     assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
     warehouse.close()
+
+
+def test_a_month_lands_through_one_connection_where_the_server_gives_no_second(
+    postgres_server: PostgresServer,
+    postgres_database: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A role allowed two connections (the warehouse's idle one, the staging one): the COPY
+    helper is refused, and the month lands through the one it has."""
+    role = f"{postgres_database}_limited"
+    postgres_server.psql(
+        f"CREATE ROLE {role} LOGIN PASSWORD 'limited-secret' CONNECTION LIMIT 2;"
+        f" GRANT ALL ON DATABASE {postgres_database} TO {role}",
+    )
+    postgres_server.psql(f"GRANT ALL ON SCHEMA public TO {role}", postgres_database)
+    url = postgres_server.url(postgres_database).replace("postgres@", f"{role}:limited-secret@")
+    lake = FolderStore(tmp_path / "lake")
+    name = object_name(Dataset.GREEN, JAN)
+    with lake.writer(name, {}) as out:
+        out.write(
+            write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, [GOOD]).read_bytes()
+        )
+    source = lake.stat(name)
+    assert source is not None
+    warehouse = PostgresWarehouse.from_url(url)
+    try:
+        warehouse.ensure_final_table(Dataset.GREEN)
+        context = JobContext("green-201901-limited", Dataset.GREEN, JAN, "merge")
+        with caplog.at_level(logging.INFO, logger="taxi_pipeline.adapters.postgres.warehouse"):
+            staged = warehouse.stage(source, lake, context)
+        assert staged.rows == 1
+        assert "landing through 1 connection(s)" in caplog.text
+        plan = MergePlan(context, pickup_ranges(staged.pickup_dates), True)
+        assert warehouse.merge_staged(plan).inserted == 1
+        assert warehouse.query("SELECT count(*) FROM green_tripdata").rows == [(1,)]
+    finally:
+        warehouse.close()
+        postgres_server.psql(f"DROP OWNED BY {role}; DROP ROLE {role}", postgres_database)

@@ -453,7 +453,8 @@ class PostgresWarehouse:
                 f"CREATE UNLOGGED TABLE {landing} ({text_columns})",
             ]
 
-        helpers = [self._connect() for _ in landings[1:]]
+        helpers = self._copy_helpers(len(landings) - 1)
+        landings = landings[: 1 + len(helpers)]
         done = False
         try:
             with conn.transaction():
@@ -496,6 +497,18 @@ class PostgresWarehouse:
                         helper.execute(f"DROP TABLE IF EXISTS {landing}")
                 helper.close()
         return row, strict
+
+    def _copy_helpers(self, count: int) -> list[psycopg.Connection[Any]]:
+        """Up to ``count`` more connections for COPY; fewer where the server has no more to
+        give (``max_connections``): the month then lands through fewer."""
+        helpers: list[psycopg.Connection[Any]] = []
+        while len(helpers) < count:
+            try:
+                helpers.append(self._connect())
+            except TransientError as exc:
+                log.info("landing through %d connection(s): %s", len(helpers) + 1, exc)
+                break
+        return helpers
 
     def _stage_strict(
         self,

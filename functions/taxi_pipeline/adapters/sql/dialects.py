@@ -404,17 +404,16 @@ STRICT_REFUSED_STATE: Final = "22P02"
 
 
 class PostgresDialect(Dialect):
-    """PostgreSQL 15+ (MERGE). It cannot read the lake: the adapter copies the object into a text
-    landing table (:meth:`copy_options`), and the shared staging SQL types it from there.
+    """PostgreSQL 15+ (MERGE). It cannot read the lake: the adapter copies the object into text
+    landing tables (:meth:`copy_options`) and types them from there, one of two ways.
 
-    Two ways to type it. The strict one first (:meth:`strict_cast`): plain casts of the values
-    the published files write, in one statement the server may run on parallel workers, any other
-    value failing it (the cast itself, or ``taxi_pipeline_refuse``: SQLSTATE 22P02). A month it
-    refuses is typed the exact way: PostgreSQL has no
-    ``TRY_CAST`` (and 15 no ``pg_input_is_valid``), so a number the cast takes for sure (a
-    regular expression says so) is cast directly, any other text, and every timestamp, goes
-    through a PL/pgSQL function that returns NULL where the cast errs (:meth:`functions_sql`,
-    created by the adapter).
+    The strict way first (:meth:`strict_cast`): plain casts of the values the published files
+    write, in one statement the server may run on parallel workers, any other value failing it
+    (the cast itself, or ``taxi_pipeline_refuse``: SQLSTATE 22P02). A month it refuses is typed
+    the exact way, by the shared staging SQL: PostgreSQL has no ``TRY_CAST`` (and 15 no
+    ``pg_input_is_valid``), so a number the cast takes for sure (a regular expression says so)
+    is cast directly, any other text, and every timestamp, goes through a PL/pgSQL function that
+    returns NULL where the cast errs (:meth:`functions_sql`, created by the adapter).
     """
 
     name = "postgres"
