@@ -236,9 +236,11 @@ def _silence_stdout() -> None:
 
 # -- options and settings -------------------------------------------------------------------------
 
+DATASET_NAMES: Final = ", ".join(d.value for d in Dataset)
+"""Every dataset, for help texts: ``yellow, green, fhv, fhvhv``."""
 DatasetArgument = Annotated[
     Dataset,
-    typer.Argument(metavar="DATASET", help="yellow or green", case_sensitive=False),
+    typer.Argument(metavar="DATASET", help=f"One of {DATASET_NAMES}.", case_sensitive=False),
 ]
 SourceOption = Annotated[
     str | None,
@@ -254,8 +256,8 @@ UpstreamOption = Annotated[
         "--source",
         metavar="SOURCE",
         case_sensitive=False,
-        help="auto (default: the mirror for 2019-01..2021-07, the TLC otherwise), mirror or tlc"
-        " (TAXI_PIPELINE_SOURCE).",
+        help="auto (default: the mirror for 2019-01..2021-07 where it publishes the dataset, the"
+        " TLC otherwise), mirror or tlc (TAXI_PIPELINE_SOURCE).",
     ),
 ]
 TlcUrlOption = Annotated[
