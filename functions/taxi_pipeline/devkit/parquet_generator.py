@@ -162,12 +162,11 @@ class GeneratedParquet:
         ``YYYY-MM-DD HH:MM:SS`` (the CSV's spelling; BigQuery's ``CAST(TIMESTAMP AS STRING)``
         adds ``+00``). Tests compute the ids from these, independently of any warehouse.
         """
-        period = self.spec.period
         names = Dataset(self.spec.dataset).layout.id_columns
-        by_folded = {name.casefold(): name for name in period.names}
+        by_folded = {name.casefold(): name for name, _ in self.spec.fields()}
         missing = [n for n in names if n.casefold() not in by_folded]
         if missing:
-            raise ValueError(f"{period.label} has no reference id columns {missing}")
+            raise ValueError(f"{self.name} has no reference id columns {missing}")
         table = self.expected_table()
         columns = [_id_texts(table.column(by_folded[name.casefold()])) for name in names]
         return list(zip(*columns, strict=True))

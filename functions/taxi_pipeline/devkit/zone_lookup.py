@@ -80,8 +80,7 @@ def write_zone_lookup(
     path.parent.mkdir(parents=True, exist_ok=True)
     header = ",".join(_quoted(n) if quote_header else n for n in TAXI_ZONES.names)
     lines = [header] + [
-        ",".join([str(location), *(_quoted(t) for t in texts)])
-        for location, *texts in chosen
+        ",".join([str(location), *(_quoted(t) for t in texts)]) for location, *texts in chosen
     ]
     tmp = path.with_name(f".{path.name}.part")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8", newline="")

@@ -27,6 +27,7 @@ _CELL_COLOURS: Final = {
     "abandoned": "#6a1b9a",
     "skipped": "#9e9e9e",
     "missing": "#eeeeee",
+    "unpublished": "#ffffff",
 }
 _STATE_COLOURS: Final = {
     RunState.SUCCESS: "#2e7d32",
@@ -124,6 +125,7 @@ def _matrix(
                 "abandoned": "abandoned",
                 "skipped": "skipped",
                 "missing": "",
+                "unpublished": "",
             }[cell.state]
             title = f"{dataset.value} {month}: {cell.state}"
             if cell.loaded_rows is not None:
@@ -138,9 +140,10 @@ def _matrix(
             )
         body.append(f"<tr><th>{year}</th>{''.join(tds)}</tr>")
     states = [cells[(dataset, m)].state for m in months]
+    publishable = len(months) - states.count("unpublished")
     rows = sum(cells[(dataset, m)].loaded_rows or 0 for m in months)
     summary = (
-        f"{states.count('loaded')}/{len(months)} months loaded ({rows:,} rows),"
+        f"{states.count('loaded')}/{publishable} months loaded ({rows:,} rows),"
         f" {states.count('missing')} missing, {states.count('failed')} failed,"
         f" {states.count('running')} running, {states.count('skipped')} skipped"
     )

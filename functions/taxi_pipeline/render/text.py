@@ -280,6 +280,7 @@ def coverage_table(
             "abandoned": "abandoned",
             "skipped": "skipped",
             "missing": ".",
+            "unpublished": "-",
         }[cell.state]
 
     width = max([len(d.value) for d in datasets] + [len(text(c)) for c in cells.values()] + [9])
@@ -289,9 +290,10 @@ def coverage_table(
     out.append("")
     for dataset in datasets:
         states = [cells[(dataset, m)].state for m in months]
+        publishable = len(months) - states.count("unpublished")
         rows = sum(cells[(dataset, m)].loaded_rows or 0 for m in months)
         out.append(
-            f"{dataset.value}: {states.count('loaded')}/{len(months)} loaded ({rows:,} rows),"
+            f"{dataset.value}: {states.count('loaded')}/{publishable} loaded ({rows:,} rows),"
             f" {states.count('missing')} missing, {states.count('failed')} failed,"
             f" {states.count('running')} running, {states.count('skipped')} skipped"
             + "".join(

@@ -227,12 +227,17 @@ def calendars(
                     row.append(CalendarCell(str(month), "na", "", None, f"{month}: not published"))
                     continue
                 cell = cells[(dataset, month)]
+                if cell.state == "unpublished":
+                    title = f"{dataset.value} {month}: not published"
+                    row.append(CalendarCell(str(month), "na", "", None, title))
+                    continue
                 row.append(_calendar_cell(cell, latest.get((dataset.value, str(month)))))
             years.append((year, tuple(row)))
         states = [cells[(dataset, m)].state for m in months]
+        publishable = len(months) - states.count("unpublished")
         rows = sum(cells[(dataset, m)].loaded_rows or 0 for m in months)
         summary = (
-            f"{states.count('loaded')}/{len(months)} months loaded ({rows:,} rows),"
+            f"{states.count('loaded')}/{publishable} months loaded ({rows:,} rows),"
             f" {states.count('missing')} missing, {states.count('failed')} failed,"
             f" {states.count('running')} running, {states.count('skipped')} skipped"
         )
