@@ -24,7 +24,12 @@ from taxi_pipeline.domain.datasets import (
 from taxi_pipeline.domain.formats import CSV_GZ, PARQUET
 from taxi_pipeline.domain.lookups import TAXI_ZONES, check_lookup_csv
 from taxi_pipeline.domain.schedules import load_schedules
-from taxi_pipeline.errors import UnsupportedMonth, VerificationFailed
+from taxi_pipeline.errors import (
+    BeforeTheFirstMonth,
+    NotPublished,
+    UnsupportedMonth,
+    VerificationFailed,
+)
 
 FHV, FHVHV = Dataset.FHV, Dataset.FHVHV
 
@@ -86,8 +91,15 @@ def test_sources_and_ranges() -> None:
     assert choose_publication(FHVHV, mirror, Upstream.AUTO).upstream is Upstream.TLC
     with pytest.raises(UnsupportedMonth, match="fhvhv is not published by the mirror"):
         choose_publication(FHVHV, mirror, Upstream.MIRROR)
-    with pytest.raises(UnsupportedMonth, match="fhvhv trip data starts 2019-02"):
+    with pytest.raises(BeforeTheFirstMonth, match="fhvhv trip data starts 2019-02") as raised:
         choose_publication(FHVHV, Month(2019, 1), Upstream.AUTO)
+    # Nothing that early exists anywhere: a scheduled run of it is SKIPPED (not published),
+    # where yellow before 2011 exists in another layout and fails.
+    assert isinstance(raised.value, NotPublished)
+    assert isinstance(raised.value, UnsupportedMonth)
+    with pytest.raises(UnsupportedMonth) as other:
+        choose_publication(Dataset.YELLOW, Month(2010, 12), Upstream.TLC)
+    assert not isinstance(other.value, NotPublished)
     assert file_name(FHVHV, tlc) == "fhvhv_tripdata_2022-01.parquet"
     assert FHVHV.spec.published_months() == []
     assert not FHVHV.spec.publishes(Month(2019, 1))

@@ -24,7 +24,7 @@ from functools import total_ordering
 from typing import Final, Literal
 
 from taxi_pipeline.domain.formats import FORMATS, SourceFormat, format_named, format_of
-from taxi_pipeline.errors import UnsupportedMonth
+from taxi_pipeline.errors import BeforeTheFirstMonth, UnsupportedMonth
 
 ColumnKind = Literal["string", "timestamp", "integer", "numeric"]
 
@@ -183,6 +183,10 @@ class Publication:
     """``None``: still publishing (a month appears some weeks after it ends)."""
     before_first: str = ""
     """Why no month before ``first`` is read from this upstream (the error's words)."""
+    starts_at_first: bool = True
+    """Whether the dataset has no month before ``first`` at all (green before 2013-08): such a
+    request is not published (SKIPPED). ``False``: earlier files exist in a layout the pipeline
+    does not read (yellow before 2011-01), so such a request fails."""
 
     @property
     def source_format(self) -> SourceFormat:
@@ -400,8 +404,8 @@ TLC_FHVHV_FIRST: Final = Month(2019, 2)
 _ZONES: Final = ("PULocationID", "DOLocationID")
 
 
-def _tlc(first: Month, before_first: str) -> Publication:
-    return Publication(Upstream.TLC, "parquet", first, None, before_first)
+def _tlc(first: Month, before_first: str, *, starts_at_first: bool = True) -> Publication:
+    return Publication(Upstream.TLC, "parquet", first, None, before_first, starts_at_first)
 
 
 SPECS: Final[dict[Dataset, DatasetSpec]] = {
@@ -415,6 +419,7 @@ SPECS: Final[dict[Dataset, DatasetSpec]] = {
                 TLC_YELLOW_FIRST,
                 "its yellow files before 2011-01 have other column names (vendor_name,"
                 " Trip_Pickup_DateTime, coordinates instead of zones)",
+                starts_at_first=False,
             ),
         ),
         profile=TripProfile(850, Fares((710, 985, 993, 998), 900, 250)),
@@ -462,7 +467,8 @@ def choose_publication(dataset: Dataset, month: Month, choice: Upstream) -> Publ
     ``auto``: the mirror for the months it publishes, the TLC for every other. An explicit
     ``mirror`` is taken as asked (a month it lacks is then not published: SKIPPED). The TLC
     before its first month in today's layout, or an upstream that never publishes the dataset
-    (the mirror's fhvhv), raises :class:`UnsupportedMonth`.
+    (the mirror's fhvhv), raises :class:`UnsupportedMonth`; a month before the dataset's
+    first anywhere raises its subclass :class:`BeforeTheFirstMonth` (also ``NotPublished``).
     """
     spec = SPECS[dataset]
     if choice is Upstream.AUTO:
@@ -476,7 +482,8 @@ def choose_publication(dataset: Dataset, month: Month, choice: Upstream) -> Publ
             " (--source)"
         )
     if choice is Upstream.TLC and month < publication.first:
-        raise UnsupportedMonth(
+        refusal = BeforeTheFirstMonth if publication.starts_at_first else UnsupportedMonth
+        raise refusal(
             f"{dataset.value} {month} is not available from the TLC in today's layout:"
             f" {publication.before_first}; the pipeline reads {dataset.value} from the TLC from"
             f" {publication.first} on"
