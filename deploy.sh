@@ -158,6 +158,11 @@ while IFS=$'\t' read -r _ id description; do
       --project="$PROJECT" --quiet
 done < <(lines account; ((WITH_UI == 0)) || lines ui-account)
 provision data
+# The taxi zone lookup, through the lake into its table: the CLI's own `zones --cloud`, which
+# loads it the first time only (--if-missing), with the same token as the provisioning.
+TAXI_PIPELINE_ACCESS_TOKEN=$token TAXI_PIPELINE_LAKE_URL=gs://$BUCKET \
+  TAXI_PIPELINE_WAREHOUSE_URL=bigquery://$PROJECT/$DATASET TAXI_PIPELINE_GCP_PROJECT=$PROJECT \
+  TAXI_PIPELINE_BIGQUERY_LOCATION=$REGION run "$PYTHON" -m taxi_pipeline.cli.app zones --cloud --if-missing
 ((DRY_RUN)) || gcs_agent=$(gcloud storage service-agent --project="$PROJECT" </dev/null)
 PUBSUB_AGENT=serviceAccount:service-$number@gcp-sa-pubsub.iam.gserviceaccount.com
 TRIGGER=$(sa taxi-trigger)
