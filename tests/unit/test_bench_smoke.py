@@ -25,6 +25,7 @@ _COMMANDS = {
     "bq_cost": ["--rows", "3000", "--no-emulator"],
     "backfill": ["--rows", "500", "--months", "2", "--runs", "1", "--concurrency", "1", "2"],
     "ui": ["--runs", "300", "--requests", "2"],
+    "fhvhv": ["--rows", "3000", "--runs", "1"],
 }
 
 
@@ -129,3 +130,14 @@ def test_report_renders_every_section_and_the_scratch_is_gone(
         assert title in text
     assert "Not run yet" not in text
     assert results["_report"]["work_left"] == []
+
+
+def test_fhvhv_loads_every_row_under_its_target_and_the_rerun_downloads_nothing(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    fhvhv = results["fhvhv"]
+    assert fhvhv["rows"] == 3000
+    assert fhvhv["ours"]["bytes_downloaded"] == [fhvhv["file_bytes"]]
+    assert fhvhv["rerun"]["bytes_downloaded"] == [0]
+    assert fhvhv["limit"]["runs"] == 1
+    assert "## 8. A full-size fhvhv month" in results["_report"]["text"]
