@@ -506,6 +506,8 @@ def source_hint(settings: Settings, result: IngestResult) -> str:
         (Upstream.MIRROR, "--source-url (TAXI_PIPELINE_SOURCE_URL)"),
         (Upstream.TLC, "--tlc-url (TAXI_PIPELINE_TLC_URL)"),
     ):
+        if result.dataset.spec.find_publication(upstream) is None:
+            continue  # the mirror has no fhvhv
         if source_file_url(settings, result.dataset, month, upstream) in result.error:
             return f"; check the network, or use {option} for another source"
     return ""

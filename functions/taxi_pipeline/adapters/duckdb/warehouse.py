@@ -196,6 +196,10 @@ class DuckDbWarehouse:
         # process's folder is removed by the next one that opens the warehouse).
         self._spill = path.with_name(path.name + ".tmp") / f"p{os.getpid()}"
         _sweep_spill_folders(self._spill.parent)
+        if not read_only:
+            # DuckDB makes its temp_directory when it first spills, but not that folder's
+            # parent: without it the first statement past the memory limit fails.
+            self._spill.parent.mkdir(exist_ok=True)
         config: dict[str, Any] = {
             # No network on many machines: never try to fetch an extension.
             "autoinstall_known_extensions": False,
