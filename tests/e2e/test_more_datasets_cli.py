@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from support.e2e import Cli
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_parquet_month
-from taxi_pipeline.devkit.source_server import TLC_PREFIX, SourceServer, serve_directory
+from taxi_pipeline.devkit.source_server import TLC_PREFIX, Fault, SourceServer, serve_directory
 from taxi_pipeline.devkit.zone_lookup import GeneratedZones, write_zone_lookup, zone_rows
 from taxi_pipeline.domain.datasets import Dataset, Month
 
@@ -258,3 +258,19 @@ def test_status_shows_every_dataset_and_months_no_upstream_publishes(cli: Cli) -
     june = next(line for line in out.splitlines() if line.startswith("2024-06 "))
     assert june.split()[-2:] == ["2,400", "tlc"]
     assert "fhvhv: 1/31 loaded (2,400 rows)" in out
+
+
+def test_a_failed_fhvhv_download_names_the_tlc_option_only(cli: Cli, served: Served) -> None:
+    """fhvhv has no mirror: the hint under a failure at the source names only the TLC's URL."""
+    name = served.parquet[(FHVHV, Month(2024, 6))].name
+    served.server.inject(name, Fault.unavailable(times=None))
+    try:
+        code, out = cli("run", "fhvhv", "2024-06")
+    finally:
+        served.server.clear_faults(name)
+    assert code == 1, out
+    flat = " ".join(out.split())
+    assert "2024-06 FAILED:" in flat
+    assert "answered HTTP 503" in flat
+    assert "use --tlc-url (TAXI_PIPELINE_TLC_URL) for another source" in flat
+    assert "unexpected" not in flat
