@@ -150,7 +150,11 @@ CASES = [
     Case("msg-dataset-int", _ingest({"dataset": 5, "month": "2019-02"}), "dataset: Input should"),
     Case("msg-dataset-null", _ingest({"dataset": None, "month": "2019-02"}), "dataset: Input"),
     Case("msg-month-int", _ingest({"dataset": "green", "month": 201902}), "month: Input should"),
-    Case("msg-unknown-dataset", _ingest({**_REQUEST, "dataset": "purple"}), "'yellow' or 'green'"),
+    Case(
+        "msg-unknown-dataset",
+        _ingest({**_REQUEST, "dataset": "purple"}),
+        "'yellow', 'green', 'fhv' or 'fhvhv'",
+    ),
     Case("msg-2019-13", _ingest({**_REQUEST, "month": "2019-13"}), "month must be 01..12"),
     Case("msg-2019-1", _ingest({**_REQUEST, "month": "2019-1"}), "month must look like YYYY-MM"),
     Case("msg-1900", _ingest({**_REQUEST, "month": "1900-01"}), "before the first published"),
@@ -179,7 +183,7 @@ CASES = [
     Case(
         "merge-traversal",
         _merge({**_MERGE, "object_name": "raw/green/../../../etc/passwd"}),
-        "is not the lake object of green 2019-02",
+        "is not a lake object of green 2019-02",
     ),
     Case("merge-no-run-id", _merge({k: v for k, v in _MERGE.items() if k != "run_id"}), "run_id"),
     Case("merge-object-missing", _merge(_MERGE), "is not in the lake any more"),
@@ -194,9 +198,10 @@ CASES = [
     ),
     Case("object-csv", _object_event("raw/green/green_tripdata_2019-02.csv"), "is not of the form"),
     Case(
+        # A TLC month's name (issue 11): a valid name, but no such object.
         "object-parquet",
         _object_event("raw/green/green_tripdata_2019-02.parquet"),
-        "is not of the form",
+        "no longer exists in the lake",
     ),
     Case(
         "object-dataset-mismatch",
