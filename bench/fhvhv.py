@@ -1,4 +1,4 @@
-"""Benchmark 8: a full-size fhvhv month end to end on the embedded default.
+"""Benchmark 9: a full-size fhvhv month end to end on the embedded default.
 
 ``python -m bench.fhvhv`` generates an fhvhv month of the TLC's size (20,000,000 rows, its 24
 columns, the Parquet generator's row groups of 1,048,576 rows) with

@@ -1,4 +1,5 @@
-"""The Warehouse contract: one suite over every adapter (DuckDB, BigQuery on the emulator).
+"""The Warehouse contract: one suite over every adapter (DuckDB, PostgreSQL, BigQuery on the
+emulator).
 
 An adapter that passes it is interchangeable for the steps. BigQuery runs in ``load`` staging
 mode: the emulator has no external tables (see tests/integration/test_bigquery_warehouse.py for
@@ -24,6 +25,8 @@ from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
 from taxi_pipeline.adapters.embedded import EmbeddedWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore
+from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
+from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_parquet_month
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
@@ -57,6 +60,9 @@ class Harness:
     put_object: Callable[[Path, str], ObjectInfo]
     """Put a file into the lake under a name (``lookup/...``)."""
     table_names: Callable[[], list[str]]
+    ident: Callable[[str], str] = str
+    """A mixed-case column name in a query: as it is where names ignore case (DuckDB,
+    BigQuery), quoted where unquoted names fold to lower case (PostgreSQL)."""
 
     def put(self, path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
         """Put a month's file where the warehouse reads it from (its ``raw/`` name)."""
@@ -80,6 +86,23 @@ def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
         return ObjectInfo("lake", name, "1", target.stat().st_size, target.as_uri())
 
     yield Harness(warehouse, FolderStore(lake), put, warehouse.table_names)
+    warehouse.close()
+
+
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    server = request.getfixturevalue("postgres_server")
+    database = request.getfixturevalue("postgres_database")
+    lake = FolderStore(tmp_path / "lake")
+    warehouse = PostgresWarehouse.from_url(server.url(database), password=server.password)
+
+    def put(path: Path, name: str) -> ObjectInfo:
+        with lake.writer(name, {}) as out:
+            out.write(path.read_bytes())
+        info = lake.stat(name)
+        assert info is not None
+        return info
+
+    yield Harness(warehouse, lake, put, warehouse.table_names, POSTGRES.quote_ident)
     warehouse.close()
 
 
@@ -109,6 +132,7 @@ def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
 
 CONFIGS = [
     pytest.param(AdapterConfig("duckdb", _duckdb)),
+    pytest.param(AdapterConfig("postgres", _postgres)),
     pytest.param(AdapterConfig("bigquery-emulator-load", _bigquery), marks=pytest.mark.emulator),
 ]
 
@@ -168,6 +192,23 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     assert _count(warehouse, GREEN.final_table) == ROWS
     distinct = warehouse.query("SELECT COUNT(DISTINCT unique_row_id) FROM green_tripdata")
     assert distinct.rows == [(ROWS - green_file.duplicate_rows,)]
+
+
+def test_merge_records_its_load_with_the_count(harness: Harness, green_file: GeneratedFile) -> None:
+    """``merge_staged(load=...)`` records the load itself, with the rows it inserted."""
+    warehouse = harness.warehouse
+    source = harness.put(green_file.path, GREEN, JAN)
+    context = JobContext("green-201901-ledger", GREEN, JAN, "merge")
+    warehouse.ensure_final_table(GREEN)
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
+    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    load = LoadRecord(
+        GREEN, JAN, source.name, source.generation, context.run_id, staged.rows, 0, T0
+    )
+    ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context, load=load) == ROWS
+    assert warehouse.find_load(source.name, source.generation) == replace(load, rows_inserted=ROWS)
+    warehouse.drop_month_objects(GREEN, JAN)
 
 
 @pytest.fixture(scope="module")
@@ -478,8 +519,9 @@ def test_fhv_months_from_both_sources_load_with_integer_zones_and_reference_ids(
     assert _hex_ids(warehouse, "fhv_tripdata", csv_name(FHV, csv.month)) == _csv_reference_ids(csv)
     assert _hex_ids(warehouse, "fhv_tripdata", parquet.name) == _parquet_reference_ids(parquet)
     expected = parquet.expected_table()
+    pu, flag = harness.ident("PUlocationID"), harness.ident("SR_Flag")
     ((zones, total, flags),) = warehouse.query(
-        "SELECT COUNT(PUlocationID), SUM(PUlocationID), SUM(SR_Flag) FROM fhv_tripdata"
+        f"SELECT COUNT({pu}), SUM({pu}), SUM({flag}) FROM fhv_tripdata"
         f" WHERE filename = '{parquet.name}'"
     ).rows
     values = [int(v) for v in expected.column("PUlocationID").to_pylist() if v is not None]
@@ -530,9 +572,9 @@ def test_the_zone_lookup_is_replaced_whole_and_a_reload_never_duplicates(
     assert warehouse.replace_lookup(TAXI_ZONES, source, harness.lake) == 265
     assert warehouse.replace_lookup(TAXI_ZONES, source, harness.lake) == 265  # reload
     assert warehouse.lookup_rows(TAXI_ZONES) == 265
-    rows = warehouse.query(
-        "SELECT LocationID, Borough, Zone, service_zone FROM taxi_zone_lookup ORDER BY LocationID"
-    ).rows
+    location = harness.ident("LocationID")
+    names = ", ".join(harness.ident(n) for n in TAXI_ZONES.names)
+    rows = warehouse.query(f"SELECT {names} FROM taxi_zone_lookup ORDER BY {location}").rows
     assert rows == list(first.rows)
     zone_names = {str(row[2]) for row in rows}
     assert any(", " in name for name in zone_names)  # quoted names with commas survive
@@ -543,7 +585,7 @@ def test_the_zone_lookup_is_replaced_whole_and_a_reload_never_duplicates(
     second = write_zone_lookup(tmp_path / "b", zone_rows(count=263, seed=5))
     source = harness.put_object(second.path, TAXI_ZONES.object_name)
     assert warehouse.replace_lookup(TAXI_ZONES, source, harness.lake) == 263
-    assert warehouse.query("SELECT COUNT(DISTINCT LocationID) FROM taxi_zone_lookup").rows == [
+    assert warehouse.query(f"SELECT COUNT(DISTINCT {location}) FROM taxi_zone_lookup").rows == [
         (263,)
     ]
 

@@ -23,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from support.e2e import Cli
+from support.postgres import PostgresServer
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_parquet_month
 from taxi_pipeline.devkit.source_server import TLC_PREFIX, Fault, SourceServer, serve_directory
@@ -274,3 +275,55 @@ def test_a_failed_fhvhv_download_names_the_tlc_option_only(cli: Cli, served: Ser
     assert "answered HTTP 503" in flat
     assert "use --tlc-url (TAXI_PIPELINE_TLC_URL) for another source" in flat
     assert "unexpected" not in flat
+
+
+def test_fhv_fhvhv_and_zones_on_a_postgresql_warehouse(
+    served: Served, tmp_path: Path, postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    """The same commands with ``TAXI_PIPELINE_WAREHOUSE_URL=postgresql://...``: exact counts,
+    the same ids, re-runs insert nothing, the zones replaced whole."""
+    env = {
+        "TAXI_PIPELINE_WAREHOUSE_URL": postgres_server.url(postgres_database),
+        "TAXI_PIPELINE_WAREHOUSE_PASSWORD": postgres_server.password,
+    }
+    pg = Cli(tmp_path / "home", served.server.base_url, CliRunner(), env)
+    hv = served.parquet[(FHVHV, Month(2025, 2))]
+    for args, generated_rows in (
+        (("fhv", str(MIRROR_MONTH)), served.csv.rows),
+        (("fhvhv", "2025-02"), hv.rows),
+    ):
+        code, out = pg("run", *args)
+        assert code == 0, out
+        rows = f"{generated_rows:,}"
+        assert _summary(out, Month.parse(args[1]))[1:5] == ["SUCCESS", rows, rows, "0"], out
+        code, out = pg("run", *args, "--force")
+        assert code == 0, out
+        assert _summary(out, Month.parse(args[1]))[1:5] == ["SUCCESS", rows, "0", rows], out
+    # Ids as hex text, the same formula as DuckDB's and BigQuery's.
+    fhv_ids = Counter(
+        row[0]
+        for row in pg.rows(
+            "SELECT encode(unique_row_id, 'hex') FROM fhv_tripdata"
+            " WHERE filename = 'fhv_tripdata_2019-02.csv'"
+        )
+    )
+    assert fhv_ids == _csv_reference_ids(served.csv)
+    hv_ids = Counter(
+        row[0] for row in pg.rows("SELECT encode(unique_row_id, 'hex') FROM fhvhv_tripdata")
+    )
+    assert hv_ids == _parquet_reference_ids(hv)
+    ((cbd,),) = pg.rows("SELECT count(cbd_congestion_fee) FROM fhvhv_tripdata")
+    assert int(cbd) == hv.rows
+
+    for _ in range(2):  # load, then reload: never a duplicate
+        code, out = pg("zones")
+        assert code == 0, out
+        assert "265 zones" in out
+    ((count, distinct),) = pg.rows(
+        'SELECT count(*), count(DISTINCT "LocationID") FROM taxi_zone_lookup'
+    )
+    assert (count, distinct) == ("265", "265")
+    code, text = pg("sql", 'SELECT * FROM taxi_zone_lookup ORDER BY "LocationID"', "--format",
+                    "csv")  # fmt: skip
+    parsed = [tuple([int(r[0]), *r[1:]]) for r in list(csv.reader(text.splitlines()))[1:]]
+    assert parsed == list(served.zones.rows)

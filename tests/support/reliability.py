@@ -379,11 +379,13 @@ class KillingWarehouse:
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         return self._around(
             "merge_staged",
             lambda: self.inner.merge_staged(
-                dataset, month, pickup_ranges, include_null_pickup, context
+                dataset, month, pickup_ranges, include_null_pickup, context, load=load
             ),
         )
 
@@ -442,6 +444,8 @@ class FailingWarehouse(KillingWarehouse):
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         raise self._error
 
