@@ -10,8 +10,8 @@ import pytest
 
 from taxi_pipeline.adapters.bigquery.warehouse import SQL as BQ
 from taxi_pipeline.adapters.duckdb.warehouse import SQL as DUCK
-from taxi_pipeline.adapters.sql.dialects import BIGQUERY, DUCKDB
-from taxi_pipeline.adapters.sql.statements import SourceColumn, source_columns
+from taxi_pipeline.adapters.sql.dialects import BIGQUERY, DUCKDB, POSTGRES
+from taxi_pipeline.adapters.sql.statements import SourceColumn, Statements, source_columns
 from taxi_pipeline.domain.datasets import (
     Dataset,
     Month,
@@ -180,6 +180,11 @@ def test_the_zone_lookup_sql_reads_text_and_replaces_in_one_statement() -> None:
     )
     assert "CAST(`LocationID` AS INT64)" in BQ.replace_lookup_sql(TAXI_ZONES, "`t`", "`s`")
     assert BIGQUERY.csv_load_options()["max_bad_records"] == 0
+    # PostgreSQL keeps its table and replaces the rows (DELETE + INSERT in one transaction).
+    assert Statements(POSTGRES).lookup_table_sql(TAXI_ZONES, '"s"."taxi_zone_lookup"') == (
+        'CREATE TABLE IF NOT EXISTS "s"."taxi_zone_lookup" ("LocationID" bigint,'
+        ' "Borough" text, "Zone" text, "service_zone" text)'
+    )
     with duckdb.connect() as con:
         con.execute(DUCK.replace_lookup_sql(
             TAXI_ZONES, "zones",
