@@ -197,9 +197,9 @@ CASES = [
         "is not of the form raw/",
     ),
     Case("object-csv", _object_event("raw/green/green_tripdata_2019-02.csv"), "is not of the form"),
+    # A TLC month's object is a lake object (issue 11); this event names one that is not there.
     Case(
-        # A TLC month's name (issue 11): a valid name, but no such object.
-        "object-parquet",
+        "object-parquet-gone",
         _object_event("raw/green/green_tripdata_2019-02.parquet"),
         "no longer exists in the lake",
     ),
