@@ -32,14 +32,14 @@ from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_pa
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
 from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, format_of
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import PermanentError
 from taxi_pipeline.pipeline.ports import (
     JobContext,
     LakeReader,
-    LoadRecord,
+    MergePlan,
     ObjectInfo,
     Replacement,
-    RunEvent,
     Warehouse,
 )
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
@@ -172,41 +172,41 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
 
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (ROWS, 0, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     assert set(green_file.stray_pickup_dates) <= set(staged.pickup_dates)
     assert list(staged.pickup_dates) == sorted(staged.pickup_dates)
     ranges = pickup_ranges(staged.pickup_dates)
 
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == ROWS
     # Another run of the month (BigQuery: a redelivery of the same run attaches to its jobs and
     # repeats their figures, test_bigquery_warehouse.py) inserts nothing.
     other = JobContext("green-201901-contract2", GREEN, JAN, "merge")
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, other) == 0  # re-merge
+    assert warehouse.merge_staged(MergePlan(other, ranges, False)).inserted == 0  # re-merge
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
     rerun = JobContext("green-201901-contract3", GREEN, JAN, "merge")
-    again = warehouse.stage(GREEN, JAN, source, harness.lake, rerun)
+    again = warehouse.stage(source, harness.lake, rerun)
     assert again == staged
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, rerun) == 0  # re-run
+    assert warehouse.merge_staged(MergePlan(rerun, ranges, False)).inserted == 0  # re-run
     assert _count(warehouse, GREEN.final_table) == ROWS
     distinct = warehouse.query("SELECT COUNT(DISTINCT unique_row_id) FROM green_tripdata")
     assert distinct.rows == [(ROWS - green_file.duplicate_rows,)]
 
 
 def test_merge_records_its_load_with_the_count(harness: Harness, green_file: GeneratedFile) -> None:
-    """``merge_staged(load=...)`` records the load itself, with the rows it inserted."""
+    """A plan with a load: ``merge_staged`` records the load itself, with the rows it inserted."""
     warehouse = harness.warehouse
     source = harness.put(green_file.path, GREEN, JAN)
     context = JobContext("green-201901-ledger", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     load = LoadRecord(
         GREEN, JAN, source.name, source.generation, context.run_id, staged.rows, 0, T0
     )
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context, load=load) == ROWS
+    assert warehouse.merge_staged(MergePlan(context, ranges, False, load=load)).inserted == ROWS
     assert warehouse.find_load(source.name, source.generation) == replace(load, rows_inserted=ROWS)
     warehouse.drop_month_objects(GREEN, JAN)
 
@@ -237,12 +237,12 @@ def test_a_parquet_month_stages_onto_the_reference_types(
     context = JobContext("green-201901-parquet", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert (staged.rows, staged.rows_bad) == (green_parquet.rows, 1)
     assert staged.rows_out_of_month == green_parquet.out_of_month_rows
     assert "1.5" in staged.bad_samples[0]
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == green_parquet.rows
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == green_parquet.rows
     ids = warehouse.query(
         "SELECT unique_row_id FROM green_tripdata WHERE filename = 'green_tripdata_2019-01.parquet'"
     )
@@ -264,19 +264,19 @@ def test_replace_deletes_the_month_and_inserts_the_staged_rows_at_once(
     csv = harness.put(green_file.path, GREEN, JAN)
     first = JobContext("green-201901-csv", GREEN, JAN, "merge", csv.generation)
     warehouse.create_external_table(GREEN, JAN, csv, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, csv, harness.lake, first)
+    staged = warehouse.stage(csv, harness.lake, first)
     old_ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, old_ranges, False, first) == ROWS
+    assert warehouse.merge_staged(MergePlan(first, old_ranges, False)).inserted == ROWS
 
     parquet = harness.put(green_parquet.path, GREEN, JAN)
     second = JobContext("green-201901-tlc", GREEN, JAN, "merge", parquet.generation)
     warehouse.create_external_table(GREEN, JAN, parquet, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, parquet, harness.lake, second)
+    staged = warehouse.stage(parquet, harness.lake, second)
     ranges = pickup_ranges(staged.pickup_dates)
     names = (csv_name(GREEN, JAN, CSV_GZ), csv_name(GREEN, JAN, PARQUET))
     replacing = Replacement(names, (*old_ranges, *ranges))
-    replaced = warehouse.replace_staged(GREEN, JAN, ranges, False, second, replacing)
-    assert replaced == (ROWS, green_parquet.rows)
+    replaced = warehouse.merge_staged(MergePlan(second, ranges, False, replacing))
+    assert (replaced.deleted, replaced.inserted) == (ROWS, green_parquet.rows)
     counts = warehouse.query("SELECT filename, COUNT(*) FROM green_tripdata GROUP BY filename")
     assert counts.rows == [("green_tripdata_2019-01.parquet", green_parquet.rows)]
 
@@ -291,14 +291,14 @@ def test_rows_without_pickup_merge_once(harness: Harness, tmp_path: Path) -> Non
     context = JobContext("green-201901-nopickup", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (3, 1, 1)
     assert staged.bad_samples == (bad_number,)
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, ranges, True, context) == 3
+    assert warehouse.merge_staged(MergePlan(context, ranges, True)).inserted == 3
     # The NULL-pickup row is found again only because the target's NULL pickups are read.
     other = JobContext("green-201901-nopickup2", GREEN, JAN, "merge")
-    assert warehouse.merge_staged(GREEN, JAN, ranges, True, other) == 0
+    assert warehouse.merge_staged(MergePlan(other, ranges, True)).inserted == 0
     assert _count(warehouse, GREEN.final_table) == 3
 
 
@@ -323,7 +323,7 @@ def test_impossible_timestamps_and_non_numeral_ids_are_bad_values(
     context = JobContext("green-201901-impossible", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (8, 6, 3)
     assert staged.rows_without_dropoff == 1
     assert staged.pickup_dates == (date(2019, 1, 5),)
@@ -335,9 +335,7 @@ def test_drop_month_objects_leaves_nothing(harness: Harness, green_file: Generat
     source = harness.put(green_file.path, GREEN, JAN)
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, harness.lake)
-    warehouse.stage(
-        GREEN, JAN, source, harness.lake, JobContext("green-201901-drop", GREEN, JAN, "merge")
-    )
+    warehouse.stage(source, harness.lake, JobContext("green-201901-drop", GREEN, JAN, "merge"))
     assert len(set(harness.table_names()) - HISTORY) > 1
 
     warehouse.drop_month_objects(GREEN, JAN)
@@ -485,14 +483,12 @@ def _load(harness: Harness, dataset: Dataset, month: Month, path: Path, run: str
     context = JobContext(run, dataset, month, "merge", source.generation)
     warehouse.ensure_final_table(dataset)
     warehouse.create_external_table(dataset, month, source, harness.lake)
-    staged = warehouse.stage(dataset, month, source, harness.lake, context)
+    staged = warehouse.stage(source, harness.lake, context)
     assert staged.rows_bad == 0, staged.bad_samples
     ranges = pickup_ranges(staged.pickup_dates)
-    inserted = warehouse.merge_staged(
-        dataset, month, ranges, staged.rows_without_pickup > 0, context
-    )
+    outcome = warehouse.merge_staged(MergePlan(context, ranges, staged.rows_without_pickup > 0))
     warehouse.drop_month_objects(dataset, month)
-    return inserted
+    return outcome.inserted
 
 
 def _hex_ids(warehouse: Warehouse, table: str, filename: str) -> list[str]:

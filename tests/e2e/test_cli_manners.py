@@ -30,7 +30,7 @@ from taxi_pipeline.bootstrap import build_local
 from taxi_pipeline.devkit.source_server import Fault
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import RunEvent
+from taxi_pipeline.domain.runs import RunEvent
 from taxi_pipeline.settings import Settings
 
 SCRIPT = Path(sys.executable).with_name("taxi-pipeline")

@@ -25,8 +25,8 @@ from taxi_pipeline.cli.app import app as cli_app
 from taxi_pipeline.devkit.run_history import synthetic_history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestRequest, RunState, Topic
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import TransientError
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
 from taxi_pipeline.settings import Settings
 from taxi_pipeline.ui.app import create_app
 from taxi_pipeline.ui.backend import CloudOrchestrator, UiBackend, open_backend

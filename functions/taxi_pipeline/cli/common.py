@@ -35,11 +35,12 @@ from taxi_pipeline.bootstrap import LocalPipeline, build_local, build_warehouse
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, choose_publication
 from taxi_pipeline.domain.messages import IngestResult, RunState
+from taxi_pipeline.domain.runs import EARLIEST_MONTH
 from taxi_pipeline.errors import ConfigurationError, PipelineError, RunCancelled, UnsupportedMonth
 from taxi_pipeline.logs import configure_logging, redact
 from taxi_pipeline.pipeline.ports import Progress as ProgressPort
 from taxi_pipeline.pipeline.ports import ProgressTask, Warehouse
-from taxi_pipeline.pipeline.steps.download import EARLIEST_MONTH, source_file_url
+from taxi_pipeline.pipeline.steps.download import source_file_url
 from taxi_pipeline.render.text import printable, rows_phrase
 from taxi_pipeline.settings import LogFormat, Settings
 

@@ -566,13 +566,3 @@ def is_safe_object_name(name: str) -> bool:
     """Whether ``name`` may name a lake object in every store: relative, ``/``-separated parts of
     letters, digits, ``._-``, no part starting with a dot (no ``..``, nothing hidden)."""
     return bool(_SAFE_OBJECT_NAME.fullmatch(name)) and len(name.encode()) <= _MAX_OBJECT_NAME_BYTES
-
-
-def external_table(dataset: Dataset, month: Month) -> str:
-    """Name of the month's external table, e.g. ``green_tripdata_2019_01_ext``."""
-    return f"{dataset.value}_tripdata_{month.underscored}_ext"
-
-
-def staging_table(dataset: Dataset, month: Month) -> str:
-    """Name of the month's staging table, e.g. ``green_tripdata_2019_01``."""
-    return f"{dataset.value}_tripdata_{month.underscored}"

@@ -35,8 +35,7 @@ from typing import Final
 
 from taxi_pipeline.domain.datasets import Dataset, Month, upstream_of_object
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
-from taxi_pipeline.pipeline.recorder import CANCEL_STEP, QUEUE_STEP
+from taxi_pipeline.domain.runs import CANCEL_STEP, QUEUE_STEP, LoadRecord, RunEvent
 
 FINAL_STEP: Final = "merge"
 """The step whose SUCCESS completes a run."""

@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -39,16 +38,10 @@ import duckdb
 from taxi_pipeline.adapters.sql.dialects import DUCKDB
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History
 from taxi_pipeline.adapters.sql.statements import Statements, source_columns
-from taxi_pipeline.domain.datasets import (
-    Dataset,
-    Month,
-    csv_name,
-    external_table,
-    parse_object,
-    staging_table,
-)
+from taxi_pipeline.adapters.sql.tables import external_table, staging_table
+from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, parse_object
 from taxi_pipeline.domain.lookups import LookupTable
-from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, PermanentError, RunCancelled, TransientError
 from taxi_pipeline.local.process import pid_alive
 from taxi_pipeline.pipeline.cancellation import Cancellation
@@ -56,23 +49,26 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
+    MergeOutcome,
+    MergePlan,
     NullProgress,
     ObjectInfo,
     Progress,
     QueryResult,
     Replacement,
-    RunEvent,
     StagingSummary,
 )
 
 SQL: Final = Statements(DUCKDB)
 HISTORY: Final = History(DUCKDB, RUNS_TABLE, LOADS_TABLE)
 """The history statements in DuckDB's SQL (the embedded default keeps its history in SQLite,
-``adapters/sqlite``; these read what a warehouse file of an earlier version holds)."""
+``adapters/sqlite``; DuckDB's read what a warehouse file of an earlier version holds)."""
 
 FILE_ALIAS: Final = "warehouse"
 """The catalog name of the attached warehouse file."""
+_LEGACY_HISTORY: Final = History(
+    DUCKDB, f"{FILE_ALIAS}.{RUNS_TABLE}", f"{FILE_ALIAS}.{LOADS_TABLE}"
+)
 HISTORY_COLUMNS: Final = {
     "pipeline_runs": {
         "run_id": "VARCHAR",
@@ -409,14 +405,8 @@ class DuckDbWarehouse:
                 watcher.join()
             task.close()
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        dataset, month = context.dataset, context.month
         ext, stg = external_table(dataset, month), staging_table(dataset, month)
         _, _, fmt = parse_object(source.name)
         cursor = self._new_staging_cursor(stg)
@@ -440,31 +430,20 @@ class DuckDbWarehouse:
             self._run("drop repeated headers", SQL.drop_repeated_headers_sql(stg), cursor=cursor)
         return SQL.summary(row)
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-    ) -> int:
-        """The insert, in one transaction. The load ledger is not DuckDB's: the caller
-        (:class:`EmbeddedWarehouse`) records the load once this has committed."""
-        _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, context)
-        return inserted
-
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-    ) -> tuple[int, int]:
-        """The delete and the insert in one transaction: another process reads the month's old
-        rows or its new ones, never neither or both."""
-        return self._merge(dataset, month, pickup_ranges, include_null_pickup, context, replacing)
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
+        """The insert (a replacing plan's delete with it), in one transaction: another process
+        reads the month's old rows or its new ones, never neither or both. The load ledger is
+        not DuckDB's: the caller (:class:`EmbeddedWarehouse`) records ``plan.load`` once this
+        has committed."""
+        deleted, inserted = self._merge(
+            plan.dataset,
+            plan.month,
+            plan.pickup_ranges,
+            plan.include_null_pickup,
+            plan.context,
+            plan.replacing,
+        )
+        return MergeOutcome(inserted, deleted if plan.replacing is not None else None)
 
     def _merge(
         self,
@@ -642,51 +621,12 @@ class DuckDbWarehouse:
                 self._run("drop old history", f"DROP TABLE IF EXISTS {FILE_ALIAS}.{table}")
 
     def _legacy_events(self) -> list[RunEvent]:
-        rows = self._run(
-            "read old run events",
-            "SELECT run_id, dataset, month, step, state, attempt, started_at, finished_at, rows,"
-            f" bytes, labels, error, details, recorded_at FROM {FILE_ALIAS}.pipeline_runs"
-            " ORDER BY recorded_at, rowid",
-        )
-        return [
-            RunEvent(
-                run_id=r[0],
-                dataset=r[1],
-                month=r[2],
-                step=r[3],
-                state=RunState(r[4]),
-                attempt=r[5],
-                started_at=_aware(r[6]),
-                finished_at=_aware(r[7]),
-                rows=r[8],
-                bytes=r[9],
-                labels=json.loads(r[10] or "{}"),
-                error=r[11],
-                details=json.loads(r[12] or "{}"),
-                recorded_at=_aware(r[13]),
-            )
-            for r in rows
-        ]
+        sql, _ = _LEGACY_HISTORY.select_events(None, None, None)
+        return [_LEGACY_HISTORY.event(r) for r in self._run("read old run events", sql)]
 
     def _legacy_loads(self) -> list[LoadRecord]:
-        rows = self._run(
-            "read old loads",
-            "SELECT dataset, month, object_name, generation, run_id, rows_in_file, rows_inserted,"
-            f" loaded_at FROM {FILE_ALIAS}.pipeline_loads ORDER BY loaded_at",
-        )
-        return [
-            LoadRecord(
-                Dataset(r[0]),
-                Month.parse(r[1]),
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                _aware(r[7]) or datetime.min.replace(tzinfo=UTC),
-            )
-            for r in rows
-        ]
+        sql, _ = _LEGACY_HISTORY.select_loads()
+        return [_LEGACY_HISTORY.load(r) for r in self._run("read old loads", sql)]
 
 
 def _temp_table(cursor: duckdb.DuckDBPyConnection, name: str, rows: TableRows) -> None:
@@ -735,7 +675,3 @@ def _local_path(source: ObjectInfo) -> Path:
             f"the DuckDB warehouse reads local files only, got {source.uri!r}; use a file:// lake"
         )
     return Path(unquote(parts.path))
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)

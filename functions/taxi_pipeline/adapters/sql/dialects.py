@@ -50,6 +50,11 @@ class Dialect:
     """What orders history rows recorded at the same instant (a column, or the engine's row id)."""
     history_sequence: ClassVar[bool] = True
     """Whether ``pipeline_runs`` has a ``seq`` column the writer fills (no engine row id)."""
+    history_process: ClassVar[bool] = False
+    """Whether ``pipeline_runs`` keeps the ``process`` that wrote each line (the embedded
+    default's SQLite history does: a run whose process is gone is ABANDONED)."""
+    loads_order: ClassVar[str] = "loaded_at"
+    """The order of ``pipeline_loads`` rows."""
     server_sequence: ClassVar[str | None] = None
     """The type of a ``seq`` column of ``pipeline_runs`` the server fills itself (then
     ``history_sequence`` is off and ``insertion_order`` names it)."""
@@ -335,7 +340,7 @@ class BigQueryDialect(Dialect):
     def text_schema(self, fmt: SourceFormat) -> bool:
         """Whether ``fmt`` is read with an explicit all-STRING schema (a CSV); a Parquet file
         brings its own (a timestamp without zone reads as DATETIME; staging casts it)."""
-        return fmt is CSV_GZ
+        return not fmt.typed
 
     def external_options(self, fmt: SourceFormat) -> list[str]:
         """The ``OPTIONS`` of an external table over ``fmt`` (``uris`` and the expiration aside).

@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 
 from taxi_pipeline.adapters.sql.dialects import Dialect, MergeStyle
 from taxi_pipeline.domain.datasets import Column, Dataset, Month
-from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat
+from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
 from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.tlc_schemas import TEXT, period_of
 from taxi_pipeline.pipeline.ports import DateRange, Replacement, StagingSummary
@@ -71,7 +71,7 @@ def source_columns(fmt: SourceFormat, dataset: Dataset, month: Month) -> Sources
     a double, which reads the others too.
     """
     layout = dataset.layout
-    if fmt is not PARQUET:
+    if not fmt.typed:
         present = set(layout.names)
         return {
             c.name: SourceColumn(c.name if c.name in present else None)
