@@ -5,7 +5,7 @@ own typed parser, build the staging table with the pipeline's ``unique_row_id`` 
 (CTAS), then insert it into an empty final table of the pipeline's schema. Prints the row count
 as JSON. Nothing else: no download, no verification, no events, no run history, no dedup check.
 
-``--parquet`` (a TLC file, ``yellow_tripdata_YYYY-MM.parquet``): one pass, ``INSERT INTO final
+``--parquet`` (a TLC file, ``{dataset}_tripdata_YYYY-MM.parquet``): one pass, ``INSERT INTO final
 SELECT ... FROM read_parquet(FILE)`` with a plain cast of each of the month's period columns onto
 the final table's reference type (the fees included) and the same ``unique_row_id`` over them.
 """
@@ -76,12 +76,14 @@ def run(source: Path, database: Path, memory_limit: str | None = None) -> int:
 
 
 def run_parquet(source: Path, database: Path, memory_limit: str | None = None) -> int:
-    """Load the TLC file ``source`` into ``database`` in one statement; returns the rows."""
-    dataset = Dataset.YELLOW
-    match = re.search(r"_(\d{4}-\d{2})\.parquet$", source.name)
+    """Load the TLC file ``source`` (any dataset, told by its name) into ``database`` in one
+    statement; returns the rows."""
+    match = re.fullmatch(r"([a-z]+)_tripdata_(\d{4}-\d{2})\.parquet", source.name)
     if match is None:
-        raise ValueError(f"{source.name}: not a TLC file name (yellow_tripdata_YYYY-MM.parquet)")
-    month = Month.parse(match.group(1))
+        raise ValueError(
+            f"{source.name}: not a TLC file name ({{dataset}}_tripdata_YYYY-MM.parquet)"
+        )
+    dataset, month = Dataset(match.group(1)), Month.parse(match.group(2))
     sources = source_columns(PARQUET, dataset, month)
     columns = dataset.layout.final_columns
     config: dict[str, str | bool | int | float | list[str]] = {

@@ -26,6 +26,7 @@ from taxi_pipeline.adapters.embedded import EmbeddedWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore
 from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
+from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_parquet_month
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
@@ -56,8 +57,16 @@ class Harness:
 
     warehouse: Warehouse
     lake: LakeReader
-    put: Callable[[Path, Dataset, Month], ObjectInfo]
+    put_object: Callable[[Path, str], ObjectInfo]
+    """Put a file into the lake under a name (``lookup/...``)."""
     table_names: Callable[[], list[str]]
+    ident: Callable[[str], str] = str
+    """A mixed-case column name in a query: as it is where names ignore case (DuckDB,
+    BigQuery), quoted where unquoted names fold to lower case (PostgreSQL)."""
+
+    def put(self, path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
+        """Put a month's file where the warehouse reads it from (its ``raw/`` name)."""
+        return self.put_object(path, object_name(dataset, month, format_of(path.name) or CSV_GZ))
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,7 @@ def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     warehouse = EmbeddedWarehouse.at(tmp_path / "warehouse.duckdb", threads=2)
     lake = tmp_path / "lake"
 
-    def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
-        name = object_name(dataset, month, format_of(path.name) or CSV_GZ)
+    def put(path: Path, name: str) -> ObjectInfo:
         target = lake / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
@@ -87,15 +95,14 @@ def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
     lake = FolderStore(tmp_path / "lake")
     warehouse = PostgresWarehouse.from_url(server.url(database), password=server.password)
 
-    def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
-        name = object_name(dataset, month, format_of(path.name) or CSV_GZ)
+    def put(path: Path, name: str) -> ObjectInfo:
         with lake.writer(name, {}) as out:
             out.write(path.read_bytes())
         info = lake.stat(name)
         assert info is not None
         return info
 
-    yield Harness(warehouse, lake, put, warehouse.table_names)
+    yield Harness(warehouse, lake, put, warehouse.table_names, POSTGRES.quote_ident)
     warehouse.close()
 
 
@@ -110,10 +117,10 @@ def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
         client.project, dataset, Settings(staging_mode=StagingMode.LOAD), client=client
     )
 
-    def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
-        fmt = format_of(path.name) or CSV_GZ
-        blob = bucket.blob(object_name(dataset, month, fmt))
-        blob.upload_from_filename(str(path), content_type=fmt.content_type)
+    def put(path: Path, name: str) -> ObjectInfo:
+        fmt = format_of(path.name)
+        blob = bucket.blob(name)
+        blob.upload_from_filename(str(path), content_type=fmt.content_type if fmt else "text/csv")
         blob.reload()
         uri = f"gs://{bucket.name}/{blob.name}"
         return ObjectInfo(bucket.name, blob.name, str(blob.generation), blob.size, uri)
@@ -155,7 +162,7 @@ def test_final_table_creation_is_idempotent(harness: Harness) -> None:
         result = warehouse.query(f"SELECT * FROM {dataset.final_table} LIMIT 0")
         assert result.columns == ["unique_row_id", "filename", *dataset.layout.final_names]
         assert _count(warehouse, dataset.final_table) == 0
-    assert set(harness.table_names()) - HISTORY == {"green_tripdata", "yellow_tripdata"}
+    assert set(harness.table_names()) - HISTORY == {d.final_table for d in Dataset}
 
 
 def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> None:
@@ -429,3 +436,160 @@ def test_query(harness: Harness) -> None:
     assert result.rows == [(1, "a")]
     with pytest.raises(PermanentError):
         harness.warehouse.query("SELECT * FROM no_such_table")
+
+
+# -- more datasets: fhv (mirror CSV and TLC Parquet), fhvhv, the taxi zones (issue 17) ----------
+
+FHV, FHVHV = Dataset.FHV, Dataset.FHVHV
+
+
+def _md5_of_texts(texts: list[str | None]) -> str:
+    return hashlib.md5("".join(t or "" for t in texts).encode()).hexdigest()
+
+
+def _csv_reference_ids(generated: GeneratedFile) -> list[str]:
+    """fhv's id computed here from the CSV text: base, pickup and dropoff as BigQuery writes a
+    TIMESTAMP (``+00``), the zones as integers (``80.0`` -> ``80``), NULL as ''."""
+    import csv
+    import gzip
+
+    ids = []
+    with gzip.open(generated.path, "rt", newline="") as text:
+        for row in csv.DictReader(text):
+            zones = [
+                str(int(float(row[z]))) if row[z] else "" for z in ("PUlocationID", "DOlocationID")
+            ]
+            stamps = [f"{row[t]}+00" for t in ("pickup_datetime", "dropOff_datetime")]
+            ids.append(_md5_of_texts([row["dispatching_base_num"], *stamps, *zones]))
+    return sorted(ids)
+
+
+def _parquet_reference_ids(generated: GeneratedParquet) -> list[str]:
+    dataset = Dataset(generated.dataset)
+    times = {dataset.layout.pickup, dataset.layout.dropoff}
+    ids = []
+    for texts in generated.expected_id_texts():
+        parts = [
+            f"{t}+00" if name in times and t else t
+            for name, t in zip(dataset.layout.id_columns, texts, strict=True)
+        ]
+        ids.append(_md5_of_texts(parts))
+    return sorted(ids)
+
+
+def _load(harness: Harness, dataset: Dataset, month: Month, path: Path, run: str) -> int:
+    warehouse = harness.warehouse
+    source = harness.put(path, dataset, month)
+    context = JobContext(run, dataset, month, "merge", source.generation)
+    warehouse.ensure_final_table(dataset)
+    warehouse.create_external_table(dataset, month, source, harness.lake)
+    staged = warehouse.stage(source, harness.lake, context)
+    assert staged.rows_bad == 0, staged.bad_samples
+    ranges = pickup_ranges(staged.pickup_dates)
+    outcome = warehouse.merge_staged(MergePlan(context, ranges, staged.rows_without_pickup > 0))
+    warehouse.drop_month_objects(dataset, month)
+    return outcome.inserted
+
+
+def _hex_ids(warehouse: Warehouse, table: str, filename: str) -> list[str]:
+    rows = warehouse.query(f"SELECT unique_row_id FROM {table} WHERE filename = '{filename}'")
+    return sorted(bytes(r[0]).hex() for r in rows.rows if isinstance(r[0], bytes | bytearray))
+
+
+@pytest.fixture(scope="module")
+def fhv_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[GeneratedFile, GeneratedParquet]:
+    """fhv 2019-02 from the mirror (CSV, "80.0" zones) and 2019-03 from the TLC (DOUBLE zones)."""
+    folder = tmp_path_factory.mktemp("fhv")
+    csv = generate_month(folder, FHV, Month(2019, 2), ROWS, seed=21)
+    parquet = generate_parquet_month(folder, "fhv", Month(2019, 3), 2_000, seed=22)
+    return csv, parquet
+
+
+def test_fhv_months_from_both_sources_load_with_integer_zones_and_reference_ids(
+    harness: Harness, fhv_files: tuple[GeneratedFile, GeneratedParquet]
+) -> None:
+    csv, parquet = fhv_files
+    warehouse = harness.warehouse
+    assert _load(harness, FHV, csv.month, csv.path, "fhv-201902-contract") == ROWS
+    assert _load(harness, FHV, parquet.month, parquet.path, "fhv-201903-contract") == parquet.rows
+    assert _hex_ids(warehouse, "fhv_tripdata", csv_name(FHV, csv.month)) == _csv_reference_ids(csv)
+    assert _hex_ids(warehouse, "fhv_tripdata", parquet.name) == _parquet_reference_ids(parquet)
+    expected = parquet.expected_table()
+    pu, flag = harness.ident("PUlocationID"), harness.ident("SR_Flag")
+    ((zones, total, flags),) = warehouse.query(
+        f"SELECT COUNT({pu}), SUM({pu}), SUM({flag}) FROM fhv_tripdata"
+        f" WHERE filename = '{parquet.name}'"
+    ).rows
+    values = [int(v) for v in expected.column("PUlocationID").to_pylist() if v is not None]
+    assert (zones, total) == (len(values), sum(values))
+    assert flags is None  # SR_Flag is null-typed from 2019-03
+    # A re-run of a month inserts nothing.
+    assert _load(harness, FHV, csv.month, csv.path, "fhv-201902-contract2") == 0
+    assert _count(warehouse, "fhv_tripdata") == ROWS + parquet.rows
+
+
+@pytest.fixture(scope="module")
+def fhvhv_file(tmp_path_factory: pytest.TempPathFactory) -> GeneratedParquet:
+    folder = tmp_path_factory.mktemp("fhvhv")
+    return generate_parquet_month(folder, "fhvhv", Month(2025, 2), 2_000, seed=23)
+
+
+def test_an_fhvhv_month_loads_its_25_columns_with_reference_ids(
+    harness: Harness, fhvhv_file: GeneratedParquet
+) -> None:
+    warehouse = harness.warehouse
+    month = fhvhv_file.month
+    assert _load(harness, FHVHV, month, fhvhv_file.path, "fhvhv-202502-contract") == 2_000
+    assert _hex_ids(warehouse, "fhvhv_tripdata", fhvhv_file.name) == _parquet_reference_ids(
+        fhvhv_file
+    )
+    expected = fhvhv_file.expected_table()
+    ((seconds, cbd, licenses),) = warehouse.query(
+        "SELECT SUM(trip_time), SUM(cbd_congestion_fee), COUNT(DISTINCT hvfhs_license_num)"
+        " FROM fhvhv_tripdata"
+    ).rows
+    assert seconds == sum(expected.column("trip_time").to_pylist())
+    cents = sum(round(v * 100) for v in expected.column("cbd_congestion_fee").to_pylist())
+    assert round(cbd * 100) == cents  # type: ignore[operator]
+    assert licenses == 3
+    assert _load(harness, FHVHV, month, fhvhv_file.path, "fhvhv-202502-contract2") == 0
+
+
+def test_the_zone_lookup_is_replaced_whole_and_a_reload_never_duplicates(
+    harness: Harness, tmp_path: Path
+) -> None:
+    from taxi_pipeline.devkit.zone_lookup import write_zone_lookup, zone_rows
+    from taxi_pipeline.domain.lookups import TAXI_ZONES
+
+    warehouse = harness.warehouse
+    assert warehouse.lookup_rows(TAXI_ZONES) is None
+    first = write_zone_lookup(tmp_path / "a")
+    source = harness.put_object(first.path, TAXI_ZONES.object_name)
+    assert warehouse.replace_lookup(TAXI_ZONES, source, harness.lake) == 265
+    assert warehouse.replace_lookup(TAXI_ZONES, source, harness.lake) == 265  # reload
+    assert warehouse.lookup_rows(TAXI_ZONES) == 265
+    location = harness.ident("LocationID")
+    names = ", ".join(harness.ident(n) for n in TAXI_ZONES.names)
+    rows = warehouse.query(f"SELECT {names} FROM taxi_zone_lookup ORDER BY {location}").rows
+    assert rows == list(first.rows)
+    zone_names = {str(row[2]) for row in rows}
+    assert any(", " in name for name in zone_names)  # quoted names with commas survive
+    assert any('"Fort Totten"' in name for name in zone_names)
+    assert rows[-1] == (265, "Unknown", "NA", "N/A")  # NA is a name, not a NULL
+
+    # Another version replaces the rows, it does not add to them.
+    second = write_zone_lookup(tmp_path / "b", zone_rows(count=263, seed=5))
+    source = harness.put_object(second.path, TAXI_ZONES.object_name)
+    assert warehouse.replace_lookup(TAXI_ZONES, source, harness.lake) == 263
+    assert warehouse.query(f"SELECT COUNT(DISTINCT {location}) FROM taxi_zone_lookup").rows == [
+        (263,)
+    ]
+
+    # A file that does not fit fails the replacement and leaves the table as it was.
+    broken = tmp_path / "broken.csv"
+    broken.write_text('"LocationID","Borough","Zone","service_zone"\nseven,"Queens","x","y"\n')
+    source = harness.put_object(broken, TAXI_ZONES.object_name)
+    with pytest.raises(PermanentError):
+        warehouse.replace_lookup(TAXI_ZONES, source, harness.lake)
+    assert warehouse.lookup_rows(TAXI_ZONES) == 263
+    assert "taxi_zone_lookup" in harness.table_names()

@@ -79,7 +79,7 @@ def test_names() -> None:
         "raw/green/green_tripdata_2019-01.csv",
         "other/green/green_tripdata_2019-01.csv.gz",
         "raw/green/../green_tripdata_2019-01.csv.gz",
-        "raw/fhv/fhv_tripdata_2019-01.csv.gz",
+        "raw/bus/bus_tripdata_2019-01.csv.gz",
         "raw/green/green_tripdata_2019-13.csv.gz",
         "raw/green/green_tripdata_2019-01.csv.gz\n",
         "raw/green/green_tripdata_\u0662\u0660\u0661\u0669-01.csv.gz",

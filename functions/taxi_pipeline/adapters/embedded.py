@@ -22,6 +22,7 @@ from typing import Any
 from taxi_pipeline.adapters.duckdb.warehouse import HISTORY_TABLES, DuckDbWarehouse
 from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.pipeline.ports import (
     JobContext,
@@ -82,6 +83,12 @@ class EmbeddedWarehouse:
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         self.tables.drop_month_objects(dataset, month)
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        return self.tables.replace_lookup(lookup, source, lake)
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        return self.tables.lookup_rows(lookup)
 
     def query(self, sql: str) -> QueryResult:
         """The user's query on DuckDB, with the history tables it names copied in."""

@@ -237,9 +237,11 @@ def _silence_stdout() -> None:
 
 # -- options and settings -------------------------------------------------------------------------
 
+DATASET_NAMES: Final = ", ".join(d.value for d in Dataset)
+"""Every dataset, for help texts: ``yellow, green, fhv, fhvhv``."""
 DatasetArgument = Annotated[
     Dataset,
-    typer.Argument(metavar="DATASET", help="yellow or green", case_sensitive=False),
+    typer.Argument(metavar="DATASET", help=f"One of {DATASET_NAMES}.", case_sensitive=False),
 ]
 SourceOption = Annotated[
     str | None,
@@ -255,8 +257,8 @@ UpstreamOption = Annotated[
         "--source",
         metavar="SOURCE",
         case_sensitive=False,
-        help="auto (default: the mirror for 2019-01..2021-07, the TLC otherwise), mirror or tlc"
-        " (TAXI_PIPELINE_SOURCE).",
+        help="auto (default: the mirror for 2019-01..2021-07 where it publishes the dataset, the"
+        " TLC otherwise), mirror or tlc (TAXI_PIPELINE_SOURCE).",
     ),
 ]
 TlcUrlOption = Annotated[
@@ -505,6 +507,8 @@ def source_hint(settings: Settings, result: IngestResult) -> str:
         (Upstream.MIRROR, "--source-url (TAXI_PIPELINE_SOURCE_URL)"),
         (Upstream.TLC, "--tlc-url (TAXI_PIPELINE_TLC_URL)"),
     ):
+        if result.dataset.spec.find_publication(upstream) is None:
+            continue  # the mirror has no fhvhv
         if source_file_url(settings, result.dataset, month, upstream) in result.error:
             return f"; check the network, or use {option} for another source"
     return ""

@@ -14,6 +14,7 @@ from datetime import date, datetime
 from typing import BinaryIO, Protocol
 
 from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.messages import Topic
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.pipeline.cancellation import Cancellation
@@ -190,6 +191,18 @@ class Staging(Protocol):
         """Drop the month's staging and external tables; no error when already gone."""
 
 
+class Lookups(Protocol):
+    """The lookup tables (the taxi zones): replaced whole, never merged."""
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        """Replace the table with the rows of the lake object (a verified CSV with the lookup's
+        header) in one atomic step: readers see the old rows or the new ones, a failure changes
+        nothing. Returns the rows the table holds now."""
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        """The rows the table holds; ``None`` when there is no such table."""
+
+
 class UserQueries(Protocol):
     """``taxi-pipeline sql``."""
 
@@ -228,7 +241,7 @@ class Closeable(Protocol):
         """Release what the adapter holds (connections, clients); idempotent."""
 
 
-class Warehouse(Staging, UserQueries, RunHistory, LoadLedger, Closeable, Protocol):
+class Warehouse(Staging, Lookups, UserQueries, RunHistory, LoadLedger, Closeable, Protocol):
     """DuckDB locally, BigQuery in the cloud, PostgreSQL in either: every warehouse port in one
     adapter. Code that needs one part takes that part's protocol."""
 

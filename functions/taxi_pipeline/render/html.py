@@ -27,6 +27,7 @@ _CELL_COLOURS: Final = {
     "abandoned": "#6a1b9a",
     "skipped": "#9e9e9e",
     "missing": "#eeeeee",
+    "unpublished": "#ffffff",
 }
 _STATE_COLOURS: Final = {
     RunState.SUCCESS: "#2e7d32",
@@ -124,6 +125,7 @@ def _matrix(
                 "abandoned": "abandoned",
                 "skipped": "skipped",
                 "missing": "",
+                "unpublished": "",
             }[cell.state]
             tds.append(
                 f'<td class="{cell.state}" style="background:{_CELL_COLOURS[cell.state]}"'

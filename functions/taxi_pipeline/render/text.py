@@ -268,11 +268,13 @@ def coverage_summary(
     *,
     loaded: str = "months loaded",
 ) -> str:
-    """``20/31 months loaded (1,234 rows), 9 missing, 1 failed, 0 running, 1 skipped``."""
+    """``20/31 months loaded (1,234 rows), 9 missing, 1 failed, 0 running, 1 skipped``; a
+    month no upstream publishes for the dataset (fhvhv 2019-01) is not counted."""
     states = [cells[(dataset, m)].state for m in months]
     rows = sum(cells[(dataset, m)].loaded_rows or 0 for m in months)
+    publishable = len(months) - states.count("unpublished")
     return (
-        f"{states.count('loaded')}/{len(months)} {loaded} ({rows:,} rows),"
+        f"{states.count('loaded')}/{publishable} {loaded} ({rows:,} rows),"
         f" {states.count('missing')} missing, {states.count('failed')} failed,"
         f" {states.count('running')} running, {states.count('skipped')} skipped"
     )
@@ -310,6 +312,7 @@ def coverage_table(
             "abandoned": "abandoned",
             "skipped": "skipped",
             "missing": ".",
+            "unpublished": "-",
         }[cell.state]
 
     width = max([len(d.value) for d in datasets] + [len(text(c)) for c in cells.values()] + [9])

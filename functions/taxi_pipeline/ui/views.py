@@ -227,6 +227,10 @@ def calendars(
                     row.append(CalendarCell(str(month), "na", "", None, f"{month}: not published"))
                     continue
                 cell = cells[(dataset, month)]
+                if cell.state == "unpublished":
+                    title = f"{dataset.value} {month}: not published"
+                    row.append(CalendarCell(str(month), "na", "", None, title))
+                    continue
                 row.append(_calendar_cell(cell, latest.get((dataset.value, str(month)))))
             years.append((year, tuple(row)))
         summary = coverage_summary(cells, dataset, months)

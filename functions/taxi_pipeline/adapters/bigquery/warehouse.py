@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from taxi_pipeline.adapters.google_credentials import credentials_of
 from taxi_pipeline.adapters.google_errors import translate
 from taxi_pipeline.adapters.sql.dialects import BIGQUERY, STAGING_EXPIRATION
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
@@ -49,6 +50,7 @@ from taxi_pipeline.adapters.sql.statements import Statements, source_columns
 from taxi_pipeline.adapters.sql.tables import external_table, staging_table
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, parse_object
 from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
+from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, TransientError
 from taxi_pipeline.pipeline.ports import (
@@ -272,7 +274,9 @@ class BigQueryWarehouse:
 
                 try:
                     self._client = bigquery.Client(
-                        project=self.project, location=self.settings.bigquery_location
+                        project=self.project,
+                        location=self.settings.bigquery_location,
+                        credentials=credentials_of(self.settings),
                     )
                 except Exception as exc:
                     raise translate(exc, "create the BigQuery client") from exc
@@ -565,6 +569,63 @@ class BigQueryWarehouse:
         ):
             with self._translated(f"drop {name}"):
                 self.client.delete_table(self.table_id(name), not_found_ok=True)
+
+    # -- lookup tables ----------------------------------------------------------------------
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        """A (free) load job of the CSV into ``{table}_load`` (every column STRING, expiring),
+        then ``CREATE OR REPLACE TABLE`` of the typed rows: one atomic replacement."""
+        from google.cloud import bigquery
+
+        uri = _gcs_uri(source)
+        loaded = f"{lookup.table}_load"
+        labels = job_labels(step="replace-lookup")
+        config = bigquery.LoadJobConfig(
+            schema=[bigquery.SchemaField(name, "STRING") for name in lookup.names],
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+            create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
+            labels=labels,
+            **BIGQUERY.csv_load_options(),
+        )
+
+        def submit(job_id: str | None) -> bigquery.LoadJob:
+            return self.client.load_table_from_uri(
+                uri,
+                self.table_id(loaded),
+                job_config=config,
+                job_id_prefix="taxi_replace_lookup_",
+                location=self.settings.bigquery_location,
+            )
+
+        self._run_job(f"load {uri} into {loaded}", submit, None)
+        try:
+            self._query(
+                f"replace {lookup.table}",
+                SQL.replace_lookup_sql(
+                    lookup, self.table_ref(lookup.table), self.table_ref(loaded)
+                ),
+                labels,
+            )
+        finally:
+            with self._translated(f"drop {loaded}"):
+                self.client.delete_table(self.table_id(loaded), not_found_ok=True)
+        rows = self.lookup_rows(lookup)
+        return 0 if rows is None else rows
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        from google.api_core.exceptions import NotFound
+
+        with self._translated(f"find {lookup.table}"):
+            try:
+                self.client.get_table(self.table_id(lookup.table))
+            except NotFound:
+                return None
+        _, rows, _ = self._query(
+            f"count {lookup.table}",
+            f"SELECT COUNT(*) FROM {self.table_ref(lookup.table)}",
+            job_labels(step="replace-lookup"),
+        )
+        return int(rows[0][0])
 
     def query(self, sql: str) -> QueryResult:
         _, rows, columns = self._query("query", sql, job_labels(step="query"))

@@ -40,6 +40,7 @@ from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History
 from taxi_pipeline.adapters.sql.statements import Statements, source_columns
 from taxi_pipeline.adapters.sql.tables import external_table, staging_table
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, parse_object
+from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, PermanentError, RunCancelled, TransientError
 from taxi_pipeline.local.process import pid_alive
@@ -191,6 +192,10 @@ class DuckDbWarehouse:
         # process's folder is removed by the next one that opens the warehouse).
         self._spill = path.with_name(path.name + ".tmp") / f"p{os.getpid()}"
         _sweep_spill_folders(self._spill.parent)
+        if not read_only:
+            # DuckDB makes its temp_directory when it first spills, but not that folder's
+            # parent: without it the first statement past the memory limit fails.
+            self._spill.parent.mkdir(exist_ok=True)
         config: dict[str, Any] = {
             # No network on many machines: never try to fetch an extension.
             "autoinstall_known_extensions": False,
@@ -485,6 +490,52 @@ class DuckDbWarehouse:
             if staging is not None:
                 staging.close()  # a TEMP table ends with its connection
             self._run("drop external", f"DROP VIEW IF EXISTS {external_table(dataset, month)}")
+
+    # -- lookup tables ----------------------------------------------------------------------
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        """``CREATE OR REPLACE TABLE`` from ``read_csv`` of the lake file, in one transaction
+        with the count: another process sees the old table or the new one."""
+        relation = DUCKDB.read_csv(str(_local_path(source)), lookup.names)
+        table = f"{FILE_ALIAS}.{_quote_ident(lookup.table)}"
+        with self._file(f"replacing {lookup.table}"):
+            cursor = self._cursor()
+            try:
+                self._run("begin the replacement", "BEGIN TRANSACTION", cursor=cursor)
+                self._run(
+                    f"replace {lookup.table}",
+                    SQL.replace_lookup_sql(lookup, table, f"({relation}) AS source"),
+                    cursor=cursor,
+                )
+                ((rows,),) = self._run(
+                    f"count {lookup.table}", f"SELECT count(*) FROM {table}", cursor=cursor
+                )
+                self._run("commit the replacement", "COMMIT", cursor=cursor)
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+                raise
+            finally:
+                cursor.close()
+        return int(rows)
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        if not self.path.exists():
+            return None
+        with self._file(f"counting {lookup.table}"):
+            found = self._run(
+                "find a lookup table",
+                "SELECT count(*) FROM information_schema.tables WHERE table_catalog = ?"
+                " AND table_name = ?",
+                [FILE_ALIAS, lookup.table],
+            )
+            if not found[0][0]:
+                return None
+            ((rows,),) = self._run(
+                f"count {lookup.table}",
+                f"SELECT count(*) FROM {FILE_ALIAS}.{_quote_ident(lookup.table)}",
+            )
+        return int(rows)
 
     def query(self, sql: str, tables: Mapping[str, TableRows] | None = None) -> QueryResult:
         """The user's query; only queries: the file is the user's whole warehouse.

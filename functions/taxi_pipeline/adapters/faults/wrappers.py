@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import BinaryIO, TypeVar
 
 from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.messages import Topic
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.pipeline.cloudevents import CloudEventLike
@@ -200,6 +201,14 @@ class FaultyWarehouse:
         self._faults.around(
             "drop_month_objects", lambda: self.inner.drop_month_objects(dataset, month)
         )
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        return self._faults.around(
+            "replace_lookup", lambda: self.inner.replace_lookup(lookup, source, lake)
+        )
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        return self.inner.lookup_rows(lookup)
 
     def query(self, sql: str) -> QueryResult:
         return self.inner.query(sql)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 from urllib.parse import urlsplit
 
+from taxi_pipeline.adapters.google_credentials import credentials_of
 from taxi_pipeline.adapters.google_errors import translate
 from taxi_pipeline.domain.datasets import is_safe_object_name
 from taxi_pipeline.domain.formats import format_of
@@ -116,6 +117,7 @@ class GcsStore:
         self.chunk_size = settings.upload_chunk_mib * _MIB  # a multiple of 256 KiB
         self.timeout = settings.http_timeout_seconds
         self._project = settings.gcp_project
+        self._credentials = credentials_of(settings)
         self._client = client
         self._client_lock = threading.Lock()
 
@@ -142,7 +144,9 @@ class GcsStore:
                 from google.cloud import storage
 
                 try:
-                    self._client = storage.Client(project=self._project)
+                    self._client = storage.Client(
+                        project=self._project, credentials=self._credentials
+                    )
                 except Exception as exc:
                     raise translate(exc, "create the Cloud Storage client") from exc
             return self._client

@@ -50,6 +50,7 @@ from taxi_pipeline.adapters.sql.statements import SourceColumn, Sources, Stateme
 from taxi_pipeline.adapters.sql.tables import staging_table
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, csv_name, parse_object
 from taxi_pipeline.domain.formats import SourceFormat
+from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import (
     ConfigurationError,
@@ -83,6 +84,8 @@ _SCHEMA_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _COPY_STREAMS: Final = 2
 """Connections a month lands through at once (two server processes parse it)."""
 _IDLE_CONNECTIONS: Final = 4
+_LOOKUP_CHUNK: Final = 1 << 20
+"""Bytes of a lookup file per COPY write."""
 # SQLSTATEs of a value the strict staging refused (a cast, or taxi_pipeline_refuse): the month is
 # typed the exact way instead, from the same landed rows. Any other error fails the month.
 _VALUE_REFUSED: Final = frozenset({"22P02", "22007", "22008", "22003", "22009"})
@@ -691,6 +694,52 @@ class PostgresWarehouse:
                 for table in [staging.name, *_landing_names(staging.name)[1:]]:
                     staging.conn.execute(f"DROP TABLE IF EXISTS {self._table(table)}")
         staging.conn.close()  # ends the session: its advisory lock goes with it
+
+    # -- lookup tables ----------------------------------------------------------------------
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        """The object COPYed (through the client) into a temporary text table, then the
+        table's rows deleted and the typed ones inserted, in one transaction: a reader sees the
+        old rows or the new ones (MVCC; the table itself stays, so no query of it fails), a
+        value that does not fit rolls everything back."""
+        import psycopg
+
+        q = POSTGRES.quote_ident
+        table = self._table(lookup.table)
+        landing = q(f"{lookup.table}_landing")
+        columns = ", ".join(q(name) for name in lookup.names)
+        with self._connection() as conn:
+            try:
+                self._ddl(conn, [SQL.lookup_table_sql(lookup, table)])
+                with conn.transaction():
+                    conn.execute(
+                        f"CREATE TEMP TABLE {landing} ("
+                        + ", ".join(f"{q(name)} text" for name in lookup.names)
+                        + ") ON COMMIT DROP"
+                    )
+                    statement = f"COPY {landing} ({columns}) FROM STDIN (FORMAT csv, HEADER true)"
+                    with lake.open_read(source.name) as raw, conn.cursor().copy(statement) as copy:
+                        while chunk := raw.read(_LOOKUP_CHUNK):
+                            copy.write(chunk)
+                    conn.execute(f"DELETE FROM {table}")
+                    conn.execute(
+                        f"INSERT INTO {table} ({columns})\n"
+                        + SQL.lookup_select_sql(lookup, landing)
+                    )
+                    (rows,) = _one(conn, f"SELECT count(*) FROM {table}")
+            except psycopg.Error as exc:
+                raise self._translate(exc, f"replace {lookup.table}") from exc
+        return int(rows)
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        table = self._table(lookup.table)
+        ((exists,),) = self._run(
+            f"find {lookup.table}", "SELECT to_regclass(%s) IS NOT NULL", [table]
+        )
+        if not exists:
+            return None
+        ((rows,),) = self._run(f"count {lookup.table}", f"SELECT count(*) FROM {table}")
+        return int(rows)
 
     def query(self, sql: str) -> QueryResult:
         """The user's statement in a READ ONLY transaction that is always rolled back: a

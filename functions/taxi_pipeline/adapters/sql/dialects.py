@@ -240,19 +240,24 @@ class DuckDbDialect(Dialect):
 
     def read_source(self, fmt: SourceFormat, location: str, dataset: Dataset) -> str:
         if fmt is CSV_GZ:
-            columns = ", ".join(
-                f"{self.quote_text(c.name)}: 'VARCHAR'" for c in dataset.layout.columns
-            )
-            return (
-                f"SELECT * FROM read_csv({self.quote_text(location)}, header = true,"
-                " auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
-                f" compression = 'gzip', strict_mode = true, columns = {{{columns}}})"
-            )
+            return self.read_csv(location, dataset.layout.names, "gzip")
         if fmt is PARQUET:
             # Names as the file spells them; staging picks the period's columns (any case) and
             # casts each onto its reference type. A new column is read by nobody.
             return f"SELECT * FROM read_parquet({self.quote_text(location)})"
         return super().read_source(fmt, location, dataset)
+
+    def read_csv(self, location: str, names: Sequence[str], compression: str = "none") -> str:
+        """A CSV with a header line, every column as text (``names``, in file order), strict:
+        a line with too few or too many fields fails the statement. ``"`` quotes (and ``""``
+        inside quotes), empty fields are NULL."""
+        columns = ", ".join(f"{self.quote_text(name)}: 'VARCHAR'" for name in names)
+        return (
+            f"SELECT * FROM read_csv({self.quote_text(location)}, header = true,"
+            " auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
+            f" compression = {self.quote_text(compression)}, strict_mode = true,"
+            f" columns = {{{columns}}})"
+        )
 
 
 class BigQueryDialect(Dialect):
@@ -330,8 +335,9 @@ class BigQueryDialect(Dialect):
         # only constant filters do, and the partition bounds already narrow its scan.
         cluster = ", ".join(self.quote_ident(c) for c in spec.cluster_columns)
         description = (
-            f"NYC {dataset.value} taxi trips, one row per published CSV row; unique_row_id is the"
-            " zoomcamp reference MD5 id. Written by taxi-pipeline."
+            f"NYC TLC {dataset.value} trip records, one row per published row; unique_row_id is"
+            f" the zoomcamp reference MD5 id over {', '.join(spec.id_columns)}. Written by"
+            " taxi-pipeline."
         )
         return (
             f"\nPARTITION BY DATE({self.quote_ident(spec.layout.pickup)})\n"
@@ -377,22 +383,28 @@ class BigQueryDialect(Dialect):
         """Keyword arguments of the load job's ``LoadJobConfig`` for ``fmt`` (read as
         :meth:`external_options` reads it)."""
         if fmt is CSV_GZ:
-            return {
-                "source_format": "CSV",
-                "skip_leading_rows": 1,
-                "field_delimiter": ",",
-                "quote_character": '"',
-                # As DuckDB reads them; it only stops BigQuery splitting the file, and gzip is
-                # unsplittable.
-                "allow_quoted_newlines": True,
-                "encoding": "UTF-8",
-                "allow_jagged_rows": False,
-                "ignore_unknown_values": False,
-                "max_bad_records": 0,
-            }
+            # gzip is detected by the load job itself; a plain CSV (a lookup) reads the same.
+            return self.csv_load_options()
         if fmt is PARQUET:
             return {"source_format": "PARQUET"}
         raise ConfigurationError(f"the {self.name} warehouse cannot load {fmt.name} objects")
+
+    def csv_load_options(self) -> dict[str, object]:
+        """A load job's options for a CSV with a header line, read as DuckDB's ``read_csv``
+        reads it: strict (no jagged rows, no unknown values, no bad record), ``"`` quotes."""
+        return {
+            "source_format": "CSV",
+            "skip_leading_rows": 1,
+            "field_delimiter": ",",
+            "quote_character": '"',
+            # As DuckDB reads them; it only stops BigQuery splitting the file, and gzip is
+            # unsplittable.
+            "allow_quoted_newlines": True,
+            "encoding": "UTF-8",
+            "allow_jagged_rows": False,
+            "ignore_unknown_values": False,
+            "max_bad_records": 0,
+        }
 
 
 _PG_NUMBER: Final = "^[+-]?[0-9]+[.]?[0-9]*$"
