@@ -4,7 +4,6 @@ typing expressions mean when PostgreSQL evaluates them."""
 
 from __future__ import annotations
 
-import gzip
 import logging
 import socket
 from pathlib import Path
@@ -15,9 +14,19 @@ from typer.testing import CliRunner
 from support.e2e import Cli
 from support.postgres import PostgresServer
 from taxi_pipeline.adapters.folder.store import FolderStore
-from taxi_pipeline.adapters.postgres.warehouse import SQL, PostgresWarehouse, check_server_version
+from taxi_pipeline.adapters.postgres.copying import PieceSink
+from taxi_pipeline.adapters.postgres.warehouse import (
+    SQL,
+    PostgresWarehouse,
+    check_server_version,
+    landed_columns,
+)
+from taxi_pipeline.adapters.sql.dialects import POSTGRES
+from taxi_pipeline.adapters.sql.statements import SourceColumn
 from taxi_pipeline.devkit.generator import generate_month, write_raw
+from taxi_pipeline.devkit.parquet_generator import generate_parquet_month
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, object_name
+from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat
 from taxi_pipeline.errors import ConfigurationError, PermanentError
 from taxi_pipeline.pipeline.ports import JobContext, MergePlan
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
@@ -316,34 +325,65 @@ def test_the_strict_staging_runs_on_parallel_workers(
     assert any("Workers Planned" in line for (line,) in plan), plan
 
 
-@pytest.mark.parametrize("dataset", [Dataset.GREEN, Dataset.YELLOW], ids=lambda d: d.value)
+@pytest.mark.parametrize(
+    ("dataset", "month", "fmt"),
+    [
+        (Dataset.GREEN, JAN, CSV_GZ),
+        (Dataset.YELLOW, JAN, CSV_GZ),
+        (Dataset("fhv"), Month(2019, 2), CSV_GZ),
+        (Dataset.YELLOW, Month(2023, 1), PARQUET),
+        (Dataset.GREEN, Month(2024, 3), PARQUET),
+        (Dataset("fhvhv"), Month(2025, 2), PARQUET),
+    ],
+    ids=lambda v: getattr(v, "value", None) or getattr(v, "name", None) or str(v),
+)
 def test_the_strict_and_the_exact_staging_write_the_same_rows(
-    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path, dataset: Dataset
+    postgres_server: PostgresServer,
+    postgres_database: str,
+    tmp_path: Path,
+    dataset: Dataset,
+    month: Month,
+    fmt: SourceFormat,
 ) -> None:
-    """A generated month (``1.0`` spellings, empty fields, duplicates, strays) typed both ways
-    from one landing table: the same rows, ids and all."""
+    """A generated month (``1.0`` spellings, empty fields, duplicates, strays; a Parquet one
+    written into COPY by its format's CSV feed, as the adapter does) typed both ways from one
+    landing table: the same rows, ids and all."""
     import psycopg
 
-    generated = generate_month(tmp_path, dataset, JAN, 20_000, seed=3)
+    if fmt is CSV_GZ:
+        path, rows = (g := generate_month(tmp_path, dataset, month, 20_000, seed=3)).path, g.rows
+    else:
+        parquet = generate_parquet_month(tmp_path, dataset.value, month, 20_000, seed=3)
+        path, rows = parquet.path, parquet.rows
     PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True)).close()
-    layout = dataset.layout
-    final = ", ".join(["unique_row_id", "filename", *(f'"{n}"' for n in layout.final_names)])
+    in_file = landed_columns(dataset, month, fmt)
+    names = [c.name for c, _ in in_file]
+    sources = {c.name: SourceColumn(c.name if c.name in names else None)
+               for c in dataset.layout.final_columns}  # fmt: skip
+    final = ", ".join(
+        ["unique_row_id", "filename", *(f'"{n}"' for n in dataset.layout.final_names)]
+    )
     with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
         conn.execute("SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC'")
-        columns = ", ".join(f'"{c.name}" text' for c in layout.columns)
-        conn.execute(f"CREATE TABLE landing ({columns})")
-        with conn.cursor().copy("COPY landing FROM STDIN (FORMAT csv, HEADER true)") as copy:
-            copy.write(gzip.decompress(generated.path.read_bytes()))
-        conn.execute(SQL.strict_staging_sql(dataset, JAN, "strict", "landing", "f.csv"))
-        conn.execute(SQL.staging_sql(dataset, JAN, "exact", "landing", "f.csv"))
+        conn.execute("CREATE TABLE landing (" + ", ".join(f'"{n}" text' for n in names) + ")")
+        statement = f"COPY landing FROM STDIN {POSTGRES.copy_options(fmt)}"
+        with path.open("rb") as handle, conn.cursor().copy(statement) as copy:
+            sink = PieceSink(copy.write)
+            fmt.write_csv(handle, [(c.name, n) for c, n in in_file], sink)
+            sink.finish()
+        for sql in (
+            SQL.strict_staging_sql(dataset, month, "strict", "landing", "f", sources),
+            SQL.staging_sql(dataset, month, "exact", "landing", "f", sources),
+        ):
+            conn.execute(sql)
         (bad,) = conn.execute("SELECT count(*) FROM exact WHERE _bad OR _header").fetchone() or ()
         differ = conn.execute(
             f"SELECT count(*) FROM ((SELECT {final} FROM strict EXCEPT ALL SELECT {final} FROM"
             f" exact) UNION ALL (SELECT {final} FROM exact EXCEPT ALL SELECT {final} FROM strict))"
             " AS d"
         ).fetchone()
-        (rows,) = conn.execute("SELECT count(*) FROM strict").fetchone() or ()
-    assert (bad, differ, rows) == (0, (0,), generated.rows)
+        (strict_rows,) = conn.execute("SELECT count(*) FROM strict").fetchone() or ()
+    assert (bad, differ, strict_rows) == (0, (0,), rows)
 
 
 GOOD = "2,2019-01-05 10:00:00,2019-01-05 10:10:00,N,1,74,75,1,1.2,7,0,0.5,0,0,,0.3,7.8,2,1,"

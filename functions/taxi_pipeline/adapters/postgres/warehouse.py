@@ -435,7 +435,7 @@ class PostgresWarehouse:
         """
         _, _, fmt = parse_object(source.name)
         q = POSTGRES.quote_ident
-        in_file = _landed_columns(dataset, month, fmt)
+        in_file = landed_columns(dataset, month, fmt)
         landed = [column for column, _ in in_file]
         feed = [(column.name, name) for column, name in in_file]
         columns = ", ".join(q(c.name) for c in landed)
@@ -911,7 +911,7 @@ def _url_password(conninfo: str) -> str | None:
     return str(value) if value else None
 
 
-def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[tuple[Column, str]]:
+def landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[tuple[Column, str]]:
     """The final columns a file of ``fmt`` for ``month`` has, in the order COPY lands them,
     each with its name in the file: a CSV's layout columns, a typed file's (Parquet) those its
     schema period names."""
