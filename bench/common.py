@@ -47,6 +47,9 @@ class Measured:
     peak_rss_bytes: int
     returncode: int
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
+    """User + system CPU of the process and the children it waited for (``wait4``'s rusage):
+    what a run costs, however busy the shared machine was."""
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -145,7 +148,7 @@ def measure(
         timer = threading.Timer(timeout, process.kill) if timeout else None
         if timer is not None:
             timer.start()
-        _, status = os.waitpid(process.pid, 0)
+        _, status, usage = os.wait4(process.pid, 0)
         if timer is not None:
             timer.cancel()
         wall = time.perf_counter() - started
@@ -159,7 +162,7 @@ def measure(
     if check and process.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
         raise RuntimeError(f"{' '.join(argv)} exited with {process.returncode}\n{tail}")
-    return Measured(wall, sampled, process.returncode)
+    return Measured(wall, sampled, process.returncode, cpu_seconds=usage.ru_utime + usage.ru_stime)
 
 
 def free_port() -> int:
@@ -175,10 +178,11 @@ def median(values: Sequence[float]) -> float:
 
 
 def summarize(runs: Sequence[Measured]) -> dict[str, Any]:
-    """Median wall and peak RSS of several runs, with every run kept."""
+    """Median wall, CPU and peak RSS of several runs, with every run kept."""
     return {
         "runs": len(runs),
         "wall_seconds": median([r.wall_seconds for r in runs]),
+        "cpu_seconds": median([r.cpu_seconds for r in runs]),
         "peak_rss_bytes": int(median([r.peak_rss_bytes for r in runs])),
         "all": [asdict(r) for r in runs],
     }

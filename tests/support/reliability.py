@@ -349,6 +349,10 @@ class KillingWarehouse:
         self._switch.hit(f"after {name}")
         return result
 
+    @property
+    def stages_in_final_table(self) -> bool:
+        return self.inner.stages_in_final_table
+
     def ensure_final_table(self, dataset: Dataset) -> None:
         self._around("ensure_final_table", lambda: self.inner.ensure_final_table(dataset))
 

@@ -190,21 +190,42 @@ class DuckDbDialect(Dialect):
         # A TEMP table: in memory (spilled past the memory limit), gone with its connection.
         return f"CREATE OR REPLACE TEMP TABLE {table_ref} AS"
 
+    typed_csv_types: ClassVar[Mapping[ColumnKind, str]] = {
+        "string": "VARCHAR",
+        "timestamp": "TIMESTAMP",
+        "integer": "DECIMAL(38, 9)",
+        "numeric": "DECIMAL(38, 9)",
+    }
+    """What :meth:`read_csv_typed` reads each reference kind as (counts as decimals: typed like
+    a double, so "1.0" is 1 and "1.5" a bad value)."""
+
     def read_source(self, fmt: SourceFormat, location: str, dataset: Dataset) -> str:
         if fmt is CSV_GZ:
-            columns = ", ".join(
-                f"{self.quote_text(c.name)}: 'VARCHAR'" for c in dataset.layout.columns
-            )
-            return (
-                f"SELECT * FROM read_csv({self.quote_text(location)}, header = true,"
-                " auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
-                f" compression = 'gzip', strict_mode = true, columns = {{{columns}}})"
-            )
+            return self.read_csv(location, {c.name: "VARCHAR" for c in dataset.layout.columns})
         if fmt is PARQUET:
             # Names as the file spells them; staging picks the period's columns (any case) and
             # casts each onto its reference type. A new column is read by nobody.
             return f"SELECT * FROM read_parquet({self.quote_text(location)})"
         return super().read_source(fmt, location, dataset)
+
+    def read_csv_typed(self, location: str, dataset: Dataset) -> str:
+        """The CSV at ``location`` with its columns typed by DuckDB's CSV reader
+        (:attr:`typed_csv_types`): a value that does not fit its type fails the read. The
+        reader types a field exactly as ``TRY_CAST`` of its text does where it succeeds
+        (tests/unit/test_duckdb_one_pass.py), in the reader, at a fraction of the cost."""
+        return self.read_csv(
+            location, {c.name: self.typed_csv_types[c.kind] for c in dataset.layout.columns}
+        )
+
+    def read_csv(self, location: str, types: Mapping[str, str]) -> str:
+        """The gzip CSV at ``location`` with a header and these columns (name -> type),
+        strictly: a line with too few or too many fields fails the read."""
+        columns = ", ".join(f"{self.quote_text(n)}: {self.quote_text(t)}" for n, t in types.items())
+        return (
+            f"SELECT * FROM read_csv({self.quote_text(location)}, header = true,"
+            " auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
+            f" compression = 'gzip', strict_mode = true, columns = {{{columns}}})"
+        )
 
 
 class BigQueryDialect(Dialect):
