@@ -266,17 +266,51 @@ def scratch(name: str, keep: bool = False) -> Iterator[Path]:
 
 
 def generate(out: Path, rows: int, month: str = "2019-01", seed: int = 1) -> Path:
-    """A generated yellow month (the devkit generator in a subprocess); returns the file."""
+    """A generated yellow month (the devkit generator in a subprocess); returns the file.
+
+    With ``TAXI_BENCH_DATA`` set, the file is kept in that folder and reused by the next run
+    that asks for the same one (the generator is deterministic: same rows, month and seed, same
+    bytes); a full month takes a minute or more to generate.
+    """
+    return _generated(
+        "taxi_pipeline.devkit.generator", out, f"yellow_tripdata_{month}.csv.gz", rows, month, seed
+    )
+
+
+def generate_parquet(out: Path, rows: int, month: str = "2024-01", seed: int = 1) -> Path:
+    """A generated TLC Parquet yellow month (``devkit.parquet_generator``), kept like
+    :func:`generate`."""
+    return _generated(
+        "taxi_pipeline.devkit.parquet_generator",
+        out,
+        f"yellow_tripdata_{month}.parquet",
+        rows,
+        month,
+        seed,
+    )
+
+
+def _generated(module: str, out: Path, name: str, rows: int, month: str, seed: int) -> Path:
+    kept = os.environ.get("TAXI_BENCH_DATA")
+    cached = Path(kept) / f"{rows}-seed{seed}" / name if kept else None
+    target = out / name
+    if cached is not None and cached.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, target)
+        return target
     subprocess.run(
         [
-            PYTHON, "-m", "taxi_pipeline.devkit.generator",
-            "--dataset", "yellow", "--month", month,
+            PYTHON, "-m", module, "--dataset", "yellow", "--month", month,
             "--rows", str(rows), "--seed", str(seed), "--out", str(out),
         ],
         check=True,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    return out / f"yellow_tripdata_{month}.csv.gz"
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target, cached.with_suffix(".tmp"))
+        cached.with_suffix(".tmp").replace(cached)
+    return target
 
 
 def taxi_pipeline_bin() -> str:

@@ -428,11 +428,15 @@ class DuckDbWarehouse:
 
     @contextmanager
     def _watched(
-        self, cursor: duckdb.DuckDBPyConnection, context: JobContext, phase: str
+        self, cursor: duckdb.DuckDBPyConnection, context: JobContext, *phases: str
     ) -> Iterator[None]:
         """For the statements of the block: Ctrl-C or ``runs cancel`` interrupts them (the
-        transaction rolls back), and their progress (DuckDB's estimate, in %) is reported."""
-        task = self._progress.task(f"{phase} {context.dataset.value} {context.month}", 100, "%")
+        transaction rolls back), and their progress (DuckDB's estimate, in %) is reported as
+        each of ``phases`` (a one-pass statement stages and merges at once)."""
+        tasks = [
+            self._progress.task(f"{phase} {context.dataset.value} {context.month}", 100, "%")
+            for phase in phases
+        ]
         done = threading.Event()
         # DuckDB tracks query_progress() only with its progress bar on; we print our own.
         cursor.execute("SET enable_progress_bar = true")
@@ -446,10 +450,11 @@ class DuckDbWarehouse:
                 except duckdb.Error:
                     return
                 if percent > shown:
-                    task.advance(percent - shown)
+                    for task in tasks:
+                        task.advance(percent - shown)
                     shown = percent
 
-        watcher = threading.Thread(target=report, name=f"{phase}-progress", daemon=True)
+        watcher = threading.Thread(target=report, name=f"{phases[0]}-progress", daemon=True)
         try:
             with self._cancellation.interruptible(context.run_id, cursor.interrupt):
                 watcher.start()
@@ -458,7 +463,8 @@ class DuckDbWarehouse:
             done.set()
             if watcher.is_alive():
                 watcher.join()
-            task.close()
+            for task in tasks:
+                task.close()
 
     def stage(
         self,
@@ -539,7 +545,7 @@ class DuckDbWarehouse:
             self._create_final_table(dataset)
             self._run("begin staging into the final table", "BEGIN TRANSACTION", cursor=cursor)
             try:
-                with self._watched(cursor, context, "stage"):
+                with self._watched(cursor, context, "stage", "merge"):
                     ((rows,),) = self._run(
                         "stage into final table",
                         f"INSERT INTO {final} ({columns})\nSELECT {columns}\n"
