@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from taxi_pipeline.adapters.duckdb.warehouse import UNCOMMITTED_ROW_IDS
-from taxi_pipeline.adapters.sql.dialects import DUCKDB
+from taxi_pipeline.adapters.sql.dialects import DUCKDB, Dialect
 
 # Texts a published or hostile file may hold in a number or timestamp field: whitespace, signs,
 # exponents, digits past the scale, past the width, other scripts, special words, zones.
@@ -81,3 +81,33 @@ def test_the_rows_an_open_transaction_appended_are_numbered_past_every_committed
         con.execute("COMMIT")
         (after,) = con.execute("SELECT max(rowid) FROM t").fetchone() or ()
         assert after < UNCOMMITTED_ROW_IDS
+
+
+_DOUBLES = [
+    0.0, -0.0, 1.0, 1.5, 2.0000000004, 2.0000000005, 0.1 + 0.2, 3.0 - 1e-10, 999_999_999.0,
+    999_999_999.5, 1e9, 1e9 + 1, 1e17, 1e18, 1e19, 1e38, -7.0, float("inf"), float("-inf"),
+    float("nan"),
+]  # fmt: skip
+
+
+def test_the_narrow_whole_number_rule_agrees_with_the_wide_one() -> None:
+    """DuckDB's integer rule goes through DECIMAL(18, 9) where a value fits: the same integers
+    as the reference's DECIMAL(38, 9) rule, for texts and doubles alike."""
+    wide = Dialect.whole_number  # the shared rule, in DuckDB's SQL
+    texts = [f for f in _FIELDS if f.strip()]
+    with duckdb.connect() as con:
+        for value, sql_type in [
+            *((t, "VARCHAR") for t in texts),
+            *((d, "DOUBLE") for d in _DOUBLES),
+        ]:
+            got = con.execute(
+                f"SELECT {DUCKDB.whole_number('x')}, {wide(DUCKDB, 'x')}"
+                f" FROM (SELECT CAST(? AS {sql_type}) AS x)",
+                [value],
+            ).fetchone()
+            assert got is not None
+            assert got[0] == got[1], (value, sql_type)
+        # Both branches are taken: a count that fits, and one that does not.
+        fits = con.execute(f"SELECT {DUCKDB.whole_number(repr('7.0'))}").fetchone()
+        past = con.execute(f"SELECT {DUCKDB.whole_number(repr('12345678901.0'))}").fetchone()
+        assert (fits, past) == ((7,), (12_345_678_901,))

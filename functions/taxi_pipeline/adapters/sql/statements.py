@@ -131,13 +131,8 @@ class Statements:
                 return d.when(d.full_match(ref, _NUMERAL), ref)
             return ref
         if column.kind == "integer":
-            # "1.0" appears in some published months: accept whole decimals, refuse "1.5". A
-            # plain cast to an integer refuses "1.0" in BigQuery (and rounds "1.5" in its
-            # emulator).
-            number = d.try_cast(ref, d.column_types["numeric"])
-            return d.when(
-                f"{number} = {d.trunc(number)}", d.try_cast(number, d.column_types["integer"])
-            )
+            # "1.0" appears in some published months: accept whole decimals, refuse "1.5".
+            return d.whole_number(ref)
         return d.try_cast(ref, d.column_type(column))
 
     def typed_from_sql(self, column: Column, ref: str, kind: SourceKind) -> str:
@@ -154,12 +149,10 @@ class Statements:
             # TIMESTAMP, so the id's text ends in "+00" as the CSV's does), null-typed columns.
             return d.try_cast(ref, target)
         # A count written as a double: 1.0 is 1, 1.5 is a bad value (as the CSV's "1.0").
-        number = d.try_cast(ref, d.column_types["numeric"])
-        integral = f"{number} = {d.trunc(number)}"
-        whole = d.try_cast(number, d.column_types["integer"])
+        whole = d.whole_number(ref)
         if column.kind == "integer":
-            return d.when(integral, whole)
-        as_text = d.when(integral, d.try_cast(whole, d.text_type))
+            return whole
+        as_text = d.try_cast(whole, d.text_type)
         if column.numeral:
             return as_text
         # A code column (RatecodeID, trip_type) written as a double: "1" as the CSV has it.
