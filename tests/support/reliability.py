@@ -57,6 +57,7 @@ from taxi_pipeline.pipeline.ports import (
     ObjectWriter,
     Ports,
     QueryResult,
+    Replacement,
     RunEvent,
     StagingSummary,
     Warehouse,
@@ -388,6 +389,22 @@ class KillingWarehouse:
             "merge_staged",
             lambda: self.inner.merge_staged(
                 dataset, month, pickup_ranges, include_null_pickup, context
+            ),
+        )
+
+    def replace_staged(
+        self,
+        dataset: Dataset,
+        month: Month,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement,
+    ) -> tuple[int, int]:
+        return self._around(
+            "replace_staged",
+            lambda: self.inner.replace_staged(
+                dataset, month, pickup_ranges, include_null_pickup, context, replacing
             ),
         )
 

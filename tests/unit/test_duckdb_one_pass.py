@@ -1,20 +1,36 @@
-"""What the DuckDB warehouse's one pass (a clean month straight into the final table) stands on,
-pinned against the installed DuckDB: its typed CSV reader types a field as ``TRY_CAST`` of its
-text does (or refuses the file), and the rows an open transaction appended are numbered from
-``UNCOMMITTED_ROW_IDS``. A DuckDB that changes either fails here before it changes a load."""
+"""The DuckDB warehouse's one pass (a clean month straight into the final table): what it stands
+on, pinned against the installed DuckDB (its typed CSV reader types a field as ``TRY_CAST`` of
+its text does, or refuses the file; the rows an open transaction appended are numbered from
+``UNCOMMITTED_ROW_IDS``; the narrow integer rule agrees with the wide one), and what it does: the
+rows the staging table would have held, seen by nobody until the merge commits, rolled back by a
+refusal, and a month with a value to set aside staged the slow way."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import io
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from taxi_pipeline.adapters.duckdb.warehouse import UNCOMMITTED_ROW_IDS
+from taxi_pipeline.adapters.duckdb.warehouse import SQL, UNCOMMITTED_ROW_IDS, DuckDbWarehouse
+from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.sql.dialects import DUCKDB, Dialect
+from taxi_pipeline.adapters.sql.statements import source_columns
+from taxi_pipeline.devkit.generator import generate_month, write_raw
+from taxi_pipeline.devkit.parquet_generator import generate_parquet_month
+from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
+from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat, format_of
+from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo
+from taxi_pipeline.pipeline.steps.merge import pickup_ranges
+
+YELLOW, JAN = Dataset.YELLOW, Month(2019, 1)
 
 # Texts a published or hostile file may hold in a number or timestamp field: whitespace, signs,
 # exponents, digits past the scale, past the width, other scripts, special words, zones.
@@ -111,3 +127,131 @@ def test_the_narrow_whole_number_rule_agrees_with_the_wide_one() -> None:
         fits = con.execute(f"SELECT {DUCKDB.whole_number(repr('7.0'))}").fetchone()
         past = con.execute(f"SELECT {DUCKDB.whole_number(repr('12345678901.0'))}").fetchone()
         assert (fits, past) == ((7,), (12_345_678_901,))
+
+
+# -- the warehouse ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Iterator[DuckDbWarehouse]:
+    built = DuckDbWarehouse(tmp_path / "home" / "warehouse.duckdb", threads=2)
+    yield built
+    built.close()
+
+
+def _put(lake: Path, path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
+    name = object_name(dataset, month, format_of(path.name) or CSV_GZ)
+    target = lake / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(path.read_bytes())
+    return ObjectInfo("lake", name, "1", target.stat().st_size, target.as_uri())
+
+
+def _stage(
+    warehouse: DuckDbWarehouse, tmp_path: Path, path: Path, dataset: Dataset, month: Month
+) -> tuple[ObjectInfo, JobContext]:
+    lake = tmp_path / "lake"
+    source = _put(lake, path, dataset, month)
+    run_id = f"{dataset.value}-{month.year}{month.month:02d}-onepass"
+    context = JobContext(run_id, dataset, month, "merge")
+    warehouse.ensure_final_table(dataset)
+    warehouse.create_external_table(dataset, month, source, FolderStore(lake))
+    return source, context
+
+
+def _open_elsewhere(path: Path) -> int:
+    """Open the DuckDB file from another process; its exit status (0: it could)."""
+    code = f"import duckdb; duckdb.connect({str(path)!r}).close()"
+    return subprocess.run([sys.executable, "-c", code], check=False).returncode
+
+
+def _statements(caplog: pytest.LogCaptureFixture) -> set[str]:
+    """The warehouse statements run so far (their DEBUG timing lines)."""
+    return {str(r.__dict__["statement"]) for r in caplog.records if "statement" in r.__dict__}
+
+
+def _staging_rows(path: Path, dataset: Dataset, month: Month, fmt: SourceFormat) -> str:
+    """The rows the staging table of the slow way holds, as a query over ``path``."""
+    relation = DUCKDB.read_source(fmt, str(path), dataset)
+    select = SQL.staging_select(
+        dataset, month, f"({relation})", csv_name(dataset, month, fmt),
+        source_columns(fmt, dataset, month),
+    )  # fmt: skip
+    return f"SELECT {', '.join(SQL.final_columns(dataset))} FROM ({select}) WHERE NOT _header"
+
+
+@pytest.mark.parametrize("fmt", [CSV_GZ, PARQUET], ids=lambda f: f.name)
+def test_a_clean_month_loads_in_one_pass_the_rows_the_staging_table_would_hold(
+    warehouse: DuckDbWarehouse, tmp_path: Path, fmt: SourceFormat, caplog: pytest.LogCaptureFixture
+) -> None:
+    month = JAN if fmt is CSV_GZ else Month(2024, 1)
+    made = tmp_path / "made"
+    path = (
+        generate_month(made, YELLOW, month, 20_000, seed=7).path
+        if fmt is CSV_GZ
+        else generate_parquet_month(made, "yellow", month, 20_000, seed=7).path
+    )
+    source, context = _stage(warehouse, tmp_path, path, YELLOW, month)
+    with caplog.at_level(logging.DEBUG, "taxi_pipeline.adapters.duckdb.warehouse"):
+        staged = warehouse.stage(YELLOW, month, source, FolderStore(tmp_path / "lake"), context)
+    # One pass, no staging table, and nothing visible before the commit.
+    assert _statements(caplog) >= {"stage into final table", "measure staged rows"}
+    assert "build staging table" not in _statements(caplog)
+    assert warehouse.query("SELECT count(*) FROM yellow_tripdata").rows == [(0,)]
+    assert (staged.rows, staged.rows_bad) == (20_000, 0)
+    ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(YELLOW, month, ranges, False, context) == 20_000
+    assert _open_elsewhere(warehouse.path) == 0  # the file is let go once committed
+    warehouse.drop_month_objects(YELLOW, month)
+
+    columns = ", ".join(SQL.final_columns(YELLOW))
+    with duckdb.connect(str(warehouse.path)) as con:
+        expected = _staging_rows(path, YELLOW, month, fmt)
+        loaded = f"SELECT {columns} FROM yellow_tripdata"
+        for first, second in [(loaded, expected), (expected, loaded)]:
+            (differ,) = (
+                con.execute(f"SELECT count(*) FROM ({first} EXCEPT ALL {second})").fetchone() or ()
+            )
+            assert differ == 0
+
+
+def test_a_month_staged_into_the_final_table_and_refused_leaves_nothing(
+    warehouse: DuckDbWarehouse, tmp_path: Path
+) -> None:
+    path = generate_month(tmp_path / "made", YELLOW, JAN, 5_000, seed=8).path
+    source, context = _stage(warehouse, tmp_path, path, YELLOW, JAN)
+    warehouse.stage(YELLOW, JAN, source, FolderStore(tmp_path / "lake"), context)
+    assert _open_elsewhere(warehouse.path) != 0  # held from the pass to the commit
+    warehouse.drop_month_objects(YELLOW, JAN)  # what the step does with a refused month
+    assert _open_elsewhere(warehouse.path) == 0
+    assert warehouse.query("SELECT count(*) FROM yellow_tripdata").rows == [(0,)]
+    # Staged again by the redelivery: the pass runs anew.
+    staged = warehouse.stage(YELLOW, JAN, source, FolderStore(tmp_path / "lake"), context)
+    ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(YELLOW, JAN, ranges, False, context) == 5_000
+    assert warehouse.query("SELECT count(*) FROM yellow_tripdata").rows == [(5_000,)]
+
+
+def test_a_month_with_a_value_to_set_aside_takes_the_staging_table(
+    warehouse: DuckDbWarehouse, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    layout = YELLOW.layout
+    good = "1,2019-01-05 10:00:00,2019-01-05 10:10:00,1,1.2,1,N,74,75,1,7,0,0.5,0,0,0.3,7.8,0"
+    lines = [good.replace("10:00:00", f"10:{m:02d}:00", 1) for m in range(20)]
+    lines.append(good.replace(",1,1.2,", ",1.5,1.2,", 1))  # one count that is no whole number
+    lines.append(layout.header)  # and the header line again inside the body
+    path = write_raw(tmp_path / "made" / "yellow.csv.gz", layout.header, lines)
+    source, context = _stage(warehouse, tmp_path, path, YELLOW, JAN)
+    with caplog.at_level(logging.DEBUG, "taxi_pipeline.adapters.duckdb.warehouse"):
+        staged = warehouse.stage(YELLOW, JAN, source, FolderStore(tmp_path / "lake"), context)
+    # The pass stopped at the first such value; the staging table then counted them.
+    assert _statements(caplog) >= {"stage into final table", "build staging table"}
+    assert "measure staged rows" not in _statements(caplog)
+    assert _open_elsewhere(warehouse.path) == 0  # the slow way stages without the file
+    # The header line is a bad row, not a trip (README "Row ids"); the 1.5 a bad value.
+    assert (staged.rows, staged.rows_bad) == (21, 2)
+    assert sorted(staged.bad_samples) == sorted([lines[20], layout.header])
+    ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(YELLOW, JAN, ranges, False, context) == 21
+    counted = warehouse.query("SELECT count(*), count(passenger_count) FROM yellow_tripdata")
+    assert counted.rows == [(21, 20)]
