@@ -3,16 +3,22 @@
 # Safe to run again: each step reads first and changes only what differs. The resources are declared in infra/resources.py.
 #
 #   ./deploy.sh --project P --region R [--bucket B] [--dataset D] [--alert-email E] [--with-ui] [--dry-run]
-#   ./deploy.sh --project P --region R --destroy [--delete-data] [--dry-run]
+#     [--warehouse postgres --cloudsql-instance PROJECT:REGION:NAME [--db-name N] [--db-user U] [--db-secret S]]
+#   ./deploy.sh --project P --region R --destroy [--delete-data] [--warehouse postgres ...] [--dry-run]
+# --warehouse postgres: the functions (and the UI) use Cloud SQL for PostgreSQL (unix socket through Cloud
+# Run's Cloud SQL connection; password from the Secret Manager secret S, default taxi-pipeline-db-password,
+# which you create: printf %s PASSWORD | gcloud secrets create S --data-file=-).
 set -euo pipefail
 
-usage() { sed -n '5,6s/^# *//p' "$0" >&2; exit "${1:-2}"; }
+usage() { sed -n '5,7s/^# *//p' "$0" >&2; exit "${1:-2}"; }
 die() { echo "deploy.sh: $*" >&2; exit 1; }
 
 PROJECT="" REGION="" BUCKET="" DATASET="taxi" ALERT_EMAIL="" DRY_RUN=0 DESTROY=0 DELETE_DATA=0 WITH_UI=0
+WAREHOUSE=bigquery CLOUDSQL_INSTANCE="" DB_NAME=taxi DB_USER=taxi-pipeline DB_SECRET=taxi-pipeline-db-password
 while (($#)); do
   case "$1" in
-    --project | --region | --bucket | --dataset | --alert-email)
+    --project | --region | --bucket | --dataset | --alert-email | --warehouse | --cloudsql-instance | \
+      --db-name | --db-user | --db-secret)
       (($# > 1)) || usage
       declare "$(tr 'a-z-' 'A-Z_' <<<"${1#--}")=$2"
       shift 2 ;;
@@ -27,6 +33,16 @@ done
 [[ -n $PROJECT && -n $REGION ]] || usage
 ((DELETE_DATA == 0 || DESTROY)) || die "--delete-data goes with --destroy"
 ((WITH_UI == 0 || DESTROY == 0)) || die "--with-ui goes with a deploy (--destroy removes the UI too)"
+case $WAREHOUSE in
+  bigquery) [[ -z $CLOUDSQL_INSTANCE ]] || die "--cloudsql-instance goes with --warehouse postgres" ;;
+  postgres)
+    [[ $CLOUDSQL_INSTANCE =~ ^[a-z][-a-z0-9.:]*:[a-z][-a-z0-9]*:[a-z][-a-z0-9]*$ ]] ||
+      die "--warehouse postgres needs --cloudsql-instance PROJECT:REGION:NAME (the instance's connection name)"
+    for name in "$DB_NAME" "$DB_USER" "$DB_SECRET"; do
+      [[ $name =~ ^[A-Za-z_][-A-Za-z0-9_]*$ ]] || die "invalid database, user or secret name: $name"
+    done ;;
+  *) die "--warehouse is bigquery (the default) or postgres" ;;
+esac
 BUCKET=${BUCKET:-$PROJECT-taxi-lake}
 cd "$(dirname "${BASH_SOURCE[0]}")"
 PYTHON=${TAXI_PIPELINE_PYTHON:-.venv/bin/python}
@@ -81,6 +97,11 @@ if ((DRY_RUN == 0)); then
       die "bucket name $BUCKET is taken by another project: pass --bucket NAME"
     fi
   fi
+fi
+# The database password is yours to keep in Secret Manager: checked, never created here.
+if [[ $WAREHOUSE == postgres ]] && ((DRY_RUN == 0 && DESTROY == 0)) &&
+  ! probe secrets describe "$DB_SECRET" --format='value(name)' >/dev/null; then
+  die "the database password secret $DB_SECRET is missing (or the Secret Manager API is off): gcloud services enable secretmanager.googleapis.com --project=$PROJECT; printf %s 'PASSWORD' | gcloud secrets create $DB_SECRET --data-file=- --project=$PROJECT"
 fi
 # Only an --alert-email given on the command line moves an existing alert policy (see the end).
 ALERT_EMAIL_GIVEN=${ALERT_EMAIL:+1}
@@ -137,6 +158,20 @@ if ((DESTROY)); then
         --role="$role" --project="$PROJECT" --quiet >/dev/null
     fi
   done <<<"$spec"
+  if [[ $WAREHOUSE == postgres ]]; then # the functions' and the UI's access to the database
+    for id in $(lines function | cut -f8) "$UI_ACCOUNT"; do
+      member=serviceAccount:$(sa "$id")
+      if ((DRY_RUN)) || has_binding "$member" roles/cloudsql.client projects "$PROJECT"; then
+        run gcloud projects remove-iam-policy-binding "$PROJECT" --member="$member" \
+          --role=roles/cloudsql.client --condition=None --project="$PROJECT" --quiet >/dev/null
+      fi
+      # The secret is yours: it stays, without the deleted accounts' access.
+      if ((DRY_RUN)) || has_binding "$member" roles/secretmanager.secretAccessor secrets "$DB_SECRET"; then
+        run gcloud secrets remove-iam-policy-binding "$DB_SECRET" --member="$member" \
+          --role=roles/secretmanager.secretAccessor --project="$PROJECT" --quiet >/dev/null
+      fi
+    done
+  fi
   while IFS=$'\t' read -r _ id _; do
     if ((DRY_RUN)) || probe iam service-accounts describe "$(sa "$id")" --format='value(email)' >/dev/null; then
       run gcloud iam service-accounts delete "$(sa "$id")" --project="$PROJECT" --quiet
@@ -149,7 +184,9 @@ fi
 
 # ---------------------------------------------------------------------------- deploy
 enabled=$(probe services list --enabled --format='value(config.name)' || true)
-missing=$( { lines api; ((WITH_UI == 0)) || lines ui-api; } | cut -f2 | grep -vxF -f <(printf '%s\n' "$enabled") || true)
+apis=$( { lines api; ((WITH_UI == 0)) || lines ui-api; } | cut -f2)
+[[ $WAREHOUSE == bigquery ]] || apis+=$'\n'sqladmin.googleapis.com$'\n'secretmanager.googleapis.com
+missing=$(awk '!seen[$0]++' <<<"$apis" | grep -vxF -f <(printf '%s\n' "$enabled") || true)
 # shellcheck disable=SC2086  # one word per API
 [[ -z $missing ]] || run gcloud services enable $missing --project="$PROJECT" --quiet
 while IFS=$'\t' read -r _ id description; do
@@ -172,6 +209,12 @@ while IFS=$'\t' read -r kind id a b; do
     ui-topic-role) ((WITH_UI == 0)) || grant "serviceAccount:$(sa "$id")" "$b" "pubsub topics" "$a" ;;
   esac
 done <<<"$spec"
+if [[ $WAREHOUSE == postgres ]]; then # every function reads and writes the run history
+  while IFS=$'\t' read -r _ _ _ _ _ _ _ id; do
+    grant "serviceAccount:$(sa "$id")" roles/cloudsql.client projects "$PROJECT"
+    grant "serviceAccount:$(sa "$id")" roles/secretmanager.secretAccessor secrets "$DB_SECRET"
+  done < <(lines function)
+fi
 
 # The function source: functions/ with its pinned requirements, symlinks (schedules.toml) resolved.
 src=$(mktemp -d)
@@ -180,11 +223,21 @@ tar -C functions --dereference --exclude=__pycache__ --exclude='*.egg-info' -cf 
   main.py requirements.txt taxi_pipeline | tar -C "$src" -xf -
 digest=$(cd "$src" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
 env_vars=$(lines env | cut -f2)
+if [[ $WAREHOUSE == postgres ]]; then # the Cloud SQL socket Cloud Run mounts under /cloudsql
+  url="postgresql://$DB_USER@/$DB_NAME?host=/cloudsql/$CLOUDSQL_INSTANCE"
+  IFS=, read -r -a pairs <<<"$env_vars"
+  for i in "${!pairs[@]}"; do
+    [[ ${pairs[i]} != TAXI_PIPELINE_WAREHOUSE_URL=* ]] || pairs[i]=TAXI_PIPELINE_WAREHOUSE_URL=$url
+  done
+  env_vars=$(IFS=,; echo "${pairs[*]}")
+fi
 while IFS=$'\t' read -r _ fn entry trigger memory timeout max_instances account; do
   args=(--gen2 --region="$REGION" --runtime=python312 --source="$src" --entry-point="$entry"
     --service-account="$(sa "$account")" --trigger-service-account="$TRIGGER" --retry
     --memory="$memory" --timeout="$timeout" --max-instances="$max_instances"
     --set-env-vars="$env_vars" --no-allow-unauthenticated)
+  [[ $WAREHOUSE == bigquery ]] ||
+    args+=(--set-secrets="TAXI_PIPELINE_WAREHOUSE_PASSWORD=$DB_SECRET:latest")
   if [[ $trigger == topic:* ]]; then
     args+=(--trigger-topic="${trigger#topic:}")
   else
@@ -199,6 +252,13 @@ while IFS=$'\t' read -r _ fn entry trigger memory timeout max_instances account;
       --project="$PROJECT" --quiet
   fi
   grant "serviceAccount:$TRIGGER" roles/run.invoker "run services" "$fn" --region="$REGION"
+  if [[ $WAREHOUSE == postgres ]]; then # gcloud functions deploy has no Cloud SQL flag
+    attached=$(probe run services describe "$fn" --region="$REGION" \
+      --format='value(spec.template.metadata.annotations."run.googleapis.com/cloudsql-instances")' || true)
+    [[ $attached == "$CLOUDSQL_INSTANCE" ]] ||
+      run gcloud run services update "$fn" --region="$REGION" \
+        --set-cloudsql-instances="$CLOUDSQL_INSTANCE" --project="$PROJECT" --quiet
+  fi
 done < <(lines function)
 
 # Eventarc may recreate a trigger's subscription on a redeploy: the policy is re-applied each time.
@@ -221,9 +281,19 @@ if ((WITH_UI)); then
     rm -f "$token_file"
   fi
   grant "serviceAccount:$(sa "$UI_ACCOUNT")" roles/secretmanager.secretAccessor secrets "$UI_SECRET"
+  ui_env=$env_vars ui_secrets=TAXI_PIPELINE_UI_TOKEN=$UI_SECRET:latest ui_sql=()
+  if [[ $WAREHOUSE == postgres ]]; then
+    # It reads the history in Cloud SQL (the functions' database user) and starts runs through
+    # Pub/Sub: the bus URL tells it it is the cloud's UI, not an embedded pipeline.
+    grant "serviceAccount:$(sa "$UI_ACCOUNT")" roles/cloudsql.client projects "$PROJECT"
+    grant "serviceAccount:$(sa "$UI_ACCOUNT")" roles/secretmanager.secretAccessor secrets "$DB_SECRET"
+    ui_env+=,TAXI_PIPELINE_BUS_URL=pubsub://$PROJECT
+    ui_secrets+=,TAXI_PIPELINE_WAREHOUSE_PASSWORD=$DB_SECRET:latest
+    ui_sql=(--set-cloudsql-instances="$CLOUDSQL_INSTANCE")
+  fi
   args=(--source="$src" --region="$REGION" --service-account="$(sa "$UI_ACCOUNT")"
     --no-allow-unauthenticated --memory="$UI_MEMORY" --timeout="$UI_TIMEOUT" --max-instances="$UI_MAX"
-    --set-env-vars="$env_vars" --set-secrets=TAXI_PIPELINE_UI_TOKEN="$UI_SECRET":latest
+    --set-env-vars="$ui_env" --set-secrets="$ui_secrets" "${ui_sql[@]}"
     --set-build-env-vars="GOOGLE_ENTRYPOINT=$UI_ENTRY,GOOGLE_PYTHON_VERSION=3.12.x")
   label=$(printf '%s %s' "$digest" "${args[*]/--source=*/}" | sha256sum | cut -c1-12)
   current=$(probe run services describe "$UI_SERVICE" --region="$REGION" --format='value(metadata.labels.deploy_spec)' || true)
@@ -265,7 +335,11 @@ if [[ -z $policy || -n $ALERT_EMAIL_GIVEN ]]; then
       --project="$PROJECT" --quiet
   fi
 fi
-echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, dataset $DATASET" >&2
+if [[ $WAREHOUSE == postgres ]]; then
+  echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, warehouse Cloud SQL $CLOUDSQL_INSTANCE database $DB_NAME" >&2
+else
+  echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, dataset $DATASET" >&2
+fi
 if ((WITH_UI)); then
   echo "deploy.sh: web UI: gcloud run services proxy $UI_SERVICE --region=$REGION --project=$PROJECT --port=8765," \
     "then http://localhost:8765 (token for its forms: gcloud secrets versions access latest" \

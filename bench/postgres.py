@@ -103,8 +103,11 @@ class PgServer:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PgServer]:
-    """Start a fresh server in a temporary folder; stop it and remove the folder afterwards."""
+def postgres_server(settings: dict[str, str] | None = None) -> Iterator[PgServer]:
+    """Start a fresh server in a temporary folder; stop it and remove the folder afterwards.
+
+    ``settings``: server parameters (``-c name=value``) on top of the defaults.
+    """
     bin_dir = _bin_dir()
     as_postgres: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="taxi-bench-pg-"))
@@ -121,7 +124,9 @@ def postgres_server() -> Iterator[PgServer]:
              "-U", "postgres", "--no-sync", "-E", "UTF8"],
             check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1" + "".join(
+            f" -c {key}={value}" for key, value in (settings or {}).items()
+        )
         subprocess.run(
             [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
              "-l", str(root / "server.log"), "-w", "start"],

@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python="${PYTHON:-.venv/bin/python}"
 benchmarks=("$@")
 if [[ ${#benchmarks[@]} -eq 0 ]]; then
-    benchmarks=(ingest download cold_start bq_cost backfill ui)
+    benchmarks=(ingest download cold_start bq_cost backfill ui postgres_ingest)
 fi
 for name in "${benchmarks[@]}"; do
     started=$(date +%s)

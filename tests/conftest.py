@@ -9,12 +9,16 @@ Session fixtures, each one process for the whole run (per xdist worker):
 - ``bigquery_emulator``: :class:`emulators.BigQueryEmulator`; ``gs://`` URIs in load jobs and
   EXPORT DATA reach fake_gcs through its API (``STORAGE_EMULATOR_HOST``).
 - ``storage_client`` / ``bigquery_client``: official clients aimed at those.
+- ``postgres_server``: :class:`support.postgres.PostgresServer`, a real PostgreSQL 15+ (Debian's
+  ``postgresql``) initialised in a temp folder on a free loopback port; ``postgres_database``
+  gives each test a new empty database on it (its name), dropped afterwards.
 
 Function fixtures ``gcs_env`` / ``pubsub_env`` export ``STORAGE_EMULATOR_HOST`` /
 ``PUBSUB_EMULATOR_HOST`` for one test (restored afterwards) for code that builds its own clients.
 
-A missing fake-gcs-server or local-bigquery is a failure (run ``.ci/install-emulators.sh``);
-only the Pub/Sub emulator may be absent, and then its tests skip with the reason.
+A missing fake-gcs-server, local-bigquery or PostgreSQL is a failure (run ``scripts/setup-dev``
+or ``.ci/install-emulators.sh``); only the Pub/Sub emulator may be absent, and then its tests skip
+with the reason.
 """
 
 # google-cloud-storage ships no py.typed: its names are Any here.
@@ -35,6 +39,8 @@ from emulators import (
     start_fake_gcs,
     start_pubsub_emulator,
 )
+
+from support.postgres import PostgresServer, find_bin_dir, start_postgres
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
@@ -127,3 +133,18 @@ def pubsub_env(pubsub_emulator: PubSubEmulator, monkeypatch: pytest.MonkeyPatch)
     for key, value in pubsub_emulator.env().items():
         monkeypatch.setenv(key, value)
     return pubsub_emulator
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session, stopped and removed afterwards."""
+    with start_postgres(_required(find_bin_dir)) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new empty database on ``postgres_server`` for one test (dropped afterwards)."""
+    name = postgres_server.create_database()
+    yield name
+    postgres_server.drop_database(name)

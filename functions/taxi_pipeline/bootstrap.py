@@ -20,6 +20,7 @@ from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.local.admission import RunGate, Ticket
 from taxi_pipeline.local.orchestrator import MirroredProgress, Watcher
 from taxi_pipeline.local.process import ProcessInfo, this_process
+from taxi_pipeline.logs import redact
 from taxi_pipeline.pipeline import handlers
 from taxi_pipeline.pipeline.cancellation import Cancellation, current_run_id
 from taxi_pipeline.pipeline.cloudevents import build_gcs_event
@@ -53,6 +54,9 @@ class HistoryStore(RunHistory, LoadLedger, Closeable, Protocol):
     """What ``runs``, ``status`` and ``runs cancel`` need: the run history and the ledger (the
     home's SQLite history, or the warehouse itself)."""
 
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+"""The PostgreSQL warehouse's URL schemes (libpq's)."""
 
 LAKE_EVENTS_TOPIC = "lake-object-finalized"
 """In-process stand-in for the GCS trigger (Eventarc) of the register function."""
@@ -307,8 +311,14 @@ def build_local(
     lake = FolderStore(_file_path(lake_url, "TAXI_PIPELINE_LAKE_URL"), on_finalized=announce)
     embedded = urlsplit(settings.resolved_warehouse_url).scheme == "duckdb"
     history = open_history(settings, process=this_process()) if embedded else None
-    # At a step's start the history is asked too: a cancel recorded since the last poll.
-    cancellation = Cancellation(recorded=_recorded_cancels(history) if history else None)
+    # Another warehouse (PostgreSQL) keeps the history itself: built first, since it is asked.
+    other = None if embedded else build_warehouse(settings)
+    recorded_in: RunHistory | None = history if history is not None else other
+    # At a step's start the history is asked too: a cancel recorded since the last poll (with a
+    # warehouse that has no heartbeats, how a `runs cancel` reaches this process's runs).
+    cancellation = Cancellation(
+        recorded=_recorded_cancels(recorded_in) if recorded_in is not None else None
+    )
     locks = FileLocks(
         _locks_folder(settings),
         on_wait=say,
@@ -319,7 +329,8 @@ def build_local(
         shown = MirroredProgress(shown, history)
         warehouse = _embedded_warehouse(settings, history, locks, cancellation, shown, say)
     else:
-        warehouse = build_warehouse(settings)
+        assert other is not None
+        warehouse = other
     ports = Ports(
         settings=settings,
         lake=lake,
@@ -343,9 +354,14 @@ def build_local(
 
 
 def warehouse_is_cloud(settings: Settings) -> bool:
-    """Whether the warehouse is the cloud's (BigQuery): runs are then started by publishing to
-    Pub/Sub, and the cloud functions run them."""
-    return urlsplit(settings.resolved_warehouse_url).scheme == "bigquery"
+    """Whether the warehouse is the cloud's: runs are then started by publishing to Pub/Sub, and
+    the cloud functions run them. BigQuery always; PostgreSQL serves either, so it is the cloud's
+    when a ``pubsub://`` bus URL says so (``deploy.sh --with-ui --warehouse postgres`` sets it),
+    else a local pipeline runs over it."""
+    scheme = urlsplit(settings.resolved_warehouse_url).scheme
+    if scheme in POSTGRES_SCHEMES:
+        return urlsplit(settings.bus_url or "").scheme == "pubsub"
+    return scheme == "bigquery"
 
 
 def _recorded_cancels(history: RunHistory) -> Callable[[str], str | None]:
@@ -448,16 +464,18 @@ def _embedded_warehouse(
 
 def build_history(settings: Settings) -> HistoryStore:
     """Where ``runs`` and ``status`` read: the home's SQLite history for the embedded default
-    (never the DuckDB file, which a merge may hold), the warehouse itself otherwise. Nothing
-    is created for a home without one."""
+    (never the DuckDB file, which a merge may hold), the warehouse itself otherwise (BigQuery's
+    or PostgreSQL's ``pipeline_runs`` / ``pipeline_loads``, in its database). Nothing is created
+    for a home without one."""
     if urlsplit(settings.resolved_warehouse_url).scheme == "duckdb":
         return open_history(settings, create=False)
     return build_warehouse(settings)
 
 
 def liveness_of(history: HistoryStore) -> Liveness:
-    """How ``history``'s runs tell a dead process: the home's heartbeats, or in the cloud
-    the function timeout."""
+    """How ``history``'s runs tell a dead process: the home's heartbeats (SQLite), else the
+    cloud's bound, the function timeout (BigQuery; PostgreSQL, which keeps no heartbeats: a
+    local process's run goes ABANDONED after that long without a line)."""
     from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 
     if isinstance(history, SqliteHistory):
@@ -474,6 +492,15 @@ def build_warehouse(
     file, no folder, no tables; the history is not created either)."""
     url = settings.resolved_warehouse_url
     scheme = urlsplit(url).scheme
+    if scheme in POSTGRES_SCHEMES:
+        from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
+
+        password = settings.warehouse_password
+        return PostgresWarehouse.from_url(
+            url,
+            password=password.get_secret_value() if password else None,
+            read_only=read_only,
+        )
     if scheme == "duckdb":
         from taxi_pipeline.adapters.filelock.locks import FileLocks
 
@@ -498,7 +525,8 @@ def build_warehouse(
 
         return BigQueryWarehouse.from_url(url, settings, client=_bigquery_emulator_client(settings))
     raise ConfigurationError(
-        f"unknown warehouse URL scheme in {url!r} (use duckdb:// or bigquery://)"
+        f"unknown warehouse URL scheme in {redact(url)!r}"
+        " (use duckdb://, bigquery:// or postgresql://)"
     )
 
 

@@ -48,9 +48,13 @@ class Settings(BaseSettings):
     (made absolute) as a ``file://`` URL."""
 
     warehouse_url: str | None = None
-    """``duckdb:///abs/path.duckdb`` or ``bigquery://project/dataset``.
+    """``duckdb:///abs/path.duckdb``, ``bigquery://project/dataset`` or
+    ``postgresql://user@host:port/db?schema=NAME`` (a libpq URL; ``?host=/cloudsql/...`` for a
+    socket). Unset: ``{home}/warehouse.duckdb`` (made absolute) as a ``duckdb://`` URL."""
 
-    Unset: ``{home}/warehouse.duckdb`` (made absolute) as a ``duckdb://`` URL."""
+    warehouse_password: SecretStr | None = None
+    """PostgreSQL password when the warehouse URL has none; unset: libpq's ``PGPASSWORD`` or
+    ``~/.pgpass``. Never printed."""
 
     source: Upstream = Upstream.AUTO
     """Where a run without ``--source`` downloads from: ``mirror`` (the DataTalksClub CSV

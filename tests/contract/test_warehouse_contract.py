@@ -1,4 +1,5 @@
-"""The Warehouse contract: one suite over every adapter (DuckDB, BigQuery on the emulator).
+"""The Warehouse contract: one suite over every adapter (DuckDB, PostgreSQL, BigQuery on the
+emulator).
 
 An adapter that passes it is interchangeable for the steps. BigQuery runs in ``load`` staging
 mode: the emulator has no external tables (see tests/integration/test_bigquery_warehouse.py for
@@ -24,6 +25,7 @@ from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
 from taxi_pipeline.adapters.embedded import EmbeddedWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore
+from taxi_pipeline.adapters.postgres.warehouse import PostgresWarehouse
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
 from taxi_pipeline.devkit.parquet_generator import GeneratedParquet, generate_parquet_month
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
@@ -79,6 +81,24 @@ def _duckdb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     warehouse.close()
 
 
+def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    server = request.getfixturevalue("postgres_server")
+    database = request.getfixturevalue("postgres_database")
+    lake = FolderStore(tmp_path / "lake")
+    warehouse = PostgresWarehouse.from_url(server.url(database), password=server.password)
+
+    def put(path: Path, dataset: Dataset, month: Month) -> ObjectInfo:
+        name = object_name(dataset, month, format_of(path.name) or CSV_GZ)
+        with lake.writer(name, {}) as out:
+            out.write(path.read_bytes())
+        info = lake.stat(name)
+        assert info is not None
+        return info
+
+    yield Harness(warehouse, lake, put, warehouse.table_names)
+    warehouse.close()
+
+
 def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     client = request.getfixturevalue("bigquery_client")
     storage = request.getfixturevalue("storage_client")
@@ -105,6 +125,7 @@ def _bigquery(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harnes
 
 CONFIGS = [
     pytest.param(AdapterConfig("duckdb", _duckdb)),
+    pytest.param(AdapterConfig("postgres", _postgres)),
     pytest.param(AdapterConfig("bigquery-emulator-load", _bigquery), marks=pytest.mark.emulator),
 ]
 
@@ -164,6 +185,23 @@ def test_stage_and_merge_counts(harness: Harness, green_file: GeneratedFile) -> 
     assert _count(warehouse, GREEN.final_table) == ROWS
     distinct = warehouse.query("SELECT COUNT(DISTINCT unique_row_id) FROM green_tripdata")
     assert distinct.rows == [(ROWS - green_file.duplicate_rows,)]
+
+
+def test_merge_records_its_load_with_the_count(harness: Harness, green_file: GeneratedFile) -> None:
+    """``merge_staged(load=...)`` records the load itself, with the rows it inserted."""
+    warehouse = harness.warehouse
+    source = harness.put(green_file.path, GREEN, JAN)
+    context = JobContext("green-201901-ledger", GREEN, JAN, "merge")
+    warehouse.ensure_final_table(GREEN)
+    warehouse.create_external_table(GREEN, JAN, source, harness.lake)
+    staged = warehouse.stage(GREEN, JAN, source, harness.lake, context)
+    load = LoadRecord(
+        GREEN, JAN, source.name, source.generation, context.run_id, staged.rows, 0, T0
+    )
+    ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context, load=load) == ROWS
+    assert warehouse.find_load(source.name, source.generation) == replace(load, rows_inserted=ROWS)
+    warehouse.drop_month_objects(GREEN, JAN)
 
 
 @pytest.fixture(scope="module")

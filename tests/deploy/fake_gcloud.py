@@ -9,7 +9,8 @@ Notification channels are kept as name -> email address, alert policies as name 
 
 Knobs (environment): ``FAKE_GCLOUD_ACCOUNT`` (empty: not logged in), ``FAKE_GCLOUD_BILLING``
 (``True``/``False``), ``FAKE_GCLOUD_FOREIGN_BUCKETS`` (comma list of names owned elsewhere),
-``FAKE_GCLOUD_REAL_PYTHON`` (interpreter for ``python -m infra.provision spec`` / ``-c``).
+``FAKE_GCLOUD_REAL_PYTHON`` (interpreter for ``python -m infra.provision spec`` / ``-c``),
+``FAKE_GCLOUD_SECRETS`` (comma list of the Secret Manager secrets that exist).
 """
 
 from __future__ import annotations
@@ -123,6 +124,23 @@ def gcloud(args: list[str]) -> int:  # noqa: C901 (one branch per command)
                 bindings.remove(binding)
             _save(state)
             return 0
+    # The user's secrets (the database password: never created here); the UI's token is below.
+    if words.startswith("secrets describe") and pos[2] in os.environ.get(
+        "FAKE_GCLOUD_SECRETS", ""
+    ).split(","):
+        return out(pos[2])
+    # A function's Cloud Run service (its Cloud SQL connection); the UI's service is below.
+    if (
+        pos[:2] == ["run", "services"]
+        and pos[2] in ("describe", "update")
+        and pos[3] in state["functions"]
+    ):
+        attached: dict[str, str] = state.setdefault("cloudsql", {})
+        if pos[2] == "describe":
+            return out(attached.get(pos[3], ""))
+        attached[pos[3]] = flags["set-cloudsql-instances"][0]
+        _save(state)
+        return 0
     if pos[:1] == ["functions"]:
         verb, name = pos[1], pos[2]
         if verb == "describe":
@@ -145,6 +163,8 @@ def gcloud(args: list[str]) -> int:  # noqa: C901 (one branch per command)
             return out(name if "name" in flags["format"][0] else run_services[name])
         if verb == "deploy":
             run_services[name] = flags["update-labels"][0].split("=", 1)[1]
+            if "set-cloudsql-instances" in flags:
+                state.setdefault("cloudsql", {})[name] = flags["set-cloudsql-instances"][0]
         elif verb == "delete":
             del run_services[name]
         _save(state)

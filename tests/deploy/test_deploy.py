@@ -450,3 +450,120 @@ def test_with_ui_and_destroy_are_refused_together(bed: DeployBed) -> None:
     assert result.returncode == 1
     assert "--with-ui goes with a deploy" in result.stderr
     assert result.calls == ()
+
+
+POSTGRES = ("--warehouse", "postgres", "--cloudsql-instance", "demo-proj:europe-west1:taxi-pg")
+SECRET_ACCESS = "secrets taxi-pipeline-db-password"
+
+
+def test_postgres_deploy_redeploy_destroy(bed: DeployBed) -> None:
+    """Cloud SQL: the socket URL, the password secret, the connection on each function's
+    service, the roles; a redeploy changes nothing; destroy takes the accounts' access away."""
+    bed.env["FAKE_GCLOUD_SECRETS"] = "taxi-pipeline-db-password"
+    first = bed.deploy(*POSTGRES)
+    assert first.returncode == 0, first.stderr
+    assert first.actions == _expected("deploy-postgres.txt")
+    assert "warehouse Cloud SQL demo-proj:europe-west1:taxi-pg database taxi" in first.stderr
+    state = bed.read_state()
+    assert state["cloudsql"] == {
+        fn: "demo-proj:europe-west1:taxi-pg"
+        for fn in ("taxi-dead-letter", "taxi-download", "taxi-merge", "taxi-register")
+    }
+    iam: dict[str, list[list[str]]] = state["iam"]  # type: ignore[assignment]
+    accessors = sorted(member for _, member in iam[SECRET_ACCESS])
+    assert accessors == [
+        f"serviceAccount:taxi-{fn}-fn@demo-proj.iam.gserviceaccount.com"
+        for fn in ("dead-letter", "download", "merge", "register")
+    ]
+
+    again = bed.deploy(*POSTGRES)
+    assert again.returncode == 0, again.stderr
+    assert [a.split()[1] for a in again.actions] == ["data", "dead-letters", "schedules"]
+
+    gone = bed.deploy("--destroy", *POSTGRES)
+    assert gone.returncode == 0, gone.stderr
+    after: dict[str, list[list[str]]] = bed.read_state()["iam"]  # type: ignore[assignment]
+    assert after[SECRET_ACCESS] == []
+    assert [b for b in after["projects demo-proj"] if "cloudsql" in b[0]] == []
+
+
+def test_postgres_with_ui_connects_the_ui_to_cloud_sql(bed: DeployBed) -> None:
+    """--with-ui beside --warehouse postgres: the UI reads the history in Cloud SQL (connection,
+    password secret, cloudsql.client) and starts runs through Pub/Sub (its bus URL); destroy
+    takes its database access away with the functions'."""
+    bed.env["FAKE_GCLOUD_SECRETS"] = "taxi-pipeline-db-password"
+    first = bed.deploy("--with-ui", *POSTGRES)
+    assert first.returncode == 0, first.stderr
+    (ui_deploy,) = [a for a in first.actions if a.startswith("gcloud run deploy taxi-ui")]
+    assert " --set-cloudsql-instances=demo-proj:europe-west1:taxi-pg " in ui_deploy
+    assert (
+        " --set-secrets=TAXI_PIPELINE_UI_TOKEN=taxi-ui-token:latest,"
+        "TAXI_PIPELINE_WAREHOUSE_PASSWORD=taxi-pipeline-db-password:latest "
+    ) in ui_deploy
+    assert "TAXI_PIPELINE_WAREHOUSE_URL=postgresql://taxi-pipeline@/taxi?host=/cloudsql/" in (
+        ui_deploy
+    )
+    assert ",TAXI_PIPELINE_BUS_URL=pubsub://demo-proj" in ui_deploy
+    enable = [a for a in first.actions if a.startswith("gcloud services enable")]
+    assert len(enable) == 1
+    assert enable[0].count("secretmanager.googleapis.com") == 1
+    assert sorted(_ui_grants(first.actions)) == [
+        ("projects demo-proj", "roles/bigquery.jobUser"),
+        ("projects demo-proj", "roles/cloudsql.client"),
+        ("pubsub topics ingest-requests", "roles/pubsub.publisher"),
+        ("secrets taxi-pipeline-db-password", "roles/secretmanager.secretAccessor"),
+        ("secrets taxi-ui-token", "roles/secretmanager.secretAccessor"),
+    ]
+    state = bed.read_state()
+    assert state["cloudsql"]["taxi-ui"] == "demo-proj:europe-west1:taxi-pg"  # type: ignore[index]
+
+    again = bed.deploy("--with-ui", *POSTGRES)
+    assert again.returncode == 0, again.stderr
+    assert [a.split()[1] for a in again.actions] == ["data", "dead-letters", "schedules"]
+
+    gone = bed.deploy("--destroy", *POSTGRES)
+    assert gone.returncode == 0, gone.stderr
+    after: dict[str, list[list[str]]] = bed.read_state()["iam"]  # type: ignore[assignment]
+    assert after[SECRET_ACCESS] == []
+    assert [b for b in after["projects demo-proj"] if "cloudsql" in b[0]] == []
+
+
+def test_postgres_without_its_secret_stops_before_any_change(bed: DeployBed) -> None:
+    result = bed.deploy(*POSTGRES)
+    assert result.returncode == 1
+    assert "the database password secret taxi-pipeline-db-password is missing" in result.stderr
+    assert "gcloud secrets create taxi-pipeline-db-password --data-file=-" in result.stderr
+    assert result.actions == []
+
+
+def test_postgres_dry_run_prints_the_cloud_sql_plan_and_calls_nothing(bed: DeployBed) -> None:
+    result = bed.deploy(*POSTGRES, "--db-name", "ny_taxi", "--db-user", "loader", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.calls == ()
+    printed = "\n".join(_printed(result.stderr))
+    assert "TAXI_PIPELINE_WAREHOUSE_URL=postgresql://loader@/ny_taxi?host=/cloudsql/demo-proj:" in (
+        printed
+    )
+    assert "--set-secrets=TAXI_PIPELINE_WAREHOUSE_PASSWORD=taxi-pipeline-db-password:latest" in (
+        printed
+    )
+    assert printed.count("gcloud run services update") == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--warehouse", "postgres"), "needs --cloudsql-instance PROJECT:REGION:NAME"),
+        (("--warehouse", "postgres", "--cloudsql-instance", "taxi-pg"), "PROJECT:REGION:NAME"),
+        (("--cloudsql-instance", "p:r:i"), "--cloudsql-instance goes with --warehouse postgres"),
+        (("--warehouse", "mysql"), "--warehouse is bigquery (the default) or postgres"),
+        ((*POSTGRES, "--db-user", "a@b"), "invalid database, user or secret name: a@b"),
+    ],
+)
+def test_bad_warehouse_arguments_are_refused(
+    bed: DeployBed, args: tuple[str, ...], message: str
+) -> None:
+    result = bed.deploy(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert result.calls == ()

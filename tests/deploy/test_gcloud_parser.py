@@ -39,6 +39,7 @@ APIS = (
     "run",
     "secretmanager",
     "serviceusage",
+    "sqladmin",
     "storage",
 )
 MARKER = "offline-parser-check"
@@ -89,7 +90,16 @@ def _every_command(bed: DeployBed) -> list[Call]:
     # --delete-data issues no gcloud command of its own (it only skips the bucket's bindings).
     gone = bed.deploy("--destroy")
     assert gone.returncode == 0, gone.stderr
-    return calls + list(gone.gcloud_calls)
+    calls += gone.gcloud_calls
+    # The PostgreSQL (Cloud SQL) variant, with the UI: its secret, connection and roles, and their
+    # removal.
+    bed.env["FAKE_GCLOUD_SECRETS"] = "taxi-pipeline-db-password"
+    postgres = ("--warehouse", "postgres", "--cloudsql-instance", "demo-proj:europe-west1:pg")
+    for extra in (("--with-ui",), ("--destroy",)):
+        result = bed.deploy(*postgres, *extra)
+        assert result.returncode == 0, result.stderr
+        calls += result.gcloud_calls
+    return calls
 
 
 def _gcloud_sdk() -> tuple[Path, str]:
@@ -148,7 +158,7 @@ def test_every_gcloud_command_passes_the_real_parser(
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

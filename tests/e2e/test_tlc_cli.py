@@ -25,6 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from support.e2e import Cli
+from support.postgres import PostgresServer
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month
 from taxi_pipeline.devkit.parquet_generator import (
     GeneratedParquet,
@@ -455,3 +456,35 @@ def test_a_month_republished_upstream_is_listed_and_reloads_only_with_replace(
         assert _ids(cli, "yellow_tripdata", again.name) == _reference_ids(again)
         code, out = cli("status", "--check-upstream")
         assert "0 changed since the load" in out
+
+
+# -- the same months on PostgreSQL ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_cli(
+    tmp_path: Path, tlc: TlcSource, postgres_server: PostgresServer, postgres_database: str
+) -> Cli:
+    env = {
+        "TAXI_PIPELINE_WAREHOUSE_URL": postgres_server.url(postgres_database),
+        "TAXI_PIPELINE_WAREHOUSE_PASSWORD": postgres_server.password,
+    }
+    return Cli(tmp_path / "home", tlc.server.base_url, CliRunner(), env)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "month"),
+    [("yellow", Month(2015, 3)), ("yellow", Month(2020, 10)), ("green", Month(2024, 1))],
+    ids=lambda v: str(v),
+)
+def test_on_postgres_each_schema_period_loads_with_reference_ids_types_and_fees(
+    pg_cli: Cli, tlc: TlcSource, dataset: str, month: Month
+) -> None:
+    """PostgreSQL cannot read Parquet: the client writes the rows into COPY as CSV, and the
+    shared staging SQL types them as DuckDB's and BigQuery's do."""
+    test_each_schema_period_loads_with_reference_ids_types_and_fees(pg_cli, tlc, dataset, month)
+
+
+def test_on_postgres_a_month_switches_source_only_with_replace(pg_cli: Cli, tlc: TlcSource) -> None:
+    """The month's file partitions are dropped and the new file's attached in one transaction."""
+    test_the_same_trip_gets_the_same_id_and_a_month_holds_one_source(pg_cli, tlc)

@@ -37,6 +37,8 @@ def functions(
         "TAXI_PIPELINE_WAREHOUSE_URL": f"duckdb://{tmp_path / 'warehouse.duckdb'}",
         "TAXI_PIPELINE_BUS_URL": "memory://test-project",
         "TAXI_PIPELINE_SOURCE_URL": source.server.base_url,
+        # Months past the mirror's range go to the TLC (source auto): the same local server.
+        "TAXI_PIPELINE_TLC_URL": source.server.tlc_base_url,
         "TAXI_PIPELINE_HTTP_ATTEMPTS": "1",
         "TAXI_PIPELINE_LOG_FORMAT": "json",
     }

@@ -179,7 +179,7 @@ CASES = [
     Case(
         "merge-traversal",
         _merge({**_MERGE, "object_name": "raw/green/../../../etc/passwd"}),
-        "is not the lake object of green 2019-02",
+        "is not a lake object of green 2019-02",
     ),
     Case("merge-no-run-id", _merge({k: v for k, v in _MERGE.items() if k != "run_id"}), "run_id"),
     Case("merge-object-missing", _merge(_MERGE), "is not in the lake any more"),

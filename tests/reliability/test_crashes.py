@@ -35,9 +35,8 @@ KILL_POINTS = [
     ("before stage", 1),
     ("after stage", 1),  # staging table built
     ("before merge_staged", 1),
-    ("after merge_staged", 1),  # rows inserted in the final table, not yet recorded as loaded
-    ("after drop_month_objects", 1),  # inserted and cleaned up, before record_load
-    ("after record_load", 1),  # loaded, result not published
+    ("after merge_staged", 1),  # rows inserted and recorded as loaded, staging still there
+    ("after drop_month_objects", 1),  # loaded and cleaned up, result not published
     ("before publish ingest-results", 1),
     ("after publish ingest-results", 1),  # result out, the last merge line not yet written
 ]

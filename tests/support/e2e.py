@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -67,6 +67,8 @@ class Cli:
     home: Path
     source_url: str
     runner: CliRunner
+    env: dict[str, str] = field(default_factory=dict)
+    """More environment (a warehouse URL, its password)."""
 
     def __call__(self, *args: str, env: Mapping[str, str] | None = None) -> tuple[int, str]:
         """Run ``taxi-pipeline *args``; the exit status and stdout + stderr as one text."""
@@ -79,6 +81,7 @@ class Cli:
                 # The same local server answers the TLC's layout (403 for a missing month).
                 "TAXI_PIPELINE_TLC_URL": f"{self.source_url}/{TLC_PREFIX}",
                 "COLUMNS": "200",
+                **self.env,
                 **(env or {}),
             },
             catch_exceptions=False,

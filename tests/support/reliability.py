@@ -384,11 +384,13 @@ class KillingWarehouse:
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         return self._around(
             "merge_staged",
             lambda: self.inner.merge_staged(
-                dataset, month, pickup_ranges, include_null_pickup, context
+                dataset, month, pickup_ranges, include_null_pickup, context, load=load
             ),
         )
 
@@ -400,11 +402,13 @@ class KillingWarehouse:
         include_null_pickup: bool,
         context: JobContext,
         replacing: Replacement,
+        *,
+        load: LoadRecord | None = None,
     ) -> tuple[int, int]:
         return self._around(
             "replace_staged",
             lambda: self.inner.replace_staged(
-                dataset, month, pickup_ranges, include_null_pickup, context, replacing
+                dataset, month, pickup_ranges, include_null_pickup, context, replacing, load=load
             ),
         )
 
@@ -463,6 +467,8 @@ class FailingWarehouse(KillingWarehouse):
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         raise self._error
 

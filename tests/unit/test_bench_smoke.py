@@ -2,13 +2,15 @@
 
 Each script runs as ``python -m bench.NAME`` (as BENCHMARKS.md documents) with its scratch data
 and results under ``tmp_path``; they run side by side to stay well under 20 s. The peers
-(PostgreSQL) and the BigQuery emulator are left out: they are exercised by the full runs.
+(PostgreSQL) and the BigQuery emulator are left out: they are exercised by the full runs (the
+PostgreSQL warehouse's own benchmark starts its server: both contenders are its subject).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ _COMMANDS = {
     "bq_cost": ["--rows", "3000", "--no-emulator"],
     "backfill": ["--rows", "500", "--months", "2", "--runs", "1", "--concurrency", "1", "2"],
     "ui": ["--runs", "300", "--requests", "2"],
+    "postgres_ingest": ["--rows", "2000", "--runs", "1", "--month-rows", "500", "--months", "2"],
 }
 
 
@@ -120,12 +123,27 @@ def test_ui_serves_every_page_over_the_written_history(results: dict[str, dict[s
     assert all(page["requests"] == 2 for page in ui["pages"].values())
 
 
+def test_postgres_ingest_loads_both_contenders(results: dict[str, dict[str, Any]]) -> None:
+    pg = results["postgres_ingest"]
+    (size,) = pg["sizes"]
+    assert size["rows"] == 2000
+    assert size["ours"]["runs"] == size["reference"]["runs"] == 1
+    months = pg["twelve_months"]
+    assert months["months"] == ["2019-01", "2019-02"]
+    # The merge statements were found in the server's log (ours: each month's first load).
+    assert all(seconds > 0 for seconds in months["ours"]["merge_seconds"])
+    assert all(seconds > 0 for seconds in months["reference"]["merge_seconds"])
+
+
 def test_report_renders_every_section_and_the_scratch_is_gone(
     results: dict[str, dict[str, Any]],
 ) -> None:
     text = results["_report"]["text"]
     for title in ("## 1. Month ingest", "## 2. Re-run", "## 3. Download", "## 4. Cold start",
-                  "## 5. BigQuery cost", "## 6. Backfill", "## 7. Web UI"):  # fmt: skip
+                  "## 5. BigQuery cost", "## 6. Backfill", "## 7. Web UI",
+                  "## 8. PostgreSQL"):  # fmt: skip
         assert title in text
+    numbers = re.findall(r"^## (\d+)\. ", text, re.MULTILINE)
+    assert len(numbers) == len(set(numbers)), numbers  # every section its own number
     assert "Not run yet" not in text
     assert results["_report"]["work_left"] == []

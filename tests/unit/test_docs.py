@@ -41,6 +41,7 @@ def test_a_none_default_is_unset_unless_something_derives_it() -> None:
     assert shown == {
         "lake_url": "`file://{home}/lake`",
         "warehouse_url": "`duckdb://{home}/warehouse.duckdb`",
+        "warehouse_password": "unset",
         "bigquery_location": "unset",
         "bigquery_api_endpoint": "unset",
         "gcp_project": "the warehouse URL's project (Pub/Sub)",

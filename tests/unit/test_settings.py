@@ -53,3 +53,23 @@ def test_the_download_deadline_stays_below_the_function_timeout() -> None:
     # infra deploys the functions with a 540 s timeout; the deadline is strict (a watchdog cuts
     # a silent connection), so the failure is recorded before the instance is killed.
     assert Settings().download_timeout_seconds < 540
+
+
+@pytest.mark.parametrize(
+    ("warehouse_url", "bus_url", "cloud"),
+    [
+        (None, None, False),
+        ("bigquery://p/taxi", None, True),
+        ("postgresql://taxi@localhost/taxi", None, False),
+        ("postgresql://taxi@/taxi?host=/cloudsql/p:r:i", "pubsub://p", True),
+        ("postgres://taxi@localhost/taxi", "memory://", False),
+    ],
+)
+def test_whose_warehouse_it_is(
+    tmp_path: Path, warehouse_url: str | None, bus_url: str | None, cloud: bool
+) -> None:
+    """BigQuery is the cloud's; PostgreSQL is when a Pub/Sub bus says so (the deployed UI)."""
+    from taxi_pipeline.bootstrap import warehouse_is_cloud
+
+    settings = Settings(home=tmp_path, warehouse_url=warehouse_url, bus_url=bus_url)
+    assert warehouse_is_cloud(settings) is cloud

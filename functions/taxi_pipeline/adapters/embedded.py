@@ -4,8 +4,9 @@ The trip tables (final, external, staging) are DuckDB's (:class:`DuckDbWarehouse
 history and the load ledger are SQLite's (:class:`SqliteHistory`), because they must be read
 and written by several processes while one of them holds the DuckDB file for a merge.
 
-Crash consistency of the split: the merge records its load in the ledger only after DuckDB
-committed the insert. A crash between the two leaves rows without a ledger line; the re-run
+Crash consistency of the split: :meth:`EmbeddedWarehouse.merge_staged` records its load in the
+ledger only after DuckDB committed the insert (the other warehouses write both in one
+transaction). A crash between the two leaves rows without a ledger line; the re-run
 stages again and inserts 0 rows (their ids are there) and then records the load. A ledger line
 without its rows cannot happen.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -88,8 +90,17 @@ class EmbeddedWarehouse:
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
-        return self.tables.merge_staged(dataset, month, pickup_ranges, include_null_pickup, context)
+        """DuckDB's insert (committed), then ``load`` in the SQLite ledger: never a ledger line
+        without its rows (see the module's note on crashes in between)."""
+        inserted = self.tables.merge_staged(
+            dataset, month, pickup_ranges, include_null_pickup, context
+        )
+        if load is not None:
+            self.history.record_load(replace(load, rows_inserted=inserted))
+        return inserted
 
     def replace_staged(
         self,
@@ -99,10 +110,17 @@ class EmbeddedWarehouse:
         include_null_pickup: bool,
         context: JobContext,
         replacing: Replacement,
+        *,
+        load: LoadRecord | None = None,
     ) -> tuple[int, int]:
-        return self.tables.replace_staged(
+        """DuckDB's delete and insert (one transaction, committed), then ``load`` in the
+        SQLite ledger, as :meth:`merge_staged`."""
+        deleted, inserted = self.tables.replace_staged(
             dataset, month, pickup_ranges, include_null_pickup, context, replacing
         )
+        if load is not None:
+            self.history.record_load(replace(load, rows_inserted=inserted))
+        return deleted, inserted
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         self.tables.drop_month_objects(dataset, month)

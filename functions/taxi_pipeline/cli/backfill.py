@@ -214,12 +214,15 @@ def _backfill_cloud(
         bus = build_bus(settings)
     except ImportError as exc:
         raise CliError(f"the cloud bus needs the Google client libraries: {exc}") from exc
-    # QUEUED lines go to the cloud warehouse only: a local DuckDB would split the history.
-    cloud_history = settings.resolved_warehouse_url.startswith("bigquery://")
+    # QUEUED lines go to the cloud warehouse only (BigQuery, or the PostgreSQL the functions use):
+    # a local DuckDB would split the history.
+    cloud_history = settings.resolved_warehouse_url.startswith(
+        ("bigquery://", "postgresql://", "postgres://")
+    )
     if only_missing and not cloud_history:
         raise CliError(
             "--only-missing with --cloud needs the cloud warehouse"
-            " (TAXI_PIPELINE_WAREHOUSE_URL=bigquery://project/dataset)"
+            " (TAXI_PIPELINE_WAREHOUSE_URL=bigquery://project/dataset or postgresql://...)"
         )
     context = open_warehouse(settings, read_only=False) if cloud_history else _no_warehouse()
     with context as warehouse:

@@ -41,6 +41,7 @@ from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.local import control
 from taxi_pipeline.local.process import this_process
+from taxi_pipeline.logs import redact
 from taxi_pipeline.pipeline.ports import LoadRecord
 from taxi_pipeline.pipeline.upstream import check_upstream as check_upstream_of
 from taxi_pipeline.render import html as report_html
@@ -145,7 +146,7 @@ def runs(
             print_line("no runs match", err=True)
         else:
             print_line(
-                f"no runs recorded yet in {settings.resolved_warehouse_url}"
+                f"no runs recorded yet in {redact(settings.resolved_warehouse_url)}"
                 " (start one with `taxi-pipeline run DATASET YYYY-MM`)",
                 err=True,
             )
@@ -186,7 +187,7 @@ def show(
     settings = load_settings(home)
     with open_history(settings) as store:
         if not store.run_events(run_id=run_id):
-            raise CliError(f"no run {run_id!r} in {settings.resolved_warehouse_url}")
+            raise CliError(f"no run {run_id!r} in {redact(settings.resolved_warehouse_url)}")
 
         def render() -> tuple[list[str], bool]:
             run = history.derive_run(store.run_events(run_id=run_id), liveness_of(store))
@@ -375,7 +376,7 @@ def status(
         print_line(line)
     if check_upstream:
         _print_upstream_checks(settings, [load for load in loads if load.dataset in datasets])
-    print_line(f"read {settings.resolved_warehouse_url}")
+    print_line(f"read {redact(settings.resolved_warehouse_url)}")
     if html is not None:
         shown = [r for r in all_runs if dataset is None or r.dataset == dataset.value]
         page = report_html.render(datasets, months, cells, shown)

@@ -13,6 +13,7 @@ from taxi_pipeline.cli.common import (
     load_settings,
     print_line,
 )
+from taxi_pipeline.logs import redact
 
 
 def register(app: typer.Typer) -> None:
@@ -48,7 +49,8 @@ def ui(
             host,
             port,
             on_ready=lambda url: print_line(
-                f"taxi-pipeline UI on {url} ({settings.resolved_warehouse_url}); Ctrl-C stops it",
+                f"taxi-pipeline UI on {url} ({redact(settings.resolved_warehouse_url)});"
+                " Ctrl-C stops it",
                 err=True,
             ),
         )

@@ -1,7 +1,8 @@
 """The ports: what the steps need from the outside world, as small protocols.
 
-Each port has a local adapter (folder, DuckDB, in-process) and a GCP adapter (GCS, BigQuery,
-Pub/Sub); ``tests/contract`` runs one suite per port over every adapter.
+Each port has a local adapter (folder, DuckDB + SQLite, in-process) and a GCP adapter (GCS,
+BigQuery, Pub/Sub), and the warehouse a PostgreSQL one; ``tests/contract`` runs one suite per
+port over every adapter.
 """
 
 from __future__ import annotations
@@ -195,10 +196,16 @@ class Staging(Protocol):
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
         """Insert staged rows whose id is not in the final table; returns rows inserted.
 
-        Only target rows inside ``pickup_ranges`` (and NULL pickups when asked) are read.
+        Only target rows inside ``pickup_ranges`` (and NULL pickups when asked) are read. With
+        ``load``, the load is recorded too (its ``rows_inserted`` replaced by the count), in the
+        same transaction where the warehouse has one (PostgreSQL), right after the insert
+        committed where the ledger is elsewhere or there is no transaction (the embedded
+        default's SQLite ledger, BigQuery: a crash in between re-stages and inserts 0).
         """
 
     def replace_staged(
@@ -209,9 +216,12 @@ class Staging(Protocol):
         include_null_pickup: bool,
         context: JobContext,
         replacing: Replacement,
+        *,
+        load: LoadRecord | None = None,
     ) -> tuple[int, int]:
         """Atomically delete the month's rows ``replacing`` names, then insert the staged rows
-        as :meth:`merge_staged` does; returns ``(rows deleted, rows inserted)``."""
+        as :meth:`merge_staged` does (``load`` recorded as it does); returns ``(rows deleted,
+        rows inserted)``."""
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop the month's staging and external tables; no error when already gone."""
@@ -256,8 +266,8 @@ class Closeable(Protocol):
 
 
 class Warehouse(Staging, UserQueries, RunHistory, LoadLedger, Closeable, Protocol):
-    """DuckDB locally, BigQuery in the cloud: every warehouse port in one adapter. Code that
-    needs one part takes that part's protocol."""
+    """DuckDB locally, BigQuery in the cloud, PostgreSQL in either: every warehouse port in one
+    adapter. Code that needs one part takes that part's protocol."""
 
 
 class Bus(Protocol):

@@ -1,13 +1,15 @@
 """Where the web UI reads the history and sends the runs it starts: locally or to the cloud.
 
-- Local (a ``duckdb://`` warehouse): the UI process *is* the embedded pipeline. It builds the
+- Local (a ``duckdb://`` warehouse, or a ``postgresql://`` one without a ``pubsub://`` bus
+  URL): the UI process *is* the embedded pipeline. It builds the
   :class:`~taxi_pipeline.bootstrap.LocalPipeline`, reads the history through its warehouse (DuckDB
   allows one process per file) and runs submitted requests on a background thread, so the pages
   show them QUEUED and RUNNING while they go.
-- Cloud (a ``bigquery://`` warehouse): it reads the BigQuery history and publishes requests to
-  Pub/Sub ``ingest-requests`` through ``bootstrap.build_bus``, as ``backfill --cloud`` does. It
-  writes nothing to the warehouse (its service account only reads): a run shows once the download
-  function records it.
+- Cloud (a ``bigquery://`` warehouse, or a ``postgresql://`` one with a ``pubsub://`` bus URL:
+  ``deploy.sh --with-ui --warehouse postgres``): it reads the warehouse's history and publishes
+  requests to Pub/Sub ``ingest-requests`` through ``bootstrap.build_bus``, as ``backfill --cloud``
+  does. It writes nothing to the warehouse (on BigQuery its service account only reads): a run
+  shows once the download function records it.
 
 Restart and cancel: :meth:`Orchestrator.actions` names what a run offers; the pages draw a button
 for each and ``POST /api/runs/{id}/actions/{name}`` calls :meth:`Orchestrator.perform`. Neither
@@ -35,6 +37,7 @@ from taxi_pipeline.domain.history import ACTIVE, Run
 from taxi_pipeline.domain.messages import IngestRequest, Topic
 from taxi_pipeline.local.backfill import BackfillPlan, publish_backfill
 from taxi_pipeline.local.control import RESTARTABLE, cancel_run, current_run, restart_run
+from taxi_pipeline.logs import redact
 from taxi_pipeline.pipeline.ports import Bus, Warehouse
 from taxi_pipeline.pipeline.recorder import new_run_id
 from taxi_pipeline.pipeline.steps.common import run_attributes
@@ -224,7 +227,7 @@ _LOCAL_MIN_INTERVAL: Final = 0.25
 
 def open_backend(settings: Settings) -> UiBackend:
     """Local pipeline or cloud publisher, by the warehouse URL (see the module docstring)."""
-    url = settings.resolved_warehouse_url
+    url = redact(settings.resolved_warehouse_url)  # shown on every page
     if warehouse_is_cloud(settings):
         warehouse = build_warehouse(settings)
         try:

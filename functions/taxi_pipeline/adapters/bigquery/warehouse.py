@@ -38,6 +38,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -546,7 +547,11 @@ class BigQueryWarehouse:
         pickup_ranges: Sequence[DateRange],
         include_null_pickup: bool,
         context: JobContext,
+        *,
+        load: LoadRecord | None = None,
     ) -> int:
+        """The MERGE, then the load record (a second job: a crash between them re-stages the
+        month on redelivery and inserts 0)."""
         job, _, _ = self._query(
             f"merge {staging_table(dataset, month)} into {dataset.final_table}",
             SQL.merge_sql(
@@ -559,7 +564,10 @@ class BigQueryWarehouse:
             job_labels(context),
             identity=(context, "merge"),
         )
-        return int(job.num_dml_affected_rows or 0)
+        inserted = int(job.num_dml_affected_rows or 0)
+        if load is not None:
+            self.record_load(replace(load, rows_inserted=inserted))
+        return inserted
 
     def replace_staged(
         self,
@@ -569,8 +577,11 @@ class BigQueryWarehouse:
         include_null_pickup: bool,
         context: JobContext,
         replacing: Replacement,
+        *,
+        load: LoadRecord | None = None,
     ) -> tuple[int, int]:
-        """:func:`replace_sql` as one script job (a redelivery attaches to it by its id)."""
+        """:func:`replace_sql` as one script job (a redelivery attaches to it by its id), then
+        the load record, as :meth:`merge_staged`."""
         _, rows, _ = self._query(
             f"replace {dataset.value} {month} with {staging_table(dataset, month)}",
             replace_sql(
@@ -585,7 +596,10 @@ class BigQueryWarehouse:
             identity=(context, "replace"),
         )
         (row,) = rows
-        return int(row[0]), int(row[1])
+        deleted, inserted = int(row[0]), int(row[1])
+        if load is not None:
+            self.record_load(replace(load, rows_inserted=inserted))
+        return deleted, inserted
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         # The tables API deletes any kind of table (DROP TABLE / DROP EXTERNAL TABLE differ).

@@ -648,6 +648,8 @@ class DuckDbWarehouse:
         include_null_pickup: bool,
         context: JobContext,
     ) -> int:
+        """The insert, in one transaction. The load ledger is not DuckDB's: the caller
+        (:class:`EmbeddedWarehouse`) records the load once this has committed."""
         _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, context)
         return inserted
 

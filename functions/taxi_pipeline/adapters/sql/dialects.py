@@ -3,8 +3,9 @@
 The statements (:mod:`.statements`, :mod:`.history`) are written once over these hooks, the way
 dlt writes its merge SQL once in ``sql_jobs.py`` and lets each destination override a few. The
 base class speaks the standard SQL that DuckDB and PostgreSQL share; BigQuery overrides what
-GoogleSQL spells otherwise. Pure text: nothing here imports a database driver, so every
-dialect's SQL is unit-tested as text (``tests/unit/test_sql_dialects.py``).
+GoogleSQL spells otherwise, PostgreSQL what it lacks (``TRY_CAST``, ``regexp_full_match``). Pure
+text: nothing here imports a database driver, so every dialect's SQL is unit-tested as text
+(``tests/unit/test_duckdb_sql.py``, ``test_bigquery_sql.py``, ``test_postgres_sql.py``).
 
 A new warehouse adds its class here (its type map beside the others) and, when it reads the lake
 itself, its reader per source format in :meth:`Dialect.read_source`.
@@ -45,11 +46,22 @@ class Dialect:
     """The type of ``unique_row_id`` (an MD5 digest as bytes)."""
     text_type: ClassVar[str]
     merge_style: ClassVar[MergeStyle] = "insert-missing"
+    merge_head: ClassVar[str] = "MERGE"
+    """How a ``MERGE`` statement starts (``MERGE INTO`` where ``INTO`` is required)."""
     empty_text: ClassVar[str] = "''"
     insertion_order: ClassVar[str] = "seq"
     """What orders history rows recorded at the same instant (a column, or the engine's row id)."""
     history_sequence: ClassVar[bool] = True
     """Whether ``pipeline_runs`` has a ``seq`` column the writer fills (no engine row id)."""
+    server_sequence: ClassVar[str | None] = None
+    """The type of a ``seq`` column of ``pipeline_runs`` the server fills itself (then
+    ``history_sequence`` is off and ``insertion_order`` names it)."""
+    landing_types: ClassVar[Mapping[ColumnKind, str]] = {}
+    """The types a client's COPY parses each kind into, where the adapter lands the lake object
+    itself (the rest land as text): see ``Statements.staging_sql(landed=True)``."""
+    fence: ClassVar[str] = ""
+    """What ends a subquery the planner must not flatten into its parent (where it would copy
+    each typed expression into every place that reads it, with no common subexpressions)."""
 
     # -- quoting --------------------------------------------------------------------------
 
@@ -84,6 +96,24 @@ class Dialect:
         """``ref`` as ``sql_type``, NULL where it does not fit (never an error)."""
         return f"TRY_CAST({ref} AS {sql_type})"
 
+    def try_integer(self, ref: str) -> str:
+        """The text ``ref`` as an integer: a whole number ("1.0" is 1), NULL otherwise ("1.5",
+        not a number, out of range).
+
+        "1.0" appears in some published months. A plain cast to an integer refuses "1.0" in
+        BigQuery (and rounds "1.5" in its emulator): the text goes through the numeric type.
+        """
+        number = self.try_cast(ref, self.column_types["numeric"])
+        return self.when(
+            f"{number} = {self.trunc(number)}", self.try_cast(number, self.column_types["integer"])
+        )
+
+    def landed_cast(self, column: Column, ref: str) -> str:
+        """A landed text of a typed column as its type, quickly: an error where the text does
+        not fit is allowed (the adapter then lands the file as text and types it with
+        :meth:`try_cast`, slowly and safely)."""
+        raise ConfigurationError(f"the {self.name} warehouse lands nothing itself")
+
     def when(self, condition: str, value: str) -> str:
         """``value`` where ``condition`` holds, NULL otherwise."""
         return f"CASE WHEN {condition} THEN {value} END"
@@ -92,9 +122,8 @@ class Dialect:
         return f"trunc({ref})"
 
     def whole_number(self, ref: str) -> str:
-        """The integer the text or number ``ref`` is, NULL unless it is a whole one: "1.0" and
-        1.0 are 1, "1.5" is none (read at NUMERIC's scale first). A plain cast to an integer
-        refuses "1.0" in BigQuery (and rounds "1.5" in its emulator, as DuckDB does)."""
+        """The number ``ref`` (a count a file writes as a double) as an integer, as
+        :meth:`try_integer` reads a text: 1.0 is 1, 1.5 is NULL (at NUMERIC's scale first)."""
         number = self.try_cast(ref, self.column_types["numeric"])
         return self.when(
             f"{number} = {self.trunc(number)}", self.try_cast(number, self.column_types["integer"])
@@ -207,6 +236,10 @@ class DuckDbDialect(Dialect):
         narrow = self.try_cast(ref, _NARROW_NUMERIC)
         whole = self.when(f"{narrow} = {self.trunc(narrow)}", f"CAST({narrow} AS BIGINT)")
         return f"CASE WHEN {narrow} IS NOT NULL THEN {whole} ELSE {super().whole_number(ref)} END"
+
+    def try_integer(self, ref: str) -> str:
+        # A text goes through the same two widths (TRY_CAST reads it at 9 decimals either way).
+        return self.whole_number(ref)
 
     def create_staging(self, table_ref: str) -> str:
         # A TEMP table: in memory (spilled past the memory limit), gone with its connection.
@@ -391,5 +424,155 @@ class BigQueryDialect(Dialect):
         raise ConfigurationError(f"the {self.name} warehouse cannot load {fmt.name} objects")
 
 
+_PG_NUMBER: Final = "^[+-]?[0-9]+[.]?[0-9]*$"
+"""Texts a cast to a number takes for sure when short enough (PostgreSQL's regular expressions
+are slow with bounded repeats: the length is checked apart)."""
+_PG_WHOLE: Final = "^[+-]?[0-9]+[.]?0*$"
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL 15+ (MERGE). It cannot read the lake: the adapter copies the object into a text
+    landing table (:meth:`copy_options`), and the shared staging SQL types it from there.
+
+    PostgreSQL has no ``TRY_CAST`` (and 15 no ``pg_input_is_valid``): a number the cast takes for
+    sure (a regular expression says so) is cast directly, any other text, and every timestamp,
+    goes through a PL/pgSQL function that returns NULL where the cast errs (:meth:`functions_sql`,
+    created by the adapter).
+    """
+
+    name = "postgres"
+    column_types: ClassVar[Mapping[ColumnKind, str]] = {
+        "string": "text",
+        "timestamp": "timestamp",
+        "integer": "bigint",
+        "numeric": "numeric(38, 9)",
+    }
+    history_types: ClassVar[Mapping[HistoryKind, str]] = {
+        "text": "text",
+        "integer": "bigint",
+        "timestamp": "timestamptz",
+    }
+    landing_types: ClassVar[Mapping[ColumnKind, str]] = {
+        "string": "text",
+        # Not timestamp: its input function also reads 'now', 'epoch' or 'Jan 1 2019'.
+        "timestamp": "text",
+        "integer": "numeric",  # "1.0" must land; the whole-number check comes when staging
+        "numeric": "numeric",
+    }
+    """The types COPY parses each kind into (the input functions, as the COPY runs): the
+    ``landed`` form of the shared staging SQL checks only the ranges then. A file whose text an
+    input function refuses lands as text instead (every column ``text``)."""
+    id_type = "bytea"
+    text_type = "text"
+    merge_style = "merge"
+    merge_head = "MERGE INTO"
+    fence = " OFFSET 0"
+    # pipeline_runs numbers its lines itself: writers in several processes need no counter.
+    history_sequence = False
+    server_sequence = "bigint GENERATED ALWAYS AS IDENTITY"
+
+    def param(self, name: str) -> str:
+        return f"%({name})s"
+
+    def try_cast(self, ref: str, sql_type: str) -> str:
+        if sql_type == self.column_types["numeric"]:
+            # Fewer than 30 characters: fewer than 29 digits before the point, what
+            # numeric(38, 9) holds (more decimals are rounded, as DuckDB's DECIMAL does).
+            return (
+                f"CASE WHEN length({ref}) < 30 AND {ref} ~ '{_PG_NUMBER}'"
+                f" THEN CAST({ref} AS {sql_type}) ELSE taxi_pipeline_try_numeric({ref}) END"
+            )
+        if sql_type == self.column_types["timestamp"]:
+            # No regular expression tells valid dates cheaply: every value through the function.
+            return f"taxi_pipeline_try_timestamp({ref})"
+        raise ValueError(f"no try-cast of text to {sql_type} in PostgreSQL")
+
+    def try_integer(self, ref: str) -> str:
+        return (
+            f"CASE WHEN length({ref}) < 19 AND {ref} ~ '{_PG_WHOLE}'"
+            f" THEN CAST(CAST({ref} AS numeric) AS bigint)"
+            f" ELSE taxi_pipeline_try_integer({ref}) END"
+        )
+
+    def landed_cast(self, column: Column, ref: str) -> str:
+        if column.kind == "timestamp":
+            # As the files write them; a value of that shape that is no time ('2019-02-30')
+            # fails the cast, and the file lands as text. Any other shape goes through the
+            # function (fractions of a second, a 'T').
+            return (
+                f"CASE WHEN {ref} LIKE '____-__-__ __:__:__' THEN CAST({ref} AS timestamp)"
+                f" ELSE taxi_pipeline_try_timestamp({ref}) END"
+            )
+        return super().landed_cast(column, ref)
+
+    def full_match(self, ref: str, pattern: str) -> str:
+        return f"({ref} ~ '^{pattern}$')"
+
+    def id_text(self, column: Column, ref: str) -> str:
+        if column.kind == "timestamp":
+            # A timestamp's own text under DateStyle ISO (every session sets it) is BigQuery's
+            # "2019-01-01 10:00:00", about a third cheaper than to_char.
+            return f"CAST({ref} AS text) || '+00'"
+        return f"CAST({ref} AS text)"
+
+    def digest(self, parts: Sequence[str]) -> str:
+        return f"decode(md5(concat({', '.join(parts)})), 'hex')"
+
+    def distinct_dates(self, ref: str) -> str:
+        return f"array_agg(DISTINCT {self.date_of(ref)}) FILTER (WHERE {ref} IS NOT NULL)"
+
+    def join_texts(self, items: Sequence[str]) -> str:
+        return f"concat_ws(',', {', '.join(items)})"
+
+    def create_staging(self, table_ref: str) -> str:
+        # UNLOGGED: no WAL for a table that a crash may lose (the redelivery stages again).
+        return f"CREATE UNLOGGED TABLE {table_ref} AS"
+
+    def final_table_suffix(self, dataset: Dataset) -> str:
+        # A partition per published file: a file's first load is written in bulk into a new
+        # table, then attached (BENCHMARKS.md), instead of row by row into growing indexes.
+        return " PARTITION BY LIST (filename)"
+
+    def copy_options(self, fmt: SourceFormat) -> str:
+        """The options of ``COPY ... FROM STDIN`` of an object of ``fmt`` (decompressed by the
+        client): an empty unquoted field is NULL, a quoted one empty (``NULLIF`` makes both
+        NULL), a line with too few or too many fields fails the COPY (as ``read_csv`` is
+        strict)."""
+        if fmt is CSV_GZ:
+            return "(FORMAT csv, HEADER true)"
+        if fmt is PARQUET:
+            return "(FORMAT csv)"  # the client writes the Parquet rows as CSV, no header
+        raise ConfigurationError(f"the {self.name} warehouse cannot read {fmt.name} objects")
+
+    def functions_sql(self) -> list[str]:
+        """The slow paths of :meth:`try_cast` and :meth:`try_integer` (in the session's schema):
+        NULL where the cast errs, and NaN is not a number here (DuckDB's DECIMAL has none).
+        Timestamps must look like ISO dates first: PostgreSQL also reads 'now' or 'Jan 1 2019'."""
+        # PARALLEL RESTRICTED: an exception block starts a subtransaction, which a parallel
+        # worker cannot.
+        head = "LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$\n"
+        return [
+            "CREATE OR REPLACE FUNCTION taxi_pipeline_try_numeric(value text) RETURNS numeric\n"
+            + head
+            + "DECLARE n numeric;\nBEGIN n := CAST(value AS numeric(38, 9));\n"
+            "  IF n = 'NaN' THEN RETURN NULL; END IF;\n  RETURN n;\n"
+            "EXCEPTION WHEN data_exception THEN RETURN NULL;\nEND\n$$",
+            "CREATE OR REPLACE FUNCTION taxi_pipeline_try_integer(value text) RETURNS bigint\n"
+            + head
+            + "DECLARE n numeric;\nBEGIN n := CAST(value AS numeric(38, 9));\n"
+            "  IF n = 'NaN' OR n <> trunc(n) OR n < -9223372036854775808\n"
+            "    OR n > 9223372036854775807 THEN RETURN NULL; END IF;\n"
+            "  RETURN CAST(n AS bigint);\n"
+            "EXCEPTION WHEN data_exception THEN RETURN NULL;\nEND\n$$",
+            "CREATE OR REPLACE FUNCTION taxi_pipeline_try_timestamp(value text)"
+            " RETURNS timestamp\n" + head + "BEGIN\n"
+            "  IF value !~ '^\\s*[0-9]{4,}-[0-9]{1,2}-[0-9]{1,2}"
+            "([ T][0-9]{1,2}:[0-9]{1,2}(:[0-9]{1,2}([.][0-9]*)?)?)?\\s*$' THEN\n"
+            "    RETURN NULL;\n  END IF;\n  RETURN CAST(value AS timestamp);\n"
+            "EXCEPTION WHEN data_exception THEN RETURN NULL;\nEND\n$$",
+        ]
+
+
 DUCKDB: Final = DuckDbDialect()
 BIGQUERY: Final = BigQueryDialect()
+POSTGRES: Final = PostgresDialect()

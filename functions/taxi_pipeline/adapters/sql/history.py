@@ -84,6 +84,8 @@ class History:
             + (" NOT NULL" if c.required else "")
             for c in columns
         )
+        if table == RUNS_TABLE and d.server_sequence:
+            listed = f"seq {d.server_sequence},\n  {listed}"
         return f"CREATE TABLE IF NOT EXISTS {ref} (\n  {listed}\n){d.history_suffix(table)}"
 
     def insert(

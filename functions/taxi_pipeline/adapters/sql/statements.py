@@ -131,8 +131,7 @@ class Statements:
                 return d.when(d.full_match(ref, _NUMERAL), ref)
             return ref
         if column.kind == "integer":
-            # "1.0" appears in some published months: accept whole decimals, refuse "1.5".
-            return d.whole_number(ref)
+            return d.try_integer(ref)
         return d.try_cast(ref, d.column_type(column))
 
     def typed_from_sql(self, column: Column, ref: str, kind: SourceKind) -> str:
@@ -180,6 +179,36 @@ class Statements:
 
     # -- staging --------------------------------------------------------------------------
 
+    def landed(self, column: Column) -> bool:
+        """Whether COPY lands ``column`` typed (:meth:`landed_sql`), not as text."""
+        d = self.dialect
+        return d.landing_types.get(column.kind, d.text_type) != d.text_type
+
+    def landed_sql(self, column: Column, ref: str) -> str:
+        """The reference type of ``ref``, as the client's COPY landed it
+        (:attr:`~.dialects.PostgresDialect.landing_types`): a value its input function parsed
+        gets only its range checked (NULL: "1.5" for an integer, NaN), a text is cast as
+        :meth:`~.dialects.Dialect.landed_cast` says."""
+        d = self.dialect
+        if not self.landed(column):
+            return (
+                d.landed_cast(column, ref)
+                if column.kind != "string"
+                else self.typed_sql(column, ref)
+            )
+        if column.kind == "integer":
+            return d.when(
+                f"{ref} = {d.trunc(ref)} AND {ref} BETWEEN {-(2**63)} AND {2**63 - 1}",
+                f"CAST({ref} AS {d.column_types['integer']})",
+            )
+        if column.kind == "numeric":
+            # What DECIMAL(38, 9) holds once rounded to 9 decimals (NaN and infinities are not
+            # below it either).
+            return d.when(
+                f"abs({ref}) < {10**29 - 1}", f"CAST({ref} AS {d.column_types['numeric']})"
+            )
+        return ref
+
     def staging_sql(
         self,
         dataset: Dataset,
@@ -188,10 +217,12 @@ class Statements:
         source_ref: str,
         filename: str,
         sources: Sources | None = None,
+        *,
+        landed: bool = False,
     ) -> str:
         """The staging table from the month's relation ``source_ref``: the rows of
         :meth:`staging_select`."""
-        select = self.staging_select(dataset, month, source_ref, filename, sources)
+        select = self.staging_select(dataset, month, source_ref, filename, sources, landed=landed)
         return f"{self.dialect.create_staging(table_ref)}\n{select}"
 
     def staging_select(
@@ -201,6 +232,8 @@ class Statements:
         source_ref: str,
         filename: str,
         sources: Sources | None = None,
+        *,
+        landed: bool = False,
     ) -> str:
         """The staged rows of the month's relation ``source_ref`` as a query, whose columns
         ``sources`` describes (default: the CSV's, all text).
@@ -208,6 +241,11 @@ class Statements:
         Empty texts become NULL first; each cast runs once (the source value goes on under a
         private name, the typed value under the column's), and a row is bad where a value did
         not survive: ``_bad`` flags it and ``_bad_row`` keeps its text for the samples.
+
+        ``landed``: ``source_ref``'s columns hold the dialect's landing types instead of text
+        (PostgreSQL's COPY parsed the CSV's values), typed by :meth:`landed_sql`: a cast that
+        fails there fails the statement, and the adapter lands the file as text instead. A header
+        line inside the body cannot have landed (its names parse as no number).
         """
         d, q = self.dialect, self.q
         sources = sources or source_columns(CSV_GZ, dataset, month)
@@ -220,10 +258,13 @@ class Statements:
         def text(c: Column) -> str:
             return q(f"__text_{c.name}")
 
+        def typed_landing(c: Column) -> bool:
+            return landed and self.landed(c)
+
         def read(c: Column) -> str:
             source = sources[c.name]
             ref = q(source.name or c.name)
-            if source.kind != "text":
+            if source.kind != "text" or typed_landing(c):
                 value = ref
             elif all_text:
                 value = d.nullify_empty(ref)  # a CSV reader may null empty fields itself
@@ -235,11 +276,13 @@ class Statements:
             kind = sources[c.name].kind
             if c not in present:
                 return f"CAST(NULL AS {d.column_type(c)})"
+            if landed:
+                return self.landed_sql(c, "r." + q(c.name))
             return self.typed_from_sql(c, "r." + q(c.name), kind)
 
         def as_text(c: Column) -> str:
             value = text(c) if c in checked else q(c.name)
-            if sources[c.name].kind == "text":
+            if sources[c.name].kind == "text" and not typed_landing(c):
                 return value
             return f"CAST({value} AS {d.text_type})"
 
@@ -259,7 +302,7 @@ class Statements:
         line = d.join_texts([f"COALESCE({as_text(c)}, '')" for c in present])
         # The header line again inside the body (files concatenated by hand): no trip. A bad
         # row, among the samples, not counted as a row, deleted before the merge. Only a text
-        # file can hold one.
+        # file can hold one, and none that COPY landed typed.
         header = (
             "COALESCE("
             + " AND ".join(
@@ -267,7 +310,7 @@ class Statements:
                 for c in present
             )
             + ", FALSE)"
-            if all_text
+            if all_text and not landed
             else "FALSE"
         )
         return (
@@ -281,8 +324,8 @@ class Statements:
             f"  SELECT {possible}\n"
             "  FROM (\n"
             f"    SELECT {typed}\n"
-            f"    FROM (SELECT {nulled} FROM {source_ref}) AS r\n"
-            "  ) AS typed\n"
+            f"    FROM (SELECT {nulled} FROM {source_ref}{d.fence}) AS r{d.fence}\n"
+            f"  ) AS typed{d.fence}\n"
             ") AS possible"
         )
 
@@ -389,15 +432,31 @@ class Statements:
         if (style or self.dialect.merge_style) == "merge":
             prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "T")
             return (
-                f"MERGE {final_ref} AS T\nUSING {staging_ref} AS S\n"
+                f"{self.dialect.merge_head} {final_ref} AS T\nUSING {staging_ref} AS S\n"
                 f"ON T.unique_row_id = S.unique_row_id\n  AND ({prune})\n"
                 f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)})\n"
                 f"  VALUES ({', '.join('S.' + c for c in columns)})"
             )
+        return self.insert_missing_sql(
+            dataset, final_ref, final_ref, staging_ref, ranges, include_null_pickup
+        )
+
+    def insert_missing_sql(
+        self,
+        dataset: Dataset,
+        into_ref: str,
+        final_ref: str,
+        staging_ref: str,
+        ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+    ) -> str:
+        """``INSERT INTO into_ref`` the staged rows whose id ``final_ref`` does not hold (the
+        final table itself, or a new table that becomes one of its partitions)."""
+        columns = self.final_columns(dataset)
         prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "t")
         listed = ", ".join(columns)
         return (
-            f"INSERT INTO {final_ref} ({listed})\n"
+            f"INSERT INTO {into_ref} ({listed})\n"
             f"SELECT {listed} FROM {staging_ref} s\nWHERE NOT EXISTS (\n"
             f"  SELECT 1 FROM {final_ref} t\n"
             f"  WHERE ({prune}) AND t.unique_row_id = s.unique_row_id\n)"

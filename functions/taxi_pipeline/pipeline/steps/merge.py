@@ -164,18 +164,6 @@ def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestRe
             return _already_loaded(request, done, recorder, ports)
         merged = _stage_and_merge(request, fmt, source, loads, ports)
         ports.warehouse.drop_month_objects(dataset, month)
-        ports.warehouse.record_load(
-            LoadRecord(
-                dataset,
-                month,
-                source.name,
-                source.generation,
-                request.run_id,
-                merged.staged.rows,
-                merged.inserted,
-                utcnow(),
-            )
-        )
     result = merged.result(request)
     recorder.finish(RunState.SUCCESS, rows=merged.inserted, details=merged.details())
     publish_result(ports, result)
@@ -302,16 +290,26 @@ def _stage_and_merge(
             _check_staged(staged, source.name, ports)
             ranges = pickup_ranges(staged.pickup_dates)
             null_pickups = _reads_null_pickups(staged)
+            load = LoadRecord(
+                dataset,
+                month,
+                source.name,
+                source.generation,
+                request.run_id,
+                staged.rows,
+                0,  # the warehouse records what it inserted
+                utcnow(),
+            )
             with nullcontext() if in_final else ports.locks.hold(insert_turn):
                 # The last moment to stop: once the insert commits, the month is loaded.
                 ports.cancellation.check(request.run_id)
                 if replacing is not None:
                     replaced, inserted = ports.warehouse.replace_staged(
-                        dataset, month, ranges, null_pickups, context, replacing
+                        dataset, month, ranges, null_pickups, context, replacing, load=load
                     )
                 else:
                     inserted = ports.warehouse.merge_staged(
-                        dataset, month, ranges, null_pickups, context
+                        dataset, month, ranges, null_pickups, context, load=load
                     )
     except Exception as exc:
         # A refused or cancelled month leaves no external or staging table behind, nor rows

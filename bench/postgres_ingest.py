@@ -1,0 +1,269 @@
+"""Benchmark 7: a yellow month into PostgreSQL, ours against the zoomcamp flow's own SQL.
+
+``python -m bench.postgres_ingest`` starts one PostgreSQL server (``bench.postgres``, Debian's
+package, a temp folder, every statement's duration in its log), generates yellow months, serves
+them over local HTTP, and measures on that one server, interleaved, a fresh database per run:
+
+- ours: ``taxi-pipeline run yellow 2019-01`` with ``TAXI_PIPELINE_WAREHOUSE_URL=postgresql://...``
+  (download and verification, COPY through the client into a landing table, the run's staging
+  table typed from it by the shared staging SQL, the
+  pruned, insert-only MERGE with its load record): wall, client peak RSS;
+- reference: the zoomcamp's 04_postgres_taxi flow as SQL: ``curl | gunzip`` to a file, CREATE
+  the final and the staging table, TRUNCATE, COPY (``psql \\copy``, client-side like the JDBC
+  CopyIn), ``UPDATE staging SET unique_row_id = md5(7 fields), filename``, ``MERGE`` on the id.
+  Its counts are ``double precision`` instead of ``integer``: with ``integer`` its COPY refuses
+  the file's ``1.0`` spellings and loads nothing (a known weak spot of the flow);
+- the merge of the 12th month against the 1st: twelve smaller months loaded in order by each
+  contender into a database of its own; the MERGE statement's duration is read from the
+  server's log (``log_min_duration_statement = 0``).
+
+Results go to ``bench/results/postgres_ingest.json``; ``python -m bench.report`` renders them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    FULL_MONTH_ROWS,
+    MIB,
+    Measured,
+    RssSampler,
+    child_env,
+    generate,
+    measure,
+    say,
+    scratch,
+    summarize,
+    taxi_pipeline_bin,
+    write_results,
+)
+from bench.postgres import PgServer, postgres_server
+from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
+
+TARGET_WALL_RATIO = 0.5
+TARGET_CLIENT_RSS_BYTES = 512 * MIB
+
+_COLUMNS = (
+    '"VendorID", tpep_pickup_datetime, tpep_dropoff_datetime, passenger_count, trip_distance,'
+    ' "RatecodeID", store_and_fwd_flag, "PULocationID", "DOLocationID", payment_type,'
+    " fare_amount, extra, mta_tax, tip_amount, tolls_amount, improvement_surcharge,"
+    " total_amount, congestion_surcharge"
+)
+_TYPES = """
+  unique_row_id text, filename text, "VendorID" text, tpep_pickup_datetime timestamp,
+  tpep_dropoff_datetime timestamp, passenger_count double precision,
+  trip_distance double precision, "RatecodeID" text, store_and_fwd_flag text,
+  "PULocationID" text, "DOLocationID" text, payment_type double precision,
+  fare_amount double precision, extra double precision, mta_tax double precision,
+  tip_amount double precision, tolls_amount double precision,
+  improvement_surcharge double precision, total_amount double precision,
+  congestion_surcharge double precision"""
+
+
+def reference_sql(csv_path: Path, filename: str) -> str:
+    """The 04_postgres_taxi flow's statements for one yellow file (psql script)."""
+    md5 = (
+        "md5(COALESCE(CAST(\"VendorID\" AS text), '') || COALESCE(CAST(tpep_pickup_datetime AS"
+        " text), '') || COALESCE(CAST(tpep_dropoff_datetime AS text), '') ||"
+        " COALESCE(\"PULocationID\", '') || COALESCE(\"DOLocationID\", '') ||"
+        " COALESCE(CAST(fare_amount AS text), '') || COALESCE(CAST(trip_distance AS text), ''))"
+    )
+    names = ["unique_row_id", "filename", *(c.strip() for c in _COLUMNS.split(","))]
+    return "\n".join(
+        [
+            f"CREATE TABLE IF NOT EXISTS public.yellow_tripdata ({_TYPES});",
+            f"CREATE TABLE IF NOT EXISTS public.yellow_tripdata_staging ({_TYPES});",
+            "TRUNCATE TABLE public.yellow_tripdata_staging;",
+            f"\\copy public.yellow_tripdata_staging ({_COLUMNS}) FROM"
+            f" {shlex.quote(str(csv_path))} WITH (FORMAT csv, HEADER true)",
+            f"UPDATE public.yellow_tripdata_staging SET unique_row_id = {md5},"
+            f" filename = '{filename}';",
+            "MERGE INTO public.yellow_tripdata AS T USING public.yellow_tripdata_staging AS S"
+            " ON T.unique_row_id = S.unique_row_id WHEN NOT MATCHED THEN INSERT"
+            f" ({', '.join(names)}) VALUES ({', '.join('S.' + n for n in names)});",
+            "",
+        ]
+    )
+
+
+def _reference(
+    pg: PgServer, database: str, url: str, month: str, work: Path, log: Path
+) -> Measured:
+    """Extract (curl | gunzip to a file), the flow's SQL, purge the file: one shell command."""
+    csv_path = work / f"yellow_tripdata_{month}.csv"
+    script = work / f"reference-{month}.sql"
+    script.write_text(reference_sql(csv_path, csv_path.name))
+    psql = shlex.join(
+        [str(pg.bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres",
+         "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-f", str(script)]
+    )  # fmt: skip
+    command = (
+        f"curl -sf {shlex.quote(url)} | gunzip > {shlex.quote(str(csv_path))}"
+        f" && {psql} && rm -f {shlex.quote(str(csv_path))}"
+    )
+    return measure(["bash", "-o", "pipefail", "-c", command], log=log)
+
+
+def _ours(
+    pg: PgServer, database: str, server: SourceServer, month: str, home: Path, log: Path
+) -> Measured:
+    argv = [taxi_pipeline_bin(), "run", "yellow", month, "--source-url", server.base_url,
+            "--home", str(home)]  # fmt: skip
+    env = child_env(
+        TAXI_PIPELINE_WAREHOUSE_URL=f"postgresql://postgres@127.0.0.1:{pg.port}/{database}"
+    )
+    return measure(argv, env=env, log=log)
+
+
+def _count(pg: PgServer, database: str) -> int:
+    return int(
+        subprocess.run(
+            pg.psql_argv("-d", database, "-c", "SELECT count(*) FROM yellow_tripdata"),
+            capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]
+    )  # fmt: skip
+
+
+def _expect(got: int, want: int, what: str) -> None:
+    if got != want:
+        raise RuntimeError(f"{what}: {got} rows loaded, expected {want}")
+
+
+_MERGE_LINE = re.compile(
+    r"duration: ([0-9.]+) ms .*(MERGE INTO|INSERT INTO \"public\"\.\"yellow_tripdata_file_)",
+    re.IGNORECASE,
+)
+"""The merge statements: the reference's MERGE and ours (MERGE for a file loaded before, the
+bulk INSERT into the file's new partition for its first load)."""
+
+
+def _merge_durations(log: Path, start: int) -> list[float]:
+    """MERGE statements' durations (seconds) logged after byte ``start`` of the server log."""
+    with log.open("rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode(errors="replace")
+    return [float(m.group(1)) / 1000 for m in _MERGE_LINE.finditer(text)]
+
+
+def _server_log(pg: PgServer) -> Path:
+    return pg.data.parent / "server.log"
+
+
+def _one_size(
+    pg: PgServer, server: SourceServer, rows: int, runs: int, work: Path
+) -> dict[str, Any]:
+    url = f"{server.base_url}/yellow/yellow_tripdata_2019-01.csv.gz"
+    ours_runs, reference_runs = [], []
+    ours_server_peak = reference_server_peak = 0
+    for i in range(runs):
+        for contender in ("ours", "reference") if i % 2 == 0 else ("reference", "ours"):
+            database = f"{contender}_{rows}_{i}"
+            pg.sql(f"CREATE DATABASE {database}")
+            log = work / f"{database}.log"
+            sampler = RssSampler(pg.postmaster())
+            if contender == "ours":
+                run = _ours(pg, database, server, "2019-01", work / f"home-{database}", log)
+                ours_server_peak = max(ours_server_peak, sampler.stop())
+                ours_runs.append(run)
+            else:
+                run = _reference(pg, database, url, "2019-01", work, log)
+                reference_server_peak = max(reference_server_peak, sampler.stop())
+                reference_runs.append(run)
+            _expect(_count(pg, database), rows, contender)
+            say(
+                f"{rows:,} rows, {contender} #{i + 1}: {run.wall_seconds:.1f} s,"
+                f" client {run.peak_rss_bytes / MIB:.0f} MiB"
+            )
+            pg.sql(f"DROP DATABASE {database}")
+            subprocess.run(["rm", "-rf", str(work / f"home-{database}")], check=True)
+    ours, reference = summarize(ours_runs), summarize(reference_runs)
+    return {
+        "rows": rows,
+        "ours": ours | {"server_peak_rss_bytes": ours_server_peak},
+        "reference": reference | {"server_peak_rss_bytes": reference_server_peak},
+        "wall_ratio": ours["wall_seconds"] / reference["wall_seconds"],
+    }
+
+
+def _twelve_months(
+    pg: PgServer, server: SourceServer, months: list[str], rows: int, work: Path
+) -> dict[str, Any]:
+    """Each contender loads the months in order into its own database; MERGE time per month."""
+    out: dict[str, Any] = {"rows_per_month": rows, "months": months}
+    for contender in ("ours", "reference"):
+        database = f"{contender}_months"
+        pg.sql(f"CREATE DATABASE {database}")
+        home = work / f"home-{database}"
+        walls, merges = [], []
+        for month in months:
+            start = _server_log(pg).stat().st_size
+            log = work / f"{database}-{month}.log"
+            if contender == "ours":
+                run = _ours(pg, database, server, month, home, log)
+            else:
+                url = f"{server.base_url}/yellow/yellow_tripdata_{month}.csv.gz"
+                run = _reference(pg, database, url, month, work, log)
+            durations = _merge_durations(_server_log(pg), start)
+            walls.append(run.wall_seconds)
+            merges.append(sum(durations))
+            say(
+                f"{contender} {month}: {run.wall_seconds:.1f} s, MERGE {merges[-1]:.2f} s"
+                f" ({len(durations)} statement(s))"
+            )
+        _expect(_count(pg, database), rows * len(months), f"{contender} twelve months")
+        out[contender] = {"wall_seconds": walls, "merge_seconds": merges}
+        pg.sql(f"DROP DATABASE {database}")
+        subprocess.run(["rm", "-rf", str(home)], check=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[1_000_000, FULL_MONTH_ROWS],
+        help="month sizes to measure",
+    )  # fmt: skip
+    parser.add_argument(
+        "--runs", type=int, nargs="+", default=[3, 1],
+        help="interleaved runs of each contender per size (the last value repeats)",
+    )  # fmt: skip
+    parser.add_argument("--month-rows", type=int, default=500_000, help="rows of each of the 12")
+    parser.add_argument("--months", type=int, default=12)
+    parser.add_argument("--name", default="postgres_ingest")
+    args = parser.parse_args(argv)
+
+    settings = {"log_min_duration_statement": "0", "max_wal_size": "4GB"}
+    payload: dict[str, Any] = {"sizes": [], "targets": {
+        "wall_ratio_max": TARGET_WALL_RATIO, "client_peak_rss_bytes_max": TARGET_CLIENT_RSS_BYTES,
+    }}  # fmt: skip
+    with scratch("postgres-ingest") as work, postgres_server(settings) as pg:
+        payload["postgresql"] = pg.version
+        for index, rows in enumerate(args.rows):
+            runs = args.runs[min(index, len(args.runs) - 1)]
+            source = work / f"source-{rows}"
+            say(f"generating a yellow month of {rows:,} rows")
+            generate(source, rows)
+            with serve_directory(source) as server:
+                payload["sizes"].append(_one_size(pg, server, rows, runs, work))
+            subprocess.run(["rm", "-rf", str(source)], check=True)
+        if args.months:
+            source = work / "source-months"
+            months = [f"2019-{m:02d}" for m in range(1, args.months + 1)]
+            say(f"generating {len(months)} yellow months of {args.month_rows:,} rows")
+            for month in months:
+                generate(source, args.month_rows, month=month)
+            with serve_directory(source) as server:
+                payload["twelve_months"] = _twelve_months(pg, server, months, args.month_rows, work)
+    path = write_results(args.name, payload)
+    say(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
