@@ -27,7 +27,7 @@ from taxi_pipeline.devkit.generator import generate_month, write_raw
 from taxi_pipeline.devkit.parquet_generator import generate_parquet_month
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
 from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat, format_of
-from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo
+from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo, Replacement
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 YELLOW, JAN = Dataset.YELLOW, Month(2019, 1)
@@ -255,3 +255,30 @@ def test_a_month_with_a_value_to_set_aside_takes_the_staging_table(
     assert warehouse.merge_staged(YELLOW, JAN, ranges, False, context) == 21
     counted = warehouse.query("SELECT count(*), count(passenger_count) FROM yellow_tripdata")
     assert counted.rows == [(21, 20)]
+
+
+def test_a_month_replaced_in_one_pass_holds_the_new_file_only(
+    warehouse: DuckDbWarehouse, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A clean CSV month, then the TLC's clean file of it replacing it: both in one pass, the
+    delete of the old rows in the new rows' transaction."""
+    month = Month(2020, 1)
+    csv_file = generate_month(tmp_path / "csv", YELLOW, month, 3_000, seed=9).path
+    parquet_file = generate_parquet_month(tmp_path / "tlc", "yellow", month, 2_000, seed=9).path
+    lake = FolderStore(tmp_path / "lake")
+    source, context = _stage(warehouse, tmp_path, csv_file, YELLOW, month)
+    staged = warehouse.stage(YELLOW, month, source, lake, context)
+    old_ranges = pickup_ranges(staged.pickup_dates)
+    assert warehouse.merge_staged(YELLOW, month, old_ranges, False, context) == 3_000
+
+    source, context = _stage(warehouse, tmp_path, parquet_file, YELLOW, month)
+    with caplog.at_level(logging.DEBUG, "taxi_pipeline.adapters.duckdb.warehouse"):
+        staged = warehouse.stage(YELLOW, month, source, lake, context)
+        ranges = pickup_ranges(staged.pickup_dates)
+        names = (csv_name(YELLOW, month, CSV_GZ), csv_name(YELLOW, month, PARQUET))
+        replacing = Replacement(names, (*old_ranges, *ranges))
+        replaced = warehouse.replace_staged(YELLOW, month, ranges, False, context, replacing)
+    assert "build staging table" not in _statements(caplog)
+    assert replaced == (3_000, 2_000)
+    counts = warehouse.query("SELECT filename, count(*) FROM yellow_tripdata GROUP BY filename")
+    assert counts.rows == [("yellow_tripdata_2020-01.parquet", 2_000)]

@@ -68,6 +68,7 @@ from taxi_pipeline.pipeline.ports import (
     NullProgress,
     ObjectInfo,
     Progress,
+    ProgressTask,
     QueryResult,
     Replacement,
     RunEvent,
@@ -432,12 +433,11 @@ class DuckDbWarehouse:
     ) -> Iterator[None]:
         """For the statements of the block: Ctrl-C or ``runs cancel`` interrupts them (the
         transaction rolls back), and their progress (DuckDB's estimate, in %) is reported as
-        each of ``phases`` (a one-pass statement stages and merges at once)."""
-        tasks = [
-            self._progress.task(f"{phase} {context.dataset.value} {context.month}", 100, "%")
-            for phase in phases
-        ]
+        each of ``phases`` (a one-pass statement stages and merges at once). A cancel that
+        comes before the block raises at once; one that comes between that check and the
+        statement's start interrupts nothing, and the next check (before any commit) raises."""
         done = threading.Event()
+        tasks: list[ProgressTask] = []
         # DuckDB tracks query_progress() only with its progress bar on; we print our own.
         cursor.execute("SET enable_progress_bar = true")
         cursor.execute("SET enable_progress_bar_print = false")
@@ -457,6 +457,12 @@ class DuckDbWarehouse:
         watcher = threading.Thread(target=report, name=f"{phases[0]}-progress", daemon=True)
         try:
             with self._cancellation.interruptible(context.run_id, cursor.interrupt):
+                tasks += [
+                    self._progress.task(
+                        f"{phase} {context.dataset.value} {context.month}", 100, "%"
+                    )
+                    for phase in phases
+                ]
                 watcher.start()
                 yield
         finally:
