@@ -528,16 +528,18 @@ class DuckDbWarehouse:
         from the lake object to the final table, as DuckDB alone would load it
         (BENCHMARKS.md). ``None``, with nothing changed, for a month that is not clean.
 
-        The rows are those the staging table would hold, from the same SQL. A clean month (the
-        usual one) has no value that does not fit its type and no repeated header line: the
-        first such row fails the statement (``error()``), which is rolled back, and the month
-        is staged the slow way. Until the merge commits, nobody else sees the rows: the summary
-        is measured on them (the rows the transaction appended), the step checks it, and the
-        merge deletes those whose id the table held before (on the staged dates), which is the
-        insert-only merge's result, then commits. A refused or cancelled month, a crash or the
-        next attempt's staging roll them back. The file stays attached, so other processes
-        wait, and the merge step holds the dataset's insert lock from before this call to the
-        commit (:attr:`stages_in_final_table`), so no other load commits in between.
+        The rows are those the staging table would hold, from the same staging SQL (over the
+        CSV as DuckDB's reader types it, which is how ``TRY_CAST`` types its text). A clean
+        month (the usual one) has no value that does not fit its type and no repeated header
+        line: the first such row fails the statement (``error()``, or the reader), which is
+        rolled back, and the month is staged the slow way. Until the merge commits, nobody
+        else sees the rows: the summary is measured on them (the rows the transaction
+        appended), the step checks it, and the merge deletes those whose id the table held
+        before (on the staged dates), which is the insert-only merge's result, then commits.
+        A refused or cancelled month, a crash or the next attempt's staging roll them back.
+        The file stays attached, so other processes wait, and the merge step holds the
+        dataset's insert lock from before this call to the commit
+        (:attr:`stages_in_final_table`), so no other load commits in between.
         """
         stg = staging_table(dataset, month)
         final = self._final(dataset)
