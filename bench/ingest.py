@@ -191,6 +191,8 @@ def _limit(
 
 
 def _announce(what: str, run: Measured, extra: str = "") -> None:
+    # How busy the shared machine was as the run ended: it explains a wall time CPU does not.
+    run.extra["load_average"] = round(os.getloadavg()[0], 2)
     say(
         f"{what}: {run.wall_seconds:.2f} s, {run.cpu_seconds:.1f} CPU s,"
         f" {run.peak_rss_bytes / 2**20:.0f} MiB{extra}; load average {os.getloadavg()[0]:.2f}"

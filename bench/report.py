@@ -108,9 +108,20 @@ def _targets(month: dict[str, Any], targets: dict[str, Any], what: str) -> list[
     ours, ratio = month["ours"], month["ratios"]["wall_vs_limit"]
     wall_ok = ratio <= targets["wall_ratio_max"]
     rss_ok = ours["peak_rss_bytes"] <= targets["peak_rss_bytes_max"]
+    cpu = ""
+    if ours.get("cpu_seconds") and month["limit"].get("cpu_seconds"):
+        cpu = f"; CPU {ours['cpu_seconds'] / month['limit']['cpu_seconds']:.2f}x"
+    loads = {
+        name: [r["extra"]["load_average"] for r in runs["all"] if "load_average" in r["extra"]]
+        for name, runs in (("ours", ours), ("the limit", month["limit"]))
+    }
+    if all(loads.values()):
+        cpu += "; 1-min load average after each run: " + ", ".join(
+            f"{name} {' / '.join(f'{v:.1f}' for v in values)}" for name, values in loads.items()
+        )
     lines = [
         f"- {what}: target wall <= {targets['wall_ratio_max']}x the one-pass limit: "
-        + _verdict(wall_ok, f"{ratio:.2f}x"),
+        + _verdict(wall_ok, f"{ratio:.2f}x{cpu}"),
         f"- {what}: target peak RSS <= {_mib(targets['peak_rss_bytes_max'])}: "
         + _verdict(rss_ok, _mib(ours["peak_rss_bytes"])),
     ]
