@@ -193,10 +193,11 @@ CASES = [
         "is not of the form raw/",
     ),
     Case("object-csv", _object_event("raw/green/green_tripdata_2019-02.csv"), "is not of the form"),
+    # A TLC month's object is a lake object (issue 11); this event names one that is not there.
     Case(
-        "object-parquet",
+        "object-parquet-gone",
         _object_event("raw/green/green_tripdata_2019-02.parquet"),
-        "is not of the form",
+        "no longer exists in the lake",
     ),
     Case(
         "object-dataset-mismatch",
