@@ -129,7 +129,8 @@ def _targets(month: dict[str, Any], targets: dict[str, Any], what: str) -> list[
         over = ratio / targets["wall_ratio_max"] - 1
         lines.append(
             f"- {what}: the wall target is missed by {over:.0%} of the allowed time; the phases"
-            " below show where it goes."
+            " below show where it goes, and the CPU ratio and load averages beside it how much"
+            " of it the machine's other work made."
         )
     return lines
 
