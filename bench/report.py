@@ -29,7 +29,7 @@ From a clean checkout with the project venv (`python -m venv .venv && .venv/bin/
 | benchmark | command | takes (2 cores) |
 |---|---|---|
 | all, then this page | `bench/run_all.sh` | ~30-45 min |
-| 1+2 month ingest, re-run | `.venv/bin/python -m bench.ingest` | ~6-8 min |
+| 1+2 month ingest (CSV and Parquet), re-run | `.venv/bin/python -m bench.ingest` | ~10-12 min |
 | 3 download streaming | `.venv/bin/python -m bench.download` | ~2-3 min |
 | 4 cold start | `.venv/bin/python -m bench.cold_start` | ~30 s |
 | 5 BigQuery merge cost | `.venv/bin/python -m bench.bq_cost` | ~1 min |
