@@ -195,6 +195,14 @@ while IFS=$'\t' read -r _ id description; do
       --project="$PROJECT" --quiet
 done < <(lines account; ((WITH_UI == 0)) || lines ui-account)
 provision data
+# The taxi zone lookup, through the lake into its table: the CLI's own `zones --cloud`, which
+# loads it the first time only (--if-missing), with the same token as the provisioning. Cloud SQL
+# is reached through its socket from Cloud Run only: there the command is the user's (see the end).
+if [[ $WAREHOUSE == bigquery ]]; then
+  TAXI_PIPELINE_ACCESS_TOKEN=$token TAXI_PIPELINE_LAKE_URL=gs://$BUCKET \
+    TAXI_PIPELINE_WAREHOUSE_URL=bigquery://$PROJECT/$DATASET TAXI_PIPELINE_GCP_PROJECT=$PROJECT \
+    TAXI_PIPELINE_BIGQUERY_LOCATION=$REGION run "$PYTHON" -m taxi_pipeline.cli.app zones --cloud --if-missing
+fi
 ((DRY_RUN)) || gcs_agent=$(gcloud storage service-agent --project="$PROJECT" </dev/null)
 PUBSUB_AGENT=serviceAccount:service-$number@gcp-sa-pubsub.iam.gserviceaccount.com
 TRIGGER=$(sa taxi-trigger)
@@ -337,6 +345,9 @@ if [[ -z $policy || -n $ALERT_EMAIL_GIVEN ]]; then
 fi
 if [[ $WAREHOUSE == postgres ]]; then
   echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, warehouse Cloud SQL $CLOUDSQL_INSTANCE database $DB_NAME" >&2
+  echo "deploy.sh: load the taxi zones once through the Cloud SQL Auth Proxy (cloud-sql-proxy $CLOUDSQL_INSTANCE):" \
+    "TAXI_PIPELINE_LAKE_URL=gs://$BUCKET TAXI_PIPELINE_WAREHOUSE_URL=postgresql://$DB_USER@127.0.0.1:5432/$DB_NAME" \
+    "taxi-pipeline zones --cloud --if-missing" >&2
 else
   echo "deploy.sh: the pipeline runs in $PROJECT ($REGION): lake gs://$BUCKET, dataset $DATASET" >&2
 fi

@@ -7,8 +7,9 @@ of it): ``INSERT INTO final SELECT <id>, <filename>, <typed columns> FROM <reade
 - a gzip CSV (``yellow_tripdata_YYYY-MM.csv.gz``) read by DuckDB's own typed parser with the
   reference types: ids and codes text, counts BIGINT read leniently (read as DOUBLE, so ``1.0``
   is 1, then cast), amounts DECIMAL(38, 9), timestamps; the fees the CSV lacks NULL;
-- ``--parquet``, a TLC file (``yellow_tripdata_YYYY-MM.parquet``): ``read_parquet`` with a plain
-  cast of each of the month's period columns onto the final table's reference type;
+- ``--parquet``, a TLC file of any dataset (``{dataset}_tripdata_YYYY-MM.parquet``):
+  ``read_parquet`` with a plain cast of each of the month's period columns onto the final
+  table's reference type (the fees included);
 
 and the pipeline's ``unique_row_id`` over the typed columns, into an empty final table of the
 pipeline's schema. ``--two-pass`` (CSV) is the older limit, kept as a second, named figure: the
@@ -50,16 +51,17 @@ def _q(name: str) -> str:
     return '"' + name + '"'
 
 
-def _month_of(source: Path) -> Month:
-    match = re.search(r"_(\d{4}-\d{2})\.(csv\.gz|parquet)$", source.name)
+def _month_of(source: Path) -> tuple[Dataset, Month]:
+    """The dataset and month a file's name says (a TLC Parquet file of any dataset)."""
+    match = re.fullmatch(r"([a-z]+)_tripdata_(\d{4}-\d{2})\.(csv\.gz|parquet)", source.name)
     if match is None:
-        raise ValueError(f"{source.name}: not a month file (yellow_tripdata_YYYY-MM.csv.gz)")
-    return Month.parse(match.group(1))
+        raise ValueError(f"{source.name}: not a month file ({{dataset}}_tripdata_YYYY-MM.parquet)")
+    return Dataset(match.group(1)), Month.parse(match.group(2))
 
 
-def _final_table_sql() -> str:
+def _final_table_sql(dataset: Dataset) -> str:
     columns = ", ".join(
-        f"{_q(c.name)} {_FINAL_TYPES[c.kind]}" for c in _DATASET.layout.final_columns
+        f"{_q(c.name)} {_FINAL_TYPES[c.kind]}" for c in dataset.layout.final_columns
     )
     return f"CREATE TABLE final (unique_row_id BLOB, filename VARCHAR, {columns})"
 
@@ -90,8 +92,9 @@ def csv_rows_sql(source: Path) -> str:
 
 def parquet_rows_sql(source: Path) -> str:
     """The month's rows in the final table's shape, from the TLC Parquet file (one read)."""
-    sources = source_columns(PARQUET, _DATASET, _month_of(source))
-    columns = _DATASET.layout.final_columns
+    dataset, month = _month_of(source)
+    sources = source_columns(PARQUET, dataset, month)
+    columns = dataset.layout.final_columns
     casts = []
     for column in columns:
         found = sources[column.name]
@@ -105,7 +108,7 @@ def parquet_rows_sql(source: Path) -> str:
         casts.append(f"{value} AS {_q(column.name)}")
     names = ", ".join(_q(c.name) for c in columns)
     return (
-        f"SELECT {unique_row_id_sql(_DATASET)} AS unique_row_id, '{source.name}' AS filename,"
+        f"SELECT {unique_row_id_sql(dataset)} AS unique_row_id, '{source.name}' AS filename,"
         f" {names} FROM (SELECT {', '.join(casts)} FROM read_parquet('{source}'))"
     )
 
@@ -138,7 +141,7 @@ def run(
     con = duckdb.connect(str(database), config=config)
     plans: list[str] = []
     try:
-        con.execute(_final_table_sql())
+        con.execute(_final_table_sql(_month_of(source)[0] if parquet else _DATASET))
         for statement in statements(source, parquet=parquet, two_pass=two_pass):
             if explain is None:
                 con.execute(statement)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark of BENCHMARKS.md at full size, one after the other, then the page itself.
-#   bench/run_all.sh                 # all (about 15-20 minutes on 2 cores)
-#   bench/run_all.sh ingest bq_cost  # some of: ingest download cold_start bq_cost backfill ui
+#   bench/run_all.sh                 # all (about 40-60 minutes on 2 cores)
+#   bench/run_all.sh ingest bq_cost  # some of: ingest download cold_start bq_cost backfill ui postgres_ingest fhvhv
 # Needs the project venv (.venv, pip install -e '.[dev]'), curl, PostgreSQL (apt-get install -y
 # postgresql if absent) and, for bq_cost's emulator run, .ci/install-emulators.sh. Scratch data
 # lives in bench/.work/ and is removed by each script; results go to bench/results/*.json.
@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python="${PYTHON:-.venv/bin/python}"
 benchmarks=("$@")
 if [[ ${#benchmarks[@]} -eq 0 ]]; then
-    benchmarks=(ingest download cold_start bq_cost backfill ui postgres_ingest)
+    benchmarks=(ingest download cold_start bq_cost backfill ui postgres_ingest fhvhv)
 fi
 for name in "${benchmarks[@]}"; do
     started=$(date +%s)

@@ -6,24 +6,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
-from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, parse_object_name
+from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
+from taxi_pipeline.domain.runs import RunEvent, RunIdentity, new_run_id, object_event_attributes
 from taxi_pipeline.errors import ConfigurationError
-from taxi_pipeline.local.admission import RunGate, Ticket
+from taxi_pipeline.local.admission import RunGate, RunOptions, Ticket
 from taxi_pipeline.local.orchestrator import MirroredProgress, Watcher
 from taxi_pipeline.local.process import ProcessInfo, this_process
 from taxi_pipeline.logs import redact
 from taxi_pipeline.pipeline import handlers
 from taxi_pipeline.pipeline.cancellation import Cancellation, current_run_id
-from taxi_pipeline.pipeline.cloudevents import build_gcs_event
+from taxi_pipeline.pipeline.cloudevents import CloudEventLike, build_gcs_event
 from taxi_pipeline.pipeline.ports import (
     Bus,
     Closeable,
@@ -33,17 +35,17 @@ from taxi_pipeline.pipeline.ports import (
     ObjectInfo,
     Ports,
     Progress,
-    RunEvent,
     RunHistory,
     Source,
     Warehouse,
 )
-from taxi_pipeline.pipeline.recorder import cancel_event, cancel_reason, new_run_id, queued_event
-from taxi_pipeline.pipeline.steps.common import publish_result, run_attributes
+from taxi_pipeline.pipeline.recorder import cancel_event, cancel_reason, queued_event
+from taxi_pipeline.pipeline.steps.common import publish_result
 from taxi_pipeline.pipeline.steps.download import check_source_base, check_tlc_base
 from taxi_pipeline.settings import LogFormat, Settings
 
 if TYPE_CHECKING:
+    from taxi_pipeline.adapters.faults.wrappers import Faults
     from taxi_pipeline.adapters.filelock.locks import FileLocks
     from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 
@@ -94,46 +96,31 @@ class LocalPipeline:
             )
             self._watcher.start()
 
-    def submit(
-        self,
-        dataset: Dataset,
-        month: Month,
-        *,
-        labels: Mapping[str, str] | None = None,
-        force: bool = False,
-        run_id: str | None = None,
-        source: Upstream | None = None,
-        replace: bool = False,
-    ) -> str:
+    def submit(self, dataset: Dataset, month: Month, **options: Unpack[RunOptions]) -> str:
         """Record the run QUEUED and put its request on the bus once the dataset has a free
-        slot (:class:`RunGate`); returns its run id. ``source`` None: the settings' source.
-        After Ctrl-C, raises :class:`RunCancelled`."""
+        slot (:class:`RunGate`); returns its run id. After Ctrl-C, raises
+        :class:`RunCancelled`."""
         self.ports.cancellation.check(None)
-        run_id = run_id or new_run_id(dataset, month)
+        run_id = options.get("run_id") or new_run_id(dataset, month)
+        run = RunIdentity(run_id, dataset, month, dict(options.get("labels") or {}))
         request = IngestRequest(
             dataset=dataset,
             month=str(month),
-            run_id=run_id,
-            labels=dict(labels or {}),
-            force=force,
-            source=source,
-            replace=replace,
+            run_id=run.run_id,
+            labels=dict(run.labels),
+            force=options.get("force", False),
+            source=options.get("source"),
+            replace=options.get("replace", False),
         )
-        self.ports.warehouse.append_run_events(
-            [queued_event(run_id, dataset, month, request.labels)]
-        )
+        self.ports.warehouse.append_run_events([queued_event(run)])
         with self._lock:
-            self._active[run_id] = request
+            self._active[run.run_id] = request
 
         def publish() -> None:
-            self.bus.publish(
-                Topic.INGEST_REQUESTS,
-                request.to_bytes(),
-                run_attributes(run_id, dataset, month, request.labels),
-            )
+            self.bus.publish(Topic.INGEST_REQUESTS, request.to_bytes(), run.attributes())
 
-        self.gate.offer(Ticket(run_id, dataset, publish))
-        return run_id
+        self.gate.offer(Ticket(run.run_id, dataset, publish))
+        return run.run_id
 
     def drain(self, workers: int = 1) -> None:
         """Process the bus until it is idle and no request waits for a slot (a slot held by
@@ -278,37 +265,28 @@ def build_local(
     settings: Settings,
     progress: Progress | None = None,
     notice: Callable[[str], None] | None = None,
+    *,
+    faults: Faults | None = None,
 ) -> LocalPipeline:
     """Wire the embedded default. Lake and warehouse may still be chosen by URL.
 
     ``notice`` hears what a waiting process waits for (a lock, the warehouse file, a slot that
-    another process of the home holds)."""
+    another process of the home holds). ``faults``: the adapters wrapped to crash, fail or lie
+    where it says, and the bus delivering as it says (the reliability tests, drills)."""
     from taxi_pipeline.adapters.filelock.locks import FileLocks, FileSlots
     from taxi_pipeline.adapters.folder.store import FolderStore
 
     check_source_base(settings)
     check_tlc_base(settings)
     say = notice or _log_notice
-    bus = InProcessBus(project="local", max_attempts=settings.max_delivery_attempts)
+    bus = _in_process_bus(settings, faults)
     lake_url = settings.resolved_lake_url
     if not lake_url.startswith("file://"):
         raise ConfigurationError(
             f"the embedded default needs a file:// lake, got {lake_url!r}; the cloud functions"
             " use gs:// lakes"
         )
-
-    def announce(info: ObjectInfo) -> None:
-        attributes: dict[str, str] = {"object": info.name}
-        try:
-            dataset, month = parse_object_name(info.name)
-            attributes |= {"dataset": dataset.value, "month": str(month)}
-        except ValueError:
-            pass
-        if "run_id" in info.metadata:
-            attributes["run_id"] = info.metadata["run_id"]
-        bus.deliver(LAKE_EVENTS_TOPIC, build_gcs_event(info), attributes)
-
-    lake = FolderStore(_file_path(lake_url, "TAXI_PIPELINE_LAKE_URL"), on_finalized=announce)
+    lake = FolderStore(_file_path(lake_url, "TAXI_PIPELINE_LAKE_URL"), on_finalized=_announcer(bus))
     embedded = urlsplit(settings.resolved_warehouse_url).scheme == "duckdb"
     history = open_history(settings, process=this_process()) if embedded else None
     # Another warehouse (PostgreSQL) keeps the history itself: built first, since it is asked.
@@ -343,14 +321,74 @@ def build_local(
     )
     limit = settings.max_concurrent_runs_per_dataset
     gate = RunGate(limit, FileSlots(_locks_folder(settings) / "slots", limit))
-    pipeline = LocalPipeline(ports, bus, gate=gate, history=history, notice=say)
-    bus.subscribe(Topic.INGEST_REQUESTS, lambda event: handlers.handle_ingest_request(event, ports))
-    bus.subscribe(LAKE_EVENTS_TOPIC, lambda event: handlers.handle_object_finalized(event, ports))
-    bus.subscribe(Topic.MERGE_REQUESTS, lambda event: handlers.handle_merge_request(event, ports))
-    bus.subscribe(Topic.DEAD_LETTER, lambda event: handlers.handle_dead_letter(event, ports))
-    bus.listen(Topic.INGEST_RESULTS, pipeline._collect)
+    pipeline = LocalPipeline(_injected(ports, faults), bus, gate=gate, history=history, notice=say)
+    _run_in_process(pipeline, faults)
     pipeline.start()
     return pipeline
+
+
+def build_in_process(settings: Settings, *, faults: Faults | None = None) -> LocalPipeline:
+    """The cloud functions' chain run in this process: :func:`build_cloud`'s lake, warehouse,
+    source and locks, the in-process bus in Pub/Sub's place, each committed lake object
+    announced on it as Eventarc would, and the handlers subscribed to it; ``faults`` as
+    :func:`build_local` takes them (the reliability tests over the emulators, drills)."""
+    bus = _in_process_bus(settings, faults)
+    ports = build_cloud(settings, bus=bus, on_finalized=_announcer(bus))
+    pipeline = LocalPipeline(_injected(ports, faults), bus)
+    _run_in_process(pipeline, faults)
+    return pipeline
+
+
+def _in_process_bus(settings: Settings, faults: Faults | None) -> InProcessBus:
+    return InProcessBus(
+        project="local",
+        max_attempts=settings.max_delivery_attempts,
+        copies=faults.copies if faults is not None else 1,
+        seed=faults.seed if faults is not None else None,
+    )
+
+
+def _announcer(bus: InProcessBus) -> Callable[[ObjectInfo], None]:
+    """The lake's object-finalized event on the in-process bus (Eventarc's part)."""
+
+    def announce(info: ObjectInfo) -> None:
+        attributes = object_event_attributes(info.name, info.metadata)
+        bus.deliver(LAKE_EVENTS_TOPIC, build_gcs_event(info), attributes)
+
+    return announce
+
+
+def _injected(ports: Ports, faults: Faults | None) -> Ports:
+    """``ports`` with the lake, the warehouse and the bus the steps publish to wrapped in
+    ``faults`` (the ports themselves without)."""
+    if faults is None:
+        return ports
+    return replace(
+        ports,
+        lake=faults.lake(ports.lake),
+        warehouse=faults.warehouse(ports.warehouse),
+        bus=faults.bus(ports.bus),
+    )
+
+
+def _run_in_process(pipeline: LocalPipeline, faults: Faults | None) -> None:
+    """Deliver every topic on the pipeline's bus to its handler, and collect the results."""
+    ports, bus = pipeline.ports, pipeline.bus
+    for topic, handle in (
+        (Topic.INGEST_REQUESTS, handlers.handle_ingest_request),
+        (LAKE_EVENTS_TOPIC, handlers.handle_object_finalized),
+        (Topic.MERGE_REQUESTS, handlers.handle_merge_request),
+        (Topic.DEAD_LETTER, handlers.handle_dead_letter),
+    ):
+        handler: Callable[[CloudEventLike], None] = partial(handle, ports=ports)
+        bus.subscribe(topic, faults.delivering(handler) if faults is not None else handler)
+    bus.listen(Topic.INGEST_RESULTS, pipeline._collect)
+
+
+def history_in_warehouse(settings: Settings) -> bool:
+    """Whether the warehouse keeps the run history in its own database (BigQuery, PostgreSQL);
+    the embedded default's is the home's SQLite file, beside DuckDB's."""
+    return urlsplit(settings.resolved_warehouse_url).scheme in ("bigquery", *POSTGRES_SCHEMES)
 
 
 def warehouse_is_cloud(settings: Settings) -> bool:
@@ -547,17 +585,20 @@ def _bigquery_emulator_client(settings: Settings) -> Any:
     )
 
 
-def build_lake(settings: Settings) -> Lake:
-    """The lake named by ``TAXI_PIPELINE_LAKE_URL`` (no event wiring: for reading)."""
+def build_lake(
+    settings: Settings, on_finalized: Callable[[ObjectInfo], None] | None = None
+) -> Lake:
+    """The lake named by ``TAXI_PIPELINE_LAKE_URL``; ``on_finalized`` hears each committed
+    object (none: for reading, or where Eventarc announces them)."""
     from taxi_pipeline.adapters.folder.store import FolderStore
 
     url = settings.resolved_lake_url
     if url.startswith("file://"):
-        return FolderStore(_file_path(url, "TAXI_PIPELINE_LAKE_URL"))
+        return FolderStore(_file_path(url, "TAXI_PIPELINE_LAKE_URL"), on_finalized=on_finalized)
     if url.startswith("gs://"):
         from taxi_pipeline.adapters.gcs.store import GcsStore
 
-        return GcsStore.from_url(url, settings)
+        return GcsStore.from_url(url, settings, on_finalized=on_finalized)
     raise ConfigurationError(f"unknown lake URL scheme in {url!r} (use file:// or gs://)")
 
 
@@ -594,20 +635,26 @@ def cloud_ports() -> Ports:
         return _cloud_ports
 
 
-def build_cloud(settings: Settings) -> Ports:
-    """GCS lake, BigQuery warehouse, Pub/Sub bus (or whatever the URLs name)."""
+def build_cloud(
+    settings: Settings,
+    *,
+    bus: Bus | None = None,
+    on_finalized: Callable[[ObjectInfo], None] | None = None,
+) -> Ports:
+    """GCS lake, BigQuery warehouse, Pub/Sub bus (or whatever the URLs name); ``bus`` and
+    ``on_finalized``: the in-process chain's (:func:`build_in_process`)."""
     from taxi_pipeline.adapters.gcs.store import GcsLocks, GcsStore
 
     check_source_base(settings)
     check_tlc_base(settings)
-    lake = build_lake(settings)
+    lake = build_lake(settings, on_finalized)
     warehouse = build_warehouse(settings)
     locks = GcsLocks(lake) if isinstance(lake, GcsStore) else ThreadLocks()
     return Ports(
         settings=settings,
         lake=lake,
         warehouse=warehouse,
-        bus=build_bus(settings),
+        bus=bus if bus is not None else build_bus(settings),
         source=_http_source(settings),
         locks=locks,
         # Each step reads the run's history once at its start: `runs cancel` recorded a cancel

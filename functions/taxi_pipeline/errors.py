@@ -37,6 +37,12 @@ class UnsupportedMonth(PermanentError):
     """The month has no source file in a layout the pipeline reads (yellow before 2011-01)."""
 
 
+class BeforeTheFirstMonth(NotPublished, UnsupportedMonth):
+    """No upstream has the dataset this early at all (fhvhv before 2019-02, green before
+    2013-08): a scheduled or published request ends SKIPPED like any month not published, and
+    the CLI refuses it before anything runs, like an unsupported month."""
+
+
 class SourceConflict(PermanentError):
     """The month is loaded from another source (or from an upstream file that changed since):
     refused unless the run replaces the month's rows (``--replace``)."""

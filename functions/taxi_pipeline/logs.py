@@ -2,7 +2,7 @@
 
 The run's context (run id, dataset, month, step) lives in a :class:`ContextVar`, so every record
 logged inside a :func:`log_context` block carries it, whichever module logs. A step learns its
-run only while it parses the event, so a block can also follow a :class:`RunIdentity` (the
+run only while it parses the event, so a block can also follow a :class:`RunFields` (the
 handlers' ``Invocation``): its ``run_id``, ``dataset`` and ``month`` are read when each record is
 written, and every line logged after the step filled them in carries them.
 """
@@ -22,8 +22,8 @@ from pythonjsonlogger.json import JsonFormatter
 from taxi_pipeline.settings import LogFormat
 
 
-class RunIdentity(Protocol):
-    """What is known so far about the run a block works for (``steps.common.Invocation``)."""
+class RunFields(Protocol):
+    """What is known so far about the run a block works for (``handlers.Invocation``)."""
 
     @property
     def run_id(self) -> str | None: ...
@@ -37,7 +37,7 @@ class RunIdentity(Protocol):
 
 _IDENTITY_FIELDS: Final = ("run_id", "dataset", "month")
 
-_Layer = Mapping[str, str] | RunIdentity
+_Layer = Mapping[str, str] | RunFields
 
 # One layer per open block, innermost last; a tuple, so a block never changes an outer one.
 _CONTEXT: ContextVar[tuple[_Layer, ...]] = ContextVar("taxi_pipeline_log_context", default=())
@@ -52,7 +52,7 @@ _SEVERITY = {
 
 
 @contextmanager
-def log_context(run: RunIdentity | None = None, /, **fields: str | None) -> Iterator[None]:
+def log_context(run: RunFields | None = None, /, **fields: str | None) -> Iterator[None]:
     """Add fields to every record logged inside the block (nested blocks merge, inner wins).
 
     ``run``: an object whose ``run_id``, ``dataset`` and ``month`` are read at each record, so

@@ -58,11 +58,13 @@ class Settings(BaseSettings):
 
     source: Upstream = Upstream.AUTO
     """Where a run without ``--source`` downloads from: ``mirror`` (the DataTalksClub CSV
-    backups, 2019-01..2021-07), ``tlc`` (the TLC's Parquet files, yellow from 2011-01, green from
-    2013-08), or ``auto``: the mirror for its months, the TLC for every other."""
+    backups, 2019-01..2021-07: yellow, green, fhv), ``tlc`` (the TLC's Parquet files, yellow from
+    2011-01, green from 2013-08, fhv from 2015-01, fhvhv from 2019-02), or ``auto``: the mirror
+    for its months, the TLC for every other."""
 
     source_url: str = DEFAULT_SOURCE_URL
-    """Base of the mirror's files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``."""
+    """Base of the mirror's files: ``{source_url}/{dataset}/{dataset}_tripdata_YYYY-MM.csv.gz``,
+    and of the taxi zones (``{source_url}/misc/taxi_zone_lookup.csv``)."""
 
     tlc_url: str = DEFAULT_TLC_URL
     """Base of the TLC's files: ``{tlc_url}/{dataset}_tripdata_YYYY-MM.parquet``."""
@@ -130,6 +132,11 @@ class Settings(BaseSettings):
     """Project of the Pub/Sub topics and of the Cloud Storage client. Unset: Pub/Sub (the cloud
     bus, ``backfill --cloud``) takes the project of a ``bigquery://`` warehouse URL and fails
     without one; Cloud Storage takes its client's default project."""
+
+    access_token: SecretStr | None = None
+    """An OAuth 2 access token the Cloud Storage and BigQuery clients use instead of Application
+    Default Credentials (``deploy.sh`` passes ``gcloud auth print-access-token`` to
+    ``zones --cloud`` and to its provisioning). Unset: Application Default Credentials."""
 
     bus_url: str | None = None
     """Cloud functions' bus: ``pubsub://project`` (unset: ``pubsub://{gcp_project}``), or

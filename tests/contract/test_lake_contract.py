@@ -19,14 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from emulators import FakeGcs
-from google.api_core import exceptions as gexc
 from google.cloud.storage import Blob
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.fileio import BlobWriter
 
+from taxi_pipeline.adapters.faults.http import HttpFault, faulty_session
 from taxi_pipeline.adapters.folder.store import STALE_PART_SECONDS, FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore, _GcsWriter
 from taxi_pipeline.errors import (
@@ -257,53 +258,28 @@ def _alter_uploads(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_gcs_an_upload_stored_unlike_what_was_sent_is_deleted(
     fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = _gcs_store(fake_gcs)
+    deletes = _deletes()
+    store = _gcs_store(fake_gcs, deletes)
     _write(store, NAME, b"the previous, verified version")
     _alter_uploads(monkeypatch)
-    deletes: list[dict[str, Any]] = []
-    real_delete = Blob.delete
-
-    def recording_delete(self: Blob, *args: Any, **kwargs: Any) -> None:
-        deletes.append(kwargs)
-        real_delete(self, *args, **kwargs)
-
-    monkeypatch.setattr(Blob, "delete", recording_delete)
     with pytest.raises(VerificationFailed, match="differs from what was sent") as err:
         _write(store, NAME, os.urandom(2 * MIB + 5))
     # Nothing unverified stays in raw/ (the previous generation was replaced by the upload).
     assert store.stat(NAME) is None
     assert store.list("") == []
     assert str(err.value).endswith("; deleted")
-    # Only the generation found unverified: a newer one is never deleted. fake-gcs-server
-    # ignores ifGenerationMatch on deletes, so the request itself is checked.
+    # Only the generation found unverified: a newer one is never deleted.
     (generation,) = re.findall(r"generation (\d+)", str(err.value))
-    assert [d.get("if_generation_match") for d in deletes] == [int(generation)]
+    assert [_generation_match(url) for url in deletes.seen] == [generation]
 
 
 def test_gcs_an_unverified_upload_that_cannot_be_deleted_says_so(
     fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = _gcs_store(fake_gcs)
+    store = _gcs_store(fake_gcs, _refused_deletes())
     _alter_uploads(monkeypatch)
-
-    def refuse(self: Blob, *args: Any, **kwargs: Any) -> None:
-        raise gexc.from_http_status(403, "no storage.objects.delete")  # type: ignore[no-untyped-call]
-
-    monkeypatch.setattr(Blob, "delete", refuse)
     with pytest.raises(VerificationFailed, match="could NOT be deleted"):
         _write(store, NAME, b"some bytes")
-
-
-def _record_deletes(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    deletes: list[dict[str, Any]] = []
-    real_delete = Blob.delete
-
-    def recording_delete(self: Blob, *args: Any, **kwargs: Any) -> None:
-        deletes.append(kwargs)
-        real_delete(self, *args, **kwargs)
-
-    monkeypatch.setattr(Blob, "delete", recording_delete)
-    return deletes
 
 
 HAND_UPLOAD = b"a user's own file, copied in by hand"
@@ -356,13 +332,13 @@ def test_gcs_another_writers_object_found_after_our_upload_is_left_alone(
 ) -> None:
     """Their object differs in size and MD5 from what we sent: were it taken for our upload, it
     would be deleted as unverified and the download failed for good."""
-    store = _gcs_store(fake_gcs)
+    deletes = _deletes()
+    store = _gcs_store(fake_gcs, deletes)
     _on_close(monkeypatch, hand_upload=store)
-    deletes = _record_deletes(monkeypatch)
     with pytest.raises(TransientError, match="replaced by another writer meanwhile") as err:
         _write(store, NAME, os.urandom(2 * MIB + 5))
     assert not isinstance(err.value, VerificationFailed)
-    assert deletes == []
+    assert deletes.seen == []
     assert store.read_head(NAME, 1000) == HAND_UPLOAD
     kept = store.stat(NAME)
     assert kept is not None
@@ -372,15 +348,15 @@ def test_gcs_another_writers_object_found_after_our_upload_is_left_alone(
 def test_gcs_an_upload_corrupted_in_flight_is_deleted_and_the_error_is_transient(
     fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = _gcs_store(fake_gcs)
+    deletes = _deletes()
+    store = _gcs_store(fake_gcs, deletes)
     _on_close(monkeypatch, alter=True, corrupted=True)
-    deletes = _record_deletes(monkeypatch)
     with pytest.raises(TransientError, match="corrupted in flight") as err:
         _write(store, NAME, os.urandom(MIB + 7))
     assert not isinstance(err.value, VerificationFailed)
     assert store.stat(NAME) is None
-    assert len(deletes) == 1
-    assert deletes[0].get("if_generation_match") is not None
+    (delete,) = deletes.seen
+    assert _generation_match(delete) is not None
 
 
 @pytest.mark.parametrize("composite", [False, True], ids=["plain", "composite"])
@@ -390,14 +366,14 @@ def test_gcs_a_corruption_in_flight_leaves_another_writers_object_alone(
     """Composite: GCS gives a composite object (``gcloud storage cp`` of a large file composes
     parallel uploads) no MD5: that alone once made it look corrupted, hence deleted.
     fake-gcs-server computes one even for composed objects, so the missing MD5 is simulated."""
-    store = _gcs_store(fake_gcs)
+    deletes = _deletes()
+    store = _gcs_store(fake_gcs, deletes)
     _on_close(monkeypatch, alter=True, hand_upload=store, corrupted=True)
     if composite:
         monkeypatch.setattr(Blob, "md5_hash", property(lambda self: None))
-    deletes = _record_deletes(monkeypatch)
     with pytest.raises(TransientError, match="corrupted in flight"):
         _write(store, NAME, b"some bytes")
-    assert deletes == []
+    assert deletes.seen == []
     assert store.read_head(NAME, 1000) == HAND_UPLOAD
 
 
@@ -405,22 +381,49 @@ def test_gcs_an_upload_corrupted_in_flight_that_cannot_be_deleted_says_so(
     fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Left in place it would be registered, and reused by a redelivered download: permanent."""
-    store = _gcs_store(fake_gcs)
+    store = _gcs_store(fake_gcs, _refused_deletes())
     _on_close(monkeypatch, alter=True, corrupted=True)
-
-    def refuse(self: Blob, *args: Any, **kwargs: Any) -> None:
-        raise gexc.from_http_status(403, "no storage.objects.delete")  # type: ignore[no-untyped-call]
-
-    monkeypatch.setattr(Blob, "delete", refuse)
     with pytest.raises(VerificationFailed, match="could NOT be deleted"):
         _write(store, NAME, b"some bytes")
 
 
-def _gcs_store(fake: FakeGcs) -> GcsStore:
+def _gcs_store(fake: FakeGcs, *faults: HttpFault) -> GcsStore:
+    """A store on a new bucket; with ``faults``, its client's requests pass through them (the
+    SDK then raises from the answers they give, as it would from GCS's)."""
     client = fake.client()
     bucket = f"lake-{uuid.uuid4().hex[:12]}"
     client.create_bucket(bucket)
+    if faults:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud.storage import Client
+
+        client = Client(
+            project=fake.project,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": fake.url},
+            _http=faulty_session(faults),
+        )
     return GcsStore(bucket, Settings(upload_chunk_mib=1), client=client)
+
+
+_OBJECT = r"/storage/v1/b/[^/]+/o/.+"
+"""An object's own URL (what a delete is sent to)."""
+
+
+def _deletes() -> HttpFault:
+    """Every delete recorded, none refused."""
+    return HttpFault("DELETE", _OBJECT, [])
+
+
+def _refused_deletes() -> HttpFault:
+    return HttpFault("DELETE", _OBJECT, [403] * 100, "no storage.objects.delete")
+
+
+def _generation_match(url: str) -> str | None:
+    """The ``ifGenerationMatch`` a request carried (fake-gcs-server ignores it on deletes, so
+    the request itself is checked)."""
+    (value,) = parse_qs(urlsplit(url).query).get("ifGenerationMatch", [None])
+    return value
 
 
 def test_gcs_from_url() -> None:

@@ -12,15 +12,12 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
-import requests
 from emulators import FakeGcs
-from google.api_core import exceptions as gexc
-from google.cloud.storage import Blob, Bucket
 
 from infra.resources import FUNCTIONS
+from taxi_pipeline.adapters.faults.http import LOST, RESET, Answer, HttpFault, faulty_session
 from taxi_pipeline.adapters.filelock.locks import FileLocks
 from taxi_pipeline.adapters.gcs.store import GcsLocks, GcsStore
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
@@ -165,81 +162,50 @@ def test_gcs_stale_lock_of_a_dead_instance_is_broken(fake_gcs: FakeGcs) -> None:
     assert store.stat("locks/merge-green-2019-04.lock") is None
 
 
-def _http(code: int, message: str) -> Exception:
-    """The api_core error GCS's client raises for an HTTP ``code`` (TooManyRequests, ...)."""
-    error: Exception = gexc.from_http_status(code, message)  # type: ignore[no-untyped-call]
-    return error
+_CREATE = r"/upload/storage/v1/b/[^/]+/o$"
+"""A lock object's create (``upload_from_string``: a multipart upload)."""
+_GET = r"/storage/v1/b/[^/]+/o/.+"
+"""An object's metadata (``get_blob``)."""
 
 
-class _Flaky:
-    """Replaces an SDK method: raises ``errors`` one by one (``None``: call the real method and
-    then raise, as a request that succeeded but whose answer was lost), then behaves."""
+def _faulty_store(fake: FakeGcs, fault: HttpFault) -> GcsStore:
+    """A store on a new bucket whose client's requests pass through ``fault``: the SDK raises
+    from the answers the fault gives, as it would from GCS's."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.storage import Client
 
-    def __init__(self, real: Callable[..., Any], errors: list[Exception | None]) -> None:
-        self.real = real
-        self.errors = list(errors)
-        self.calls = 0
-
-    def __call__(self, target: Any, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if not self.errors:
-            return self.real(target, *args, **kwargs)
-        error = self.errors.pop(0)
-        if error is None:
-            self.real(target, *args, **kwargs)
-            raise requests.ConnectionError("connection reset by peer")
-        raise error
+    bucket = _store(fake).bucket
+    client = Client(
+        project=fake.project,
+        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": fake.url},
+        _http=faulty_session([fault]),
+    )
+    return GcsStore(bucket, Settings(), client=client)
 
 
-def _make_flaky(
-    monkeypatch: pytest.MonkeyPatch, cls: type, method: str, errors: list[Exception | None]
-) -> _Flaky:
-    flaky = _Flaky(getattr(cls, method), errors)
-    monkeypatch.setattr(cls, method, lambda self, *a, **kw: flaky(self, *a, **kw))
-    return flaky
-
-
-def _flaky_create(monkeypatch: pytest.MonkeyPatch, errors: list[Exception | None]) -> _Flaky:
-    return _make_flaky(monkeypatch, Blob, "upload_from_string", errors)
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        _http(429, "The object exceeded the rate limit for object mutation operations"),
-        _http(503, "backend unavailable"),
-        requests.ConnectionError("connection reset by peer"),
-    ],
-    ids=["429", "503", "connection-reset"],
-)
-def test_gcs_transient_errors_on_the_create_keep_polling(
-    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch, error: Exception
-) -> None:
-    store = _store(fake_gcs)
-    flaky = _flaky_create(monkeypatch, [error] * 3)
+@pytest.mark.parametrize("answer", [429, 503, RESET], ids=["429", "503", "connection-reset"])
+def test_gcs_transient_errors_on_the_create_keep_polling(fake_gcs: FakeGcs, answer: Answer) -> None:
+    create = HttpFault("POST", _CREATE, [answer] * 3, "backend unavailable")
+    store = _faulty_store(fake_gcs, create)
     locks = GcsLocks(store, wait_timeout=30, poll_initial=0.01, poll_max=0.05)
     with locks.hold("merge-green-2019-05"):
         assert store.stat("locks/merge-green-2019-05.lock") is not None
-    assert flaky.calls == 4
+    assert len(create.seen) == 4
     assert store.list("locks/") == []
 
 
-def test_gcs_a_permanent_error_on_the_create_raises_at_once(
-    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = _store(fake_gcs)
-    flaky = _flaky_create(monkeypatch, [_http(403, "no storage.objects.create")] * 9)
+def test_gcs_a_permanent_error_on_the_create_raises_at_once(fake_gcs: FakeGcs) -> None:
+    create = HttpFault("POST", _CREATE, [403] * 9, "no storage.objects.create")
+    store = _faulty_store(fake_gcs, create)
     locks = GcsLocks(store, wait_timeout=30, poll_initial=0.01)
     with pytest.raises(PermanentError, match=r"take lock .*Forbidden"):
         locks._acquire(locks._name("merge-green-2019-06"))
-    assert flaky.calls == 1
+    assert len(create.seen) == 1
 
 
-def test_gcs_transient_errors_that_last_end_at_the_wait_timeout(
-    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = _store(fake_gcs)
-    _flaky_create(monkeypatch, [_http(429, "rate limit")] * 1000)
+def test_gcs_transient_errors_that_last_end_at_the_wait_timeout(fake_gcs: FakeGcs) -> None:
+    store = _faulty_store(fake_gcs, HttpFault("POST", _CREATE, [429] * 1000, "rate limit"))
     locks = GcsLocks(store, wait_timeout=0.5, poll_initial=0.01, poll_max=0.05)
     started = time.monotonic()
     with pytest.raises(TransientError, match=r"not taken within .*TooManyRequests"):
@@ -247,32 +213,29 @@ def test_gcs_transient_errors_that_last_end_at_the_wait_timeout(
     assert time.monotonic() - started < 0.5 + 5  # bounded by wait_timeout, not the SDK's retry
 
 
-def test_gcs_a_create_whose_answer_was_lost_is_recognised_as_ours(
-    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_gcs_a_create_whose_answer_was_lost_is_recognised_as_ours(fake_gcs: FakeGcs) -> None:
     """The object was created, the answer lost: the lock object carries this attempt's token,
     so it is taken as ours rather than waited on until stale (and released afterwards)."""
-    store = _store(fake_gcs)
-    flaky = _flaky_create(monkeypatch, [None])
+    create = HttpFault("POST", _CREATE, [LOST])
+    store = _faulty_store(fake_gcs, create)
     locks = GcsLocks(store, wait_timeout=30, poll_initial=0.01)
     started = time.monotonic()
     with locks.hold("merge-green-2019-08"):
         assert time.monotonic() - started < 10
-        assert flaky.calls == 1  # the check after the lost answer found the lock ours
+        assert len(create.seen) == 1  # the check after the lost answer found the lock ours
         assert len(store.list("locks/")) == 1
     assert store.list("locks/") == []
 
 
 def test_gcs_transient_errors_while_checking_a_held_lock_keep_polling(
-    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+    fake_gcs: FakeGcs,
 ) -> None:
-    store = _store(fake_gcs)
+    check = HttpFault("GET", _GET, [503, 503], "backend unavailable")
+    store = _faulty_store(fake_gcs, check)
     store.blob("locks/merge-green-2019-09.lock").upload_from_string(b"held", if_generation_match=0)
-    unavailable = _http(503, "backend unavailable")
-    flaky = _make_flaky(monkeypatch, Bucket, "get_blob", [unavailable, unavailable])
     breaker = GcsLocks(store, stale_after=0.0, wait_timeout=30, poll_initial=0.01)
     with breaker.hold("merge-green-2019-09"):
         held = store.stat("locks/merge-green-2019-09.lock")
         assert held is not None
         assert held.size > len(b"held")  # broken once the check went through, and ours now
-    assert flaky.calls >= 3
+    assert len(check.seen) >= 3

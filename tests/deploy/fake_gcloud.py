@@ -228,10 +228,20 @@ def gcloud(args: list[str]) -> int:  # noqa: C901 (one branch per command)
 
 
 def python(args: list[str]) -> int:
-    """``-c``/``spec``/``--dry-run`` run for real (no Google call); the rest is recorded."""
+    """``-c``/``spec``/``--dry-run`` run for real (no Google call); the rest is recorded:
+    ``infra.provision`` as ``provision ...``, the CLI (``zones --cloud``) as ``taxi-pipeline
+    ...`` with the settings it was given."""
     if args[:1] == ["-c"] or "spec" in args[:3] or "--dry-run" in args:
         real = os.environ["FAKE_GCLOUD_REAL_PYTHON"]
         os.execv(real, [real, *args])
+    if args[:2] == ["-m", "taxi_pipeline.cli.app"]:
+        given = [
+            f"{key}={'TOKEN' if key.endswith('ACCESS_TOKEN') and value else value}"
+            for key, value in sorted(os.environ.items())
+            if key.startswith("TAXI_PIPELINE_") and key != "TAXI_PIPELINE_PYTHON"
+        ]
+        _record(["taxi-pipeline", *args[2:], *given])
+        return 0
     _record(["provision", *args[2:]])
     if args[2] == "data":
         state = _load()

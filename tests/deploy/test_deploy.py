@@ -78,7 +78,7 @@ def test_deploy_redeploy_change_destroy(bed: DeployBed) -> None:
     # Again: only the ensure-style provisioning runs (each step reads and reports "ok").
     again = bed.deploy()
     assert again.returncode == 0, again.stderr
-    assert [a.split()[1] for a in again.actions] == ["data", "dead-letters", "schedules"]
+    assert [a.split()[1] for a in again.actions] == ["data", "zones", "dead-letters", "schedules"]
     assert bed.read_state() == deployed
 
     # Changed source: the functions are redeployed, nothing else.
@@ -87,7 +87,10 @@ def test_deploy_redeploy_change_destroy(bed: DeployBed) -> None:
     assert changed.returncode == 0, changed.stderr
     redeployed = [a.split()[3] for a in changed.actions if a.startswith("gcloud functions deploy")]
     assert redeployed == ["taxi-download", "taxi-register", "taxi-merge", "taxi-dead-letter"]
-    assert all(a.startswith(("gcloud functions deploy", "provision ")) for a in changed.actions)
+    assert all(
+        a.startswith(("gcloud functions deploy", "provision ", "taxi-pipeline zones"))
+        for a in changed.actions
+    )
 
     # Destroy removes what deploy created and keeps the data.
     gone = bed.deploy("--destroy")
@@ -243,6 +246,11 @@ def test_plan_says_what_the_issue_requires() -> None:
     ) in plan
     assert "TAXI_PIPELINE_WAREHOUSE_URL=bigquery://demo-proj/taxi" in plan
     assert plan.index("provision dead-letters") > plan.rindex("gcloud functions deploy")
+    # The zones are loaded once, by the CLI's own command, after the dataset exists; the
+    # access token goes by the environment, never on a printed command line.
+    zones = plan.index("taxi-pipeline zones --cloud --if-missing")
+    assert plan.index("provision data") < zones < plan.index("provision schedules")
+    assert "TAXI_PIPELINE_ACCESS_TOKEN=TOKEN" in plan
 
 
 def test_dry_run_prints_every_action_and_calls_nothing(bed: DeployBed) -> None:
@@ -391,7 +399,7 @@ def test_with_ui_deploys_a_private_read_only_ui_service(bed: DeployBed) -> None:
     # Again: nothing of the UI changes; the token is not made anew.
     again = bed.deploy("--with-ui")
     assert again.returncode == 0, again.stderr
-    assert [a.split()[1] for a in again.actions] == ["data", "dead-letters", "schedules"]
+    assert [a.split()[1] for a in again.actions] == ["data", "zones", "dead-letters", "schedules"]
     assert bed.read_state() == state
 
     # Changed source: the functions and the UI are redeployed, nothing else.
@@ -400,7 +408,9 @@ def test_with_ui_deploys_a_private_read_only_ui_service(bed: DeployBed) -> None:
     deployed = [a.split()[3] for a in changed.actions if a.startswith("gcloud run deploy")]
     assert deployed == ["taxi-ui"]
     assert all(
-        a.startswith(("gcloud functions deploy", "gcloud run deploy", "provision "))
+        a.startswith(
+            ("gcloud functions deploy", "gcloud run deploy", "provision ", "taxi-pipeline zones")
+        )
         for a in changed.actions
     )
 
@@ -464,6 +474,10 @@ def test_postgres_deploy_redeploy_destroy(bed: DeployBed) -> None:
     assert first.returncode == 0, first.stderr
     assert first.actions == _expected("deploy-postgres.txt")
     assert "warehouse Cloud SQL demo-proj:europe-west1:taxi-pg database taxi" in first.stderr
+    # Cloud SQL is reached through its socket on Cloud Run only: the zones are the user's to
+    # load, through the Cloud SQL Auth Proxy, and the message says how.
+    assert not [a for a in first.actions if a.startswith("taxi-pipeline zones")]
+    assert "taxi-pipeline zones --cloud --if-missing" in " ".join(first.stderr.split())
     state = bed.read_state()
     assert state["cloudsql"] == {
         fn: "demo-proj:europe-west1:taxi-pg"

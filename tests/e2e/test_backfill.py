@@ -20,6 +20,7 @@ from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.domain.schedules import load_schedules
 from taxi_pipeline.local.backfill import plan_backfill, run_backfill
 from taxi_pipeline.local.scheduler import Scheduler
+from taxi_pipeline.pipeline.ports import MergePlan
 from taxi_pipeline.settings import Settings
 
 YEAR = month_range(Month(2019, 1), Month(2019, 12))
@@ -224,7 +225,13 @@ def test_two_runs_of_one_month_started_together_never_merge_at_once(
                 return attribute
 
             def tracked(*args: object, **kwargs: object) -> object:
-                key = f"{args[0]}-{args[1]}"
+                # stage(dataset, month, ...), merge_staged(plan): the month either works on.
+                plan = args[0]
+                key = (
+                    f"{plan.dataset}-{plan.month}"
+                    if isinstance(plan, MergePlan)
+                    else f"{args[0]}-{args[1]}"
+                )
                 with lock:
                     if key in active:
                         overlaps.append((key, name))

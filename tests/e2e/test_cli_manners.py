@@ -30,7 +30,7 @@ from taxi_pipeline.bootstrap import build_local
 from taxi_pipeline.devkit.source_server import Fault
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import RunEvent
+from taxi_pipeline.domain.runs import RunEvent
 from taxi_pipeline.settings import Settings
 
 SCRIPT = Path(sys.executable).with_name("taxi-pipeline")
@@ -439,16 +439,17 @@ def test_schedule_asks_on_a_terminal_before_many_fires(cli: Cli) -> None:
     args = ["schedule", "--since", "2019-01-01", "--until", "2019-03-02"]
     code, out = _in_terminal(args, env, answer=b"n\n")
     assert code == 0, out
-    assert "catching up 6 missed fires since 2019-01-01" in out
-    assert "Fire all 6 now? [y/N]" in out
+    assert "catching up 12 missed fires since 2019-01-01" in out
+    assert "Fire all 12 now? [y/N]" in out
     assert "nothing fired" in out
     assert "fire taxi-" not in out
     assert cli("runs")[1].startswith("no runs recorded yet")
 
     code, out = _in_terminal([*args, "--yes"], env, answer=None)
-    assert code == 3, out  # the TLC's 2018-11 and 2018-12 are not served: SKIPPED
+    # The TLC's 2018-11 and 2018-12 are not served, fhvhv has none before 2019-02: SKIPPED.
+    assert code == 3, out
     assert "[y/N]" not in out
-    assert out.count("fire taxi-") == 6
+    assert out.count("fire taxi-") == 12
 
 
 # -- 9. header mismatch ---------------------------------------------------------------------------

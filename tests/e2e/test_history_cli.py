@@ -89,7 +89,7 @@ def test_a_failing_run_shows_failed_with_its_reason(cli: Cli, source: Source) ->
     assert "X" in next(line for line in out.splitlines() if line.startswith("download"))
 
     code, out = cli("status")
-    assert re.search(r"^2019-02\s+\.\s+FAILED$", out, re.MULTILINE), out
+    assert re.search(r"^2019-02\s+\.\s+FAILED\s+\.\s+\.$", out, re.MULTILINE), out
 
 
 def test_status_matrix_and_html_page(cli: Cli, source: Source, tmp_path: Path) -> None:
@@ -101,11 +101,14 @@ def test_status_matrix_and_html_page(cli: Cli, source: Source, tmp_path: Path) -
     code, out = cli("status", "--html", str(page))
     assert code == 0, out
     lines = out.splitlines()
-    assert lines[0].split() == ["MONTH", "yellow", "green"]
+    assert lines[0].split() == ["MONTH", "yellow", "green", "fhv", "fhvhv"]
     yellow = source.files[(Dataset.YELLOW, Month(2019, 1))].rows
     green = source.files[(Dataset.GREEN, Month(2019, 1))].rows
-    assert re.search(rf"^2019-01\s+{yellow:,} mirror\s+{green:,} mirror$", out, re.MULTILINE)
-    assert re.search(r"^2019-04\s+\.\s+\.$", out, re.MULTILINE)
+    # fhvhv has no 2019-01 anywhere: "-", not a missing ".".
+    assert re.search(
+        rf"^2019-01\s+{yellow:,} mirror\s+{green:,} mirror\s+\.\s+-$", out, re.MULTILINE
+    )
+    assert re.search(r"^2019-04\s+\.\s+\.\s+\.\s+\.$", out, re.MULTILINE)
     assert sum(1 for line in lines if re.match(r"^20\d\d-\d\d ", line)) == 31, "2019-01..2021-07"
     assert "yellow: 3/31 loaded" in out
     assert "green: 1/31 loaded" in out
@@ -136,18 +139,28 @@ def test_schedule_catches_up_from_since_then_from_memory_and_skips_unpublished(
 ) -> None:
     """The shipped jobs ask the TLC for the month two months before the fire's."""
     code, out = cli(
-        "schedule", "--since", "2019-03-01", "--until", "2019-04-01T12:00", "--workers", "2"
+        "schedule", "--since", "2019-03-01", "--until", "2019-04-01T13:00", "--workers", "2"
     )
-    assert code == 0, out
+    assert code == 3, out  # fhvhv 2019-01: SKIPPED, its data starts 2019-02
     fires = re.findall(r"^fire (\S+) at (\S+ \S+) UTC -> (\w+) (\S+)", out, re.MULTILINE)
     assert fires == [
         ("taxi-green-monthly", "2019-03-01 09:00", "green", "2019-01"),
         ("taxi-yellow-monthly", "2019-03-01 10:00", "yellow", "2019-01"),
+        ("taxi-fhv-monthly", "2019-03-01 11:00", "fhv", "2019-01"),
+        ("taxi-fhvhv-monthly", "2019-03-01 12:00", "fhvhv", "2019-01"),
         ("taxi-green-monthly", "2019-04-01 09:00", "green", "2019-02"),
         ("taxi-yellow-monthly", "2019-04-01 10:00", "yellow", "2019-02"),
+        ("taxi-fhv-monthly", "2019-04-01 11:00", "fhv", "2019-02"),
+        ("taxi-fhvhv-monthly", "2019-04-01 12:00", "fhvhv", "2019-02"),
     ]
-    assert out.count(": SUCCESS") == 4
-    assert "4 fires, 0 failed" in out
+    assert out.count(": SUCCESS") == 7
+    assert re.search(r"fhvhv 2019-01 \S+: SKIPPED - .*fhvhv trip data starts 2019-02", out)
+    assert "8 fires, 0 failed" in out
+    for dataset, month in ((Dataset.FHV, Month(2019, 2)), (Dataset.FHVHV, Month(2019, 2))):
+        loaded = source.parquet[(dataset, month)]
+        assert cli.rows(
+            f"SELECT count(*) FROM {dataset.final_table} WHERE filename = '{loaded.name}'"
+        ) == [[str(loaded.rows)]]
     expected = source.parquet[(Dataset.GREEN, Month(2019, 1))]
     assert cli.rows(
         "SELECT count(*) FROM green_tripdata WHERE filename = 'green_tripdata_2019-01.parquet'"

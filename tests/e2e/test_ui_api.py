@@ -25,8 +25,8 @@ from taxi_pipeline.cli.app import app as cli_app
 from taxi_pipeline.devkit.run_history import synthetic_history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestRequest, RunState, Topic
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import TransientError
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
 from taxi_pipeline.settings import Settings
 from taxi_pipeline.ui.app import create_app
 from taxi_pipeline.ui.backend import CloudOrchestrator, UiBackend, open_backend
@@ -37,7 +37,7 @@ from taxi_pipeline.ui.server import serve
 TOKEN = "test-token-0123456789abcdef"
 LOOPBACK = "http://127.0.0.1:8765"
 JSON = {"Content-Type": "application/json"}
-_RUN_LINK = re.compile(r'href="/runs/((?:green|yellow)-\d{6}-[0-9a-f]{8})"')
+_RUN_LINK = re.compile(r'href="/runs/([a-z]+-\d{6}-[0-9a-f]{8})"')
 
 
 @pytest.fixture

@@ -28,10 +28,11 @@ from taxi_pipeline.adapters.bigquery.warehouse import SQL, BigQueryWarehouse
 from taxi_pipeline.adapters.duckdb.warehouse import DuckDbWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.gcs.store import GcsStore
+from taxi_pipeline.adapters.sql.tables import external_table, staging_table
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, write_raw
-from taxi_pipeline.domain.datasets import Dataset, Month, external_table, object_name, staging_table
+from taxi_pipeline.domain.datasets import Dataset, Month, object_name
 from taxi_pipeline.errors import ConfigurationError, PermanentError
-from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo, StagingSummary
+from taxi_pipeline.pipeline.ports import JobContext, MergePlan, ObjectInfo, StagingSummary
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 from taxi_pipeline.settings import Settings, StagingMode
 
@@ -144,7 +145,7 @@ def test_load_mode_end_to_end(
         warehouse.create_external_table(GREEN, JAN, source, _gcs(bucket))
         == "green_tripdata_2019_01_raw"
     )
-    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = warehouse.stage(source, _gcs(bucket), context)
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (ROWS, 0, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     assert set(green_file.stray_pickup_dates) <= set(staged.pickup_dates)
@@ -158,14 +159,17 @@ def test_load_mode_end_to_end(
 
     ranges = pickup_ranges(staged.pickup_dates)
     assert len(ranges) >= 3  # the month plus strays years away, each its own range
-    inserted = warehouse.merge_staged(GREEN, JAN, ranges, False, context)
+    inserted = warehouse.merge_staged(MergePlan(context, ranges, False)).inserted
     assert inserted == ROWS  # duplicates inside one file are all kept, as in the reference
     # The same run's merge again (a redelivery) attaches to its job: the same figure, no new
     # insert. Another run of the month stages and merges anew and inserts nothing.
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == ROWS
     other = JobContext(_unique("green-201901").replace("_", "-"), GREEN, JAN, "merge")
-    again = warehouse.stage(GREEN, JAN, source, _gcs(bucket), other)
-    assert warehouse.merge_staged(GREEN, JAN, pickup_ranges(again.pickup_dates), False, other) == 0
+    again = warehouse.stage(source, _gcs(bucket), other)
+    assert (
+        warehouse.merge_staged(MergePlan(other, pickup_ranges(again.pickup_dates), False)).inserted
+        == 0
+    )
     (count,) = warehouse.query("SELECT COUNT(*) AS n FROM green_tripdata").rows
     assert count == (ROWS,)
 
@@ -181,9 +185,9 @@ def test_load_mode_end_to_end(
 
     # Same file, same ids as the DuckDB adapter (the same reference formula on both engines).
     duck, local = _duckdb(tmp_path, green_file.path)
-    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
+    duck_staged = duck.stage(local, _folder(tmp_path), context)
     assert duck_staged == staged
-    duck.merge_staged(GREEN, JAN, pickup_ranges(duck_staged.pickup_dates), False, context)
+    duck.merge_staged(MergePlan(context, pickup_ranges(duck_staged.pickup_dates), False))
     bq_ids = Counter(
         r[0] for r in warehouse.query("SELECT TO_HEX(unique_row_id) FROM green_tripdata").rows
     )
@@ -259,10 +263,10 @@ def test_values_that_do_not_fit_are_counted_like_duckdb(
     source = _upload(bucket, path)
     context = JobContext("green-201901-badvalues", GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
-    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = warehouse.stage(source, _gcs(bucket), context)
 
     duck, local = _duckdb(tmp_path, path)
-    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
+    duck_staged = duck.stage(local, _folder(tmp_path), context)
     duck.close()
     expected_bad = {lines[2], lines[3], lines[5]}
     assert (staged.rows, staged.rows_bad, staged.rows_without_pickup) == (7, 3, 1)
@@ -324,11 +328,11 @@ def test_external_mode_as_far_as_the_emulator_goes(
     )
     load.result()
     context = JobContext("green-201901-external", GREEN, JAN, "merge")
-    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = warehouse.stage(source, _gcs(bucket), context)
     assert (staged.rows, staged.rows_bad) == (ROWS, 0)
     assert staged.rows_out_of_month == green_file.out_of_month_rows
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(GREEN, JAN, ranges, False, context) == ROWS
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == ROWS
     assert not [
         j for j in _jobs(bigquery_client, context.run_id) if isinstance(j, bigquery.LoadJob)
     ]
@@ -344,7 +348,7 @@ def test_a_truncated_file_fails_the_load_permanently(
     warehouse = make_warehouse(StagingMode.LOAD)
     context = JobContext("green-201901-truncated", GREEN, JAN, "merge")
     with pytest.raises(PermanentError, match="load gs://"):
-        warehouse.stage(GREEN, JAN, _upload(bucket, path), _gcs(bucket), context)
+        warehouse.stage(_upload(bucket, path), _gcs(bucket), context)
 
 
 def test_quoted_newlines_load_as_one_row_like_duckdb(
@@ -363,10 +367,10 @@ def test_quoted_newlines_load_as_one_row_like_duckdb(
     path = write_raw(tmp_path / "green_tripdata_2019-01.csv.gz", GREEN.layout.header, lines)
     warehouse = make_warehouse(StagingMode.LOAD)
     context = JobContext(_unique("green-201901-newlines").replace("_", "-"), GREEN, JAN, "merge")
-    staged = warehouse.stage(GREEN, JAN, _upload(bucket, path), _gcs(bucket), context)
+    staged = warehouse.stage(_upload(bucket, path), _gcs(bucket), context)
 
     duck, local = _duckdb(tmp_path, path)
-    duck_staged = duck.stage(GREEN, JAN, local, _folder(tmp_path), context)
+    duck_staged = duck.stage(local, _folder(tmp_path), context)
     duck.close()
     assert (staged.rows, staged.rows_bad) == (3, 1)
     assert staged == duck_staged
@@ -384,7 +388,7 @@ def test_sdk_errors_are_translated(make_warehouse: Factory) -> None:
     with pytest.raises(PermanentError, match="query: BadRequest"):
         warehouse.query("SELEC nonsense")
     with pytest.raises(PermanentError, match="merge green_tripdata_2019_01 into green_tripdata"):
-        warehouse.merge_staged(GREEN, JAN, [], True, context)  # no tables at all
+        warehouse.merge_staged(MergePlan(context, [], True))  # no tables at all
 
 
 class _StallsAfterSubmittingTheMerge:
@@ -440,21 +444,21 @@ def test_a_redelivered_merge_attaches_to_the_first_ones_job_instead_of_inserting
         _unique("green-201901").replace("_", "-"), GREEN, JAN, "merge", source.generation
     )
     first.ensure_final_table(GREEN)
-    staged = first.stage(GREEN, JAN, source, _gcs(bucket), context)
+    staged = first.stage(source, _gcs(bucket), context)
     ranges = pickup_ranges(staged.pickup_dates)
     outcome: dict[str, int] = {}
     delivery = threading.Thread(
         target=lambda: outcome.setdefault(
-            "first", first.merge_staged(GREEN, JAN, ranges, False, context)
+            "first", first.merge_staged(MergePlan(context, ranges, False)).inserted
         )
     )
     delivery.start()
     try:
         assert stalling.submitted.wait(60)
         # The redelivery: stages again and merges, while the first delivery still waits.
-        again = second.stage(GREEN, JAN, source, _gcs(bucket), context)
+        again = second.stage(source, _gcs(bucket), context)
         assert again == staged
-        outcome["second"] = second.merge_staged(GREEN, JAN, ranges, False, context)
+        outcome["second"] = second.merge_staged(MergePlan(context, ranges, False)).inserted
     finally:
         stalling.release.set()
         delivery.join(60)
@@ -483,9 +487,11 @@ def test_a_job_that_failed_runs_again_under_the_next_id(
     )
     warehouse.ensure_final_table(GREEN)
     with pytest.raises(PermanentError, match="merge green_tripdata_2019_01"):
-        warehouse.merge_staged(GREEN, JAN, [], True, context)  # no staging table yet: fails
-    staged = warehouse.stage(GREEN, JAN, source, _gcs(bucket), context)
-    inserted = warehouse.merge_staged(GREEN, JAN, pickup_ranges(staged.pickup_dates), True, context)
+        warehouse.merge_staged(MergePlan(context, [], True))  # no staging table yet: fails
+    staged = warehouse.stage(source, _gcs(bucket), context)
+    inserted = warehouse.merge_staged(
+        MergePlan(context, pickup_ranges(staged.pickup_dates), True)
+    ).inserted
     assert inserted == ROWS
     failed, done = sorted(_merge_jobs(bigquery_client, context.run_id), key=lambda j: j.job_id)
     assert (failed.job_id, failed.error_result is not None) == (

@@ -24,7 +24,7 @@ from taxi_pipeline.cli.app import app
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestRequest, RunState
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.render import text as render_text
 from taxi_pipeline.settings import Settings
 

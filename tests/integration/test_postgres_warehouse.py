@@ -17,7 +17,7 @@ from taxi_pipeline.adapters.postgres.warehouse import SQL, PostgresWarehouse, ch
 from taxi_pipeline.devkit.generator import write_raw
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, object_name
 from taxi_pipeline.errors import ConfigurationError, PermanentError
-from taxi_pipeline.pipeline.ports import JobContext
+from taxi_pipeline.pipeline.ports import JobContext, MergePlan
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 JAN = Month(2019, 1)
@@ -237,11 +237,11 @@ def test_a_file_lands_typed_and_falls_back_to_text_with_the_same_outcome(
     warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
     warehouse.ensure_final_table(Dataset.GREEN)
     context = JobContext("green-201901-landed", Dataset.GREEN, JAN, "merge")
-    staged = warehouse.stage(Dataset.GREEN, JAN, source, lake, context)
+    staged = warehouse.stage(source, lake, context)
     assert (staged.rows, staged.rows_bad) == (len(lines), bad)
     assert len(staged.bad_samples) == bad
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(Dataset.GREEN, JAN, ranges, True, context) == len(lines)
+    assert warehouse.merge_staged(MergePlan(context, ranges, True)).inserted == len(lines)
     warehouse.drop_month_objects(Dataset.GREEN, JAN)
     assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
     warehouse.close()

@@ -24,6 +24,7 @@ from google.cloud.scheduler_v1 import CloudSchedulerClient, Job, PubsubTarget
 from google.protobuf import field_mask_pb2
 
 from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
+from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.messages import Topic
 from taxi_pipeline.domain.schedules import load_schedules
 from taxi_pipeline.settings import Settings
@@ -161,7 +162,7 @@ def test_provisioning_twice_converges_on_one_end_state(target: Target, clients: 
         ),
     )
     assert state["tables"] == sorted(
-        ["green_tripdata", "yellow_tripdata", "pipeline_runs", "pipeline_loads"]
+        [*(d.final_table for d in Dataset), "pipeline_runs", "pipeline_loads"]
     )
 
     # A redeploy that recreated a subscription: the policy is put back.
@@ -276,13 +277,15 @@ def test_schedules_become_exactly_the_reference_jobs(tmp_path: Path) -> None:
     assert scheduler.requests == [
         ("create", expected("green", "0 9 1 * *")),
         ("create", expected("yellow", "0 10 1 * *")),
+        ("create", expected("fhv", "0 11 1 * *")),
+        ("create", expected("fhvhv", "0 12 1 * *")),
     ]
 
     # Again: nothing changes, nothing is duplicated.
     scheduler.requests.clear()
     ensure_schedules(target, scheduler, lambda _line: None, load_schedules())
     assert scheduler.requests == []
-    assert len(scheduler.jobs) == 2
+    assert len(scheduler.jobs) == 4
 
     # An edited schedule file updates just the changed field of just that job.
     edited = tmp_path / "schedules.toml"

@@ -21,7 +21,7 @@ from taxi_pipeline.adapters.bigquery.warehouse import BigQueryWarehouse
 from taxi_pipeline.devkit.run_history import synthetic_history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestRequest
-from taxi_pipeline.pipeline.ports import LoadRecord
+from taxi_pipeline.domain.runs import LoadRecord
 from taxi_pipeline.settings import Settings
 from taxi_pipeline.ui.app import create_app
 from taxi_pipeline.ui.backend import CloudOrchestrator, open_backend

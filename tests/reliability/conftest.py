@@ -62,7 +62,7 @@ def source(
 
 @pytest.fixture
 def rig_factory(tmp_path: Path, source: Source) -> Iterator[RigFactory]:
-    """``rig_factory(**options)``: a fresh pipeline home per call (see ``chaos.make_rig``)."""
+    """``rig_factory(**options)``: a fresh pipeline home per call (see ``make_rig``)."""
     made: list[Rig] = []
 
     def factory(**options: object) -> Rig:
@@ -137,10 +137,12 @@ def cloud_rig_factory(request: pytest.FixtureRequest, source: Source) -> Iterato
     """Like ``rig_factory`` over GcsStore (fake-gcs-server) + BigQueryWarehouse (emulator)."""
     storage = request.getfixturevalue("storage_client")
     bigquery = request.getfixturevalue("bigquery_client")
+    endpoint = request.getfixturevalue("bigquery_emulator").url
+    request.getfixturevalue("gcs_env")  # the lake's own client finds fake-gcs-server
     made: list[Rig] = []
 
     def factory(**options: object) -> Rig:
-        rig = make_cloud_rig(storage, bigquery, source.url, **options)  # type: ignore[arg-type]
+        rig = make_cloud_rig(storage, bigquery, endpoint, source.url, **options)  # type: ignore[arg-type]
         made.append(rig)
         return rig
 

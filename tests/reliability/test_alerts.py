@@ -4,25 +4,16 @@ mark the run FAILED with its reason and raise an alert (a structured ERROR log l
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
-from support.reliability import (
-    JAN,
-    PROJECT,
-    FailingWarehouse,
-    JsonLog,
-    Rig,
-    RigFactory,
-    Source,
-)
+from support.reliability import JAN, PROJECT, JsonLog, Rig, RigFactory, Source
+from taxi_pipeline.adapters.faults.wrappers import Faults
 from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.history import derive_run
 from taxi_pipeline.domain.messages import MergeRequest, RunState, Topic
+from taxi_pipeline.domain.runs import RunEvent, RunIdentity
 from taxi_pipeline.errors import TransientError
 from taxi_pipeline.pipeline.cloudevents import build_pubsub_event, dead_letter_attributes
 from taxi_pipeline.pipeline.handlers import ALERT_LABEL
-from taxi_pipeline.pipeline.ports import RunEvent
-from taxi_pipeline.pipeline.steps.common import run_attributes
 
 RUN = "green-201901-alerts"
 
@@ -54,12 +45,9 @@ def test_an_event_past_the_maximum_age_is_dropped_and_recorded(
 def test_a_failure_past_its_deliveries_is_dead_lettered_failed_and_alerted(
     rig_factory: RigFactory, source: Source, json_log: JsonLog
 ) -> None:
-    rig = rig_factory(
-        max_attempts=3,
-        wrap_warehouse=partial(
-            FailingWarehouse, error=TransientError("Too many DML statements outstanding")
-        ),
-    )
+    # A fault that outlives every retry: every merge fails.
+    error = TransientError("Too many DML statements outstanding")
+    rig = rig_factory(max_attempts=3, faults=Faults(fail={"merge_staged": error}, seed=0))
     rig.bus.submit(Dataset.GREEN, JAN, RUN)
     rig.run()
 
@@ -115,7 +103,7 @@ def test_a_dead_letter_after_the_run_succeeded_is_a_note_not_a_failure(
         dataset=Dataset.GREEN, month=str(JAN), run_id=run_id, object_name=load.object_name,
         generation=load.generation,
     )  # fmt: skip
-    attributes = run_attributes(run_id, Dataset.GREEN, JAN, {})
+    attributes = RunIdentity(run_id, Dataset.GREEN, JAN).attributes()
     original = build_pubsub_event(PROJECT, Topic.MERGE_REQUESTS, request.to_bytes(), attributes)
     before = len(rig.events(run_id))
     rig.bus.publish(

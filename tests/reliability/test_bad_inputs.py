@@ -150,7 +150,11 @@ CASES = [
     Case("msg-dataset-int", _ingest({"dataset": 5, "month": "2019-02"}), "dataset: Input should"),
     Case("msg-dataset-null", _ingest({"dataset": None, "month": "2019-02"}), "dataset: Input"),
     Case("msg-month-int", _ingest({"dataset": "green", "month": 201902}), "month: Input should"),
-    Case("msg-unknown-dataset", _ingest({**_REQUEST, "dataset": "purple"}), "'yellow' or 'green'"),
+    Case(
+        "msg-unknown-dataset",
+        _ingest({**_REQUEST, "dataset": "purple"}),
+        "'yellow', 'green', 'fhv' or 'fhvhv'",
+    ),
     Case("msg-2019-13", _ingest({**_REQUEST, "month": "2019-13"}), "month must be 01..12"),
     Case("msg-2019-1", _ingest({**_REQUEST, "month": "2019-1"}), "month must look like YYYY-MM"),
     Case("msg-1900", _ingest({**_REQUEST, "month": "1900-01"}), "before the first published"),

@@ -10,27 +10,17 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from support.reliability import (
-    FEB,
-    JAN,
-    KillingWarehouse,
-    KillSwitch,
-    RigFactory,
-    Source,
-    gzip_bytes,
-)
+from support.reliability import FEB, JAN, RigFactory, Source, gzip_bytes
+from taxi_pipeline.adapters.faults.wrappers import Faults
 from taxi_pipeline.devkit.source_server import Fault
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import (
-    JobContext,
-    LakeReader,
-    ObjectInfo,
-    StagingSummary,
-    Warehouse,
-)
+
+_T = TypeVar("_T")
 
 LAYOUT = Dataset.GREEN.layout
 SHARED = [
@@ -54,38 +44,26 @@ def _serve(source: Source, month: Month, lines: Sequence[str]) -> None:
     source.server.inject(file_name(Dataset.GREEN, month), Fault.replace_body(body, None))
 
 
-class _StagingTogether(KillingWarehouse):
+@dataclass
+class _StagingTogether(Faults):
     """Each month's staging waits (at most 2 s) for the other's to begin, so two loads that
     were allowed to overlap would."""
 
-    def __init__(self, inner: Warehouse) -> None:
-        super().__init__(inner, KillSwitch("never"))
-        self.met = threading.Barrier(2)
+    met: threading.Barrier = field(default_factory=lambda: threading.Barrier(2))
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
-        # Broken when the other load did not come in time: it waits for this one to commit.
-        with contextlib.suppress(threading.BrokenBarrierError):
-            self.met.wait(timeout=2)
-        return self.inner.stage(dataset, month, source, lake, context)
+    def around(self, call: str, run: Callable[[], _T]) -> _T:
+        if call == "stage":
+            # Broken when the other load did not come in time: it waits for this one to commit.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.met.wait(timeout=2)
+        return super().around(call, run)
 
 
 def test_two_months_sharing_rows_merged_at_once_hold_each_row_once(
     rig_factory: RigFactory, source: Source
 ) -> None:
-    wrapped: list[_StagingTogether] = []
-
-    def wrap(inner: Warehouse) -> Warehouse:
-        wrapped.append(_StagingTogether(inner))
-        return wrapped[-1]
-
-    rig = rig_factory(wrap_warehouse=wrap)
+    faults = _StagingTogether(seed=0)
+    rig = rig_factory(faults=faults, max_concurrent_runs_per_dataset=2)
     _serve(source, JAN, [*_fillers(JAN, 100), *SHARED])
     _serve(source, FEB, [*_fillers(FEB, 100), *SHARED])
     rig.bus.submit(Dataset.GREEN, JAN, "green-201901-shared")
@@ -101,4 +79,4 @@ def test_two_months_sharing_rows_merged_at_once_hold_each_row_once(
     )
     assert sum(ids.values()) == 210
     assert max(ids.values()) == 1
-    assert wrapped[0].met.broken, "the loads took turns: one staged while the other waited"
+    assert faults.met.broken, "the loads took turns: one staged while the other waited"

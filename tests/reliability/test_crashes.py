@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 
-from support.reliability import (
-    JAN,
-    KillingBus,
-    KillingLake,
-    KillingWarehouse,
-    KillSwitch,
-    RigFactory,
-    Source,
-    assert_exact,
-)
+from support.reliability import JAN, RigFactory, Source, assert_exact
+from taxi_pipeline.adapters.faults.wrappers import Faults
 from taxi_pipeline.domain.datasets import Dataset, object_name
 from taxi_pipeline.domain.messages import RunState
 
@@ -47,20 +37,14 @@ KILL_POINTS = [
 def test_kill_then_redelivery_converges(
     rig_factory: RigFactory, source: Source, point: str, nth: int, copies: int
 ) -> None:
-    switch = KillSwitch(point, nth)
-    rig = rig_factory(
-        copies=copies,
-        seed=nth,
-        wrap_lake=partial(KillingLake, switch=switch),
-        wrap_warehouse=partial(KillingWarehouse, switch=switch),
-        wrap_bus=partial(KillingBus, switch=switch),
-    )
+    faults = Faults(kill_at=point, kill_nth=nth, copies=copies, seed=nth)
+    rig = rig_factory(faults=faults)
     generated = source.files[(Dataset.GREEN, JAN)]
     rig.bus.submit(Dataset.GREEN, JAN, "green-201901-crash")
 
     rig.run(workers=copies)
 
-    assert switch.fired, f"the kill point {point!r} #{nth} was never reached"
+    assert faults.killed, f"the kill point {point!r} #{nth} was never reached"
     assert rig.bus.crashes == [f"killed {point} (#{nth})"]
     assert_exact(rig, generated)
     assert rig.leftovers() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from support.reliability import RigFactory, Source, assert_exact
+from taxi_pipeline.adapters.faults.wrappers import Faults
 from taxi_pipeline.domain.messages import RunState
 
 
@@ -12,7 +13,7 @@ from taxi_pipeline.domain.messages import RunState
 def test_every_event_three_times_shuffled_in_parallel(
     rig_factory: RigFactory, source: Source, seed: int
 ) -> None:
-    rig = rig_factory(copies=3, seed=seed)
+    rig = rig_factory(faults=Faults(copies=3, seed=seed))
     runs = {}
     for (dataset, month), _generated in source.files.items():
         run_id = f"{dataset.value}-{month.year}{month.month:02d}-dup{seed}"

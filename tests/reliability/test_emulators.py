@@ -1,22 +1,13 @@
 """The fault tests again on the GCS lake and the BigQuery warehouse (fake-gcs-server and the
-BigQuery emulator, load-mode staging), driven by the same ChaosBus and Killing* wrappers."""
+BigQuery emulator, load-mode staging), wired by ``bootstrap.build_in_process`` with the same
+faults."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 
-from support.reliability import (
-    JAN,
-    KillingBus,
-    KillingLake,
-    KillingWarehouse,
-    KillSwitch,
-    RigFactory,
-    Source,
-    assert_exact,
-)
+from support.reliability import JAN, RigFactory, Source, assert_exact
+from taxi_pipeline.adapters.faults.wrappers import Faults
 from taxi_pipeline.devkit.source_server import Fault
 from taxi_pipeline.domain.datasets import Dataset, file_name, object_name
 from taxi_pipeline.domain.messages import RunState
@@ -28,7 +19,7 @@ NAME = file_name(Dataset.GREEN, JAN)
 def test_every_event_three_times_shuffled_in_parallel(
     cloud_rig_factory: RigFactory, source: Source
 ) -> None:
-    rig = cloud_rig_factory(copies=3, seed=5)
+    rig = cloud_rig_factory(faults=Faults(copies=3, seed=5))
     rig.bus.submit(Dataset.GREEN, JAN, "green-201901-dup")
     rig.run(workers=3)
     assert_exact(rig, source.files[(Dataset.GREEN, JAN)])
@@ -54,15 +45,11 @@ KILL_POINTS = [
 def test_kill_then_redelivery_converges(
     cloud_rig_factory: RigFactory, source: Source, point: str, nth: int
 ) -> None:
-    switch = KillSwitch(point, nth)
-    rig = cloud_rig_factory(
-        wrap_lake=partial(KillingLake, switch=switch),
-        wrap_warehouse=partial(KillingWarehouse, switch=switch),
-        wrap_bus=partial(KillingBus, switch=switch),
-    )
+    faults = Faults(kill_at=point, kill_nth=nth, seed=0)
+    rig = cloud_rig_factory(faults=faults)
     rig.bus.submit(Dataset.GREEN, JAN, "green-201901-crash")
     rig.run()
-    assert switch.fired
+    assert faults.killed
     assert_exact(rig, source.files[(Dataset.GREEN, JAN)])
     assert rig.leftovers() == []
     assert rig.raw_objects() == [object_name(Dataset.GREEN, JAN)]

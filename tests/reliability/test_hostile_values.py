@@ -8,19 +8,12 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import date
 
-from support.reliability import (
-    FEB,
-    JAN,
-    KillingWarehouse,
-    KillSwitch,
-    RigFactory,
-    Source,
-    gzip_bytes,
-)
+from support.reliability import FEB, JAN, RigFactory, Source, gzip_bytes
+from taxi_pipeline.adapters.faults.wrappers import Faults
 from taxi_pipeline.devkit.source_server import Fault
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import JobContext, LakeReader, ObjectInfo, StagingSummary
+from taxi_pipeline.pipeline.ports import StagingSummary
 
 LAYOUT = Dataset.GREEN.layout
 
@@ -75,34 +68,22 @@ def test_impossible_timestamps_are_bad_values_and_the_month_loads(
     assert max(rig.bus.deliveries.values()) == 1
 
 
-class _DatesPastTheCalendar(KillingWarehouse):
-    """Stages truthfully, then reports a pickup date whose next day no date holds."""
-
-    def __init__(self, inner: KillingWarehouse | object) -> None:
-        super().__init__(inner, KillSwitch("never"))  # type: ignore[arg-type]
-
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
-        staged = self.inner.stage(dataset, month, source, lake, context)
-        return StagingSummary(
-            staged.rows,
-            staged.rows_bad,
-            staged.rows_out_of_month,
-            staged.rows_without_pickup,
-            (*staged.pickup_dates, date.max),
-        )
+def _dates_past_the_calendar(staged: StagingSummary) -> StagingSummary:
+    """What a warehouse that stages truthfully, then reports a pickup date whose next day no
+    date holds, says."""
+    return StagingSummary(
+        staged.rows,
+        staged.rows_bad,
+        staged.rows_out_of_month,
+        staged.rows_without_pickup,
+        (*staged.pickup_dates, date.max),
+    )
 
 
 def test_an_unexpected_error_in_the_core_is_permanent(rig_factory: RigFactory) -> None:
     """An OverflowError raised by the merge step's own date arithmetic fails the run at once
     (FAILED, alerted, one delivery) instead of being retried five times as transient."""
-    rig = rig_factory(wrap_warehouse=_DatesPastTheCalendar)
+    rig = rig_factory(faults=Faults(staged=_dates_past_the_calendar, seed=0))
     key = rig.bus.submit(Dataset.GREEN, JAN, "green-201901-overflow")
     rig.run()
 

@@ -24,10 +24,11 @@ from taxi_pipeline.devkit.generator import generate_month
 from taxi_pipeline.domain.datasets import Dataset, Month, object_name
 from taxi_pipeline.domain.history import derive_runs
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import RunEvent
 from taxi_pipeline.errors import RunCancelled
 from taxi_pipeline.local.process import this_process
 from taxi_pipeline.pipeline.cancellation import Cancellation
-from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo, ProgressTask, RunEvent
+from taxi_pipeline.pipeline.ports import JobContext, MergePlan, ObjectInfo, ProgressTask
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 GREEN, JAN = Dataset.GREEN, Month(2019, 1)
@@ -161,7 +162,7 @@ def test_processes_append_to_one_history_at_once(tmp_path: Path) -> None:
         from pathlib import Path
         from taxi_pipeline.adapters.sqlite.history import SqliteHistory
         from taxi_pipeline.domain.messages import RunState
-        from taxi_pipeline.pipeline.ports import RunEvent
+        from taxi_pipeline.domain.runs import RunEvent
         store = SqliteHistory(Path({str(path)!r}))
         for i in range(300):
             store.append_run_events([RunEvent(run_id="other", dataset="green", month="2019-01",
@@ -185,7 +186,7 @@ def test_a_dead_process_makes_its_run_abandoned(tmp_path: Path) -> None:
         from taxi_pipeline.adapters.sqlite.history import SqliteHistory
         from taxi_pipeline.local.process import this_process
         from taxi_pipeline.domain.messages import RunState
-        from taxi_pipeline.pipeline.ports import RunEvent
+        from taxi_pipeline.domain.runs import RunEvent
         store = SqliteHistory(Path({str(path)!r}), process=this_process())
         store.beat()
         store.append_run_events([RunEvent(run_id="green-201901-aaaa", dataset="green",
@@ -290,9 +291,9 @@ def test_a_cancelled_merge_commits_nothing(tmp_path: Path, month_file: Path) -> 
     warehouse.ensure_final_table(GREEN)
     lake = FolderStore(month_file.parent)
     warehouse.create_external_table(GREEN, JAN, source, lake)
-    staged = warehouse.stage(GREEN, JAN, source, lake, context)
+    staged = warehouse.stage(source, lake, context)
     with pytest.raises(RunCancelled):
-        warehouse.merge_staged(GREEN, JAN, pickup_ranges(staged.pickup_dates), False, context)
+        warehouse.merge_staged(MergePlan(context, pickup_ranges(staged.pickup_dates), False))
     assert warehouse.query("SELECT count(*) FROM green_tripdata").rows == [(0,)]
     assert _open_elsewhere(warehouse.path) == 0  # released again
     warehouse.close()

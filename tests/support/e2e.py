@@ -27,9 +27,13 @@ TLC_MONTHS = {
     (Dataset.GREEN, Month(2019, 2)): 1_100,
     (Dataset.YELLOW, Month(2019, 1)): 1_400,
     (Dataset.YELLOW, Month(2019, 2)): 1_300,
+    (Dataset.FHV, Month(2019, 1)): 600,
+    (Dataset.FHV, Month(2019, 2)): 500,
+    (Dataset.FHVHV, Month(2019, 2)): 700,
 }
 """The TLC's Parquet files the shipped schedules (source tlc, two months behind) find when they
-fire on 2019-03-01 and 2019-04-01; the TLC's other months answer 403 (not published)."""
+fire on 2019-03-01 and 2019-04-01 (fhvhv has no 2019-01: its data starts 2019-02); the TLC's
+other months answer 403 (not published)."""
 
 
 @dataclass

@@ -16,7 +16,8 @@ from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.devkit.generator import GeneratedFile
 from taxi_pipeline.devkit.source_server import SourceServer
 from taxi_pipeline.domain.datasets import Dataset, Month
-from taxi_pipeline.pipeline.ports import Ports, RunEvent
+from taxi_pipeline.domain.runs import RunEvent
+from taxi_pipeline.pipeline.ports import Ports
 
 MAIN = Path(__file__).resolve().parents[2] / "functions" / "main.py"
 GREEN_2019_01 = (Dataset.GREEN, Month(2019, 1))

@@ -230,7 +230,7 @@ def test_load_mode_registers_without_a_job_and_stage_needs_gs_uris(tmp_path: Pat
     lake = FolderStore(tmp_path)
     assert warehouse.create_external_table(GREEN, JAN, source, lake) == "green_tripdata_2019_01_raw"
     with pytest.raises(ConfigurationError, match="gs:// objects only"):
-        warehouse.stage(GREEN, JAN, source, lake, JobContext("r", GREEN, JAN, "merge"))
+        warehouse.stage(source, lake, JobContext("r", GREEN, JAN, "merge"))
 
 
 def test_import_does_not_load_the_bigquery_client() -> None:

@@ -5,19 +5,18 @@ from __future__ import annotations
 import pytest
 
 from taxi_pipeline.adapters.sql.dialects import BIGQUERY
+from taxi_pipeline.adapters.sql.tables import external_table, staging_table
 from taxi_pipeline.domain.datasets import (
     Dataset,
     Month,
     Upstream,
     choose_publication,
     csv_name,
-    external_table,
     file_name,
     object_name,
     parse_month_span,
     parse_object_name,
     published_months,
-    staging_table,
     upstream_of_object,
 )
 from taxi_pipeline.domain.formats import PARQUET
@@ -80,7 +79,7 @@ def test_names() -> None:
         "raw/green/green_tripdata_2019-01.csv",
         "other/green/green_tripdata_2019-01.csv.gz",
         "raw/green/../green_tripdata_2019-01.csv.gz",
-        "raw/fhv/fhv_tripdata_2019-01.csv.gz",
+        "raw/bus/bus_tripdata_2019-01.csv.gz",
         "raw/green/green_tripdata_2019-13.csv.gz",
         "raw/green/green_tripdata_2019-01.csv.gz\n",
         "raw/green/green_tripdata_\u0662\u0660\u0661\u0669-01.csv.gz",

@@ -45,6 +45,7 @@ def test_a_none_default_is_unset_unless_something_derives_it() -> None:
         "bigquery_location": "unset",
         "bigquery_api_endpoint": "unset",
         "gcp_project": "the warehouse URL's project (Pub/Sub)",
+        "access_token": "unset",
         "bus_url": "`pubsub://{gcp_project}`",
         "duckdb_threads": "unset",
         "ui_token": "unset",

@@ -27,7 +27,13 @@ from taxi_pipeline.devkit.generator import generate_month, write_raw
 from taxi_pipeline.devkit.parquet_generator import generate_parquet_month
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, object_name
 from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat, format_of
-from taxi_pipeline.pipeline.ports import JobContext, ObjectInfo, Replacement
+from taxi_pipeline.pipeline.ports import (
+    JobContext,
+    MergeOutcome,
+    MergePlan,
+    ObjectInfo,
+    Replacement,
+)
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 YELLOW, JAN = Dataset.YELLOW, Month(2019, 1)
@@ -67,7 +73,7 @@ def test_the_typed_csv_reader_types_a_field_as_try_cast_does_or_refuses_it(
     with duckdb.connect() as con:
         for field in _FIELDS:
             path = _one_column_csv(tmp_path / "one.csv.gz", field)
-            reader = DUCKDB.read_csv(str(path), {"a": sql_type})
+            reader = DUCKDB.read_csv_as(str(path), {"a": sql_type}, "gzip")
             (cast,) = con.execute(f"SELECT TRY_CAST(? AS {sql_type})", [field]).fetchone() or ()
             try:
                 rows = con.execute(f"SELECT a FROM ({reader})").fetchall()
@@ -193,14 +199,14 @@ def test_a_clean_month_loads_in_one_pass_the_rows_the_staging_table_would_hold(
     )
     source, context = _stage(warehouse, tmp_path, path, YELLOW, month)
     with caplog.at_level(logging.DEBUG, "taxi_pipeline.adapters.duckdb.warehouse"):
-        staged = warehouse.stage(YELLOW, month, source, FolderStore(tmp_path / "lake"), context)
+        staged = warehouse.stage(source, FolderStore(tmp_path / "lake"), context)
     # One pass, no staging table, and nothing visible before the commit.
     assert _statements(caplog) >= {"stage into final table", "measure staged rows"}
     assert "build staging table" not in _statements(caplog)
     assert warehouse.query("SELECT count(*) FROM yellow_tripdata").rows == [(0,)]
     assert (staged.rows, staged.rows_bad) == (20_000, 0)
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(YELLOW, month, ranges, False, context) == 20_000
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == 20_000
     assert _open_elsewhere(warehouse.path) == 0  # the file is let go once committed
     warehouse.drop_month_objects(YELLOW, month)
 
@@ -220,15 +226,15 @@ def test_a_month_staged_into_the_final_table_and_refused_leaves_nothing(
 ) -> None:
     path = generate_month(tmp_path / "made", YELLOW, JAN, 5_000, seed=8).path
     source, context = _stage(warehouse, tmp_path, path, YELLOW, JAN)
-    warehouse.stage(YELLOW, JAN, source, FolderStore(tmp_path / "lake"), context)
+    warehouse.stage(source, FolderStore(tmp_path / "lake"), context)
     assert _open_elsewhere(warehouse.path) != 0  # held from the pass to the commit
     warehouse.drop_month_objects(YELLOW, JAN)  # what the step does with a refused month
     assert _open_elsewhere(warehouse.path) == 0
     assert warehouse.query("SELECT count(*) FROM yellow_tripdata").rows == [(0,)]
     # Staged again by the redelivery: the pass runs anew.
-    staged = warehouse.stage(YELLOW, JAN, source, FolderStore(tmp_path / "lake"), context)
+    staged = warehouse.stage(source, FolderStore(tmp_path / "lake"), context)
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(YELLOW, JAN, ranges, False, context) == 5_000
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == 5_000
     assert warehouse.query("SELECT count(*) FROM yellow_tripdata").rows == [(5_000,)]
 
 
@@ -243,7 +249,7 @@ def test_a_month_with_a_value_to_set_aside_takes_the_staging_table(
     path = write_raw(tmp_path / "made" / "yellow.csv.gz", layout.header, lines)
     source, context = _stage(warehouse, tmp_path, path, YELLOW, JAN)
     with caplog.at_level(logging.DEBUG, "taxi_pipeline.adapters.duckdb.warehouse"):
-        staged = warehouse.stage(YELLOW, JAN, source, FolderStore(tmp_path / "lake"), context)
+        staged = warehouse.stage(source, FolderStore(tmp_path / "lake"), context)
     # The pass stopped at the first such value; the staging table then counted them.
     assert _statements(caplog) >= {"stage into final table", "build staging table"}
     assert "measure staged rows" not in _statements(caplog)
@@ -252,7 +258,7 @@ def test_a_month_with_a_value_to_set_aside_takes_the_staging_table(
     assert (staged.rows, staged.rows_bad) == (21, 2)
     assert sorted(staged.bad_samples) == sorted([lines[20], layout.header])
     ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(YELLOW, JAN, ranges, False, context) == 21
+    assert warehouse.merge_staged(MergePlan(context, ranges, False)).inserted == 21
     counted = warehouse.query("SELECT count(*), count(passenger_count) FROM yellow_tripdata")
     assert counted.rows == [(21, 20)]
 
@@ -267,18 +273,18 @@ def test_a_month_replaced_in_one_pass_holds_the_new_file_only(
     parquet_file = generate_parquet_month(tmp_path / "tlc", "yellow", month, 2_000, seed=9).path
     lake = FolderStore(tmp_path / "lake")
     source, context = _stage(warehouse, tmp_path, csv_file, YELLOW, month)
-    staged = warehouse.stage(YELLOW, month, source, lake, context)
+    staged = warehouse.stage(source, lake, context)
     old_ranges = pickup_ranges(staged.pickup_dates)
-    assert warehouse.merge_staged(YELLOW, month, old_ranges, False, context) == 3_000
+    assert warehouse.merge_staged(MergePlan(context, old_ranges, False)).inserted == 3_000
 
     source, context = _stage(warehouse, tmp_path, parquet_file, YELLOW, month)
     with caplog.at_level(logging.DEBUG, "taxi_pipeline.adapters.duckdb.warehouse"):
-        staged = warehouse.stage(YELLOW, month, source, lake, context)
+        staged = warehouse.stage(source, lake, context)
         ranges = pickup_ranges(staged.pickup_dates)
         names = (csv_name(YELLOW, month, CSV_GZ), csv_name(YELLOW, month, PARQUET))
         replacing = Replacement(names, (*old_ranges, *ranges))
-        replaced = warehouse.replace_staged(YELLOW, month, ranges, False, context, replacing)
+        replaced = warehouse.merge_staged(MergePlan(context, ranges, False, replacing))
     assert "build staging table" not in _statements(caplog)
-    assert replaced == (3_000, 2_000)
+    assert replaced == MergeOutcome(2_000, 3_000)
     counts = warehouse.query("SELECT filename, count(*) FROM yellow_tripdata GROUP BY filename")
     assert counts.rows == [("yellow_tripdata_2020-01.parquet", 2_000)]

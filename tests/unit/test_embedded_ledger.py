@@ -1,6 +1,6 @@
-"""EmbeddedWarehouse.merge_staged(load=...): DuckDB's insert commits first, then the SQLite ledger
-line, so a crash in between leaves rows without a ledger line (the re-run inserts 0 and records
-the load), never a ledger line without its rows."""
+"""EmbeddedWarehouse.merge_staged of a plan with a load: DuckDB's insert commits first, then the
+SQLite ledger line, so a crash in between leaves rows without a ledger line (the re-run inserts 0
+and records the load), never a ledger line without its rows."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from taxi_pipeline.adapters.embedded import EmbeddedWarehouse
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.devkit.generator import write_raw
 from taxi_pipeline.domain.datasets import Dataset, Month, object_name
-from taxi_pipeline.pipeline.ports import JobContext, LoadRecord, ObjectInfo
+from taxi_pipeline.domain.runs import LoadRecord
+from taxi_pipeline.pipeline.ports import JobContext, MergePlan, ObjectInfo
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 GREEN, JAN = Dataset.GREEN, Month(2019, 1)
@@ -43,11 +44,11 @@ def _merge(
     context = JobContext(run_id, GREEN, JAN, "merge")
     warehouse.ensure_final_table(GREEN)
     warehouse.create_external_table(GREEN, JAN, source, lake)
-    staged = warehouse.stage(GREEN, JAN, source, lake, context)
+    staged = warehouse.stage(source, lake, context)
     load = LoadRecord(GREEN, JAN, source.name, source.generation, run_id, staged.rows, 0, T0)
     ranges = pickup_ranges(staged.pickup_dates)
     try:
-        return warehouse.merge_staged(GREEN, JAN, ranges, False, context, load=load), load
+        return warehouse.merge_staged(MergePlan(context, ranges, False, load=load)).inserted, load
     finally:
         warehouse.drop_month_objects(GREEN, JAN)
 

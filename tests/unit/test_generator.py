@@ -1,4 +1,4 @@
-"""The synthetic taxi files: exact layouts, determinism and the quirks of the published ones.
+"""The synthetic mirror files: exact layouts, determinism and the quirks of the published ones.
 
 Every check reads the file back with ``gzip`` + ``csv`` only, independently of the generator.
 """
@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from taxi_pipeline.devkit.generator import GeneratedFile, generate_month, main, write_raw
-from taxi_pipeline.domain.datasets import LAYOUTS, Dataset, Month, file_name
+from taxi_pipeline.domain.datasets import LAYOUTS, Dataset, Month, Upstream, file_name
 
 ROWS = 20_000
+MIRRORED = [d for d in Dataset if d.spec.find_publication(Upstream.MIRROR)]
+"""The datasets the mirror publishes as CSV (fhvhv is the TLC's Parquet only)."""
+TAXIS = [Dataset.YELLOW, Dataset.GREEN]
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$")
 AMOUNT = re.compile(r"^\d+\.\d{2}$")
 JAN = Month(2019, 1)
@@ -42,12 +45,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[Dataset, Month
     out = tmp_path_factory.mktemp("gen")
     return {
         (ds, month): generate_month(out, ds, month, ROWS, seed=7)
-        for ds in Dataset
+        for ds in MIRRORED
         for month in (JAN, MAR)
     }
 
 
-@pytest.mark.parametrize("dataset", list(Dataset), ids=str)
+@pytest.mark.parametrize("dataset", MIRRORED, ids=str)
 def test_header_and_column_count_match_the_published_layout(
     files: dict[tuple[Dataset, Month], GeneratedFile], dataset: Dataset
 ) -> None:
@@ -65,7 +68,7 @@ def test_header_and_column_count_match_the_published_layout(
     assert generated.uncompressed_bytes == len(raw.encode())
 
 
-@pytest.mark.parametrize("dataset", list(Dataset), ids=str)
+@pytest.mark.parametrize("dataset", TAXIS, ids=str)
 def test_values_are_plausible(
     files: dict[tuple[Dataset, Month], GeneratedFile], dataset: Dataset
 ) -> None:
@@ -107,7 +110,7 @@ def test_values_are_plausible(
     assert flags["Y"] > 0
 
 
-@pytest.mark.parametrize("dataset", list(Dataset), ids=str)
+@pytest.mark.parametrize("dataset", TAXIS, ids=str)
 def test_quirks_of_the_published_files_are_present(
     files: dict[tuple[Dataset, Month], GeneratedFile], dataset: Dataset
 ) -> None:
@@ -124,7 +127,7 @@ def test_quirks_of_the_published_files_are_present(
     assert sum(row["congestion_surcharge"] != "" for row in rows) > 0.95 * len(rows)
 
 
-@pytest.mark.parametrize("dataset", list(Dataset), ids=str)
+@pytest.mark.parametrize("dataset", MIRRORED, ids=str)
 def test_out_of_month_rows_and_duplicates_are_counted_exactly(
     files: dict[tuple[Dataset, Month], GeneratedFile], dataset: Dataset
 ) -> None:
@@ -138,6 +141,39 @@ def test_out_of_month_rows_and_duplicates_are_counted_exactly(
     assert {d.year for d in stray_dates} >= {2008, 2088}  # years away, as in the real files
     lines = Counter(tuple(row.values()) for row in rows)
     assert sum(n - 1 for n in lines.values()) == generated.duplicate_rows > 0
+
+
+def test_fhv_rows_look_like_the_published_ones(
+    files: dict[tuple[Dataset, Month], GeneratedFile],
+) -> None:
+    """Bases B0xxxx, zones often empty and sometimes written "80.0", SR_Flag mostly empty."""
+    layout = LAYOUTS[Dataset.FHV]
+    _, rows = read_rows(files[Dataset.FHV, MAR].path)
+    for row in rows:
+        assert re.fullmatch(r"B0\d{4}", row["dispatching_base_num"]), row
+        pickup = datetime.strptime(row[layout.pickup], "%Y-%m-%d %H:%M:%S")
+        assert datetime.strptime(row[layout.dropoff], "%Y-%m-%d %H:%M:%S") > pickup
+        for zone in ("PUlocationID", "DOlocationID"):
+            assert row[zone] == "" or 1 <= float(row[zone]) <= 265
+            assert row[zone] == "" or float(row[zone]) == int(float(row[zone]))
+        assert row["SR_Flag"] in {"", "1", "1.0"}
+        assert row["Affiliated_base_number"] == "" or row["Affiliated_base_number"][:2] == "B0"
+    for zone, share in (("PUlocationID", 0.2), ("DOlocationID", 0.15)):
+        empty = sum(row[zone] == "" for row in rows) / len(rows)
+        assert share - 0.02 < empty < share + 0.02, zone
+        assert any(row[zone].endswith(".0") for row in rows), f"no 80.0 spelling in {zone}"
+    flagged = sum(row["SR_Flag"] != "" for row in rows) / len(rows)
+    assert 0.03 < flagged < 0.07
+    bases = Counter(row["dispatching_base_num"] for row in rows)
+    assert bases.most_common(1)[0][1] > 2 * len(rows) / len(bases), "a few bases dominate"
+    same = sum(row["Affiliated_base_number"] == row["dispatching_base_num"] for row in rows)
+    assert same > 0.8 * len(rows)
+
+
+def test_a_dataset_the_mirror_does_not_publish_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no fhvhv CSV"):
+        generate_month(tmp_path, Dataset.FHVHV, MAR, 10)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_explicit_stray_and_duplicate_counts(tmp_path: Path) -> None:

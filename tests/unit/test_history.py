@@ -10,8 +10,8 @@ import pytest
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.local.admission import RunGate, Ticket
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
 from taxi_pipeline.render import text as render_text
 
 T0 = datetime(2024, 3, 1, 9, 0, 0, tzinfo=UTC)

@@ -34,7 +34,7 @@ def test_ingest_request_round_trip_and_scheduler_body() -> None:
     ("body", "reason"),
     [
         (b"not json", "invalid request"),
-        (b'{"dataset":"fhv","month":"2019-01"}', "dataset"),
+        (b'{"dataset":"bus","month":"2019-01"}', "dataset"),
         (b'{"dataset":"green","month":"2019-13"}', "01..12"),
         (b'{"dataset":"green","month":201901}', "month"),
         (b'{"dataset":"green","month":"2019-01","sql":"DROP"}', "sql"),

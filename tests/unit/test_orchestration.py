@@ -19,17 +19,18 @@ from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState
+from taxi_pipeline.domain.runs import RunEvent, RunIdentity
 from taxi_pipeline.errors import RunCancelled
 from taxi_pipeline.local import control
 from taxi_pipeline.local.admission import MemorySlots, RunGate, Slot, Ticket
 from taxi_pipeline.pipeline.cancellation import Cancellation, current_run_id, run_scope
-from taxi_pipeline.pipeline.ports import RunEvent
 from taxi_pipeline.pipeline.recorder import cancel_event, queued_event
 from taxi_pipeline.render import text as render_text
 from taxi_pipeline.settings import Settings
 
 T0 = datetime(2024, 3, 1, 9, 0, 0, tzinfo=UTC)
 RUN = "green-201901-aaaa0000"
+QUEUED_RUN = RunIdentity(RUN, Dataset.GREEN, Month(2019, 1))
 ME = "laptop:100:abc"
 
 
@@ -93,7 +94,7 @@ def test_a_merge_that_committed_before_the_cancel_reached_it_is_success() -> Non
 
 
 def test_a_queued_run_cancelled_never_started() -> None:
-    events = [replace(queued_event(RUN, Dataset.GREEN, Month(2019, 1), {}), recorded_at=T0)]
+    events = [replace(queued_event(QUEUED_RUN), recorded_at=T0)]
     events.append(_cancel(2))
     run = history.derive_run(events)
     assert run.state is RunState.CANCELLED
@@ -128,7 +129,7 @@ def test_in_the_cloud_only_a_running_step_past_the_function_timeout_is_abandoned
     assert history.derive_run(running, Liveness.cloud(_at(539))).state is RunState.RUNNING
     assert history.derive_run(running, cloud).state is RunState.ABANDONED
     # Queued in Pub/Sub, or waiting for a redelivery: no process to miss yet.
-    queued = [replace(queued_event(RUN, Dataset.GREEN, Month(2019, 1), {}), recorded_at=T0)]
+    queued = [replace(queued_event(QUEUED_RUN), recorded_at=T0)]
     retrying = [*running, _line("merge", RunState.RETRYING, 1, process=None)]
     assert history.derive_run(queued, cloud).state is RunState.QUEUED
     assert history.derive_run(retrying, cloud).state is RunState.RETRYING
@@ -138,7 +139,7 @@ def test_in_the_cloud_only_a_running_step_past_the_function_timeout_is_abandoned
 
 
 def test_status_prefers_the_latest_load_over_an_abandoned_attempt() -> None:
-    from taxi_pipeline.pipeline.ports import LoadRecord
+    from taxi_pipeline.domain.runs import LoadRecord
 
     months = [Month(2019, 1), Month(2019, 2), Month(2019, 3)]
     abandoned = [_line("download", RunState.RUNNING, 0)]

@@ -209,8 +209,29 @@ def test_id_texts_are_the_rows_id_columns_in_their_final_types(tmp_path: Path) -
     assert any(t[0] is None for t in texts), "a few empty VendorIDs (COALESCE in the id)"
     ids = {hashlib.md5("".join(p or "" for p in t).encode()).hexdigest() for t in texts}
     assert len(ids) == ROWS - generated.duplicate_rows, "only the exact copies share an id"
+    # fhv's id columns: the base (text), its spellings of the times, location ids written as
+    # DOUBLE before 2019-05 ("80.0" -> "80"), many empty.
+    fhv = generate(tmp_path / "fhv", "fhv", Month(2019, 3))
+    assert pq.read_schema(fhv.path).field("PUlocationID").type == "double"
+    fhv_texts = fhv.expected_id_texts()
+    for text, row in zip(fhv_texts, pq.read_table(fhv.path).to_pylist(), strict=True):
+        zones = [
+            None if row[z] is None else str(int(row[z])) for z in ("PUlocationID", "DOlocationID")
+        ]
+        assert text == (
+            row["dispatching_base_num"],
+            row["pickup_datetime"].strftime("%Y-%m-%d %H:%M:%S"),
+            row["dropOff_datetime"].strftime("%Y-%m-%d %H:%M:%S"),
+            *zones,
+        )
+    assert any(t[3] is None for t in fhv_texts)
+    hv = generate(tmp_path / "fhvhv", "fhvhv", Month(2025, 1)).expected_id_texts()
+    assert {t[0] for t in hv} == {"HV0003", "HV0004", "HV0005"}
+    assert len(hv[0]) == 6
     with pytest.raises(ValueError, match="no reference id columns"):
-        generate(tmp_path / "fhv", "fhv", Month(2020, 1)).expected_id_texts()
+        generate(
+            tmp_path / "omitted", "fhv", Month(2020, 1), omit_columns=["DOlocationID"]
+        ).expected_id_texts()
 
 
 def test_schema_variations_for_bad_input_tests(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
 from taxi_pipeline.domain.messages import IngestRequest, RunState, parse_model
+from taxi_pipeline.domain.runs import RunEvent, resolve_month
 from taxi_pipeline.domain.schedules import Schedule, load_schedules
 from taxi_pipeline.local.scheduler import (
     Scheduler,
@@ -18,8 +19,6 @@ from taxi_pipeline.local.scheduler import (
     remembered_fires,
     schedule_label,
 )
-from taxi_pipeline.pipeline.ports import RunEvent
-from taxi_pipeline.pipeline.steps.download import resolve_month
 from taxi_pipeline.settings import Settings
 
 GREEN = Schedule("taxi-green-monthly", Dataset.GREEN, "0 9 1 * *", "Etc/UTC", '{"dataset":"green"}')
@@ -66,7 +65,7 @@ def test_the_shipped_jobs_ask_the_tlc_for_the_month_two_months_back_as_the_cloud
     request = parse_model(IngestRequest, green.data, "schedule body")
     assert request.source is Upstream.TLC
     settings = Settings(schedule_lag_months=5)  # the job's own lag wins
-    assert resolve_month(request, at, settings) == Month(2026, 10)
+    assert resolve_month(request, at, settings.schedule_lag_months) == Month(2026, 10)
 
     pipeline, clock = _Pipeline(), _Clock(utc(2026, 12, 1, 9, 30))
     scheduler = Scheduler(pipeline, [green], history=lambda: [], clock=clock, sleep=clock.sleep)

@@ -18,7 +18,7 @@ from taxi_pipeline.devkit.run_history import synthetic_history
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.ui.history_cache import HistoryCache
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,15 +22,15 @@ from typing import Any
 from taxi_pipeline.adapters.duckdb.warehouse import HISTORY_TABLES, DuckDbWarehouse
 from taxi_pipeline.adapters.sqlite.history import SqliteHistory
 from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.lookups import LookupTable
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.pipeline.ports import (
-    DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
+    MergeOutcome,
+    MergePlan,
     ObjectInfo,
     QueryResult,
-    Replacement,
-    RunEvent,
     StagingSummary,
 )
 
@@ -73,57 +72,27 @@ class EmbeddedWarehouse:
     ) -> str:
         return self.tables.create_external_table(dataset, month, source, lake)
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
-        return self.tables.stage(dataset, month, source, lake, context)
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        return self.tables.stage(source, lake, context)
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        *,
-        load: LoadRecord | None = None,
-    ) -> int:
-        """DuckDB's insert (committed), then ``load`` in the SQLite ledger: never a ledger line
-        without its rows (see the module's note on crashes in between)."""
-        inserted = self.tables.merge_staged(
-            dataset, month, pickup_ranges, include_null_pickup, context
-        )
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
+        """DuckDB's insert (a replacing plan's delete with it, one transaction), committed; then
+        the plan's load in the SQLite ledger: never a ledger line without its rows (see the
+        module's note on crashes in between)."""
+        outcome = self.tables.merge_staged(plan)
+        load = plan.recorded_load(outcome.inserted)
         if load is not None:
-            self.history.record_load(replace(load, rows_inserted=inserted))
-        return inserted
-
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-        *,
-        load: LoadRecord | None = None,
-    ) -> tuple[int, int]:
-        """DuckDB's delete and insert (one transaction, committed), then ``load`` in the
-        SQLite ledger, as :meth:`merge_staged`."""
-        deleted, inserted = self.tables.replace_staged(
-            dataset, month, pickup_ranges, include_null_pickup, context, replacing
-        )
-        if load is not None:
-            self.history.record_load(replace(load, rows_inserted=inserted))
-        return deleted, inserted
+            self.history.record_load(load)
+        return outcome
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         self.tables.drop_month_objects(dataset, month)
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        return self.tables.replace_lookup(lookup, source, lake)
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        return self.tables.lookup_rows(lookup)
 
     def query(self, sql: str) -> QueryResult:
         """The user's query on DuckDB, with the history tables it names copied in."""

@@ -1,4 +1,5 @@
-"""The command line: ``taxi-pipeline run | load | sql | runs | status | schedule | backfill | ui``.
+"""The command line: ``taxi-pipeline run | load | sql | runs | status | schedule | backfill |
+zones | ui``.
 
 Each command group lives in its own module, which registers itself here; the groups share
 :mod:`taxi_pipeline.cli.common` and never import this module or each other.
@@ -11,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from taxi_pipeline.cli import backfill, history, load, run, schedule, ui
+from taxi_pipeline.cli import backfill, history, load, run, schedule, ui, zones
 from taxi_pipeline.cli.common import TaxiPipelineGroup, set_debug
 
 app = typer.Typer(
@@ -25,7 +26,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
-for group in (run, load, history, schedule, backfill, ui):
+for group in (run, load, history, schedule, backfill, zones, ui):
     group.register(app)
 
 

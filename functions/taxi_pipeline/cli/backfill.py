@@ -18,7 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from taxi_pipeline.bootstrap import LocalPipeline, build_bus
+from taxi_pipeline.bootstrap import LocalPipeline, build_bus, history_in_warehouse
 from taxi_pipeline.cli.common import (
     CliError,
     DatasetArgument,
@@ -216,9 +216,7 @@ def _backfill_cloud(
         raise CliError(f"the cloud bus needs the Google client libraries: {exc}") from exc
     # QUEUED lines go to the cloud warehouse only (BigQuery, or the PostgreSQL the functions use):
     # a local DuckDB would split the history.
-    cloud_history = settings.resolved_warehouse_url.startswith(
-        ("bigquery://", "postgresql://", "postgres://")
-    )
+    cloud_history = history_in_warehouse(settings)
     if only_missing and not cloud_history:
         raise CliError(
             "--only-missing with --cloud needs the cloud warehouse"

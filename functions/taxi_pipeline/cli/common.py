@@ -35,11 +35,12 @@ from taxi_pipeline.bootstrap import LocalPipeline, build_local, build_warehouse
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, choose_publication
 from taxi_pipeline.domain.messages import IngestResult, RunState
+from taxi_pipeline.domain.runs import EARLIEST_MONTH
 from taxi_pipeline.errors import ConfigurationError, PipelineError, RunCancelled, UnsupportedMonth
 from taxi_pipeline.logs import configure_logging, redact
 from taxi_pipeline.pipeline.ports import Progress as ProgressPort
 from taxi_pipeline.pipeline.ports import ProgressTask, Warehouse
-from taxi_pipeline.pipeline.steps.download import EARLIEST_MONTH, source_file_url
+from taxi_pipeline.pipeline.steps.download import source_file_url
 from taxi_pipeline.render.text import printable, rows_phrase
 from taxi_pipeline.settings import LogFormat, Settings
 
@@ -236,9 +237,11 @@ def _silence_stdout() -> None:
 
 # -- options and settings -------------------------------------------------------------------------
 
+DATASET_NAMES: Final = ", ".join(d.value for d in Dataset)
+"""Every dataset, for help texts: ``yellow, green, fhv, fhvhv``."""
 DatasetArgument = Annotated[
     Dataset,
-    typer.Argument(metavar="DATASET", help="yellow or green", case_sensitive=False),
+    typer.Argument(metavar="DATASET", help=f"One of {DATASET_NAMES}.", case_sensitive=False),
 ]
 SourceOption = Annotated[
     str | None,
@@ -254,8 +257,8 @@ UpstreamOption = Annotated[
         "--source",
         metavar="SOURCE",
         case_sensitive=False,
-        help="auto (default: the mirror for 2019-01..2021-07, the TLC otherwise), mirror or tlc"
-        " (TAXI_PIPELINE_SOURCE).",
+        help="auto (default: the mirror for 2019-01..2021-07 where it publishes the dataset, the"
+        " TLC otherwise), mirror or tlc (TAXI_PIPELINE_SOURCE).",
     ),
 ]
 TlcUrlOption = Annotated[
@@ -504,6 +507,8 @@ def source_hint(settings: Settings, result: IngestResult) -> str:
         (Upstream.MIRROR, "--source-url (TAXI_PIPELINE_SOURCE_URL)"),
         (Upstream.TLC, "--tlc-url (TAXI_PIPELINE_TLC_URL)"),
     ):
+        if result.dataset.spec.find_publication(upstream) is None:
+            continue  # the mirror has no fhvhv
         if source_file_url(settings, result.dataset, month, upstream) in result.error:
             return f"; check the network, or use {option} for another source"
     return ""

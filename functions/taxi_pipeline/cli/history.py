@@ -38,11 +38,11 @@ from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset, Month, published_months
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import LoadRecord
 from taxi_pipeline.errors import PipelineError
 from taxi_pipeline.local import control
 from taxi_pipeline.local.process import this_process
 from taxi_pipeline.logs import redact
-from taxi_pipeline.pipeline.ports import LoadRecord
 from taxi_pipeline.pipeline.upstream import check_upstream as check_upstream_of
 from taxi_pipeline.render import html as report_html
 from taxi_pipeline.render import text as render_text

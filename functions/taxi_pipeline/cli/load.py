@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from taxi_pipeline.cli.common import (
+    DATASET_NAMES,
     CliError,
     ExitStatus,
     HomeOption,
@@ -73,7 +74,7 @@ def load(
         typer.Option(
             metavar="DATASET",
             case_sensitive=False,
-            help="yellow or green (default: from the file name)",
+            help=f"One of {DATASET_NAMES} (default: from the file name).",
         ),
     ] = None,
     month: Annotated[

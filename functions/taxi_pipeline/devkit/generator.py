@@ -1,4 +1,4 @@
-"""Synthetic taxi files in the exact published layouts, with the quirks of the real ones.
+"""Synthetic trip files (the mirror's CSV) in the published layouts, with the real ones' quirks.
 
 ``generate_month`` writes ``{dataset}_tripdata_YYYY-MM.csv.gz`` with the published header and
 column order (taken from :data:`taxi_pipeline.domain.datasets.LAYOUTS`), ``YYYY-MM-DD HH:MM:SS``
@@ -8,7 +8,10 @@ timestamps, plausible values and the quirks the pipeline must survive:
   payment_type (and trip_type, congestion_surcharge) empty; VendorID empty on a few rows;
   congestion_surcharge empty on almost every row of months before 2019-02 (it did not exist yet);
   ehail_fee always empty;
-- ``1.0`` spellings of integer columns (passenger_count, payment_type, VendorID, RatecodeID);
+- ``1.0`` spellings of integer columns (passenger_count, payment_type, VendorID, RatecodeID;
+  fhv's ``80.0`` location ids and SR_Flag);
+- fhv: empty pickup / dropoff zones on a share of rows (the dataset's profile), SR_Flag mostly
+  empty, a few bases dispatching most trips;
 - a few pickups dated outside the file's month (2008-12-31, 2088-01-24, the neighbour days ...);
 - exact duplicate rows (a copy right after its original).
 
@@ -37,7 +40,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
-from taxi_pipeline.domain.datasets import LAYOUTS, Dataset, Month, file_name
+from taxi_pipeline.domain.datasets import LAYOUTS, Dataset, Month, Upstream, file_name
 
 # zlib level 6 (gzip's default) gives published-like sizes; lower levels are faster but the
 # files grow ~25%, which would skew download/ingest benchmarks.
@@ -65,6 +68,12 @@ MANHATTAN_ZONES: Final = (
     243, 244, 246, 249, 261, 262, 263,
 )  # fmt: skip
 MANHATTAN_SHARE_PM: Final = 850
+
+# fhv dispatching bases (B0xxxx license numbers) as the 2019 files show them.
+FHV_BASES: Final = tuple(
+    f"B0{n:04d}"
+    for n in (2510, 2764, 2800, 2865, 2875, 2682, 2617, 1231, 2872, 2835, 2279, 2836, 2887, 3016)
+)
 
 # Pickup dates of stray rows, cycled; those inside the file's month are skipped.
 FAR_STRAY_DATES: Final = (
@@ -126,8 +135,14 @@ def generate_month(
     ``stray_rows`` rows get a pickup outside ``month`` and ``duplicate_rows`` rows repeat the
     row before them (defaults: :func:`default_stray_rows`, :func:`default_duplicate_rows`).
     The file appears under its final name only once complete. ``threads`` caps DuckDB's
-    threads; the output does not depend on it.
+    threads; the output does not depend on it. A dataset the mirror does not publish (fhvhv:
+    the TLC's Parquet only) raises ``ValueError``: ``devkit/parquet_generator`` writes it.
     """
+    if dataset.spec.find_publication(Upstream.MIRROR) is None:
+        raise ValueError(
+            f"the mirror publishes no {dataset.value} CSV; generate the TLC's Parquet files"
+            " with taxi_pipeline.devkit.parquet_generator"
+        )
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     strays = default_stray_rows(rows) if stray_rows is None else stray_rows
@@ -303,22 +318,26 @@ def _query(dataset: Dataset, month: Month, rows: int, seed: int, plan: _Plan) ->
         # Integer columns that went through a float somewhere are written "1.0".
         return f"({value})::VARCHAR || CASE WHEN {h(k, 1000)} < {per_mille} THEN '.0' ELSE '' END"
 
-    pay_dist = (
-        "CASE "
-        + " ".join(
-            f"WHEN q < {limit} THEN {kind}"
-            for kind, limit in enumerate(profile.payment_thresholds_pm, start=1)
-        )
-        + " ELSE 5 END"
-    )
-    if early:
-        congestion = "CASE WHEN unknown OR q_cong < 998 THEN NULL ELSE 0 END"
+    fares = profile.fares
+    if fares is None:  # a layout without fares (fhv): the fare columns are not written
+        pay_dist, congestion = "NULL", "NULL"
     else:
-        free = 1000 - profile.congestion_charged_pm
-        congestion = (
-            f"CASE WHEN unknown THEN NULL WHEN q_cong < {free} THEN 0"
-            f" ELSE {profile.congestion_cents} END"
+        pay_dist = (
+            "CASE "
+            + " ".join(
+                f"WHEN q < {limit} THEN {kind}"
+                for kind, limit in enumerate(fares.payment_thresholds_pm, start=1)
+            )
+            + " ELSE 5 END"
         )
+        if early:
+            congestion = "CASE WHEN unknown OR q_cong < 998 THEN NULL ELSE 0 END"
+        else:
+            free = 1000 - fares.congestion_charged_pm
+            congestion = (
+                f"CASE WHEN unknown THEN NULL WHEN q_cong < {free} THEN 0"
+                f" ELSE {fares.congestion_cents} END"
+            )
 
     draws = f"""
         SELECT i, b,
@@ -366,7 +385,7 @@ def _query(dataset: Dataset, month: Month, rows: int, seed: int, plan: _Plan) ->
             CASE WHEN unknown THEN NULL ELSE {pay_dist} END AS payment
         FROM ({draws})
     """
-    fares = f"""
+    priced = f"""
         SELECT *,
             pickup + to_seconds(60 + dist_c * 3600 // 1200 + t_extra_s) AS dropoff,
             CASE WHEN ratecode = 2 THEN 5200
@@ -383,10 +402,12 @@ def _query(dataset: Dataset, month: Month, rows: int, seed: int, plan: _Plan) ->
                 WHEN q_tip < 700 THEN (fare_c + extra_c) * (20 + 5 * (q_tip % 3)) // 100
                 ELSE fare_c * (q_tip - 600) // 1000 END AS tip_c,
             CASE WHEN q_flag < 5 THEN 0 ELSE 50 END AS mta_c
-        FROM ({fares})
+        FROM ({priced})
     """
     total = "fare_c + extra_c + mta_c + tip_c + tolls_c + 30 + coalesce(cong_c, 0)"
     layout = LAYOUTS[dataset]
+    bases = len(FHV_BASES)
+    base = f"{h(30, bases)} * {h(31, bases)} // {bases}"
     rare = _FLOAT_SPELLING_RARE_PM
     common = _FLOAT_SPELLING_PM
     expressions = {
@@ -411,12 +432,30 @@ def _query(dataset: Dataset, month: Month, rows: int, seed: int, plan: _Plan) ->
         "total_amount": money(total),
         "trip_type": "CASE WHEN unknown THEN NULL WHEN q_toll % 100 < 3 THEN '2' ELSE '1' END",
         "congestion_surcharge": money("cong_c"),
-    }
+        # fhv: a few bases dispatch most trips (the product of two uniform draws skews the
+        # index towards the first); zones are often left empty, and written "80.0" by the
+        # months that went through a float.
+        "dispatching_base_num": _pick_text(FHV_BASES, base),
+        "PUlocationID": f"CASE WHEN {h(35, 1000)} < {profile.no_pickup_zone_pm} THEN NULL"
+        f" ELSE {spelled('pu', common, 36)} END",
+        "DOlocationID": f"CASE WHEN {h(37, 1000)} < {profile.no_dropoff_zone_pm} THEN NULL"
+        f" ELSE {spelled('dox', common, 38)} END",
+        "SR_Flag": f"CASE WHEN {h(39, 100)} < 95 THEN NULL ELSE {spelled('1', rare, 40)} END",
+        "Affiliated_base_number": f"CASE WHEN {h(32, 100)} < 5 THEN NULL"
+        f" WHEN {h(34, 100)} < 90 THEN {_pick_text(FHV_BASES, base)}"
+        f" ELSE {_pick_text(FHV_BASES, h(33, len(FHV_BASES)))} END",
+    }  # fmt: skip
     missing = set(layout.names) - expressions.keys()
     if missing:
         raise AssertionError(f"no generator expression for {sorted(missing)}")
     select = ",\n".join(f'{expressions[name]} AS "{name}"' for name in layout.names)
     return f"SELECT {select} FROM ({totals})"
+
+
+def _pick_text(choices: tuple[str, ...], index: str) -> str:
+    """The text ``choices[index]`` (``index`` a 0-based SQL integer expression)."""
+    listed = ", ".join(f"'{c}'" for c in choices)
+    return f"[{listed}][({index})::BIGINT + 1]"
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -503,7 +542,12 @@ def _unblock_reader(fifo: Path, reader_done: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m taxi_pipeline.devkit.generator --dataset yellow --month 2019-01 ...``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--dataset", type=Dataset, choices=list(Dataset), required=True)
+    parser.add_argument(
+        "--dataset",
+        type=Dataset,
+        choices=[d for d in Dataset if d.spec.find_publication(Upstream.MIRROR)],
+        required=True,
+    )
     parser.add_argument("--month", type=Month.parse, required=True, help="YYYY-MM")
     parser.add_argument("--rows", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)

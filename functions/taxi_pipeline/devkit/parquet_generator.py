@@ -40,13 +40,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from taxi_pipeline.devkit.generator import (
+    FHV_BASES,
     MANHATTAN_SHARE_PM,
     MANHATTAN_ZONES,
     default_duplicate_rows,
     default_stray_rows,
     stray_dates,
 )
-from taxi_pipeline.domain.datasets import Month
+from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.tlc_schemas import SchemaPeriod, period_of, tlc_file_name
 
 Ints = npt.NDArray[np.int64]
@@ -153,20 +154,21 @@ class GeneratedParquet:
         return expected_table(self.spec)
 
     def expected_id_texts(self) -> list[tuple[str | None, ...]]:
-        """Per row, the reference id's columns as text in their final types (``None``: NULL).
+        """Per row, the reference id's columns (the dataset's ``id_columns``, in formula order)
+        as text in their final types (``None``: NULL).
 
-        VendorID, pickup, dropoff, PULocationID, DOLocationID (yellow and green): integers as
-        ``2`` whatever their Parquet width, timestamps as ``YYYY-MM-DD HH:MM:SS`` (the CSV's
-        spelling; BigQuery's ``CAST(TIMESTAMP AS STRING)`` adds ``+00``). Tests compute the ids
-        from these, independently of any warehouse.
+        Text as it is (an empty text is NULL, as staging reads it), integers as ``2`` whatever
+        their Parquet width (a DOUBLE location id ``80.0`` as ``80``), timestamps as
+        ``YYYY-MM-DD HH:MM:SS`` (the CSV's spelling; BigQuery's ``CAST(TIMESTAMP AS STRING)``
+        adds ``+00``). Tests compute the ids from these, independently of any warehouse.
         """
-        period = self.spec.period
-        names = ("VendorID", period.pickup, period.dropoff, "PULocationID", "DOLocationID")
-        missing = [n for n in names if n not in period.names]
+        names = Dataset(self.spec.dataset).layout.id_columns
+        by_folded = {name.casefold(): name for name, _ in self.spec.fields()}
+        missing = [n for n in names if n.casefold() not in by_folded]
         if missing:
-            raise ValueError(f"{period.label} has no reference id columns {missing}")
+            raise ValueError(f"{self.name} has no reference id columns {missing}")
         table = self.expected_table()
-        columns = [_id_texts(table.column(name)) for name in names]
+        columns = [_id_texts(table.column(by_folded[name.casefold()])) for name in names]
         return list(zip(*columns, strict=True))
 
 
@@ -564,10 +566,7 @@ def _taxi(spec: ParquetMonthSpec, trips: _Trips) -> dict[str, _Values]:
     return values
 
 
-_BASES: Final = tuple(
-    f"B0{n:04d}"
-    for n in (2510, 2764, 2800, 2865, 2875, 2682, 2617, 1231, 2872, 2835, 2279, 2836, 2887, 3016)
-)
+_BASES: Final = FHV_BASES
 
 
 def _fhv(spec: ParquetMonthSpec, trips: _Trips) -> dict[str, _Values]:
@@ -705,9 +704,11 @@ def _id_texts(column: pa.ChunkedArray) -> list[str | None]:
     if pa.types.is_timestamp(column.type):
         # Whole seconds, like the published files: %S would print microseconds otherwise.
         text = pc.strftime(pc.cast(column, pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S")
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        text = pc.cast(column, pa.string())
     else:
         text = pc.cast(pc.cast(column, pa.int64()), pa.string())
-    return [None if v is None else str(v) for v in text.to_pylist()]
+    return [None if v is None or v == "" else str(v) for v in text.to_pylist()]
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -716,7 +717,7 @@ def _id_texts(column: pa.ChunkedArray) -> list[str | None]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m taxi_pipeline.devkit.parquet_generator --dataset yellow --month 2024-01 ...``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--dataset", choices=["yellow", "green", "fhv", "fhvhv"], required=True)
+    parser.add_argument("--dataset", choices=sorted(_BUILDERS), required=True)
     parser.add_argument("--month", type=Month.parse, required=True, help="YYYY-MM")
     parser.add_argument("--rows", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)

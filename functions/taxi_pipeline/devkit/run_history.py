@@ -15,8 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from taxi_pipeline.domain.datasets import Dataset, Month, object_name, published_months
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
-from taxi_pipeline.pipeline.recorder import QUEUE_STEP
+from taxi_pipeline.domain.runs import QUEUE_STEP, LoadRecord, RunEvent
 
 
 @dataclass(frozen=True)

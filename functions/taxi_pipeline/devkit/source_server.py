@@ -45,7 +45,7 @@ from typing import BinaryIO, Final
 from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.domain.datasets import Dataset, Month, file_name
-from taxi_pipeline.domain.tlc_schemas import tlc_file_name
+from taxi_pipeline.domain.tlc_schemas import TLC_DATASETS, tlc_file_name
 
 _log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ _SETTLE_SECONDS: Final = 5.0
 
 TLC_PREFIX: Final = "trip-data"
 """The first path segment of the TLC's file URLs."""
-_TLC_NAME_RE: Final = re.compile(r"^(yellow|green|fhv|fhvhv)_tripdata_[0-9]{4}-[0-9]{2}\.parquet$")
+_TLC_NAME_RE: Final = re.compile(
+    rf"^({'|'.join(TLC_DATASETS)})_tripdata_[0-9]{{4}}-[0-9]{{2}}\.parquet$"
+)
 # What S3 answers through CloudFront for a key that is not there (no ListBucket permission).
 _ACCESS_DENIED: Final = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -434,7 +436,8 @@ class _Handler(BaseHTTPRequestHandler):
         nested = self.state.directory / tag / name
         if nested.is_file():
             return nested
-        # The flat folder generate_month writes: yellow files only under the "yellow" tag.
+        # The flat folder generate_month writes: yellow files only under the "yellow" tag (and
+        # the zone lookup only nested, under "misc/").
         flat = self.state.directory / name
         return flat if name.startswith(f"{tag}_") and flat.is_file() else None
 

@@ -5,9 +5,14 @@ cloud (BigQuery) and the embedded default (DuckDB) agree on what a column is cal
 what type it has.
 
 Two upstreams publish the months: the DataTalksClub mirror (``csv.gz``, 2019-01..2021-07, the
-zoomcamp's data) and the NYC TLC itself (``parquet``, yellow from 2011-01, green from 2013-08,
-about two months after a month ends). They are not the same rows, so a month is loaded from one
-of them only (:func:`choose_publication`, and the source guard of the download and merge steps).
+zoomcamp's data: yellow, green, fhv) and the NYC TLC itself (``parquet``, yellow from 2011-01,
+green from 2013-08, fhv from 2015-01, fhvhv from 2019-02, about two months after a month ends).
+They are not the same rows, so a month is loaded from one of them only
+(:func:`choose_publication`, and the source guard of the download and merge steps).
+
+A dataset is one declaration, its :class:`DatasetSpec` in :data:`SPECS`: layout and reference
+types, id columns, pickup/dropoff, clustering, publications, how its generated trips look
+(ARCHITECTURE.md, "Adding a dataset").
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from functools import total_ordering
 from typing import Final, Literal
 
 from taxi_pipeline.domain.formats import FORMATS, SourceFormat, format_named, format_of
-from taxi_pipeline.errors import UnsupportedMonth
+from taxi_pipeline.errors import BeforeTheFirstMonth, UnsupportedMonth
 
 ColumnKind = Literal["string", "timestamp", "integer", "numeric"]
 
@@ -41,6 +46,10 @@ class Dataset(StrEnum):
 
     YELLOW = "yellow"
     GREEN = "green"
+    FHV = "fhv"
+    """For-hire vehicles (the trips of the bases that dispatch them)."""
+    FHVHV = "fhvhv"
+    """High-volume for-hire vehicles (Uber, Lyft, Via), from 2019-02."""
 
     @property
     def spec(self) -> DatasetSpec:
@@ -62,8 +71,8 @@ class Column:
     its dialect, ``adapters/sql/dialects.py``).
 
     ``numeral``: a code written as a number (digits, optionally a decimal part: some months
-    write ``1.0``); any other text is a bad value. The id columns that are text (VendorID and
-    the location ids) are numerals, which is what keeps the reference's separator-less
+    write ``1.0``); any other text is a bad value. The taxis' id columns that are text (VendorID
+    and the location ids) are numerals, which is what keeps the reference's separator-less
     ``unique_row_id`` concatenation unambiguous about where the pickup is (see README).
     """
 
@@ -79,12 +88,15 @@ class Column:
 
 @dataclass(frozen=True)
 class Layout:
-    """The published CSV layout of a dataset, in file order, and the final table's columns
-    beyond it."""
+    """The published layout of a dataset (the CSV's columns, in file order; a TLC-only
+    dataset's Parquet columns), and the final table's columns beyond it."""
 
     columns: tuple[Column, ...]
     pickup: str
     dropoff: str
+    id_columns: tuple[str, ...]
+    """Columns of the ``unique_row_id`` formula, in formula order: MD5 over their BigQuery
+    ``STRING`` forms, concatenated, NULL as '' (README, "Row ids")."""
     added: tuple[Column, ...] = ()
     """Final-table columns the CSV does not have (the TLC's fees): NULL for CSV months. A final
     table made before they existed gains them in place (``ALTER TABLE ... ADD COLUMN``)."""
@@ -114,10 +126,11 @@ class Layout:
         """The exact header line of a published file (without the newline)."""
         return ",".join(self.names)
 
-    @property
-    def id_columns(self) -> tuple[str, ...]:
-        """Columns of the reference ``unique_row_id`` formula, in formula order."""
-        return ("VendorID", self.pickup, self.dropoff, "PULocationID", "DOLocationID")
+    def __post_init__(self) -> None:
+        names = set(self.names)
+        missing = [n for n in (self.pickup, self.dropoff, *self.id_columns) if n not in names]
+        if missing:
+            raise ValueError(f"layout has no columns {missing} (pickup, dropoff, id)")
 
 
 def _columns(spec: str) -> tuple[Column, ...]:
@@ -137,15 +150,25 @@ def _columns(spec: str) -> tuple[Column, ...]:
 
 
 @dataclass(frozen=True)
-class TripProfile:
-    """How a dataset's trips look, for the synthetic files of ``devkit/generator.py``: per mille
-    of trips inside Manhattan, payment types as cumulative per mille thresholds of types 1..4
+class Fares:
+    """How a taxi's fares look: payment types as cumulative per mille thresholds of types 1..4
     (the rest is 5), and the congestion surcharge from 2019-02 on (per mille charged, cents)."""
 
-    manhattan_share_pm: int
     payment_thresholds_pm: tuple[int, int, int, int]
     congestion_charged_pm: int
     congestion_cents: int
+
+
+@dataclass(frozen=True)
+class TripProfile:
+    """How a dataset's trips look, for the synthetic files of ``devkit/generator.py``: per mille
+    of trips inside Manhattan, the taxis' fares (``None``: the layout has no fare columns), per
+    mille of trips without a pickup / dropoff zone (fhv's bases often leave them empty)."""
+
+    manhattan_share_pm: int
+    fares: Fares | None = None
+    no_pickup_zone_pm: int = 0
+    no_dropoff_zone_pm: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,6 +181,12 @@ class Publication:
     first: Month
     last: Month | None
     """``None``: still publishing (a month appears some weeks after it ends)."""
+    before_first: str = ""
+    """Why no month before ``first`` is read from this upstream (the error's words)."""
+    starts_at_first: bool = True
+    """Whether the dataset has no month before ``first`` at all (green before 2013-08): such a
+    request is not published (SKIPPED). ``False``: earlier files exist in a layout the pipeline
+    does not read (yellow before 2011-01), so such a request fails."""
 
     @property
     def source_format(self) -> SourceFormat:
@@ -192,10 +221,20 @@ class DatasetSpec:
         return sorted(months)
 
     def publication(self, upstream: Upstream) -> Publication:
+        found = self.find_publication(upstream)
+        if found is None:
+            raise ValueError(f"{self.dataset.value} has no {upstream.value} publication")
+        return found
+
+    def find_publication(self, upstream: Upstream) -> Publication | None:
         for candidate in self.publications:
             if candidate.upstream is upstream:
                 return candidate
-        raise ValueError(f"{self.dataset.value} has no {upstream.value} publication")
+        return None
+
+    def publishes(self, month: Month) -> bool:
+        """Whether any upstream publishes ``month`` (the TLC's open range counts)."""
+        return any(p.covers(month) for p in self.publications)
 
 
 # Reference types from the zoomcamp's 08_gcp_taxi flow (see shared/reference/zoomcamp-pipeline.md).
@@ -208,6 +247,13 @@ YELLOW_LAYOUT: Final = Layout(
     ),
     pickup="tpep_pickup_datetime",
     dropoff="tpep_dropoff_datetime",
+    id_columns=(
+        "VendorID",
+        "tpep_pickup_datetime",
+        "tpep_dropoff_datetime",
+        "PULocationID",
+        "DOLocationID",
+    ),
     # The TLC's files have them (airport_fee spelled Airport_fee from 2023-02); the CSV not.
     added=_columns("airport_fee:N cbd_congestion_fee:N"),
 )
@@ -222,6 +268,56 @@ GREEN_LAYOUT: Final = Layout(
     ),
     pickup="lpep_pickup_datetime",
     dropoff="lpep_dropoff_datetime",
+    id_columns=(
+        "VendorID",
+        "lpep_pickup_datetime",
+        "lpep_dropoff_datetime",
+        "PULocationID",
+        "DOLocationID",
+    ),
+    added=_columns("cbd_congestion_fee:N"),
+)
+
+# fhv as published (note the spellings). No reference flow types it: the location ids and
+# SR_Flag are INTEGER (the files write them as DOUBLE in 2019-01..04, "80.0" in some CSVs, INT64
+# later), the rest as the taxis' types. The id is the taxis' formula over fhv's columns: the
+# base, pickup, dropoff and zones (README, "Row ids").
+FHV_LAYOUT: Final = Layout(
+    columns=_columns(
+        "dispatching_base_num:S pickup_datetime:T dropOff_datetime:T PUlocationID:I"
+        " DOlocationID:I SR_Flag:I Affiliated_base_number:S"
+    ),
+    pickup="pickup_datetime",
+    dropoff="dropOff_datetime",
+    id_columns=(
+        "dispatching_base_num",
+        "pickup_datetime",
+        "dropOff_datetime",
+        "PUlocationID",
+        "DOlocationID",
+    ),
+)
+
+# fhvhv: the TLC's 24 columns (Parquet only), cbd_congestion_fee from 2025-01.
+FHVHV_LAYOUT: Final = Layout(
+    columns=_columns(
+        "hvfhs_license_num:S dispatching_base_num:S originating_base_num:S request_datetime:T"
+        " on_scene_datetime:T pickup_datetime:T dropoff_datetime:T PULocationID:I"
+        " DOLocationID:I trip_miles:N trip_time:I base_passenger_fare:N tolls:N bcf:N"
+        " sales_tax:N congestion_surcharge:N airport_fee:N tips:N driver_pay:N"
+        " shared_request_flag:S shared_match_flag:S access_a_ride_flag:S wav_request_flag:S"
+        " wav_match_flag:S"
+    ),
+    pickup="pickup_datetime",
+    dropoff="dropoff_datetime",
+    id_columns=(
+        "hvfhs_license_num",
+        "dispatching_base_num",
+        "pickup_datetime",
+        "dropoff_datetime",
+        "PULocationID",
+        "DOLocationID",
+    ),
     added=_columns("cbd_congestion_fee:N"),
 )
 
@@ -295,30 +391,59 @@ def parse_month_span(text: str) -> list[Month]:
     return [Month.parse(text)]
 
 
-# What the mirror publishes (release tags yellow/green of DataTalksClub/nyc-tlc-data).
+# What the mirror publishes (release tags yellow/green/fhv of DataTalksClub/nyc-tlc-data).
 PUBLISHED_FIRST: Final = Month(2019, 1)
 PUBLISHED_LAST: Final = Month(2021, 7)
 _MIRROR: Final = Publication(Upstream.MIRROR, "csv.gz", PUBLISHED_FIRST, PUBLISHED_LAST)
 # What the TLC publishes in today's layout (domain/tlc_schemas.py: yellow before 2011-01 has
-# other column names; green starts 2013-08).
+# other column names; green starts 2013-08, fhv 2015-01, fhvhv 2019-02).
 TLC_YELLOW_FIRST: Final = Month(2011, 1)
 TLC_GREEN_FIRST: Final = Month(2013, 8)
+TLC_FHV_FIRST: Final = Month(2015, 1)
+TLC_FHVHV_FIRST: Final = Month(2019, 2)
 _ZONES: Final = ("PULocationID", "DOLocationID")
+
+
+def _tlc(first: Month, before_first: str, *, starts_at_first: bool = True) -> Publication:
+    return Publication(Upstream.TLC, "parquet", first, None, before_first, starts_at_first)
+
 
 SPECS: Final[dict[Dataset, DatasetSpec]] = {
     Dataset.YELLOW: DatasetSpec(
         Dataset.YELLOW,
         YELLOW_LAYOUT,
         cluster_columns=_ZONES,
-        publications=(_MIRROR, Publication(Upstream.TLC, "parquet", TLC_YELLOW_FIRST, None)),
-        profile=TripProfile(850, (710, 985, 993, 998), 900, 250),
+        publications=(
+            _MIRROR,
+            _tlc(
+                TLC_YELLOW_FIRST,
+                "its yellow files before 2011-01 have other column names (vendor_name,"
+                " Trip_Pickup_DateTime, coordinates instead of zones)",
+                starts_at_first=False,
+            ),
+        ),
+        profile=TripProfile(850, Fares((710, 985, 993, 998), 900, 250)),
     ),
     Dataset.GREEN: DatasetSpec(
         Dataset.GREEN,
         GREEN_LAYOUT,
         cluster_columns=_ZONES,
-        publications=(_MIRROR, Publication(Upstream.TLC, "parquet", TLC_GREEN_FIRST, None)),
-        profile=TripProfile(0, (500, 950, 975, 995), 150, 275),
+        publications=(_MIRROR, _tlc(TLC_GREEN_FIRST, "green trip data starts 2013-08")),
+        profile=TripProfile(0, Fares((500, 950, 975, 995), 150, 275)),
+    ),
+    Dataset.FHV: DatasetSpec(
+        Dataset.FHV,
+        FHV_LAYOUT,
+        cluster_columns=("PUlocationID", "DOlocationID"),
+        publications=(_MIRROR, _tlc(TLC_FHV_FIRST, "fhv trip data starts 2015-01")),
+        profile=TripProfile(300, no_pickup_zone_pm=200, no_dropoff_zone_pm=150),
+    ),
+    Dataset.FHVHV: DatasetSpec(
+        Dataset.FHVHV,
+        FHVHV_LAYOUT,
+        cluster_columns=_ZONES,
+        publications=(_tlc(TLC_FHVHV_FIRST, "fhvhv trip data starts 2019-02"),),
+        profile=TripProfile(850),
     ),
 }
 LAYOUTS: Final[dict[Dataset, Layout]] = {d: spec.layout for d, spec in SPECS.items()}
@@ -331,7 +456,8 @@ def published_months(dataset: Dataset | None = None) -> list[Month]:
 
 
 def source_format(dataset: Dataset) -> SourceFormat:
-    """The format the mirror publishes ``dataset`` in (its first publication's)."""
+    """The format of ``dataset``'s first publication: the mirror's ``csv.gz`` where the mirror
+    publishes it, else the TLC's ``parquet``."""
     return format_named(SPECS[dataset].publications[0].format)
 
 
@@ -340,27 +466,29 @@ def choose_publication(dataset: Dataset, month: Month, choice: Upstream) -> Publ
 
     ``auto``: the mirror for the months it publishes, the TLC for every other. An explicit
     ``mirror`` is taken as asked (a month it lacks is then not published: SKIPPED). The TLC
-    before its first month in today's layout raises :class:`UnsupportedMonth`.
+    before its first month in today's layout, or an upstream that never publishes the dataset
+    (the mirror's fhvhv), raises :class:`UnsupportedMonth`; a month before the dataset's
+    first anywhere raises its subclass :class:`BeforeTheFirstMonth` (also ``NotPublished``).
     """
     spec = SPECS[dataset]
     if choice is Upstream.AUTO:
-        mirror = spec.publication(Upstream.MIRROR)
-        choice = Upstream.MIRROR if mirror.covers(month) else Upstream.TLC
-    publication = spec.publication(choice)
-    if choice is Upstream.TLC and month < publication.first:
+        mirror = spec.find_publication(Upstream.MIRROR)
+        choice = Upstream.MIRROR if mirror is not None and mirror.covers(month) else Upstream.TLC
+    publication = spec.find_publication(choice)
+    if publication is None:
+        others = ", ".join(p.upstream.value for p in spec.publications)
         raise UnsupportedMonth(
+            f"{dataset.value} is not published by the {choice.value}; it comes from: {others}"
+            " (--source)"
+        )
+    if choice is Upstream.TLC and month < publication.first:
+        refusal = BeforeTheFirstMonth if publication.starts_at_first else UnsupportedMonth
+        raise refusal(
             f"{dataset.value} {month} is not available from the TLC in today's layout:"
-            f" {_BEFORE_TLC[dataset]}; the pipeline reads {dataset.value} from the TLC from"
+            f" {publication.before_first}; the pipeline reads {dataset.value} from the TLC from"
             f" {publication.first} on"
         )
     return publication
-
-
-_BEFORE_TLC: Final = {
-    Dataset.YELLOW: "its yellow files before 2011-01 have other column names (vendor_name,"
-    " Trip_Pickup_DateTime, coordinates instead of zones)",
-    Dataset.GREEN: "green trip data starts 2013-08",
-}
 
 
 def upstream_of(dataset: Dataset, fmt: SourceFormat) -> Upstream:
@@ -438,13 +566,3 @@ def is_safe_object_name(name: str) -> bool:
     """Whether ``name`` may name a lake object in every store: relative, ``/``-separated parts of
     letters, digits, ``._-``, no part starting with a dot (no ``..``, nothing hidden)."""
     return bool(_SAFE_OBJECT_NAME.fullmatch(name)) and len(name.encode()) <= _MAX_OBJECT_NAME_BYTES
-
-
-def external_table(dataset: Dataset, month: Month) -> str:
-    """Name of the month's external table, e.g. ``green_tripdata_2019_01_ext``."""
-    return f"{dataset.value}_tripdata_{month.underscored}_ext"
-
-
-def staging_table(dataset: Dataset, month: Month) -> str:
-    """Name of the month's staging table, e.g. ``green_tripdata_2019_01``."""
-    return f"{dataset.value}_tripdata_{month.underscored}"

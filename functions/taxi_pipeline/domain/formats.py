@@ -2,23 +2,24 @@
 
 An entry says what a file of the format is called (its suffix), its content type, how a stream
 of it is verified before it may become a ``raw/`` object (the verifier's factory), how the head
-of a hand upload is checked, and what the ``filename`` column says for it. How each warehouse
-stages it is that warehouse's hook (``adapters/sql/dialects.py``: DuckDB's reader, BigQuery's
-external-table and load-job options).
+of a hand upload is checked, what the ``filename`` column says for it, whether it brings its own
+typed columns, and how a warehouse fed through its client gets its rows (the CSV feed). How each
+warehouse stages it is that warehouse's hook (``adapters/sql/dialects.py``: DuckDB's reader,
+BigQuery's external-table and load-job options, PostgreSQL's COPY options).
 
-A new format adds its entry to :data:`FORMATS` and its verifier module (``csv.gz``:
-``pipeline/verify.py``; ``parquet``: ``pipeline/verify_parquet.py``).
+A new format adds its entry to :data:`FORMATS` and its module of code (verifiers and feed;
+``csv.gz``: ``pipeline/verify.py``; ``parquet``: ``pipeline/verify_parquet.py``).
 """
 
 from __future__ import annotations
 
 import importlib
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, cast
 
-from taxi_pipeline.errors import VerificationFailed
+from taxi_pipeline.errors import ConfigurationError, VerificationFailed
 
 if TYPE_CHECKING:
     from taxi_pipeline.domain.datasets import Layout, Month
@@ -68,6 +69,20 @@ ObjectVerifier = Callable[[BinaryIO, VerifyTarget], VerifiedFile]
 """Verify a whole object at hand (a seekable stream of it: a hand upload, a lake object)."""
 
 
+class Sink(Protocol):
+    """Where a CSV feed writes (a client's ``COPY ... FROM STDIN``)."""
+
+    def write(self, data: bytes) -> int: ...
+
+
+LandedColumn = tuple[str, "str | None"]
+"""A column a client lands: its final name, and its name in the file (``None``: the file has
+none; written empty)."""
+CsvFeed = Callable[[BinaryIO, "Sequence[LandedColumn]", Sink], None]
+"""Write an object's rows into ``sink`` as CSV text in the given columns' order (a text format
+passes its own lines through, header included: its columns are the layout's)."""
+
+
 def _resolve(path: str) -> object:
     module, _, attribute = path.partition(":")
     return getattr(importlib.import_module(module), attribute)
@@ -93,6 +108,12 @@ class SourceFormat:
     row_filename_suffix: str
     """What the ``filename`` column ends with instead of :attr:`suffix` (the reference writes
     the CSV's name: ``.csv`` for a ``.csv.gz`` file)."""
+    csv_feed_path: str = ""
+    """``module:function`` of its :data:`CsvFeed` (a warehouse that cannot read the lake lands
+    the rows its client writes; empty: such warehouses cannot take the format)."""
+    typed: bool = False
+    """Whether a file brings its own typed columns, named as its schema period names them (a
+    Parquet file; ``domain/tlc_schemas``) rather than the layout's columns as text (a CSV)."""
     declares_rows: bool = False
     """Whether a file states its row count where it is cheap to read (a Parquet footer): the
     merge then checks that staging read exactly that many rows."""
@@ -105,6 +126,13 @@ class SourceFormat:
         """Verify a whole object read through ``handle`` (as a download is verified)."""
         verify = cast("ObjectVerifier", _resolve(self.object_verifier_path))
         return verify(handle, target)
+
+    def write_csv(self, handle: BinaryIO, columns: Sequence[LandedColumn], sink: Sink) -> None:
+        """Write the object read through ``handle`` into ``sink`` as CSV rows (its feed)."""
+        if not self.csv_feed_path:
+            raise ConfigurationError(f"no warehouse fed through its client reads {self.name}")
+        feed = cast("CsvFeed", _resolve(self.csv_feed_path))
+        feed(handle, columns, sink)
 
     def row_filename(self, file_name: str) -> str:
         """The ``filename`` column value of the rows of ``file_name``."""
@@ -167,6 +195,7 @@ CSV_GZ: Final = SourceFormat(
     check_head=_check_gzip_csv_head,
     head_bytes=64 * 1024,
     row_filename_suffix=".csv",
+    csv_feed_path="taxi_pipeline.pipeline.verify:gzip_csv_feed",
 )
 
 PARQUET: Final = SourceFormat(
@@ -180,6 +209,8 @@ PARQUET: Final = SourceFormat(
     head_bytes=len(PARQUET_MAGIC),
     # The TLC's rows are named after the file itself: there is no CSV behind it.
     row_filename_suffix=".parquet",
+    csv_feed_path="taxi_pipeline.pipeline.verify_parquet:parquet_csv_feed",
+    typed=True,
     declares_rows=True,
 )
 

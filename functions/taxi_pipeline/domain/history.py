@@ -35,8 +35,7 @@ from typing import Final
 
 from taxi_pipeline.domain.datasets import Dataset, Month, upstream_of_object
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
-from taxi_pipeline.pipeline.recorder import CANCEL_STEP, QUEUE_STEP
+from taxi_pipeline.domain.runs import CANCEL_STEP, QUEUE_STEP, LoadRecord, RunEvent
 
 FINAL_STEP: Final = "merge"
 """The step whose SUCCESS completes a run."""
@@ -392,8 +391,9 @@ class Cell:
     loaded_rows: int | None
     """Rows of the latest completed load (None: never loaded)."""
     state: str
-    """``loaded``, ``running``, ``failed``, ``cancelled``, ``abandoned``, ``skipped`` or
-    ``missing``."""
+    """``loaded``, ``running``, ``failed``, ``cancelled``, ``abandoned``, ``skipped``,
+    ``missing``, or ``unpublished``: no upstream publishes the dataset's month (fhvhv before
+    2019-02), so nothing is missing."""
     run_id: str | None = None
     error: str | None = None
     source: str | None = None
@@ -438,6 +438,8 @@ def coverage(
                 cell = Cell(dataset, month, rows, "loaded", load.run_id, source=source)
             elif run is not None and run.state in _UNLOADED:
                 cell = Cell(dataset, month, None, _UNLOADED[run.state], run.run_id, run.error)
+            elif not dataset.spec.publishes(month):
+                cell = Cell(dataset, month, None, "unpublished")
             else:
                 cell = Cell(dataset, month, None, "missing")
             cells[(dataset, month)] = cell

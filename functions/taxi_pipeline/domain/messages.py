@@ -71,6 +71,10 @@ def labels_from_attributes(attributes: Mapping[str, str]) -> dict[str, str]:
 
 SCHEDULE_TIME_ZONE_ATTRIBUTE: Final = "time_zone"
 """Attribute of a scheduled ingest request: the schedule's time zone, in which its month is read."""
+DEAD_LETTER_DELIVERY_COUNT: Final = "CloudPubSubDeadLetterSourceDeliveryCount"
+"""Attribute Pub/Sub adds to a dead-lettered copy: how many deliveries the original had."""
+DEAD_LETTER_PUBLISH_TIME: Final = "CloudPubSubDeadLetterSourceTopicPublishTime"
+"""Attribute Pub/Sub adds to a dead-lettered copy: the original's publish time."""
 
 
 class Topic(StrEnum):
@@ -226,11 +230,6 @@ class GcsObject(_Lenient):
     crc32c: str | None = None
     content_type: str | None = Field(default=None, alias="contentType")
     metadata: dict[str, str] = Field(default_factory=dict)
-
-    @property
-    def identity(self) -> str:
-        """What names this object generation on every event about it (GCS's dedup key)."""
-        return f"object {self.bucket}/{self.name}#{self.generation}"
 
     @field_validator("generation", mode="before")
     @classmethod

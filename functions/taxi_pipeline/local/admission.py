@@ -22,11 +22,36 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypedDict, Unpack
 
-from taxi_pipeline.domain.datasets import Dataset
+from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
+
+
+class RunOptions(TypedDict, total=False):
+    """How a run is submitted, besides its dataset and month."""
+
+    labels: Mapping[str, str] | None
+    force: bool
+    run_id: str | None
+    """None: a new run id."""
+    source: Upstream | None
+    """None: the settings' source."""
+    replace: bool
+
+
+class Submitter(Protocol):
+    """What submits local runs (``bootstrap.LocalPipeline``): recorded QUEUED at once,
+    published when the gate admits them; returns the run id."""
+
+    def submit(self, dataset: Dataset, month: Month, **options: Unpack[RunOptions]) -> str: ...
+
+
+class Runner(Submitter, Protocol):
+    """A :class:`Submitter` that also runs what was submitted until it is done."""
+
+    def drain(self, workers: int = 1) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from typing import Protocol
 
 from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, month_range
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic
-from taxi_pipeline.local.scheduler import Submitter
+from taxi_pipeline.domain.runs import RunIdentity, new_run_id
+from taxi_pipeline.local.admission import Runner
 from taxi_pipeline.pipeline.ports import Bus, Warehouse
-from taxi_pipeline.pipeline.recorder import new_run_id, queued_event
-from taxi_pipeline.pipeline.steps.common import run_attributes
+from taxi_pipeline.pipeline.recorder import queued_event
 
 
 class ResultFeed(Protocol):
@@ -39,7 +39,7 @@ class PeakGauge(Protocol):
     def peak(self) -> Mapping[Dataset, int]: ...
 
 
-class LocalRunner(Submitter, Protocol):
+class LocalRunner(Runner, Protocol):
     """What a local backfill needs from the pipeline (``bootstrap.LocalPipeline`` has it)."""
 
     @property
@@ -175,18 +175,18 @@ def publish_backfill(
     labels = plan.labels | dict(extra_labels or {})
     run_ids: dict[Month, str] = {}
     for month in plan.months:
-        run_id = new_run_id(plan.dataset, month)
+        run = RunIdentity(new_run_id(plan.dataset, month), plan.dataset, month, labels)
         request = IngestRequest(
-            dataset=plan.dataset, month=str(month), run_id=run_id, labels=labels, source=plan.source
+            dataset=plan.dataset,
+            month=str(month),
+            run_id=run.run_id,
+            labels=labels,
+            source=plan.source,
         )
         if warehouse is not None:
-            warehouse.append_run_events([queued_event(run_id, plan.dataset, month, labels)])
-        bus.publish(
-            Topic.INGEST_REQUESTS,
-            request.to_bytes(),
-            run_attributes(run_id, plan.dataset, month, labels),
-        )
-        run_ids[month] = run_id
+            warehouse.append_run_events([queued_event(run)])
+        bus.publish(Topic.INGEST_REQUESTS, request.to_bytes(), run.attributes())
+        run_ids[month] = run.run_id
         if on_published is not None:
-            on_published(month, run_id)
+            on_published(month, run.run_id)
     return run_ids

@@ -14,42 +14,22 @@ ABANDONED) can be restarted.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
 
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import TERMINAL, Liveness, Run, derive_run, describe_process
 from taxi_pipeline.domain.messages import RunState
 from taxi_pipeline.errors import PermanentError
+from taxi_pipeline.local.admission import Submitter
 from taxi_pipeline.local.process import ProcessInfo
-from taxi_pipeline.pipeline.ports import RunEvent
+from taxi_pipeline.pipeline.ports import RunHistory
 from taxi_pipeline.pipeline.recorder import cancel_event
 
 RESTARTABLE: Final = frozenset({RunState.FAILED, RunState.CANCELLED, RunState.ABANDONED})
 RESTARTED_FROM: Final = "restarted_from"
 """The label that links a restarted run to the run it repeats."""
-
-
-class History(Protocol):
-    def append_run_events(self, events: Sequence[RunEvent]) -> None: ...
-
-    def run_events(
-        self, run_id: str | None = None, dataset: str | None = None, since: datetime | None = None
-    ) -> list[RunEvent]: ...
-
-
-class Submitter(Protocol):
-    def submit(
-        self,
-        dataset: Dataset,
-        month: Month,
-        *,
-        labels: Mapping[str, str] | None = None,
-        force: bool = False,
-        run_id: str | None = None,
-    ) -> str: ...
 
 
 class UnknownRun(PermanentError):
@@ -68,7 +48,7 @@ class CancelOutcome:
     """Whether a cancel line was recorded (False: the run had ended already)."""
 
 
-def current_run(history: History, run_id: str, liveness: Liveness) -> Run:
+def current_run(history: RunHistory, run_id: str, liveness: Liveness) -> Run:
     """The run as the history derives it now (heartbeats included)."""
     events = history.run_events(run_id=run_id)
     if not events:
@@ -77,7 +57,7 @@ def current_run(history: History, run_id: str, liveness: Liveness) -> Run:
 
 
 def cancel_run(
-    history: History, run_id: str, liveness: Liveness, requested_by: ProcessInfo | None = None
+    history: RunHistory, run_id: str, liveness: Liveness, requested_by: ProcessInfo | None = None
 ) -> CancelOutcome:
     """Record that ``run_id`` must stop (nothing happens to a run that has ended)."""
     run = current_run(history, run_id, liveness)
@@ -103,7 +83,7 @@ def stopped(run: Run) -> bool:
 
 
 def wait_until_stopped(
-    history: History,
+    history: RunHistory,
     run_id: str,
     liveness: Callable[[], Liveness],
     *,
@@ -120,7 +100,7 @@ def wait_until_stopped(
         time.sleep(poll)
 
 
-def restart_run(runner: Submitter, history: History, run_id: str, liveness: Liveness) -> str:
+def restart_run(runner: Submitter, history: RunHistory, run_id: str, liveness: Liveness) -> str:
     """Submit the run's month again with its labels plus ``restarted_from``; returns the new
     run id. Raises :class:`NotRestartable` for a run that is active, loaded or skipped."""
     run = current_run(history, run_id, liveness)

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
 from taxi_pipeline.pipeline.cancellation import current_run_id
@@ -26,6 +26,19 @@ PROGRESS_SECONDS: Final = 0.5
 """Shortest interval between two progress lines of a phase in the history."""
 
 
+@dataclass(frozen=True)
+class PhaseFigures:
+    """How far a running phase of a run has come, as the process running it records it."""
+
+    run_id: str
+    description: str
+    """Starts with the phase (``download``, ``verify``, ``stage``, ``merge``)."""
+    done: int
+    total: int | None
+    unit: str
+    finished: bool = False
+
+
 class HomeHistory(Protocol):
     """What the orchestrator needs of the home's history (``adapters/sqlite``)."""
 
@@ -35,16 +48,7 @@ class HomeHistory(Protocol):
 
     def cancel_requests(self, after: int = 0) -> tuple[int, list[tuple[str, str]]]: ...
 
-    def set_progress(
-        self,
-        run_id: str,
-        description: str,
-        done: int,
-        total: int | None,
-        unit: str,
-        *,
-        finished: bool = False,
-    ) -> None: ...
+    def set_progress(self, figures: PhaseFigures) -> None: ...
 
     def clear_progress(self, run_id: str) -> None: ...
 
@@ -92,48 +96,30 @@ class Watcher:
 
 
 class _MirroredTask:
-    def __init__(
-        self,
-        inner: ProgressTask,
-        history: HomeHistory,
-        run_id: str,
-        description: str,
-        total: int | None,
-        unit: str,
-    ) -> None:
+    def __init__(self, inner: ProgressTask, history: HomeHistory, figures: PhaseFigures) -> None:
         self._inner = inner
         self._history = history
-        self._run_id = run_id
-        self._description = description
-        self._total = total
-        self._unit = unit
-        self._done = 0
+        self._figures = figures
         self._written = 0.0
-        self._write(finished=False)
+        self._write()
 
     def advance(self, amount: int) -> None:
         self._inner.advance(amount)
-        self._done += amount
+        self._figures = replace(self._figures, done=self._figures.done + amount)
         if time.monotonic() - self._written >= PROGRESS_SECONDS:
-            self._write(finished=False)
+            self._write()
 
     def close(self) -> None:
         self._inner.close()
-        self._write(finished=True)
+        self._figures = replace(self._figures, finished=True)
+        self._write()
 
-    def _write(self, *, finished: bool) -> None:
+    def _write(self) -> None:
         self._written = time.monotonic()
         try:
-            self._history.set_progress(
-                self._run_id,
-                self._description,
-                self._done,
-                self._total,
-                self._unit,
-                finished=finished,
-            )
+            self._history.set_progress(self._figures)
         except Exception:  # progress is a nicety: the work goes on without it
-            log.debug("could not record progress of %s", self._run_id, exc_info=True)
+            log.debug("could not record progress of %s", self._figures.run_id, exc_info=True)
 
 
 @dataclass
@@ -148,4 +134,4 @@ class MirroredProgress:
         run_id = current_run_id()
         if run_id is None:
             return task
-        return _MirroredTask(task, self.history, run_id, description, total, unit)
+        return _MirroredTask(task, self.history, PhaseFigures(run_id, description, 0, total, unit))

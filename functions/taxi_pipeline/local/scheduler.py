@@ -24,18 +24,19 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from taxi_pipeline.domain.datasets import Dataset, Month, Upstream
+from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import IngestRequest, parse_model
+from taxi_pipeline.domain.runs import RunEvent
 from taxi_pipeline.domain.schedules import Schedule
-from taxi_pipeline.pipeline.ports import RunEvent
+from taxi_pipeline.local.admission import Runner
 
 log = logging.getLogger(__name__)
 
@@ -123,24 +124,6 @@ def remembered_fires(events: Iterable[RunEvent]) -> dict[str, datetime]:
     return last
 
 
-class Submitter(Protocol):
-    """What the scheduler needs from the pipeline (``LocalPipeline`` has it)."""
-
-    def submit(
-        self,
-        dataset: Dataset,
-        month: Month,
-        *,
-        labels: Mapping[str, str] | None = None,
-        force: bool = False,
-        run_id: str | None = None,
-        source: Upstream | None = None,
-        replace: bool = False,
-    ) -> str: ...
-
-    def drain(self, workers: int = 1) -> None: ...
-
-
 @dataclass
 class Fired:
     fire: Fire
@@ -152,7 +135,7 @@ class Scheduler:
 
     def __init__(
         self,
-        pipeline: Submitter,
+        pipeline: Runner,
         schedules: Sequence[Schedule],
         *,
         history: Callable[[], list[RunEvent]],

@@ -16,7 +16,14 @@ from typing import Any, Final, Protocol
 from cloudevents.http import CloudEvent
 
 from taxi_pipeline.domain.formats import format_of
-from taxi_pipeline.domain.messages import GcsObject, PubSubEnvelope, Topic, parse_model
+from taxi_pipeline.domain.messages import (
+    DEAD_LETTER_DELIVERY_COUNT,
+    DEAD_LETTER_PUBLISH_TIME,
+    GcsObject,
+    PubSubEnvelope,
+    Topic,
+    parse_model,
+)
 from taxi_pipeline.errors import InvalidMessage
 from taxi_pipeline.pipeline.ports import ObjectInfo
 
@@ -48,10 +55,6 @@ def event_time(event: CloudEventLike) -> datetime | None:
     except ValueError as exc:
         raise InvalidMessage(f"event time {raw!r} is not an RFC 3339 timestamp") from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-DEAD_LETTER_DELIVERY_COUNT: Final = "CloudPubSubDeadLetterSourceDeliveryCount"
-DEAD_LETTER_PUBLISH_TIME: Final = "CloudPubSubDeadLetterSourceTopicPublishTime"
 
 
 def dead_letter_attributes(

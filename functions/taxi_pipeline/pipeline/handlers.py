@@ -1,33 +1,47 @@
 """What each entry point does with its CloudEvent, independent of the function runtime.
 
 ``functions/main.py`` wraps these for Cloud Run; the in-process bus calls the very same ones.
-Every handler: parse the real payload shape, drop events older than the maximum age, run the
-step, and sort failures: permanent ones are recorded, logged at ERROR and acknowledged (the
-function returns normally, so there is no retry storm); transient ones are recorded as RETRYING
-and re-raised so Pub/Sub / Eventarc redeliver.
+Every handler: parse the real payload shape, drop events older than the maximum age, identify
+the run (:mod:`domain.runs`), run the step, and sort failures: permanent ones are recorded,
+logged at ERROR and acknowledged (the function returns normally, so there is no retry storm);
+transient ones are recorded as RETRYING and re-raised so Pub/Sub / Eventarc redeliver.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from taxi_pipeline.domain.datasets import Dataset, Month, parse_object_name
+from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import NOTE, derive_run
 from taxi_pipeline.domain.messages import (
+    DEAD_LETTER_DELIVERY_COUNT,
     SCHEDULE_TIME_ZONE_ATTRIBUTE,
-    GcsObject,
     IngestRequest,
+    IngestResult,
     MergeRequest,
+    PubSubMessage,
     RunState,
-    is_run_id,
-    labels_from_attributes,
     parse_model,
+)
+from taxi_pipeline.domain.runs import (
+    RunClaim,
+    RunEvent,
+    RunIdentity,
+    claimed_by_request,
+    in_time_zone,
+    message_delivery,
+    object_delivery,
+    run_of_attributes,
+    run_of_dead_letter,
+    run_of_merge_request,
+    run_of_object,
+    run_of_request,
 )
 from taxi_pipeline.errors import (
     InvalidMessage,
@@ -38,18 +52,11 @@ from taxi_pipeline.errors import (
 )
 from taxi_pipeline.logs import log_context
 from taxi_pipeline.pipeline.cancellation import run_scope
-from taxi_pipeline.pipeline.cloudevents import (
-    DEAD_LETTER_DELIVERY_COUNT,
-    DEAD_LETTER_PUBLISH_TIME,
-    CloudEventLike,
-    event_time,
-    parse_gcs,
-    parse_pubsub,
-)
-from taxi_pipeline.pipeline.ports import Ports, RunEvent
+from taxi_pipeline.pipeline.cloudevents import CloudEventLike, event_time, parse_gcs, parse_pubsub
+from taxi_pipeline.pipeline.ports import Ports
 from taxi_pipeline.pipeline.recorder import utcnow
 from taxi_pipeline.pipeline.steps import download, merge, register
-from taxi_pipeline.pipeline.steps.common import Invocation, failed_result, publish_result
+from taxi_pipeline.pipeline.steps.common import publish_result
 
 log = logging.getLogger(__name__)
 
@@ -57,50 +64,47 @@ ALERT_LABEL = "taxi-pipeline-run-failed"
 """Value of the ``alert`` field on the ERROR line a log-based alert matches."""
 
 
+@dataclass
+class Invocation:
+    """One delivery to a handler and what is known of its run, set by the handler from what
+    the event says (:mod:`domain.runs`) as it is parsed. The error handling reads it to record
+    a failure against the right run; the log context and the run scope read it at each line."""
+
+    step: str
+    attempt: int = 1
+    delivery_id: str = ""
+    """The identity of the delivered message or object (the same on every redelivery)."""
+    run: RunIdentity | RunClaim | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.run_id if self.run is not None else None
+
+    @property
+    def dataset(self) -> Dataset | None:
+        return self.run.dataset if self.run is not None else None
+
+    @property
+    def month(self) -> Month | None:
+        return self.run.month if self.run is not None else None
+
+
 def handle_ingest_request(event: CloudEventLike, ports: Ports) -> None:
     """Pub/Sub ``ingest-requests`` -> download."""
     invocation = Invocation("download")
     with _handling(event, invocation, ports):
         _check_age(event, ports, invocation)
-        envelope, body = parse_pubsub(event)
-        invocation.attempt = envelope.delivery_attempt or 1
-        message = envelope.message
-        invocation.delivery_id = message_identity(message.publish_time, message.message_id, body)
+        message, body = _delivery(event, invocation)
+        invocation.delivery_id = message_delivery(message.publish_time, message.message_id, body)
         request = parse_model(IngestRequest, body, "ingest request")
-        # Known before the step checks the request: a refusal (a month in the future) is
-        # recorded against this run, with its dataset and month, not as a stray rejection.
-        invocation.run_id, invocation.dataset = request.run_id, request.dataset
-        invocation.month, invocation.labels = request.parsed_month, dict(request.labels)
+        # Known before the request is checked: a refusal (a month in the future) is recorded
+        # against this run, with its dataset and month, not as a stray rejection.
+        invocation.run = claimed_by_request(request)
         when = message.publish_time or event_time(event) or datetime.now(UTC)
-        when = _in_time_zone(when, message.attributes.get(SCHEDULE_TIME_ZONE_ATTRIBUTE))
-        download.run(request, when, invocation, ports)
-
-
-def message_identity(published: datetime | None, message_id: str, body: bytes) -> str:
-    """What names one published message on each of its deliveries and in its dead-lettered copy.
-
-    The copy Pub/Sub forwards to the dead-letter topic has a new message id but the same body,
-    and the original publish time as ``CloudPubSubDeadLetterSourceTopicPublishTime``; so the
-    publish time (to the millisecond, the precision both carry) and the body name the message.
-    """
-    if published is None:
-        return f"message {message_id}" if message_id else ""
-    stamp = published.astimezone(UTC).isoformat(timespec="milliseconds")
-    return f"published {stamp} {hashlib.sha256(body).hexdigest()[:16]}"
-
-
-def _in_time_zone(when: datetime, zone_name: str | None) -> datetime:
-    """A scheduled run loads the month of its fire time as the schedule's time zone reads it (a
-    job at 01:00 on the 1st in Asia/Tokyo fires on the last day of the month before in UTC); the
-    Cloud Scheduler jobs carry their zone as an attribute."""
-    if zone_name is None:
-        return when
-    try:
-        return when.astimezone(ZoneInfo(zone_name))
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidMessage(
-            f"attribute {SCHEDULE_TIME_ZONE_ATTRIBUTE}={zone_name[:60]!r} is not a known time zone"
-        ) from exc
+        when = in_time_zone(when, message.attributes.get(SCHEDULE_TIME_ZONE_ATTRIBUTE))
+        lag = ports.settings.schedule_lag_months
+        run = invocation.run = run_of_request(request, when, invocation.delivery_id, lag)
+        download.run(request, run, invocation.attempt, ports)
 
 
 def handle_object_finalized(event: CloudEventLike, ports: Ports) -> None:
@@ -109,8 +113,10 @@ def handle_object_finalized(event: CloudEventLike, ports: Ports) -> None:
     with _handling(event, invocation, ports):
         _check_age(event, ports, invocation)
         obj = parse_gcs(event)
-        invocation.delivery_id = obj.identity
-        register.run(obj, invocation, ports)
+        invocation.delivery_id = object_delivery(obj)
+        if register.registers(obj):
+            run = invocation.run = run_of_object(obj)
+            register.run(obj, run, invocation.attempt, ports)
 
 
 def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
@@ -118,10 +124,19 @@ def handle_merge_request(event: CloudEventLike, ports: Ports) -> None:
     invocation = Invocation("merge")
     with _handling(event, invocation, ports):
         _check_age(event, ports, invocation)
-        envelope, body = parse_pubsub(event)
-        invocation.attempt = envelope.delivery_attempt or 1
-        invocation.delivery_id = f"message {envelope.message.message_id}"
-        merge.run(parse_model(MergeRequest, body, "merge request"), invocation, ports)
+        message, body = _delivery(event, invocation)
+        invocation.delivery_id = f"message {message.message_id}"
+        request = parse_model(MergeRequest, body, "merge request")
+        run = invocation.run = run_of_merge_request(request)
+        merge.run(request, run, invocation.attempt, ports)
+
+
+def _delivery(event: CloudEventLike, invocation: Invocation) -> tuple[PubSubMessage, bytes]:
+    """The Pub/Sub message a push delivers and its body; the invocation learns which delivery
+    attempt this is."""
+    envelope, body = parse_pubsub(event)
+    invocation.attempt = envelope.delivery_attempt or 1
+    return envelope.message, body
 
 
 def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
@@ -132,10 +147,10 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
         envelope, body = parse_pubsub(event)
         attributes = envelope.message.attributes
         invocation.delivery_id = f"message {envelope.message.message_id}"
-        _identify(attributes, invocation)
-        if invocation.run_id is None:
-            _identify_from_body(body, attributes, invocation, ports)
-        events = ports.warehouse.run_events(run_id=invocation.run_id) if invocation.run_id else []
+        lag = ports.settings.schedule_lag_months
+        invocation.run = run_of_dead_letter(body, attributes, lag)
+        run_id = invocation.run_id
+        events = ports.warehouse.run_events(run_id=run_id) if run_id else []
         last_error = next((e.error for e in reversed(events) if e.error), None)
         # The dead-letter delivery's own ``deliveryAttempt`` counts deliveries of the copy.
         count = attributes.get(DEAD_LETTER_DELIVERY_COUNT, "")
@@ -156,53 +171,6 @@ def handle_dead_letter(event: CloudEventLike, ports: Ports) -> None:
         # Strict: were the failure not recorded (warehouse unavailable), the dead letter is
         # redelivered rather than acknowledged with the run left looking RETRYING forever.
         _record_failure(ports, invocation, RunState.FAILED, reason, alert=True, strict=True)
-
-
-def _identify_from_body(
-    body: bytes, attributes: Mapping[str, str], invocation: Invocation, ports: Ports
-) -> None:
-    """The run a dead letter belongs to when its attributes do not say (a request published by
-    hand or by Cloud Scheduler, a Cloud Storage event): from the body, read as each message we
-    consume; an ingest request without a run id names the run its download derived."""
-    merge_request: MergeRequest | None = None
-    with suppress(InvalidMessage):
-        merge_request = parse_model(MergeRequest, body, "dead letter")
-    if merge_request is not None:
-        invocation.dataset, invocation.month = merge_request.dataset, merge_request.parsed_month
-        invocation.labels = dict(merge_request.labels)
-        invocation.run_id = merge_request.run_id
-        return
-    ingest_request: IngestRequest | None = None
-    with suppress(InvalidMessage):
-        ingest_request = parse_model(IngestRequest, body, "dead letter")
-    if ingest_request is not None:
-        published = _parse_time(attributes.get(DEAD_LETTER_PUBLISH_TIME, ""))
-        if published is None:
-            return
-        with suppress(InvalidMessage):
-            when = _in_time_zone(published, attributes.get(SCHEDULE_TIME_ZONE_ATTRIBUTE))
-            identity = message_identity(published, "", body)
-            run_id, month, labels = download.identify_run(
-                ingest_request, when, identity, ports.settings
-            )
-            invocation.dataset, invocation.month = ingest_request.dataset, month
-            invocation.run_id, invocation.labels = run_id, labels
-        return
-    try:
-        obj = parse_model(GcsObject, body, "dead letter")
-        dataset, month = parse_object_name(obj.name)
-    except (InvalidMessage, ValueError):
-        return
-    invocation.dataset, invocation.month = dataset, month
-    invocation.run_id, invocation.labels = register.run_of_object(obj)
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 @contextmanager
@@ -266,24 +234,6 @@ def _raised_by_the_core(exc: Exception) -> bool:
     return module.startswith(_CORE_PACKAGES)
 
 
-def _identify(attributes: Mapping[str, str], invocation: Invocation) -> None:
-    """The run an event belongs to, from the attributes every message of a run carries.
-
-    Only valid values are taken: a failure is recorded against a run (and its result
-    published) only when the identity is one our messages could have carried; otherwise it is
-    recorded under a ``rejected-...`` id. Attributes are not trusted more than bodies are.
-    """
-    try:
-        dataset = Dataset(attributes.get("dataset", ""))
-        month = Month.parse(attributes.get("month", ""))
-    except ValueError:
-        return
-    run_id = attributes.get("run_id", "")
-    invocation.dataset, invocation.month = dataset, month
-    invocation.run_id = run_id if is_run_id(run_id) else None
-    invocation.labels = labels_from_attributes(attributes)
-
-
 def _check_age(event: CloudEventLike, ports: Ports, invocation: Invocation) -> None:
     when = event_time(event)
     if when is None:
@@ -294,7 +244,7 @@ def _check_age(event: CloudEventLike, ports: Ports, invocation: Invocation) -> N
         message = event.data.get("message") if isinstance(event.data, dict) else None
         attributes = message.get("attributes") if isinstance(message, dict) else None
         if isinstance(attributes, dict) and all(isinstance(v, str) for v in attributes.values()):
-            _identify(attributes, invocation)
+            invocation.run = run_of_attributes(attributes) or invocation.run
         raise _TooOld(
             f"event is {age:.0f} s old, past the maximum age of"
             f" {ports.settings.max_event_age_seconds} s; dropped"
@@ -324,9 +274,20 @@ def _record_failure(
         else:
             log.info("run %s at %s: %s", state.value.lower(), invocation.step, reason)
     _record(ports, invocation, state, reason, strict=strict)
-    result = failed_result(invocation, state, reason)
-    if result is not None:
-        publish_result(ports, result)
+    run = invocation.run
+    if isinstance(run, RunIdentity):
+        publish_result(ports, _failed_result(run, state, reason))
+
+
+def _failed_result(run: RunIdentity, state: RunState, error: str) -> IngestResult:
+    return IngestResult(
+        run_id=run.run_id,
+        dataset=run.dataset,
+        month=str(run.month),
+        state=state,
+        error=error[:2000],
+        labels=dict(run.labels),
+    )
 
 
 def _record(
@@ -358,7 +319,7 @@ def _record(
                     state=state,
                     attempt=invocation.attempt,
                     finished_at=utcnow(),
-                    labels=invocation.labels,
+                    labels=dict(invocation.run.labels) if invocation.run else {},
                     error=None if as_note else reason[:2000],
                     details={NOTE: reason[:2000]} if as_note else {},
                     recorded_at=utcnow(),

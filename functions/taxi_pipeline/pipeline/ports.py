@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import BinaryIO, Protocol
 
 from taxi_pipeline.domain.datasets import Dataset, Month
-from taxi_pipeline.domain.messages import RunState, Topic
+from taxi_pipeline.domain.lookups import LookupTable
+from taxi_pipeline.domain.messages import Topic
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.pipeline.cancellation import Cancellation
 from taxi_pipeline.settings import Settings
 
@@ -116,46 +118,46 @@ class Replacement:
 
 
 @dataclass(frozen=True)
+class MergePlan:
+    """One merge of a month's staged rows into its final table (:meth:`Staging.merge_staged`)."""
+
+    context: JobContext
+    """The run, dataset and month, and the object generation the rows come from."""
+    pickup_ranges: Sequence[DateRange]
+    """Only target rows inside these ranges are read (and NULL pickups when
+    ``include_null_pickup``)."""
+    include_null_pickup: bool
+    replacing: Replacement | None = None
+    """A replacing merge: these rows of the month are deleted first, atomically with the insert."""
+    load: LoadRecord | None = None
+    """The load to record with the rows (its ``rows_inserted`` replaced by the count)."""
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.context.dataset
+
+    @property
+    def month(self) -> Month:
+        return self.context.month
+
+    def recorded_load(self, inserted: int) -> LoadRecord | None:
+        """The load to record once ``inserted`` rows are in (``None``: nothing to record)."""
+        return None if self.load is None else replace(self.load, rows_inserted=inserted)
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What a merge did to the final table."""
+
+    inserted: int
+    deleted: int | None = None
+    """Rows a replacing merge deleted (``None``: it did not replace)."""
+
+
+@dataclass(frozen=True)
 class QueryResult:
     columns: list[str]
     rows: list[tuple[object, ...]]
-
-
-@dataclass(frozen=True)
-class RunEvent:
-    """One appended line of the run history (``pipeline_runs``)."""
-
-    run_id: str
-    dataset: str
-    month: str
-    step: str
-    state: RunState
-    attempt: int = 1
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    rows: int | None = None
-    bytes: int | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    error: str | None = None
-    details: Mapping[str, str] = field(default_factory=dict)
-    recorded_at: datetime | None = None
-    process: str | None = None
-    """``host:pid:token`` of the process that wrote the line, where the history records it (the
-    embedded default's): a run whose process is gone is ABANDONED."""
-
-
-@dataclass(frozen=True)
-class LoadRecord:
-    """A lake object that was merged completely into its final table."""
-
-    dataset: Dataset
-    month: Month
-    object_name: str
-    generation: str
-    run_id: str
-    rows_in_file: int
-    rows_inserted: int
-    loaded_at: datetime
 
 
 class Staging(Protocol):
@@ -179,52 +181,35 @@ class Staging(Protocol):
         """(Re)create the month's table over the lake object; returns its name. ``lake`` reads
         the object for a warehouse that cannot read the lake by ``source.uri`` itself."""
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
-        """(Re)build the month's staging table with ``unique_row_id`` and ``filename``."""
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        """(Re)build the month's staging table (the context's dataset and month) with
+        ``unique_row_id`` and ``filename``."""
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        *,
-        load: LoadRecord | None = None,
-    ) -> int:
-        """Insert staged rows whose id is not in the final table; returns rows inserted.
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
+        """Insert the staged rows whose id is not in the final table; a replacing plan first
+        deletes the month's rows it names, atomically with the insert.
 
-        Only target rows inside ``pickup_ranges`` (and NULL pickups when asked) are read. With
-        ``load``, the load is recorded too (its ``rows_inserted`` replaced by the count), in the
+        Only target rows inside the plan's pickup ranges (and NULL pickups when asked) are read.
+        With a ``load``, the load is recorded too (its ``rows_inserted`` the count), in the
         same transaction where the warehouse has one (PostgreSQL), right after the insert
         committed where the ledger is elsewhere or there is no transaction (the embedded
         default's SQLite ledger, BigQuery: a crash in between re-stages and inserts 0).
         """
 
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-        *,
-        load: LoadRecord | None = None,
-    ) -> tuple[int, int]:
-        """Atomically delete the month's rows ``replacing`` names, then insert the staged rows
-        as :meth:`merge_staged` does (``load`` recorded as it does); returns ``(rows deleted,
-        rows inserted)``."""
-
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop the month's staging and external tables; no error when already gone."""
+
+
+class Lookups(Protocol):
+    """The lookup tables (the taxi zones): replaced whole, never merged."""
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        """Replace the table with the rows of the lake object (a verified CSV with the lookup's
+        header) in one atomic step: readers see the old rows or the new ones, a failure changes
+        nothing. Returns the rows the table holds now."""
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        """The rows the table holds; ``None`` when there is no such table."""
 
 
 class UserQueries(Protocol):
@@ -265,7 +250,7 @@ class Closeable(Protocol):
         """Release what the adapter holds (connections, clients); idempotent."""
 
 
-class Warehouse(Staging, UserQueries, RunHistory, LoadLedger, Closeable, Protocol):
+class Warehouse(Staging, Lookups, UserQueries, RunHistory, LoadLedger, Closeable, Protocol):
     """DuckDB locally, BigQuery in the cloud, PostgreSQL in either: every warehouse port in one
     adapter. Code that needs one part takes that part's protocol."""
 

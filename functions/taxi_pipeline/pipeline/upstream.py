@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.domain.runs import LoadRecord
 from taxi_pipeline.domain.sources import display_url
 from taxi_pipeline.errors import PipelineError
-from taxi_pipeline.pipeline.ports import Lake, LoadRecord, Source, UpstreamVersion
+from taxi_pipeline.pipeline.ports import Lake, Source, UpstreamVersion
 
 log = logging.getLogger(__name__)
 

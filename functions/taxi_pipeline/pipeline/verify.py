@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Sequence
 from typing import BinaryIO, cast
 
 from isal import isal_zlib
 
 from taxi_pipeline.domain.datasets import Layout
-from taxi_pipeline.domain.formats import StreamVerifier, VerifyTarget, header_mismatch
+from taxi_pipeline.domain.formats import (
+    LandedColumn,
+    Sink,
+    StreamVerifier,
+    VerifyTarget,
+    header_mismatch,
+)
 from taxi_pipeline.domain.formats import VerifiedFile as VerifiedFile
 from taxi_pipeline.errors import VerificationFailed
 
@@ -145,6 +152,19 @@ def gzip_csv_verifier(target: VerifyTarget) -> GzipCsvVerifier:
     return GzipCsvVerifier(
         target.layout, target.expected_length, target.min_rows, target.max_inflated
     )
+
+
+def gzip_csv_feed(handle: BinaryIO, columns: Sequence[LandedColumn], sink: Sink) -> None:
+    """The ``csv.gz`` entry's CSV feed: the object inflated (on ISA-L's own thread) into
+    ``sink`` as it is, header included, 1 MiB at a time (its columns are the layout's)."""
+    from isal import igzip_threaded
+
+    inflated: BinaryIO = igzip_threaded.open(  # type: ignore[no-untyped-call]
+        handle, "rb", threads=1, block_size=_READ_CHUNK
+    )
+    with inflated:
+        while chunk := inflated.read(_READ_CHUNK):
+            sink.write(chunk)
 
 
 def verify_gzip_csv_object(handle: BinaryIO, target: VerifyTarget) -> VerifiedFile:

@@ -23,17 +23,18 @@ multipart ETag (``"...-12"``) is not an MD5 of the content and is not checked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from taxi_pipeline.domain.datasets import Month
-from taxi_pipeline.domain.formats import VerifyTarget
+from taxi_pipeline.domain.formats import LandedColumn, Sink, VerifyTarget
 from taxi_pipeline.domain.tlc_schemas import Recognition, arrow_fields, period_of, recognise
 from taxi_pipeline.errors import VerificationFailed
 from taxi_pipeline.pipeline.verify import VerifiedFile
@@ -168,6 +169,65 @@ def verify_parquet_lake_object(handle: BinaryIO, target: VerifyTarget) -> Verifi
         min_rows=target.min_rows,
         etag=target.etag,
     )
+
+
+_CSV_BATCH_ROWS: Final = 64 * 1024
+
+
+def parquet_csv_feed(handle: BinaryIO, columns: Sequence[LandedColumn], sink: Sink) -> None:
+    """The ``parquet`` entry's CSV feed: the object's rows written into ``sink`` as CSV (no
+    header), a batch of rows at a time (memory bounded by a row group); pyarrow reads it from
+    the handle (a GCS object in ranges). Columns are matched by name ignoring case (the
+    verifier checked the footer for the month's period: a column it allows to be absent is
+    simply not there)."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(handle)
+    by_folded = {name.casefold(): name for name in parquet.schema_arrow.names}
+    names = [
+        (final, by_folded.get(name.casefold()) if name is not None else None)
+        for final, name in columns
+    ]
+    read = sorted({found for _, found in names if found is not None})
+    writer: Any = None
+    try:
+        for batch in parquet.iter_batches(
+            batch_size=_CSV_BATCH_ROWS, columns=read, use_threads=False
+        ):
+            rows = _as_csv_batch(batch, names)
+            if writer is None:
+                writer = pa_csv.CSVWriter(
+                    sink, rows.schema, write_options=pa_csv.WriteOptions(include_header=False)
+                )
+            writer.write_batch(rows)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _as_csv_batch(batch: Any, names: Sequence[tuple[str, str | None]]) -> Any:
+    """The batch as CSV columns: renamed to the final names, timestamps written as the CSV
+    writes them (``2019-01-01 10:00:00``, fractions only where a value has one), a column the
+    file lacks or holds as nulls written empty (NULL). pyarrow writes 1.0 as ``1``, as the CSV
+    has counts and codes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays: list[Any] = []
+    for _, found in names:
+        if found is None:
+            arrays.append(pa.nulls(batch.num_rows, pa.string()))
+            continue
+        array = batch.column(found)
+        if pa.types.is_timestamp(array.type):
+            with contextlib.suppress(pa.ArrowInvalid):  # a cast that would drop a fraction
+                array = pc.cast(array, pa.timestamp("s"))
+            array = pc.cast(array, pa.string())
+        elif pa.types.is_null(array.type):
+            array = pa.nulls(batch.num_rows, pa.string())
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=[final for final, _ in names])
 
 
 def verify_parquet_object(

@@ -17,7 +17,7 @@ from typing import Final
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import Cell, Run, StepRun
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.render.text import format_duration, printable
+from taxi_pipeline.render.text import cell_title, coverage_summary, format_duration, printable
 
 _CELL_COLOURS: Final = {
     "loaded": "#2e7d32",
@@ -27,6 +27,7 @@ _CELL_COLOURS: Final = {
     "abandoned": "#6a1b9a",
     "skipped": "#9e9e9e",
     "missing": "#eeeeee",
+    "unpublished": "#ffffff",
 }
 _STATE_COLOURS: Final = {
     RunState.SUCCESS: "#2e7d32",
@@ -124,26 +125,14 @@ def _matrix(
                 "abandoned": "abandoned",
                 "skipped": "skipped",
                 "missing": "",
+                "unpublished": "",
             }[cell.state]
-            title = f"{dataset.value} {month}: {cell.state}"
-            if cell.loaded_rows is not None:
-                title += f", {cell.loaded_rows:,} rows"
-            if cell.source:
-                title += f" from the {cell.source}"
-            if cell.run_id:
-                title += f", run {cell.run_id}"
             tds.append(
                 f'<td class="{cell.state}" style="background:{_CELL_COLOURS[cell.state]}"'
-                f' title="{_text(title)}">{escape(label)}</td>'
+                f' title="{_text(cell_title(cell))}">{escape(label)}</td>'
             )
         body.append(f"<tr><th>{year}</th>{''.join(tds)}</tr>")
-    states = [cells[(dataset, m)].state for m in months]
-    rows = sum(cells[(dataset, m)].loaded_rows or 0 for m in months)
-    summary = (
-        f"{states.count('loaded')}/{len(months)} months loaded ({rows:,} rows),"
-        f" {states.count('missing')} missing, {states.count('failed')} failed,"
-        f" {states.count('running')} running, {states.count('skipped')} skipped"
-    )
+    summary = coverage_summary(cells, dataset, months)
     reasons = [
         f"<li><b>{month} {cell.state}</b>: {_text(cell.error)}"
         f"{f' <span class=summary>(run {_text(cell.run_id)})</span>' if cell.run_id else ''}</li>"

@@ -261,6 +261,38 @@ def describe_run(run: Run, width: int = 50, now: datetime | None = None) -> list
     return lines
 
 
+def coverage_summary(
+    cells: Mapping[tuple[Dataset, Month], Cell],
+    dataset: Dataset,
+    months: Sequence[Month],
+    *,
+    loaded: str = "months loaded",
+) -> str:
+    """``20/31 months loaded (1,234 rows), 9 missing, 1 failed, 0 running, 1 skipped``; a
+    month no upstream publishes for the dataset (fhvhv 2019-01) is not counted."""
+    states = [cells[(dataset, m)].state for m in months]
+    rows = sum(cells[(dataset, m)].loaded_rows or 0 for m in months)
+    publishable = len(months) - states.count("unpublished")
+    return (
+        f"{states.count('loaded')}/{publishable} {loaded} ({rows:,} rows),"
+        f" {states.count('missing')} missing, {states.count('failed')} failed,"
+        f" {states.count('running')} running, {states.count('skipped')} skipped"
+    )
+
+
+def cell_title(cell: Cell, *, loaded_by: bool = False) -> str:
+    """A coverage cell described (its tooltip): ``green 2019-01: loaded, 1,234 rows from the
+    mirror, run X`` (``loaded by X`` for a loaded cell, with ``loaded_by``)."""
+    title = f"{cell.dataset.value} {cell.month}: {cell.state}"
+    if cell.loaded_rows is not None:
+        title += f", {cell.loaded_rows:,} rows"
+    if cell.source:
+        title += f" from the {cell.source}"
+    if cell.run_id:
+        title += f", {'loaded by' if loaded_by and cell.state == 'loaded' else 'run'} {cell.run_id}"
+    return title
+
+
 def coverage_table(
     datasets: Sequence[Dataset],
     months: Sequence[Month],
@@ -280,6 +312,7 @@ def coverage_table(
             "abandoned": "abandoned",
             "skipped": "skipped",
             "missing": ".",
+            "unpublished": "-",
         }[cell.state]
 
     width = max([len(d.value) for d in datasets] + [len(text(c)) for c in cells.values()] + [9])
@@ -289,11 +322,8 @@ def coverage_table(
     out.append("")
     for dataset in datasets:
         states = [cells[(dataset, m)].state for m in months]
-        rows = sum(cells[(dataset, m)].loaded_rows or 0 for m in months)
         out.append(
-            f"{dataset.value}: {states.count('loaded')}/{len(months)} loaded ({rows:,} rows),"
-            f" {states.count('missing')} missing, {states.count('failed')} failed,"
-            f" {states.count('running')} running, {states.count('skipped')} skipped"
+            f"{dataset.value}: {coverage_summary(cells, dataset, months, loaded='loaded')}"
             + "".join(
                 f", {states.count(state)} {state}"
                 for state in ("cancelled", "abandoned")

@@ -35,12 +35,11 @@ from taxi_pipeline.bootstrap import (
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import ACTIVE, Run
 from taxi_pipeline.domain.messages import IngestRequest, Topic
+from taxi_pipeline.domain.runs import RunIdentity, new_run_id
 from taxi_pipeline.local.backfill import BackfillPlan, publish_backfill
 from taxi_pipeline.local.control import RESTARTABLE, cancel_run, current_run, restart_run
 from taxi_pipeline.logs import redact
 from taxi_pipeline.pipeline.ports import Bus, Warehouse
-from taxi_pipeline.pipeline.recorder import new_run_id
-from taxi_pipeline.pipeline.steps.common import run_attributes
 from taxi_pipeline.settings import Settings
 from taxi_pipeline.ui.history_cache import HistoryCache
 
@@ -179,14 +178,12 @@ class CloudOrchestrator:
         self.bus = bus
 
     def submit_run(self, dataset: Dataset, month: Month) -> str:
-        run_id = new_run_id(dataset, month)
-        request = IngestRequest(dataset=dataset, month=str(month), run_id=run_id, labels=UI_LABELS)
-        self.bus.publish(
-            Topic.INGEST_REQUESTS,
-            request.to_bytes(),
-            run_attributes(run_id, dataset, month, request.labels),
+        run = RunIdentity(new_run_id(dataset, month), dataset, month, UI_LABELS)
+        request = IngestRequest(
+            dataset=dataset, month=str(month), run_id=run.run_id, labels=UI_LABELS
         )
-        return run_id
+        self.bus.publish(Topic.INGEST_REQUESTS, request.to_bytes(), run.attributes())
+        return run.run_id
 
     def submit_backfill(self, plan: BackfillPlan) -> dict[Month, str]:
         return publish_backfill(self.bus, plan, extra_labels={"via": UI_LABELS["via"]})

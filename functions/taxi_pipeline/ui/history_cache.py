@@ -22,7 +22,7 @@ from typing import Protocol
 from taxi_pipeline.domain import history
 from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.history import Run
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 
 
 class HistorySource(Protocol):

@@ -15,7 +15,7 @@ from typing import Any, Final
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import Cell, Run, StepRun
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.render.text import format_duration
+from taxi_pipeline.render.text import cell_title, coverage_summary, format_duration
 
 GANTT_WIDTH: Final = 1000
 """The SVG's viewBox width: the time axis spans [GANTT_LABEL, GANTT_WIDTH]."""
@@ -227,15 +227,13 @@ def calendars(
                     row.append(CalendarCell(str(month), "na", "", None, f"{month}: not published"))
                     continue
                 cell = cells[(dataset, month)]
+                if cell.state == "unpublished":
+                    title = f"{dataset.value} {month}: not published"
+                    row.append(CalendarCell(str(month), "na", "", None, title))
+                    continue
                 row.append(_calendar_cell(cell, latest.get((dataset.value, str(month)))))
             years.append((year, tuple(row)))
-        states = [cells[(dataset, m)].state for m in months]
-        rows = sum(cells[(dataset, m)].loaded_rows or 0 for m in months)
-        summary = (
-            f"{states.count('loaded')}/{len(months)} months loaded ({rows:,} rows),"
-            f" {states.count('missing')} missing, {states.count('failed')} failed,"
-            f" {states.count('running')} running, {states.count('skipped')} skipped"
-        )
+        summary = coverage_summary(cells, dataset, months)
         out.append(Calendar(dataset.value, tuple(years), summary))
     return out
 
@@ -248,13 +246,7 @@ def _calendar_cell(cell: Cell, latest_run: str | None) -> CalendarCell:
         "skipped": "skipped",
         "missing": "",
     }[cell.state]
-    title = f"{cell.dataset.value} {cell.month}: {cell.state}"
-    if cell.loaded_rows is not None:
-        title += f", {cell.loaded_rows:,} rows"
-    if cell.source:
-        title += f" from the {cell.source}"
-    if cell.run_id:
-        title += f", {'loaded by' if cell.state == 'loaded' else 'run'} {cell.run_id}"
+    title = cell_title(cell, loaded_by=True)
     if latest_run and latest_run != cell.run_id:
         title += f"; latest run {latest_run}"
     if cell.error:

@@ -38,34 +38,30 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from taxi_pipeline.adapters.google_credentials import credentials_of
 from taxi_pipeline.adapters.google_errors import translate
 from taxi_pipeline.adapters.sql.dialects import BIGQUERY, STAGING_EXPIRATION
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
 from taxi_pipeline.adapters.sql.statements import Statements, source_columns
-from taxi_pipeline.domain.datasets import (
-    Dataset,
-    Month,
-    csv_name,
-    external_table,
-    parse_object,
-    staging_table,
-)
+from taxi_pipeline.adapters.sql.tables import external_table, staging_table
+from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, parse_object
 from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
+from taxi_pipeline.domain.lookups import LookupTable
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, TransientError
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
+    MergeOutcome,
+    MergePlan,
     ObjectInfo,
     QueryResult,
     Replacement,
-    RunEvent,
     StagingSummary,
 )
 from taxi_pipeline.settings import Settings, StagingMode
@@ -281,7 +277,9 @@ class BigQueryWarehouse:
 
                 try:
                     self._client = bigquery.Client(
-                        project=self.project, location=self.settings.bigquery_location
+                        project=self.project,
+                        location=self.settings.bigquery_location,
+                        credentials=credentials_of(self.settings),
                     )
                 except Exception as exc:
                     raise translate(exc, "create the BigQuery client") from exc
@@ -463,14 +461,8 @@ class BigQueryWarehouse:
             )
         return name
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        dataset, month = context.dataset, context.month
         uri = _gcs_uri(source)
         _, _, fmt = parse_object(source.name)
         if self.settings.staging_mode is StagingMode.LOAD:
@@ -540,66 +532,36 @@ class BigQueryWarehouse:
             self.client.update_table(table, ["expires"])
         return name
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        *,
-        load: LoadRecord | None = None,
-    ) -> int:
-        """The MERGE, then the load record (a second job: a crash between them re-stages the
-        month on redelivery and inserts 0)."""
-        job, _, _ = self._query(
-            f"merge {staging_table(dataset, month)} into {dataset.final_table}",
-            SQL.merge_sql(
-                dataset,
-                self.table_ref(dataset.final_table),
-                self.table_ref(staging_table(dataset, month)),
-                pickup_ranges,
-                include_null_pickup,
-            ),
-            job_labels(context),
-            identity=(context, "merge"),
-        )
-        inserted = int(job.num_dml_affected_rows or 0)
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
+        """The MERGE (a replacing plan's delete and insert: :func:`replace_sql`, one script job
+        that a redelivery attaches to by its id), then the load record (a second job: a crash
+        between them re-stages the month on redelivery and inserts 0)."""
+        dataset, month, context = plan.dataset, plan.month, plan.context
+        final = self.table_ref(dataset.final_table)
+        staging = self.table_ref(staging_table(dataset, month))
+        ranges, nulls = plan.pickup_ranges, plan.include_null_pickup
+        outcome: MergeOutcome
+        if plan.replacing is None:
+            job, _, _ = self._query(
+                f"merge {staging_table(dataset, month)} into {dataset.final_table}",
+                SQL.merge_sql(dataset, final, staging, ranges, nulls),
+                job_labels(context),
+                identity=(context, "merge"),
+            )
+            outcome = MergeOutcome(int(job.num_dml_affected_rows or 0))
+        else:
+            _, rows, _ = self._query(
+                f"replace {dataset.value} {month} with {staging_table(dataset, month)}",
+                replace_sql(dataset, final, staging, ranges, nulls, plan.replacing),
+                job_labels(context),
+                identity=(context, "replace"),
+            )
+            (row,) = rows
+            outcome = MergeOutcome(int(row[1]), int(row[0]))
+        load = plan.recorded_load(outcome.inserted)
         if load is not None:
-            self.record_load(replace(load, rows_inserted=inserted))
-        return inserted
-
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-        *,
-        load: LoadRecord | None = None,
-    ) -> tuple[int, int]:
-        """:func:`replace_sql` as one script job (a redelivery attaches to it by its id), then
-        the load record, as :meth:`merge_staged`."""
-        _, rows, _ = self._query(
-            f"replace {dataset.value} {month} with {staging_table(dataset, month)}",
-            replace_sql(
-                dataset,
-                self.table_ref(dataset.final_table),
-                self.table_ref(staging_table(dataset, month)),
-                pickup_ranges,
-                include_null_pickup,
-                replacing,
-            ),
-            job_labels(context),
-            identity=(context, "replace"),
-        )
-        (row,) = rows
-        deleted, inserted = int(row[0]), int(row[1])
-        if load is not None:
-            self.record_load(replace(load, rows_inserted=inserted))
-        return deleted, inserted
+            self.record_load(load)
+        return outcome
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         # The tables API deletes any kind of table (DROP TABLE / DROP EXTERNAL TABLE differ).
@@ -610,6 +572,63 @@ class BigQueryWarehouse:
         ):
             with self._translated(f"drop {name}"):
                 self.client.delete_table(self.table_id(name), not_found_ok=True)
+
+    # -- lookup tables ----------------------------------------------------------------------
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        """A (free) load job of the CSV into ``{table}_load`` (every column STRING, expiring),
+        then ``CREATE OR REPLACE TABLE`` of the typed rows: one atomic replacement."""
+        from google.cloud import bigquery
+
+        uri = _gcs_uri(source)
+        loaded = f"{lookup.table}_load"
+        labels = job_labels(step="replace-lookup")
+        config = bigquery.LoadJobConfig(
+            schema=[bigquery.SchemaField(name, "STRING") for name in lookup.names],
+            write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+            create_disposition=bigquery.CreateDisposition.CREATE_IF_NEEDED,
+            labels=labels,
+            **BIGQUERY.csv_load_options(),
+        )
+
+        def submit(job_id: str | None) -> bigquery.LoadJob:
+            return self.client.load_table_from_uri(
+                uri,
+                self.table_id(loaded),
+                job_config=config,
+                job_id_prefix="taxi_replace_lookup_",
+                location=self.settings.bigquery_location,
+            )
+
+        self._run_job(f"load {uri} into {loaded}", submit, None)
+        try:
+            self._query(
+                f"replace {lookup.table}",
+                SQL.replace_lookup_sql(
+                    lookup, self.table_ref(lookup.table), self.table_ref(loaded)
+                ),
+                labels,
+            )
+        finally:
+            with self._translated(f"drop {loaded}"):
+                self.client.delete_table(self.table_id(loaded), not_found_ok=True)
+        rows = self.lookup_rows(lookup)
+        return 0 if rows is None else rows
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        from google.api_core.exceptions import NotFound
+
+        with self._translated(f"find {lookup.table}"):
+            try:
+                self.client.get_table(self.table_id(lookup.table))
+            except NotFound:
+                return None
+        _, rows, _ = self._query(
+            f"count {lookup.table}",
+            f"SELECT COUNT(*) FROM {self.table_ref(lookup.table)}",
+            job_labels(step="replace-lookup"),
+        )
+        return int(rows[0][0])
 
     def query(self, sql: str) -> QueryResult:
         _, rows, columns = self._query("query", sql, job_labels(step="query"))

@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -47,16 +46,11 @@ from taxi_pipeline.adapters.sql.statements import (
     Statements,
     source_columns,
 )
-from taxi_pipeline.domain.datasets import (
-    Dataset,
-    Month,
-    csv_name,
-    external_table,
-    parse_object,
-    staging_table,
-)
+from taxi_pipeline.adapters.sql.tables import external_table, staging_table
+from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, parse_object
 from taxi_pipeline.domain.formats import CSV_GZ
-from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.lookups import LookupTable
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, PermanentError, RunCancelled, TransientError
 from taxi_pipeline.local.process import pid_alive
 from taxi_pipeline.pipeline.cancellation import Cancellation
@@ -64,14 +58,14 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
+    MergeOutcome,
+    MergePlan,
     NullProgress,
     ObjectInfo,
     Progress,
     ProgressTask,
     QueryResult,
     Replacement,
-    RunEvent,
     StagingSummary,
 )
 
@@ -80,10 +74,13 @@ log = logging.getLogger(__name__)
 SQL: Final = Statements(DUCKDB)
 HISTORY: Final = History(DUCKDB, RUNS_TABLE, LOADS_TABLE)
 """The history statements in DuckDB's SQL (the embedded default keeps its history in SQLite,
-``adapters/sqlite``; these read what a warehouse file of an earlier version holds)."""
+``adapters/sqlite``; DuckDB's read what a warehouse file of an earlier version holds)."""
 
 FILE_ALIAS: Final = "warehouse"
 """The catalog name of the attached warehouse file."""
+_LEGACY_HISTORY: Final = History(
+    DUCKDB, f"{FILE_ALIAS}.{RUNS_TABLE}", f"{FILE_ALIAS}.{LOADS_TABLE}"
+)
 HISTORY_COLUMNS: Final = {
     "pipeline_runs": {
         "run_id": "VARCHAR",
@@ -472,14 +469,8 @@ class DuckDbWarehouse:
             for task in tasks:
                 task.close()
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
+        dataset, month = context.dataset, context.month
         ext, stg = external_table(dataset, month), staging_table(dataset, month)
         _, _, fmt = parse_object(source.name)
         filename = csv_name(dataset, month, fmt)
@@ -648,31 +639,20 @@ class DuckDbWarehouse:
         in_final.attachment.close()
         return int(deleted), in_final.rows - int(present)
 
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-    ) -> int:
-        """The insert, in one transaction. The load ledger is not DuckDB's: the caller
-        (:class:`EmbeddedWarehouse`) records the load once this has committed."""
-        _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, context)
-        return inserted
-
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-    ) -> tuple[int, int]:
-        """The delete and the insert in one transaction: another process reads the month's old
-        rows or its new ones, never neither or both."""
-        return self._merge(dataset, month, pickup_ranges, include_null_pickup, context, replacing)
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
+        """The insert (a replacing plan's delete with it), in one transaction: another process
+        reads the month's old rows or its new ones, never neither or both. The load ledger is
+        not DuckDB's: the caller (:class:`EmbeddedWarehouse`) records ``plan.load`` once this
+        has committed."""
+        deleted, inserted = self._merge(
+            plan.dataset,
+            plan.month,
+            plan.pickup_ranges,
+            plan.include_null_pickup,
+            plan.context,
+            plan.replacing,
+        )
+        return MergeOutcome(inserted, deleted if plan.replacing is not None else None)
 
     def _merge(
         self,
@@ -723,6 +703,52 @@ class DuckDbWarehouse:
         self._discard_staging(staging_table(dataset, month))
         with self._ddl_lock:
             self._run("drop external", f"DROP VIEW IF EXISTS {external_table(dataset, month)}")
+
+    # -- lookup tables ----------------------------------------------------------------------
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        """``CREATE OR REPLACE TABLE`` from ``read_csv`` of the lake file, in one transaction
+        with the count: another process sees the old table or the new one."""
+        relation = DUCKDB.read_csv(str(_local_path(source)), lookup.names)
+        table = f"{FILE_ALIAS}.{_quote_ident(lookup.table)}"
+        with self._file(f"replacing {lookup.table}"):
+            cursor = self._cursor()
+            try:
+                self._run("begin the replacement", "BEGIN TRANSACTION", cursor=cursor)
+                self._run(
+                    f"replace {lookup.table}",
+                    SQL.replace_lookup_sql(lookup, table, f"({relation}) AS source"),
+                    cursor=cursor,
+                )
+                ((rows,),) = self._run(
+                    f"count {lookup.table}", f"SELECT count(*) FROM {table}", cursor=cursor
+                )
+                self._run("commit the replacement", "COMMIT", cursor=cursor)
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+                raise
+            finally:
+                cursor.close()
+        return int(rows)
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        if not self.path.exists():
+            return None
+        with self._file(f"counting {lookup.table}"):
+            found = self._run(
+                "find a lookup table",
+                "SELECT count(*) FROM information_schema.tables WHERE table_catalog = ?"
+                " AND table_name = ?",
+                [FILE_ALIAS, lookup.table],
+            )
+            if not found[0][0]:
+                return None
+            ((rows,),) = self._run(
+                f"count {lookup.table}",
+                f"SELECT count(*) FROM {FILE_ALIAS}.{_quote_ident(lookup.table)}",
+            )
+        return int(rows)
 
     def query(self, sql: str, tables: Mapping[str, TableRows] | None = None) -> QueryResult:
         """The user's query; only queries: the file is the user's whole warehouse.
@@ -808,51 +834,12 @@ class DuckDbWarehouse:
                 self._run("drop old history", f"DROP TABLE IF EXISTS {FILE_ALIAS}.{table}")
 
     def _legacy_events(self) -> list[RunEvent]:
-        rows = self._run(
-            "read old run events",
-            "SELECT run_id, dataset, month, step, state, attempt, started_at, finished_at, rows,"
-            f" bytes, labels, error, details, recorded_at FROM {FILE_ALIAS}.pipeline_runs"
-            " ORDER BY recorded_at, rowid",
-        )
-        return [
-            RunEvent(
-                run_id=r[0],
-                dataset=r[1],
-                month=r[2],
-                step=r[3],
-                state=RunState(r[4]),
-                attempt=r[5],
-                started_at=_aware(r[6]),
-                finished_at=_aware(r[7]),
-                rows=r[8],
-                bytes=r[9],
-                labels=json.loads(r[10] or "{}"),
-                error=r[11],
-                details=json.loads(r[12] or "{}"),
-                recorded_at=_aware(r[13]),
-            )
-            for r in rows
-        ]
+        sql, _ = _LEGACY_HISTORY.select_events(None, None, None)
+        return [_LEGACY_HISTORY.event(r) for r in self._run("read old run events", sql)]
 
     def _legacy_loads(self) -> list[LoadRecord]:
-        rows = self._run(
-            "read old loads",
-            "SELECT dataset, month, object_name, generation, run_id, rows_in_file, rows_inserted,"
-            f" loaded_at FROM {FILE_ALIAS}.pipeline_loads ORDER BY loaded_at",
-        )
-        return [
-            LoadRecord(
-                Dataset(r[0]),
-                Month.parse(r[1]),
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                _aware(r[7]) or datetime.min.replace(tzinfo=UTC),
-            )
-            for r in rows
-        ]
+        sql, _ = _LEGACY_HISTORY.select_loads()
+        return [_LEGACY_HISTORY.load(r) for r in self._run("read old loads", sql)]
 
 
 def _temp_table(cursor: duckdb.DuckDBPyConnection, name: str, rows: TableRows) -> None:
@@ -920,7 +907,3 @@ def _local_path(source: ObjectInfo) -> Path:
             f"the DuckDB warehouse reads local files only, got {source.uri!r}; use a file:// lake"
         )
     return Path(unquote(parts.path))
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)

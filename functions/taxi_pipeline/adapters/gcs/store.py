@@ -23,12 +23,13 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 from urllib.parse import urlsplit
 
+from taxi_pipeline.adapters.google_credentials import credentials_of
 from taxi_pipeline.adapters.google_errors import translate
 from taxi_pipeline.domain.datasets import is_safe_object_name
 from taxi_pipeline.domain.formats import format_of
@@ -100,23 +101,38 @@ class _GcsWriter:
 class GcsStore:
     """The lake on a GCS bucket: ``gs://bucket``; objects keep GCS's generations and metadata."""
 
-    def __init__(self, bucket: str, settings: Settings, client: Client | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        settings: Settings,
+        client: Client | None = None,
+        on_finalized: Callable[[ObjectInfo], None] | None = None,
+    ) -> None:
+        """``on_finalized`` hears each object this store committed and verified (in the cloud,
+        Eventarc announces commits; an in-process chain has it do so)."""
         if not _BUCKET.match(bucket):
             raise ConfigurationError(f"{bucket!r} is not a valid bucket name")
         self.bucket = bucket
+        self.on_finalized = on_finalized
         self.chunk_size = settings.upload_chunk_mib * _MIB  # a multiple of 256 KiB
         self.timeout = settings.http_timeout_seconds
         self._project = settings.gcp_project
+        self._credentials = credentials_of(settings)
         self._client = client
         self._client_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, settings: Settings) -> GcsStore:
+    def from_url(
+        cls,
+        url: str,
+        settings: Settings,
+        on_finalized: Callable[[ObjectInfo], None] | None = None,
+    ) -> GcsStore:
         """``gs://bucket`` (a trailing slash is fine; a path inside the bucket is refused)."""
         parts = urlsplit(url)
         if parts.scheme != "gs" or not parts.netloc or parts.path.strip("/"):
             raise ConfigurationError(f"lake URL {url!r} must be gs://bucket")
-        return cls(parts.netloc, settings)
+        return cls(parts.netloc, settings, on_finalized=on_finalized)
 
     # ------------------------------------------------------------------ clients
 
@@ -128,7 +144,9 @@ class GcsStore:
                 from google.cloud import storage
 
                 try:
-                    self._client = storage.Client(project=self._project)
+                    self._client = storage.Client(
+                        project=self._project, credentials=self._credentials
+                    )
                 except Exception as exc:
                     raise translate(exc, "create the Cloud Storage client") from exc
             return self._client
@@ -223,9 +241,11 @@ class GcsStore:
                     f"upload {uri}: corrupted in flight ({exc}); no corrupted object left"
                 ) from exc
             raise translate(exc, f"upload {uri}") from exc
-        self._check_stored(name, writer, token)
+        stored = self._check_stored(name, writer, token)
+        if self.on_finalized is not None:
+            self.on_finalized(stored)
 
-    def _check_stored(self, name: str, writer: _GcsWriter, token: str) -> None:
+    def _check_stored(self, name: str, writer: _GcsWriter, token: str) -> ObjectInfo:
         blob = self._get_blob(name)
         if blob is None:
             raise TransientError(f"{self.uri(name)} is not visible right after its upload")
@@ -254,6 +274,7 @@ class GcsStore:
                 f" md5 {writer.md5_base64}); "
                 + ("deleted" if removed else "could NOT be deleted, remove it by hand")
             )
+        return stored
 
     def _delete_generation(self, name: str, generation: str) -> bool:
         """Delete exactly ``generation`` of ``name``; False (and logged) if it may still be there.

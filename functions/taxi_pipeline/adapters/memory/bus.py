@@ -3,13 +3,17 @@
 Publishing wraps the message in the same CloudEvent envelope Eventarc delivers, and a worker
 pool hands it to the same handlers the Cloud Run functions run. A handler that raises is
 redelivered (with ``deliveryAttempt`` counting up, as with a dead-letter policy) until
-``max_attempts``; then the message goes to the dead-letter topic, as in the cloud.
+``max_attempts``; then the message goes to the dead-letter topic, as in the cloud. Pub/Sub
+delivers at least once and in no set order: ``copies`` and ``seed`` make this bus do so too
+(every message delivered ``copies`` times, the next delivery drawn at random), which the
+reliability tests ask for (``adapters/faults``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -43,9 +47,18 @@ class _Delivery:
 class InProcessBus:
     """Queue plus worker threads; :meth:`drain` returns when every message has been handled."""
 
-    def __init__(self, project: str = "local", max_attempts: int = 5) -> None:
+    def __init__(
+        self,
+        project: str = "local",
+        max_attempts: int = 5,
+        *,
+        copies: int = 1,
+        seed: int | None = None,
+    ) -> None:
         self.project = project
         self.max_attempts = max_attempts
+        self.copies = copies
+        self._random = random.Random(seed) if seed is not None else None
         self._handlers: dict[str, Handler] = {}
         self._listeners: dict[str, list[Callable[[bytes, Mapping[str, str]], None]]] = {}
         self._queue: deque[_Delivery] = deque()
@@ -70,18 +83,26 @@ class InProcessBus:
         for listener in self._listeners.get(str(topic), []):
             listener(data, attributes)
         if str(topic) in self._handlers:
-            self._enqueue(_Delivery(str(topic), event, data, dict(attributes), 1))
+            self._enqueue(_Delivery(str(topic), event, data, dict(attributes), 1), self.copies)
         return str(event["id"])
 
-    def deliver(self, topic: str, event: CloudEvent, attributes: Mapping[str, str]) -> None:
-        """Queue a ready-made event (the folder store's object-finalized events); ``attributes``
-        go with it to the dead-letter topic if it keeps failing."""
-        self._enqueue(_Delivery(topic, event, json.dumps(event.data).encode(), dict(attributes), 1))
+    def deliver(
+        self,
+        topic: str,
+        event: CloudEvent,
+        attributes: Mapping[str, str],
+        body: bytes | None = None,
+    ) -> None:
+        """Queue a ready-made event (the lake's object-finalized events, a message published
+        elsewhere); ``attributes`` go with it to the dead-letter topic if it keeps failing, with
+        ``body`` (the Pub/Sub message a redelivery re-wraps; default: the event's data)."""
+        data = body if body is not None else json.dumps(event.data).encode()
+        self._enqueue(_Delivery(topic, event, data, dict(attributes), 1), self.copies)
 
-    def _enqueue(self, delivery: _Delivery) -> None:
+    def _enqueue(self, delivery: _Delivery, copies: int = 1) -> None:
         with self._cond:
-            self._queue.append(delivery)
-            self._cond.notify()
+            self._queue.extend([delivery] * copies)
+            self._cond.notify(copies)
 
     def drain(self, workers: int = 1) -> None:
         """Handle messages with ``workers`` threads until the queue is empty and all are idle.
@@ -111,7 +132,7 @@ class InProcessBus:
                 if not self._queue:
                     self._cond.notify_all()
                     return
-                delivery = self._queue.popleft()
+                delivery = self._next()
                 self._in_flight += 1
             try:
                 self._handle(delivery)
@@ -119,6 +140,15 @@ class InProcessBus:
                 with self._cond:
                     self._in_flight -= 1
                     self._cond.notify_all()
+
+    def _next(self) -> _Delivery:
+        """The next delivery (the lock held): the oldest, or one at random with a seed."""
+        if self._random is None:
+            return self._queue.popleft()
+        index = self._random.randrange(len(self._queue))
+        delivery = self._queue[index]
+        del self._queue[index]
+        return delivery
 
     def _handle(self, delivery: _Delivery) -> None:
         handler = self._handlers[delivery.topic]

@@ -32,23 +32,19 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
 from taxi_pipeline.adapters.sql.statements import SourceColumn, Sources, Statements, source_columns
-from taxi_pipeline.domain.datasets import (
-    Column,
-    Dataset,
-    Month,
-    csv_name,
-    parse_object,
-    staging_table,
-)
-from taxi_pipeline.domain.formats import PARQUET, SourceFormat
+from taxi_pipeline.adapters.sql.tables import staging_table
+from taxi_pipeline.domain.datasets import Column, Dataset, Month, csv_name, parse_object
+from taxi_pipeline.domain.formats import SourceFormat
+from taxi_pipeline.domain.lookups import LookupTable
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import (
     ConfigurationError,
     PermanentError,
@@ -60,17 +56,15 @@ from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
     LakeReader,
-    LoadRecord,
+    MergeOutcome,
+    MergePlan,
     ObjectInfo,
     QueryResult,
-    Replacement,
-    RunEvent,
     StagingSummary,
 )
 
 if TYPE_CHECKING:
     import psycopg
-    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +74,9 @@ MINIMUM_SERVER_VERSION: Final = 150000
 """MERGE appeared in PostgreSQL 15."""
 
 _SCHEMA_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_COPY_CHUNK: Final = 1 << 20
-_PARQUET_BATCH_ROWS: Final = 64 * 1024
 _IDLE_CONNECTIONS: Final = 4
+_LOOKUP_CHUNK: Final = 1 << 20
+"""Bytes of a lookup file per COPY write."""
 # SQLSTATEs of a value an input function refused: the file is landed as text and typed value by
 # value instead. Any other COPY error (a short line, bad UTF-8) fails the month as it is.
 _VALUE_REFUSED: Final = frozenset({"22P02", "22007", "22008", "22003", "22009"})
@@ -381,16 +375,10 @@ class PostgresWarehouse:
         in. Returns the prefix of the month's staging tables."""
         return staging_table(dataset, month)
 
-    def stage(
-        self,
-        dataset: Dataset,
-        month: Month,
-        source: ObjectInfo,
-        lake: LakeReader,
-        context: JobContext,
-    ) -> StagingSummary:
+    def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
         import psycopg
 
+        dataset, month = context.dataset, context.month
         _, _, fmt = parse_object(source.name)
         POSTGRES.copy_options(fmt)  # a format PostgreSQL cannot take fails before any work
         self._end_staging(dataset, month)
@@ -439,12 +427,14 @@ class PostgresWarehouse:
         The landing table has the dialect's landing types, parsed by COPY's input functions (no
         per-value casts in SQL); ``as_text``: every column text, for a file with a value some
         input function refuses (typed then value by value, NULL where a value does not fit).
-        A Parquet object is written into COPY as CSV rows by this client (:meth:`_copy_parquet`),
-        so both formats land alike: the staging SQL types them as it types the CSV's text.
+        The format's CSV feed writes the object into COPY (a CSV inflated as it is, a Parquet
+        object's rows as CSV), so every format lands alike: the staging SQL types them as it
+        types the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
         q = POSTGRES.quote_ident
-        landed = _landed_columns(dataset, month, fmt)
+        in_file = _landed_columns(dataset, month, fmt)
+        landed = [column for column, _ in in_file]
         types = {c.name: "text" if as_text else POSTGRES.landing_types[c.kind] for c in landed}
         columns = ", ".join(q(c.name) for c in landed)
         # The landing table holds the final columns the file has, each as text would: what
@@ -462,10 +452,8 @@ class PostgresWarehouse:
                 + ")"
             )
             statement = f"COPY {landing} ({columns}) FROM STDIN {POSTGRES.copy_options(fmt)}"
-            if fmt is PARQUET:
-                self._copy_parquet(conn, lake, source, statement, dataset, month)
-            else:
-                self._copy(conn, lake, source, statement)
+            with lake.open_read(source.name) as raw, conn.cursor().copy(statement) as copy:
+                fmt.write_csv(raw, [(c.name, name) for c, name in in_file], _CopySink(copy))
             filename = csv_name(dataset, month, fmt)
             conn.execute(
                 SQL.staging_sql(
@@ -478,103 +466,16 @@ class PostgresWarehouse:
                 conn.execute(SQL.drop_repeated_headers_sql(staging))
         return row
 
-    def _copy(
-        self, conn: psycopg.Connection[Any], lake: LakeReader, source: ObjectInfo, statement: str
-    ) -> None:
-        """Stream the lake object, inflated on ISA-L's own thread, into COPY, 1 MiB at a time."""
-        from isal import igzip_threaded
-
-        with lake.open_read(source.name) as raw:
-            inflated: BinaryIO = igzip_threaded.open(  # type: ignore[no-untyped-call]
-                raw, "rb", threads=1, block_size=_COPY_CHUNK
-            )
-            with inflated, conn.cursor().copy(statement) as copy:
-                while chunk := inflated.read(_COPY_CHUNK):
-                    copy.write(chunk)
-
-    def _copy_parquet(
-        self,
-        conn: psycopg.Connection[Any],
-        lake: LakeReader,
-        source: ObjectInfo,
-        statement: str,
-        dataset: Dataset,
-        month: Month,
-    ) -> None:
-        """Stream a Parquet object into COPY as CSV rows, a batch of rows at a time (memory
-        bounded by a row group): pyarrow reads it from the lake handle (GCS reads are ranged)
-        and writes the batch as CSV, the landing table's columns in its order."""
-        import pyarrow.csv as pa_csv
-        import pyarrow.parquet as pq
-
-        wanted = _parquet_sources(dataset, month)
-        with lake.open_read(source.name) as raw:
-            parquet = pq.ParquetFile(raw)
-            by_folded = {name.casefold(): name for name in parquet.schema_arrow.names}
-            # The verifier checked the footer for the month's period; a column it allows to
-            # be absent is simply not there.
-            names = [(final, by_folded.get(name.casefold())) for final, name in wanted]
-            read = sorted({found for _, found in names if found is not None})
-            writer: pa_csv.CSVWriter | None = None
-            with conn.cursor().copy(statement) as copy:
-                sink = _CopySink(copy)
-                try:
-                    for batch in parquet.iter_batches(
-                        batch_size=_PARQUET_BATCH_ROWS, columns=read, use_threads=False
-                    ):
-                        landing = _as_landing_batch(batch, names)
-                        if writer is None:
-                            writer = pa_csv.CSVWriter(
-                                sink,
-                                landing.schema,
-                                write_options=pa_csv.WriteOptions(include_header=False),
-                            )
-                        writer.write_batch(landing)
-                finally:
-                    if writer is not None:
-                        writer.close()
-
-    def merge_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        *,
-        load: LoadRecord | None = None,
-    ) -> int:
+    def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         """The insert-only merge and the load record, one transaction, under the advisory locks
-        of every dataset-month it touches (taken in order: two merges never deadlock)."""
-        _, inserted = self._merge(dataset, month, pickup_ranges, include_null_pickup, None, load)
-        return inserted
-
-    def replace_staged(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        context: JobContext,
-        replacing: Replacement,
-        *,
-        load: LoadRecord | None = None,
-    ) -> tuple[int, int]:
-        """The month's files' partitions dropped, the staged rows inserted as the file's first
-        load, and the load record: one transaction, so another session reads the month's old
+        of every dataset-month it touches (taken in order: two merges never deadlock). A
+        replacing plan first drops the month's files' partitions and inserts the staged rows as
+        the file's first load, in that same transaction: another session reads the month's old
         rows or its new ones (it waits on the dropped partitions' lock meanwhile)."""
-        return self._merge(dataset, month, pickup_ranges, include_null_pickup, replacing, load)
-
-    def _merge(
-        self,
-        dataset: Dataset,
-        month: Month,
-        pickup_ranges: Sequence[DateRange],
-        include_null_pickup: bool,
-        replacing: Replacement | None,
-        load: LoadRecord | None,
-    ) -> tuple[int, int]:
         import psycopg
+
+        dataset, month, replacing = plan.dataset, plan.month, plan.replacing
+        pickup_ranges, include_null_pickup = plan.pickup_ranges, plan.include_null_pickup
 
         with self._lock:
             staging = self._staging.get((dataset, month))
@@ -624,14 +525,13 @@ class PostgresWarehouse:
                         f"ALTER TABLE {final} ATTACH PARTITION {partition}"
                         f" FOR VALUES IN ({POSTGRES.quote_text(staging.filename)})"
                     )
+                load = plan.recorded_load(int(inserted))
                 if load is not None:
-                    statement, params = self.history.insert_load(
-                        replace(load, rows_inserted=int(inserted))
-                    )
+                    statement, params = self.history.insert_load(load)
                     conn.execute(statement, _params(params))
         except psycopg.Error as exc:
             raise self._translate(exc, f"merge into {dataset.final_table}") from exc
-        return deleted, int(inserted)
+        return MergeOutcome(int(inserted), deleted if replacing is not None else None)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop this run's staging table, and those of the month whose run died."""
@@ -676,6 +576,52 @@ class PostgresWarehouse:
             if not staging.conn.closed:
                 staging.conn.execute(f"DROP TABLE IF EXISTS {self._table(staging.name)}")
         staging.conn.close()  # ends the session: its advisory lock goes with it
+
+    # -- lookup tables ----------------------------------------------------------------------
+
+    def replace_lookup(self, lookup: LookupTable, source: ObjectInfo, lake: LakeReader) -> int:
+        """The object COPYed (through the client) into a temporary text table, then the
+        table's rows deleted and the typed ones inserted, in one transaction: a reader sees the
+        old rows or the new ones (MVCC; the table itself stays, so no query of it fails), a
+        value that does not fit rolls everything back."""
+        import psycopg
+
+        q = POSTGRES.quote_ident
+        table = self._table(lookup.table)
+        landing = q(f"{lookup.table}_landing")
+        columns = ", ".join(q(name) for name in lookup.names)
+        with self._connection() as conn:
+            try:
+                self._ddl(conn, [SQL.lookup_table_sql(lookup, table)])
+                with conn.transaction():
+                    conn.execute(
+                        f"CREATE TEMP TABLE {landing} ("
+                        + ", ".join(f"{q(name)} text" for name in lookup.names)
+                        + ") ON COMMIT DROP"
+                    )
+                    statement = f"COPY {landing} ({columns}) FROM STDIN (FORMAT csv, HEADER true)"
+                    with lake.open_read(source.name) as raw, conn.cursor().copy(statement) as copy:
+                        while chunk := raw.read(_LOOKUP_CHUNK):
+                            copy.write(chunk)
+                    conn.execute(f"DELETE FROM {table}")
+                    conn.execute(
+                        f"INSERT INTO {table} ({columns})\n"
+                        + SQL.lookup_select_sql(lookup, landing)
+                    )
+                    (rows,) = _one(conn, f"SELECT count(*) FROM {table}")
+            except psycopg.Error as exc:
+                raise self._translate(exc, f"replace {lookup.table}") from exc
+        return int(rows)
+
+    def lookup_rows(self, lookup: LookupTable) -> int | None:
+        table = self._table(lookup.table)
+        ((exists,),) = self._run(
+            f"find {lookup.table}", "SELECT to_regclass(%s) IS NOT NULL", [table]
+        )
+        if not exists:
+            return None
+        ((rows,),) = self._run(f"count {lookup.table}", f"SELECT count(*) FROM {table}")
+        return int(rows)
 
     def query(self, sql: str) -> QueryResult:
         """The user's statement in a READ ONLY transaction that is always rolled back: a
@@ -829,54 +775,23 @@ def _url_password(conninfo: str) -> str | None:
     return str(value) if value else None
 
 
-def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[Column]:
-    """The final columns a file of ``fmt`` for ``month`` has, in the order COPY lands them: a
-    CSV's in its layout, a Parquet file's those its schema period names."""
-    if fmt is PARQUET:
-        present = {final for final, _ in _parquet_sources(dataset, month)}
-        return [c for c in dataset.layout.final_columns if c.name in present]
-    return list(dataset.layout.columns)
-
-
-def _parquet_sources(dataset: Dataset, month: Month) -> list[tuple[str, str]]:
-    """``(final column, Parquet column as its period spells it)`` of each column the month's
-    period has, in the final table's order."""
-    sources = source_columns(PARQUET, dataset, month)
+def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[tuple[Column, str]]:
+    """The final columns a file of ``fmt`` for ``month`` has, in the order COPY lands them,
+    each with its name in the file: a CSV's layout columns, a typed file's (Parquet) those its
+    schema period names."""
+    if not fmt.typed:
+        return [(c, c.name) for c in dataset.layout.columns]
+    sources = source_columns(fmt, dataset, month)
     return [
-        (c.name, found)
+        (c, found)
         for c in dataset.layout.final_columns
         if (found := sources[c.name].name) is not None
     ]
 
 
-def _as_landing_batch(
-    batch: pa.RecordBatch, names: Sequence[tuple[str, str | None]]
-) -> pa.RecordBatch:
-    """The batch as the landing table's CSV columns: renamed to the final names, timestamps
-    written as the CSV writes them (``2019-01-01 10:00:00``, fractions only where a value has
-    one), a column the file lacks or holds as nulls written empty (NULL). pyarrow writes
-    1.0 as ``1``, as the CSV has counts and codes."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arrays: list[pa.Array] = []
-    for _, found in names:
-        if found is None:
-            arrays.append(pa.nulls(batch.num_rows, pa.string()))
-            continue
-        array = batch.column(found)
-        if pa.types.is_timestamp(array.type):
-            with contextlib.suppress(pa.ArrowInvalid):  # a cast that would drop a fraction
-                array = pc.cast(array, pa.timestamp("s"))
-            array = pc.cast(array, pa.string())
-        elif pa.types.is_null(array.type):
-            array = pa.nulls(batch.num_rows, pa.string())
-        arrays.append(array)
-    return pa.RecordBatch.from_arrays(arrays, names=[final for final, _ in names])
-
-
 class _CopySink:
-    """A write-only file over a COPY, for pyarrow's CSV writer."""
+    """A write-only file over a COPY (what a format's CSV feed writes into; pyarrow's CSV
+    writer asks for the rest)."""
 
     def __init__(self, copy: psycopg.Copy) -> None:
         self._copy = copy

@@ -53,6 +53,11 @@ class Dialect:
     """What orders history rows recorded at the same instant (a column, or the engine's row id)."""
     history_sequence: ClassVar[bool] = True
     """Whether ``pipeline_runs`` has a ``seq`` column the writer fills (no engine row id)."""
+    history_process: ClassVar[bool] = False
+    """Whether ``pipeline_runs`` keeps the ``process`` that wrote each line (the embedded
+    default's SQLite history does: a run whose process is gone is ABANDONED)."""
+    loads_order: ClassVar[str] = "loaded_at"
+    """The order of ``pipeline_loads`` rows."""
     server_sequence: ClassVar[str | None] = None
     """The type of a ``seq`` column of ``pipeline_runs`` the server fills itself (then
     ``history_sequence`` is off and ``insertion_order`` names it)."""
@@ -257,7 +262,7 @@ class DuckDbDialect(Dialect):
 
     def read_source(self, fmt: SourceFormat, location: str, dataset: Dataset) -> str:
         if fmt is CSV_GZ:
-            return self.read_csv(location, {c.name: "VARCHAR" for c in dataset.layout.columns})
+            return self.read_csv(location, dataset.layout.names, "gzip")
         if fmt is PARQUET:
             # Names as the file spells them; staging picks the period's columns (any case) and
             # casts each onto its reference type. A new column is read by nobody.
@@ -265,22 +270,32 @@ class DuckDbDialect(Dialect):
         return super().read_source(fmt, location, dataset)
 
     def read_csv_typed(self, location: str, dataset: Dataset) -> str:
-        """The CSV at ``location`` with its columns typed by DuckDB's CSV reader
+        """The gzip CSV at ``location`` with its columns typed by DuckDB's CSV reader
         (:attr:`typed_csv_types`): a value that does not fit its type fails the read. The
         reader types a field exactly as ``TRY_CAST`` of its text does where it succeeds
         (tests/unit/test_duckdb_one_pass.py), in the reader, at a fraction of the cost."""
-        return self.read_csv(
-            location, {c.name: self.typed_csv_types[c.kind] for c in dataset.layout.columns}
+        return self.read_csv_as(
+            location,
+            {c.name: self.typed_csv_types[c.kind] for c in dataset.layout.columns},
+            "gzip",
         )
 
-    def read_csv(self, location: str, types: Mapping[str, str]) -> str:
-        """The gzip CSV at ``location`` with a header and these columns (name -> type),
-        strictly: a line with too few or too many fields fails the read."""
+    def read_csv(self, location: str, names: Sequence[str], compression: str = "none") -> str:
+        """A CSV with a header line, every column as text (``names``, in file order), strict:
+        a line with too few or too many fields fails the statement. ``"`` quotes (and ``""``
+        inside quotes), empty fields are NULL."""
+        return self.read_csv_as(location, dict.fromkeys(names, "VARCHAR"), compression)
+
+    def read_csv_as(
+        self, location: str, types: Mapping[str, str], compression: str = "none"
+    ) -> str:
+        """:meth:`read_csv` with each column read as its type (name -> type, in file order)."""
         columns = ", ".join(f"{self.quote_text(n)}: {self.quote_text(t)}" for n, t in types.items())
         return (
             f"SELECT * FROM read_csv({self.quote_text(location)}, header = true,"
             " auto_detect = false, delim = ',', quote = '\"', escape = '\"', nullstr = '',"
-            f" compression = 'gzip', strict_mode = true, columns = {{{columns}}})"
+            f" compression = {self.quote_text(compression)}, strict_mode = true,"
+            f" columns = {{{columns}}})"
         )
 
 
@@ -359,8 +374,9 @@ class BigQueryDialect(Dialect):
         # only constant filters do, and the partition bounds already narrow its scan.
         cluster = ", ".join(self.quote_ident(c) for c in spec.cluster_columns)
         description = (
-            f"NYC {dataset.value} taxi trips, one row per published CSV row; unique_row_id is the"
-            " zoomcamp reference MD5 id. Written by taxi-pipeline."
+            f"NYC TLC {dataset.value} trip records, one row per published row; unique_row_id is"
+            f" the zoomcamp reference MD5 id over {', '.join(spec.id_columns)}. Written by"
+            " taxi-pipeline."
         )
         return (
             f"\nPARTITION BY DATE({self.quote_ident(spec.layout.pickup)})\n"
@@ -376,7 +392,7 @@ class BigQueryDialect(Dialect):
     def text_schema(self, fmt: SourceFormat) -> bool:
         """Whether ``fmt`` is read with an explicit all-STRING schema (a CSV); a Parquet file
         brings its own (a timestamp without zone reads as DATETIME; staging casts it)."""
-        return fmt is CSV_GZ
+        return not fmt.typed
 
     def external_options(self, fmt: SourceFormat) -> list[str]:
         """The ``OPTIONS`` of an external table over ``fmt`` (``uris`` and the expiration aside).
@@ -406,22 +422,28 @@ class BigQueryDialect(Dialect):
         """Keyword arguments of the load job's ``LoadJobConfig`` for ``fmt`` (read as
         :meth:`external_options` reads it)."""
         if fmt is CSV_GZ:
-            return {
-                "source_format": "CSV",
-                "skip_leading_rows": 1,
-                "field_delimiter": ",",
-                "quote_character": '"',
-                # As DuckDB reads them; it only stops BigQuery splitting the file, and gzip is
-                # unsplittable.
-                "allow_quoted_newlines": True,
-                "encoding": "UTF-8",
-                "allow_jagged_rows": False,
-                "ignore_unknown_values": False,
-                "max_bad_records": 0,
-            }
+            # gzip is detected by the load job itself; a plain CSV (a lookup) reads the same.
+            return self.csv_load_options()
         if fmt is PARQUET:
             return {"source_format": "PARQUET"}
         raise ConfigurationError(f"the {self.name} warehouse cannot load {fmt.name} objects")
+
+    def csv_load_options(self) -> dict[str, object]:
+        """A load job's options for a CSV with a header line, read as DuckDB's ``read_csv``
+        reads it: strict (no jagged rows, no unknown values, no bad record), ``"`` quotes."""
+        return {
+            "source_format": "CSV",
+            "skip_leading_rows": 1,
+            "field_delimiter": ",",
+            "quote_character": '"',
+            # As DuckDB reads them; it only stops BigQuery splitting the file, and gzip is
+            # unsplittable.
+            "allow_quoted_newlines": True,
+            "encoding": "UTF-8",
+            "allow_jagged_rows": False,
+            "ignore_unknown_values": False,
+            "max_bad_records": 0,
+        }
 
 
 _PG_NUMBER: Final = "^[+-]?[0-9]+[.]?[0-9]*$"

@@ -1,19 +1,20 @@
-"""The run history tables of every SQL warehouse, written once: ``pipeline_runs`` (appended
+"""The run history tables of every SQL store, written once: ``pipeline_runs`` (appended
 :class:`RunEvent` lines) and ``pipeline_loads`` (completed loads), their DDL, the statements that
-write and read them, and the mapping between rows and values."""
+write and read them, and the mapping between rows and values. Every warehouse's dialect has the
+few hooks they need (:class:`HistoryDialect`); so has the embedded default's SQLite history."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from taxi_pipeline.adapters.sql.dialects import Dialect, HistoryKind
+from taxi_pipeline.adapters.sql.dialects import HistoryKind
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.messages import RunState
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
+from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 
 RUNS_TABLE: Final = "pipeline_runs"
 LOADS_TABLE: Final = "pipeline_loads"
@@ -51,6 +52,7 @@ RUN_COLUMNS: Final = _columns(
     "run_id:t! dataset:t month:t step:t! state:t! attempt:i started_at:ts finished_at:ts"
     " rows:i bytes:i labels:t error:t details:t recorded_at:ts!"
 )
+PROCESS_COLUMN: Final = HistoryColumn("process", "text")
 SEQ_COLUMN: Final = HistoryColumn("seq", "integer")
 LOAD_COLUMNS: Final = _columns(
     "dataset:t! month:t! object_name:t! generation:t! run_id:t! rows_in_file:i!"
@@ -58,17 +60,61 @@ LOAD_COLUMNS: Final = _columns(
 )
 
 
+class HistoryDialect(Protocol):
+    """What the history statements need of a dialect (``dialects.Dialect`` has it all)."""
+
+    @property
+    def history_types(self) -> Mapping[HistoryKind, str]: ...
+
+    @property
+    def insertion_order(self) -> str:
+        """What orders history rows recorded at the same instant (a column, the row id)."""
+
+    @property
+    def loads_order(self) -> str:
+        """The order of ``pipeline_loads`` rows."""
+
+    @property
+    def history_sequence(self) -> bool:
+        """Whether ``pipeline_runs`` has a ``seq`` column the writer fills."""
+
+    @property
+    def server_sequence(self) -> str | None: ...
+
+    @property
+    def history_process(self) -> bool:
+        """Whether ``pipeline_runs`` keeps the ``process`` that wrote each line."""
+
+    def quote_ident(self, name: str) -> str: ...
+
+    def param(self, name: str) -> str: ...
+
+    def to_timestamp(self, value: datetime | None) -> Value:
+        """A timestamp as the driver takes it."""
+
+    def from_timestamp(self, value: Any) -> datetime | None:
+        """A timestamp the driver returned, as aware UTC."""
+
+    def history_suffix(self, table: str) -> str: ...
+
+
 class History:
     """The history statements in one dialect, over the two tables' references."""
 
-    def __init__(self, dialect: Dialect, runs_ref: str, loads_ref: str) -> None:
+    def __init__(self, dialect: HistoryDialect, runs_ref: str, loads_ref: str) -> None:
         self.dialect = dialect
         self.runs_ref = runs_ref
         self.loads_ref = loads_ref
 
     @property
+    def event_columns(self) -> tuple[HistoryColumn, ...]:
+        """The columns a :class:`RunEvent` is read from."""
+        return RUN_COLUMNS + ((PROCESS_COLUMN,) if self.dialect.history_process else ())
+
+    @property
     def run_columns(self) -> tuple[HistoryColumn, ...]:
-        return RUN_COLUMNS + ((SEQ_COLUMN,) if self.dialect.history_sequence else ())
+        """Every column of ``pipeline_runs`` the writer fills."""
+        return self.event_columns + ((SEQ_COLUMN,) if self.dialect.history_sequence else ())
 
     def ddl(self) -> list[str]:
         """``CREATE TABLE IF NOT EXISTS`` of both tables."""
@@ -105,6 +151,17 @@ class History:
         listed = ", ".join(d.quote_ident(c.name) for c in columns)
         return f"INSERT INTO {ref} ({listed}) VALUES {', '.join(tuples)}", params
 
+    def row_insert(self, table: str) -> str:
+        """One row's ``INSERT`` into ``table`` (a parameter per column, in order), for a driver
+        that runs it once per row (``executemany``)."""
+        ref, columns = (
+            (self.runs_ref, self.run_columns)
+            if table == RUNS_TABLE
+            else (self.loads_ref, LOAD_COLUMNS)
+        )
+        sql, _ = self.insert(ref, columns, [[None] * len(columns)])
+        return sql
+
     # -- pipeline_runs --------------------------------------------------------------------
 
     def event_row(
@@ -127,6 +184,8 @@ class History:
             json.dumps(dict(event.details), sort_keys=True),
             d.to_timestamp(event.recorded_at or now),
         )
+        if d.history_process:
+            row += (event.process,)
         return row + ((next_seq(),) if d.history_sequence else ())
 
     def insert_events(
@@ -151,7 +210,7 @@ class History:
             field = "recorded_at >=" if column == "since" else f"{column} ="
             where.append(f"{field} {d.param(column)}")
             params.append(Param(column, kind, value))  # type: ignore[arg-type]
-        listed = ", ".join(d.quote_ident(c.name) for c in RUN_COLUMNS)
+        listed = ", ".join(d.quote_ident(c.name) for c in self.event_columns)
         return (
             f"SELECT {listed} FROM {self.runs_ref}"
             f" WHERE {' AND '.join(where)} ORDER BY recorded_at, {d.insertion_order}",
@@ -175,12 +234,13 @@ class History:
             error=row[11],
             details=json.loads(row[12] or "{}"),
             recorded_at=d.from_timestamp(row[13]),
+            process=row[14] if d.history_process else None,
         )
 
     # -- pipeline_loads -------------------------------------------------------------------
 
-    def insert_load(self, record: LoadRecord) -> tuple[str, list[Param]]:
-        row: tuple[Value, ...] = (
+    def load_row(self, record: LoadRecord) -> tuple[Value, ...]:
+        return (
             record.dataset.value,
             str(record.month),
             record.object_name,
@@ -190,7 +250,9 @@ class History:
             record.rows_inserted,
             self.dialect.to_timestamp(record.loaded_at),
         )
-        return self.insert(self.loads_ref, LOAD_COLUMNS, [row])
+
+    def insert_load(self, record: LoadRecord) -> tuple[str, list[Param]]:
+        return self.insert(self.loads_ref, LOAD_COLUMNS, [self.load_row(record)])
 
     def select_loads(
         self,
@@ -211,7 +273,8 @@ class History:
                 params.append(Param(column, "text", value))
         listed = ", ".join(d.quote_ident(c.name) for c in LOAD_COLUMNS)
         return (
-            f"SELECT {listed} FROM {self.loads_ref} WHERE {' AND '.join(where)} ORDER BY loaded_at",
+            f"SELECT {listed} FROM {self.loads_ref} WHERE {' AND '.join(where)}"
+            f" ORDER BY {d.loads_order}",
             params,
         )
 

@@ -24,7 +24,8 @@ from typing import Any, Final, Literal
 
 from taxi_pipeline.adapters.sql.dialects import Dialect, MergeStyle
 from taxi_pipeline.domain.datasets import Column, Dataset, Month
-from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat
+from taxi_pipeline.domain.formats import CSV_GZ, SourceFormat
+from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.tlc_schemas import TEXT, period_of
 from taxi_pipeline.pipeline.ports import DateRange, Replacement, StagingSummary
 
@@ -71,7 +72,7 @@ def source_columns(fmt: SourceFormat, dataset: Dataset, month: Month) -> Sources
     a double, which reads the others too.
     """
     layout = dataset.layout
-    if fmt is not PARQUET:
+    if not fmt.typed:
         present = set(layout.names)
         return {
             c.name: SourceColumn(c.name if c.name in present else None)
@@ -487,3 +488,31 @@ class Statements:
             for c in dataset.layout.added
             if c.name.casefold() not in have
         ]
+
+    # -- lookup tables --------------------------------------------------------------------
+
+    def lookup_select_sql(self, lookup: LookupTable, source_ref: str) -> str:
+        """The lookup's rows typed from its text relation ``source_ref`` (a verified file: a
+        value that does not fit fails the statement, so nothing is replaced)."""
+        columns = ", ".join(
+            self.q(c.name)
+            if c.kind == "string"
+            else f"CAST({self.q(c.name)} AS {self.dialect.column_type(c)}) AS {self.q(c.name)}"
+            for c in lookup.columns
+        )
+        return f"SELECT {columns} FROM {source_ref}"
+
+    def lookup_table_sql(self, lookup: LookupTable, table_ref: str) -> str:
+        """``CREATE TABLE IF NOT EXISTS`` of the lookup with its reference types (PostgreSQL,
+        which replaces the rows in place rather than the table)."""
+        columns = ", ".join(
+            f"{self.q(c.name)} {self.dialect.column_type(c)}" for c in lookup.columns
+        )
+        return f"CREATE TABLE IF NOT EXISTS {table_ref} ({columns})"
+
+    def replace_lookup_sql(self, lookup: LookupTable, table_ref: str, source_ref: str) -> str:
+        """``CREATE OR REPLACE TABLE ... AS`` the typed rows: one atomic replacement (DuckDB,
+        BigQuery; PostgreSQL deletes and inserts the rows inside one transaction instead)."""
+        return (
+            f"CREATE OR REPLACE TABLE {table_ref} AS\n{self.lookup_select_sql(lookup, source_ref)}"
+        )

@@ -16,23 +16,29 @@ Timestamps are stored as integer microseconds since the epoch (UTC): exact, and 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from taxi_pipeline.domain.datasets import Dataset, Month
+from taxi_pipeline.adapters.sql.dialects import HistoryKind
+from taxi_pipeline.adapters.sql.history import (
+    LOAD_COLUMNS,
+    LOADS_TABLE,
+    RUNS_TABLE,
+    History,
+    Param,
+)
+from taxi_pipeline.domain.datasets import Dataset
 from taxi_pipeline.domain.history import Liveness
-from taxi_pipeline.domain.messages import RunState
+from taxi_pipeline.domain.runs import CANCEL_STEP, LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, TransientError
+from taxi_pipeline.local.orchestrator import PhaseFigures
 from taxi_pipeline.local.process import ProcessInfo, is_gone
-from taxi_pipeline.pipeline.ports import LoadRecord, RunEvent
-from taxi_pipeline.pipeline.recorder import CANCEL_STEP
 
 HEARTBEAT_SECONDS: Final = 2.0
 """How often a process of the embedded default beats."""
@@ -70,14 +76,6 @@ CREATE TABLE IF NOT EXISTS progress (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-_RUN_COLUMNS: Final = (
-    "run_id, dataset, month, step, state, attempt, started_at, finished_at, rows, bytes,"
-    " labels, error, details, recorded_at, process"
-)
-_LOAD_COLUMNS: Final = (
-    "dataset, month, object_name, generation, run_id, rows_in_file, rows_inserted, loaded_at"
-)
-
 
 def _micros(value: datetime | None) -> int | None:
     if value is None:
@@ -93,6 +91,46 @@ def _moment(value: int | None) -> datetime | None:
 
 def _now() -> int:
     return _micros(datetime.now(UTC)) or 0
+
+
+class SqliteDialect:
+    """The history statements' hooks in SQLite (``adapters/sql/history``): positional
+    parameters, timestamps as integer microseconds, the row id ``id`` as insertion order, and
+    the ``process`` of each line. The tables themselves are :data:`_SCHEMA`'s (their ``id``
+    column, the indexes and the orchestrator's tables)."""
+
+    history_types: Final[Mapping[HistoryKind, str]] = {
+        "text": "TEXT",
+        "integer": "INTEGER",
+        "timestamp": "INTEGER",
+    }
+    insertion_order: Final = "id"
+    loads_order: Final = "loaded_at, id"
+    history_sequence: Final = False
+    server_sequence: Final = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    history_process: Final = True
+
+    def quote_ident(self, name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    def param(self, name: str) -> str:
+        return "?"
+
+    def to_timestamp(self, value: datetime | None) -> int | None:
+        return _micros(value)
+
+    def from_timestamp(self, value: int | None) -> datetime | None:
+        return _moment(value)
+
+    def history_suffix(self, table: str) -> str:
+        return ""
+
+
+HISTORY: Final = History(SqliteDialect(), RUNS_TABLE, LOADS_TABLE)
+
+
+def _no_sequence() -> int:
+    raise AssertionError("SQLite numbers the lines itself (id)")
 
 
 @dataclass(frozen=True)
@@ -192,70 +230,18 @@ class SqliteHistory:
 
     def _insert_events(self, conn: sqlite3.Connection, events: Sequence[RunEvent]) -> None:
         stamp = self.process.id if self.process is not None else None
+        now = datetime.now(UTC)
         rows = [
-            (
-                e.run_id,
-                e.dataset,
-                e.month,
-                e.step,
-                e.state.value,
-                e.attempt,
-                _micros(e.started_at),
-                _micros(e.finished_at),
-                e.rows,
-                e.bytes,
-                json.dumps(dict(e.labels), sort_keys=True),
-                e.error,
-                json.dumps(dict(e.details), sort_keys=True),
-                _micros(e.recorded_at or datetime.now(UTC)),
-                e.process or stamp,
-            )
+            HISTORY.event_row(replace(e, process=e.process or stamp), now, _no_sequence)
             for e in events
         ]
-        conn.executemany(
-            f"INSERT INTO pipeline_runs ({_RUN_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        conn.executemany(HISTORY.row_insert(RUNS_TABLE), rows)
 
     def run_events(
         self, run_id: str | None = None, dataset: str | None = None, since: datetime | None = None
     ) -> list[RunEvent]:
-        where, params = ["1"], []  # type: list[str], list[object]
-        if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if dataset is not None:
-            where.append("dataset = ?")
-            params.append(dataset)
-        if since is not None:
-            where.append("recorded_at >= ?")
-            params.append(_micros(since))
-        rows = self._select(
-            f"SELECT {_RUN_COLUMNS} FROM pipeline_runs WHERE {' AND '.join(where)}"
-            " ORDER BY recorded_at, id",
-            params,
-        )
-        return [
-            RunEvent(
-                run_id=r[0],
-                dataset=r[1],
-                month=r[2],
-                step=r[3],
-                state=RunState(r[4]),
-                attempt=r[5],
-                started_at=_moment(r[6]),
-                finished_at=_moment(r[7]),
-                rows=r[8],
-                bytes=r[9],
-                labels=json.loads(r[10] or "{}"),
-                error=r[11],
-                details=json.loads(r[12] or "{}"),
-                recorded_at=_moment(r[13]),
-                process=r[14],
-            )
-            for r in rows
-        ]
+        sql, params = HISTORY.select_events(run_id, dataset, since)
+        return [HISTORY.event(r) for r in self._select(sql, [p.value for p in params])]
 
     def cancel_requests(self, after: int = 0) -> tuple[int, list[tuple[str, str]]]:
         """Cancel lines appended after line ``after``: ``(last line id, [(run id, reason)])``,
@@ -279,50 +265,18 @@ class SqliteHistory:
 
     @staticmethod
     def _insert_loads(conn: sqlite3.Connection, records: Sequence[LoadRecord]) -> None:
-        conn.executemany(
-            f"INSERT INTO pipeline_loads ({_LOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    r.dataset.value,
-                    str(r.month),
-                    r.object_name,
-                    r.generation,
-                    r.run_id,
-                    r.rows_in_file,
-                    r.rows_inserted,
-                    _micros(r.loaded_at),
-                )
-                for r in records
-            ],
-        )
+        conn.executemany(HISTORY.row_insert(LOADS_TABLE), [HISTORY.load_row(r) for r in records])
 
     def find_load(self, object_name: str, generation: str) -> LoadRecord | None:
-        loads = self._loads("object_name = ? AND generation = ?", [object_name, generation])
+        loads = self._loads(HISTORY.select_loads(object_name=object_name, generation=generation))
         return loads[-1] if loads else None
 
     def loads(self, dataset: Dataset | None = None) -> list[LoadRecord]:
-        if dataset is None:
-            return self._loads("1", [])
-        return self._loads("dataset = ?", [dataset.value])
+        return self._loads(HISTORY.select_loads(dataset=dataset))
 
-    def _loads(self, where: str, params: list[object]) -> list[LoadRecord]:
-        rows = self._select(
-            f"SELECT {_LOAD_COLUMNS} FROM pipeline_loads WHERE {where} ORDER BY loaded_at, id",
-            params,
-        )
-        return [
-            LoadRecord(
-                Dataset(r[0]),
-                Month.parse(r[1]),
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                _moment(r[7]) or datetime.min.replace(tzinfo=UTC),
-            )
-            for r in rows
-        ]
+    def _loads(self, statement: tuple[str, list[Param]]) -> list[LoadRecord]:
+        sql, params = statement
+        return [HISTORY.load(r) for r in self._select(sql, [p.value for p in params])]
 
     def import_history(self, events: Sequence[RunEvent], loads: Sequence[LoadRecord]) -> bool:
         """Take over the history of a home from before this store, once; returns whether it did
@@ -385,16 +339,9 @@ class SqliteHistory:
 
     # -- progress ----------------------------------------------------------------------------
 
-    def set_progress(
-        self,
-        run_id: str,
-        description: str,
-        done: int,
-        total: int | None,
-        unit: str,
-        *,
-        finished: bool = False,
-    ) -> None:
+    def set_progress(self, figures: PhaseFigures) -> None:
+        run_id, description, done = figures.run_id, figures.description, figures.done
+        total, unit, finished = figures.total, figures.unit, figures.finished
         phase = description.split(" ", 1)[0]
         with self._transaction() as conn:
             conn.execute(
@@ -425,15 +372,15 @@ class SqliteHistory:
 
     def table_rows(self, table: str) -> list[dict[str, object]]:
         """``pipeline_runs`` or ``pipeline_loads`` as rows of plain values (ISO timestamps)."""
-        if table == "pipeline_runs":
-            columns, times = _RUN_COLUMNS, {"started_at", "finished_at", "recorded_at"}
-            order = "recorded_at, id"
-        elif table == "pipeline_loads":
-            columns, times, order = _LOAD_COLUMNS, {"loaded_at"}, "loaded_at, id"
+        if table == RUNS_TABLE:
+            columns, order = HISTORY.event_columns, "recorded_at, id"
+        elif table == LOADS_TABLE:
+            columns, order = LOAD_COLUMNS, "loaded_at, id"
         else:
             raise ValueError(f"no history table {table!r}")
-        names = [c.strip() for c in columns.split(",")]
-        rows = self._select(f"SELECT {columns} FROM {table} ORDER BY {order}")
+        names = [c.name for c in columns]
+        times = {c.name for c in columns if c.kind == "timestamp"}
+        rows = self._select(f"SELECT {', '.join(names)} FROM {table} ORDER BY {order}")
         out = []
         for row in rows:
             record: dict[str, object] = {}

@@ -1,21 +1,16 @@
-"""What the steps share: the invocation context and publishing the next message."""
+"""What the steps share: publishing the next message, the one-source rule."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Final
 
 from taxi_pipeline.domain.datasets import Dataset, Month, Upstream, upstream_of_object
-from taxi_pipeline.domain.messages import (
-    IngestResult,
-    MergeRequest,
-    RunState,
-    Topic,
-    labels_to_attributes,
-)
+from taxi_pipeline.domain.formats import SourceFormat, VerifiedFile, VerifyTarget
+from taxi_pipeline.domain.messages import IngestResult, MergeRequest, Topic
+from taxi_pipeline.domain.runs import LoadRecord, RunIdentity, run_of_result
 from taxi_pipeline.errors import SourceConflict
-from taxi_pipeline.pipeline.ports import LoadLedger, LoadRecord, ObjectInfo, Ports
+from taxi_pipeline.pipeline.ports import LoadLedger, ObjectInfo, Ports
+from taxi_pipeline.settings import Settings
 
 UPSTREAM_NAMES: Final = {
     Upstream.MIRROR: "the DataTalksClub mirror",
@@ -23,82 +18,57 @@ UPSTREAM_NAMES: Final = {
 }
 
 
-@dataclass
-class Invocation:
-    """What is known about the run an event belongs to; filled in as the event is parsed.
-
-    The entry point's error handling reads it to record a failure against the right run.
-    """
-
-    step: str
-    attempt: int = 1
-    run_id: str | None = None
-    dataset: Dataset | None = None
-    month: Month | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    delivery_id: str = ""
-    """The identity of the delivered message or object (the same on every redelivery)."""
-
-
-def run_attributes(
-    run_id: str, dataset: Dataset, month: Month, labels: Mapping[str, str]
-) -> dict[str, str]:
-    """Pub/Sub attributes that carry the run's identity along the chain."""
-    return {
-        "run_id": run_id,
-        "dataset": dataset.value,
-        "month": str(month),
-        **labels_to_attributes(labels),
-    }
-
-
 def request_merge(
-    ports: Ports,
-    run_id: str,
-    dataset: Dataset,
-    month: Month,
-    source: ObjectInfo,
-    labels: Mapping[str, str],
-    *,
-    force: bool = False,
-    replace: bool = False,
+    ports: Ports, run: RunIdentity, source: ObjectInfo, *, replace: bool = False
 ) -> None:
     """Hand a verified lake object over to the merge step (``merge-requests``)."""
     request = MergeRequest(
-        dataset=dataset,
-        month=str(month),
-        run_id=run_id,
+        dataset=run.dataset,
+        month=str(run.month),
+        run_id=run.run_id,
         object_name=source.name,
         generation=source.generation,
-        labels=dict(labels),
-        force=force,
+        labels=dict(run.labels),
         replace=replace,
     )
-    ports.bus.publish(
-        Topic.MERGE_REQUESTS, request.to_bytes(), run_attributes(run_id, dataset, month, labels)
-    )
+    ports.bus.publish(Topic.MERGE_REQUESTS, request.to_bytes(), run.attributes())
 
 
 def publish_result(ports: Ports, result: IngestResult) -> None:
     ports.bus.publish(
         Topic.INGEST_RESULTS,
         result.to_bytes(),
-        run_attributes(result.run_id, result.dataset, Month.parse(result.month), result.labels)
-        | {"state": result.state.value},
+        run_of_result(result).attributes() | {"state": result.state.value},
     )
 
 
-def failed_result(invocation: Invocation, state: RunState, error: str) -> IngestResult | None:
-    if invocation.run_id is None or invocation.dataset is None or invocation.month is None:
-        return None
-    return IngestResult(
-        run_id=invocation.run_id,
-        dataset=invocation.dataset,
-        month=str(invocation.month),
-        state=state,
-        error=error[:2000],
-        labels=invocation.labels,
+def verify_target(
+    settings: Settings,
+    dataset: Dataset,
+    month: Month,
+    expected_length: int | None,
+    etag: str | None = None,
+) -> VerifyTarget:
+    """What a file of the month is checked against, within the settings' bounds."""
+    return VerifyTarget(
+        dataset=dataset.value,
+        month=month,
+        layout=dataset.layout,
+        expected_length=expected_length,
+        min_rows=settings.min_rows_per_file,
+        max_inflated=settings.max_inflated_bytes,
+        etag=etag,
     )
+
+
+def verify_lake_object(
+    ports: Ports, fmt: SourceFormat, dataset: Dataset, month: Month, info: ObjectInfo
+) -> VerifiedFile:
+    """The whole lake object verified as its download would have been (its format's object
+    verifier, read through the lake)."""
+    target = verify_target(ports.settings, dataset, month, info.size)
+    with ports.lake.open_read(info.name) as handle:
+        return fmt.verify_object(handle, target)
 
 
 def current_load(ledger: LoadLedger, dataset: Dataset, month: Month) -> LoadRecord | None:

@@ -16,7 +16,6 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
 from urllib.parse import urlsplit
 
 from tenacity import (
@@ -37,24 +36,24 @@ from taxi_pipeline.domain.datasets import (
     file_name,
     object_name,
 )
-from taxi_pipeline.domain.formats import VerifiedFile, VerifyTarget
-from taxi_pipeline.domain.messages import IngestRequest, RunState, labels_to_attributes
+from taxi_pipeline.domain.formats import VerifiedFile
+from taxi_pipeline.domain.messages import IngestRequest, RunState
+from taxi_pipeline.domain.runs import RunIdentity
 from taxi_pipeline.domain.sources import INSECURE_OPT_IN, display_url, is_loopback
 from taxi_pipeline.errors import (
     ConfigurationError,
-    InvalidMessage,
     NotPublished,
     PermanentError,
     SourceConflict,
     TransientError,
 )
 from taxi_pipeline.pipeline.ports import ObjectInfo, Ports, UpstreamVersion
-from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
+from taxi_pipeline.pipeline.recorder import StepRecorder
 from taxi_pipeline.pipeline.steps.common import (
-    Invocation,
     check_one_source,
     current_load,
     request_merge,
+    verify_target,
 )
 from taxi_pipeline.pipeline.verify import BackgroundVerifier, TruncatedStream
 from taxi_pipeline.settings import Settings
@@ -64,13 +63,11 @@ log = logging.getLogger(__name__)
 REPLACE_KEY = "replace"
 """Object metadata of a download made by a ``replace`` run: its merge replaces the month."""
 
-EARLIEST_MONTH = Month(2009, 1)
-"""The first month of TLC trip records; anything earlier cannot exist upstream."""
-
 
 @dataclass(frozen=True)
 class DownloadOutcome:
-    run_id: str
+    """What the download step left in the lake: the verified object (new or reused)."""
+
     object: ObjectInfo
     downloaded: bool
     verified: VerifiedFile | None
@@ -127,55 +124,14 @@ def publication_for(request: IngestRequest, month: Month, settings: Settings) ->
     return choose_publication(request.dataset, month, request.source or settings.source)
 
 
-def resolve_month(request: IngestRequest, event_time: datetime, settings: Settings) -> Month:
-    """The request's month, or (scheduled runs) the event time's month minus the lag: the
-    request's ``lag_months`` (what a schedule asks for), else the setting's."""
-    explicit = request.parsed_month
-    if explicit is not None:
-        month = explicit
-    else:
-        lag = request.lag_months if request.lag_months is not None else settings.schedule_lag_months
-        month = Month(event_time.year, event_time.month).minus(lag)
-    latest = Month(event_time.year, event_time.month)
-    if month < EARLIEST_MONTH:
-        raise InvalidMessage(f"month {month} is before the first published month {EARLIEST_MONTH}")
-    if latest < month:
-        raise InvalidMessage(f"month {month} is in the future (now {latest})")
-    return month
-
-
-def identify_run(
-    request: IngestRequest, event_time: datetime, message_identity: str, settings: Settings
-) -> tuple[str, Month, dict[str, str]]:
-    """The run an ingest request starts or continues: its id, month and labels.
-
-    A message without a run id (Cloud Scheduler's static body, a hand publish) starts a run
-    whose id is derived from ``message_identity``, so its redeliveries, and the dead-letter
-    handler given its forwarded copy, name that same run.
-    """
-    month = resolve_month(request, event_time, settings)
-    labels = dict(request.labels)
-    labels.setdefault("trigger", "manual" if request.month else "schedule")
-    run_id = request.run_id or new_run_id(request.dataset, month, derived_from=message_identity)
-    return run_id, month, labels
-
-
-def run(
-    request: IngestRequest, event_time: datetime, invocation: Invocation, ports: Ports
-) -> DownloadOutcome:
-    """Download and verify one month into the lake (or reuse the verified object already there)."""
-    dataset = request.dataset
-    run_id, month, labels = identify_run(
-        request, event_time, invocation.delivery_id, ports.settings
-    )
-    invocation.run_id, invocation.dataset, invocation.month = run_id, dataset, month
-    invocation.labels = labels
+def run(request: IngestRequest, run: RunIdentity, attempt: int, ports: Ports) -> DownloadOutcome:
+    """Download and verify the run's month into the lake (or reuse the verified object already
+    there); ``run`` is the request's (:func:`runs.run_of_request`)."""
+    dataset, month = run.dataset, run.month
     # A run cancelled while queued (or, in the cloud, between steps) goes no further.
-    ports.cancellation.check(run_id, recorded=True)
+    ports.cancellation.check(run.run_id, recorded=True)
 
-    recorder = StepRecorder(
-        ports.warehouse, run_id, dataset, month, "download", invocation.attempt, labels
-    )
+    recorder = StepRecorder(ports.warehouse, run, "download", attempt)
     recorder.running()
     publication = publication_for(request, month, ports.settings)
     fmt = publication.source_format
@@ -189,7 +145,7 @@ def run(
     # a backfill, a duplicate request) waits, then finds the verified object and reuses it
     # instead of writing a second generation that would be staged and merged again.
     with ports.locks.hold(f"download-{dataset.value}-{month}"):
-        ports.cancellation.check(run_id)
+        ports.cancellation.check(run.run_id)
         existing = ports.lake.stat(name)
         fresh = request.force or request.replace
         if existing is not None and existing.metadata.get("source_url") == url and not fresh:
@@ -200,21 +156,15 @@ def run(
                 name,
                 existing.generation,
             )
-            request_merge(ports, run_id, dataset, month, existing, labels)
+            request_merge(ports, run, existing)
             recorder.finish(RunState.SKIPPED, bytes_=0, details={"reason": "already in the lake"})
-            return DownloadOutcome(run_id, existing, downloaded=False, verified=None)
+            return DownloadOutcome(existing, downloaded=False, verified=None)
 
-        metadata = {
-            "run_id": run_id,
-            "dataset": dataset.value,
-            "month": str(month),
-            "source_url": url,
-            "source": publication.upstream.value,
-        }
+        # The run's identity travels with the object to the register step.
+        metadata = {**run.attributes(), "source_url": url, "source": publication.upstream.value}
         if request.replace:
             # Read by the register step, which hands the object to the merge.
             metadata[REPLACE_KEY] = "true"
-        metadata.update(labels_to_attributes(labels))
         # Loaded from this very object: a forced download of an upstream file that changed
         # since must not be merged insert-only over the old rows (only --replace reloads it).
         guard = (
@@ -234,7 +184,7 @@ def run(
         details=_notes(verified),
     )
     log.info("downloaded %s: %d bytes, %d rows", name, verified.bytes_compressed, verified.rows)
-    return DownloadOutcome(run_id, stored, downloaded=True, verified=verified)
+    return DownloadOutcome(stored, downloaded=True, verified=verified)
 
 
 def _notes(verified: VerifiedFile) -> dict[str, str]:
@@ -341,19 +291,8 @@ def download_once(job: DownloadJob, ports: Ports, deadline: float) -> VerifiedFi
         version = UpstreamVersion(response.etag, response.last_modified, response.content_length)
         _check_unchanged(job, version)
         metadata = {**job.metadata, **version.as_metadata()}
-        verifier = BackgroundVerifier(
-            job.publication.source_format.verifier(
-                VerifyTarget(
-                    dataset=dataset.value,
-                    month=job.month,
-                    layout=dataset.layout,
-                    expected_length=response.content_length,
-                    min_rows=settings.min_rows_per_file,
-                    max_inflated=settings.max_inflated_bytes,
-                    etag=response.etag,
-                )
-            )
-        )
+        target = verify_target(settings, dataset, job.month, response.content_length, response.etag)
+        verifier = BackgroundVerifier(job.publication.source_format.verifier(target))
         speed = SpeedFloor(
             settings.download_min_bytes_per_second, settings.download_speed_window_seconds
         )

@@ -26,8 +26,9 @@ from taxi_pipeline.domain.datasets import (
     parse_object,
     upstream_of_object,
 )
-from taxi_pipeline.domain.formats import SourceFormat, VerifiedFile, VerifyTarget
+from taxi_pipeline.domain.formats import SourceFormat, VerifiedFile
 from taxi_pipeline.domain.messages import IngestResult, MergeRequest, RunState
+from taxi_pipeline.domain.runs import LoadRecord, RunIdentity
 from taxi_pipeline.errors import (
     DataQualityError,
     InvalidMessage,
@@ -38,7 +39,7 @@ from taxi_pipeline.errors import (
 from taxi_pipeline.pipeline.ports import (
     DateRange,
     JobContext,
-    LoadRecord,
+    MergePlan,
     ObjectInfo,
     Ports,
     Replacement,
@@ -46,10 +47,10 @@ from taxi_pipeline.pipeline.ports import (
 )
 from taxi_pipeline.pipeline.recorder import StepRecorder, utcnow
 from taxi_pipeline.pipeline.steps.common import (
-    Invocation,
     check_one_source,
     describe_upstream,
     publish_result,
+    verify_lake_object,
 )
 
 PICKUP_DATES_KEY = "pickup_dates"
@@ -134,18 +135,15 @@ def _object_format(request: MergeRequest) -> SourceFormat:
     return fmt
 
 
-def run(request: MergeRequest, invocation: Invocation, ports: Ports) -> IngestResult:
-    """Stage and merge one lake object; publishes and returns the run's result."""
-    dataset, month = request.dataset, request.parsed_month
-    invocation.run_id, invocation.dataset, invocation.month = request.run_id, dataset, month
-    invocation.labels = dict(request.labels)
+def run(request: MergeRequest, run: RunIdentity, attempt: int, ports: Ports) -> IngestResult:
+    """Stage and merge one lake object; publishes and returns the run's result. ``run`` is the
+    request's (:func:`runs.run_of_merge_request`)."""
+    dataset, month = run.dataset, run.month
     fmt = _object_format(request)
-    ports.cancellation.check(request.run_id, recorded=True)
-    recorder = StepRecorder(
-        ports.warehouse, request.run_id, dataset, month, "merge", invocation.attempt, request.labels
-    )
+    ports.cancellation.check(run.run_id, recorded=True)
+    recorder = StepRecorder(ports.warehouse, run, "merge", attempt)
     with ports.locks.hold(f"merge-{dataset.value}-{month}"):
-        ports.cancellation.check(request.run_id)
+        ports.cancellation.check(run.run_id)
         recorder.running()
         source = ports.lake.stat(request.object_name)
         if source is None:
@@ -270,7 +268,6 @@ def _stage_and_merge(
     context = JobContext(request.run_id, dataset, month, "merge", source.generation)
     ports.warehouse.ensure_final_table(dataset)
     replacing = _replacement(ports, dataset, month, loads) if request.replace else None
-    replaced: int | None = None
     # Loads of one dataset take turns at inserting: each checks its ids against what the final
     # table holds. A warehouse that stages into the final table checks them against the table
     # as it was when staging began, so its turn starts there.
@@ -281,7 +278,7 @@ def _stage_and_merge(
         with ports.locks.hold(insert_turn) if in_final else nullcontext():
             # Recreated here too: a crash between register and merge must not strand the run.
             ports.warehouse.create_external_table(dataset, month, source, ports.lake)
-            staged = ports.warehouse.stage(dataset, month, source, ports.lake, context)
+            staged = ports.warehouse.stage(source, ports.lake, context)
             if declared is not None and staged.rows != declared.rows:
                 raise VerificationFailed(
                     f"{source.name}: its footer says {declared.rows} rows, staging read"
@@ -303,14 +300,8 @@ def _stage_and_merge(
             with nullcontext() if in_final else ports.locks.hold(insert_turn):
                 # The last moment to stop: once the insert commits, the month is loaded.
                 ports.cancellation.check(request.run_id)
-                if replacing is not None:
-                    replaced, inserted = ports.warehouse.replace_staged(
-                        dataset, month, ranges, null_pickups, context, replacing, load=load
-                    )
-                else:
-                    inserted = ports.warehouse.merge_staged(
-                        dataset, month, ranges, null_pickups, context, load=load
-                    )
+                plan = MergePlan(context, ranges, null_pickups, replacing, load)
+                outcome = ports.warehouse.merge_staged(plan)
     except Exception as exc:
         # A refused or cancelled month leaves no external or staging table behind, nor rows
         # staged into the final table (rolled back). (After a transient failure a staging
@@ -323,9 +314,9 @@ def _stage_and_merge(
             _drop_quietly(ports, dataset, month)
         raise
     notes = list(declared.notes if declared is not None else ())
-    if replaced is not None:
-        notes.append(_replaced_note(replaced, loads, source.name))
-    return _Merged(staged, inserted, ranges, tuple(notes), replaced)
+    if outcome.deleted is not None:
+        notes.append(_replaced_note(outcome.deleted, loads, source.name))
+    return _Merged(staged, outcome.inserted, ranges, tuple(notes), outcome.deleted)
 
 
 def _declared(
@@ -335,16 +326,7 @@ def _declared(
     schema its month's period does not have fails here); ``None`` for other formats."""
     if not fmt.declares_rows:
         return None
-    target = VerifyTarget(
-        dataset=dataset.value,
-        month=month,
-        layout=dataset.layout,
-        expected_length=source.size,
-        min_rows=ports.settings.min_rows_per_file,
-        max_inflated=ports.settings.max_inflated_bytes,
-    )
-    with ports.lake.open_read(source.name) as handle:
-        return fmt.verify_object(handle, target)
+    return verify_lake_object(ports, fmt, dataset, month, source)
 
 
 def _replacement(

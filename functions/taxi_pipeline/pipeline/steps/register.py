@@ -14,12 +14,12 @@ import logging
 from collections.abc import Mapping
 
 from taxi_pipeline.domain.datasets import parse_object
-from taxi_pipeline.domain.formats import VerifyTarget
-from taxi_pipeline.domain.messages import GcsObject, RunState, is_run_id, labels_from_attributes
-from taxi_pipeline.errors import InvalidMessage, PermanentError
+from taxi_pipeline.domain.messages import GcsObject, RunState, is_run_id
+from taxi_pipeline.domain.runs import RunIdentity
+from taxi_pipeline.errors import PermanentError
 from taxi_pipeline.pipeline.ports import Ports
-from taxi_pipeline.pipeline.recorder import StepRecorder, new_run_id
-from taxi_pipeline.pipeline.steps.common import Invocation, request_merge
+from taxi_pipeline.pipeline.recorder import StepRecorder
+from taxi_pipeline.pipeline.steps.common import request_merge, verify_lake_object
 from taxi_pipeline.pipeline.steps.download import REPLACE_KEY
 
 log = logging.getLogger(__name__)
@@ -27,23 +27,22 @@ log = logging.getLogger(__name__)
 RAW_PREFIX = "raw/"
 
 
-def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
-    """Create the external table and ask for the merge; returns the run id (None: ignored)."""
-    if not obj.name.startswith(RAW_PREFIX):
-        log.info("ignoring gs://%s/%s: not under %s", obj.bucket, obj.name, RAW_PREFIX)
-        return None
-    try:
-        dataset, month, fmt = parse_object(obj.name)
-    except ValueError as exc:
-        raise InvalidMessage(str(exc)) from exc
-    invocation.dataset, invocation.month = dataset, month
-    run_id, labels = run_of_object(obj)
-    invocation.run_id, invocation.labels = run_id, labels
-    ports.cancellation.check(run_id, recorded=True)
+def registers(obj: GcsObject) -> bool:
+    """Whether the step registers ``obj``: objects outside ``raw/`` are ignored."""
+    if obj.name.startswith(RAW_PREFIX):
+        return True
+    log.info("ignoring gs://%s/%s: not under %s", obj.bucket, obj.name, RAW_PREFIX)
+    return False
 
-    recorder = StepRecorder(
-        ports.warehouse, run_id, dataset, month, "register", invocation.attempt, labels
-    )
+
+def run(obj: GcsObject, run: RunIdentity, attempt: int, ports: Ports) -> str:
+    """Create the external table and ask for the merge; returns the table's name. ``run`` is
+    the object's (:func:`runs.run_of_object`)."""
+    dataset, month = run.dataset, run.month
+    _, _, fmt = parse_object(obj.name)
+    ports.cancellation.check(run.run_id, recorded=True)
+
+    recorder = StepRecorder(ports.warehouse, run, "register", attempt)
     recorder.running()
     current = ports.lake.stat(obj.name)
     if current is None:
@@ -60,35 +59,15 @@ def run(obj: GcsObject, invocation: Invocation, ports: Ports) -> str | None:
     fmt.check_head(ports.lake.read_head(obj.name, fmt.head_bytes), dataset.layout, dataset.value)
     downloaded = _written_by_download(current.metadata)
     if not downloaded:
-        target = VerifyTarget(
-            dataset=dataset.value,
-            month=month,
-            layout=dataset.layout,
-            expected_length=current.size,
-            min_rows=ports.settings.min_rows_per_file,
-            max_inflated=ports.settings.max_inflated_bytes,
-        )
-        with ports.lake.open_read(obj.name) as handle:
-            verified = fmt.verify_object(handle, target)
+        verified = verify_lake_object(ports, fmt, dataset, month, current)
         log.info("verified hand-uploaded %s: %d rows", obj.name, verified.rows)
 
     ports.warehouse.ensure_final_table(dataset)
     table = ports.warehouse.create_external_table(dataset, month, current, ports.lake)
     replace = downloaded and current.metadata.get(REPLACE_KEY) == "true"
-    request_merge(ports, run_id, dataset, month, current, labels, replace=replace)
+    request_merge(ports, run, current, replace=replace)
     recorder.finish(RunState.SUCCESS, bytes_=current.size, details={"external_table": table})
-    return run_id
-
-
-def run_of_object(obj: GcsObject) -> tuple[str, dict[str, str]]:
-    """The run a ``raw/`` object belongs to, and its labels: the one its metadata names (a
-    download), or one derived from the object's generation (uploaded by hand, or by a tool that
-    sets no metadata), so redelivered events of that generation continue one run."""
-    dataset, month, _ = parse_object(obj.name)
-    run_id = obj.metadata.get("run_id", "")
-    if is_run_id(run_id):
-        return run_id, labels_from_attributes(obj.metadata)
-    return new_run_id(dataset, month, derived_from=obj.identity), {"trigger": "upload"}
+    return table
 
 
 def _written_by_download(metadata: Mapping[str, str]) -> bool:

@@ -1,0 +1,1 @@
+"""Fault injection: configurable adapters around the real ones (see :mod:`.wrappers`)."""
