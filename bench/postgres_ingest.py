@@ -1,21 +1,25 @@
-"""Benchmark 7: a yellow month into PostgreSQL, ours against the zoomcamp flow's own SQL.
+"""Benchmark 8: a yellow month into PostgreSQL, ours against the zoomcamp flow's own SQL.
 
 ``python -m bench.postgres_ingest`` starts one PostgreSQL server (``bench.postgres``, Debian's
 package, a temp folder, every statement's duration in its log), generates yellow months, serves
 them over local HTTP, and measures on that one server, interleaved, a fresh database per run:
 
 - ours: ``taxi-pipeline run yellow 2019-01`` with ``TAXI_PIPELINE_WAREHOUSE_URL=postgresql://...``
-  (download and verification, COPY through the client into a landing table, the run's staging
-  table typed from it by the shared staging SQL, the
-  pruned, insert-only MERGE with its load record): wall, client peak RSS;
+  (download and verification, COPY through the client into text landing tables on two
+  connections, the strict staging table typed from them on parallel workers, measured, then the
+  insert-only merge: the file's first load deletes the ids the final table holds from it, indexes
+  it and attaches it as the file's partition, with its load record): wall, client peak RSS;
 - reference: the zoomcamp's 04_postgres_taxi flow as SQL: ``curl | gunzip`` to a file, CREATE
   the final and the staging table, TRUNCATE, COPY (``psql \\copy``, client-side like the JDBC
   CopyIn), ``UPDATE staging SET unique_row_id = md5(7 fields), filename``, ``MERGE`` on the id.
   Its counts are ``double precision`` instead of ``integer``: with ``integer`` its COPY refuses
   the file's ``1.0`` spellings and loads nothing (a known weak spot of the flow);
+- where each run's time goes: the server log's statements by phase (COPY, staging, measure,
+  merge, other), their overlaps counted once, and the rest of the run's wall (the client:
+  process start, download and verification, run history);
 - the merge of the 12th month against the 1st: twelve smaller months loaded in order by each
-  contender into a database of its own; the MERGE statement's duration is read from the
-  server's log (``log_min_duration_statement = 0``).
+  contender into a database of its own; the merge statements' durations are read from the
+  server's log.
 
 Results go to ``bench/results/postgres_ingest.json``; ``python -m bench.report`` renders them.
 """
@@ -26,6 +30,8 @@ import argparse
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,20 +141,86 @@ def _expect(got: int, want: int, what: str) -> None:
         raise RuntimeError(f"{what}: {got} rows loaded, expected {want}")
 
 
-_MERGE_LINE = re.compile(
-    r"duration: ([0-9.]+) ms .*(MERGE INTO|INSERT INTO \"public\"\.\"yellow_tripdata_file_)",
-    re.IGNORECASE,
+_LOGGED = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:  duration: ([0-9.]+) ms"
+    r"  (?:statement|execute [^:]*): (.*)$",
+    re.MULTILINE,
 )
-"""The merge statements: the reference's MERGE and ours (MERGE for a file loaded before, the
-bulk INSERT into the file's new partition for its first load)."""
+"""A statement the server logged (``log_min_duration_statement = 0``): when it ended, how long
+it took, its text."""
+
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern, re.IGNORECASE))
+    for name, pattern in (
+        ("copy", r"^COPY "),
+        # Ours: the staging table typed from the landing ones (CREATE TABLE ... AS); the
+        # reference: its UPDATE of every staged row.
+        ("staging", r"^(CREATE (UNLOGGED )?TABLE \S+ AS|UPDATE )"),
+        ("measure", r"^(SELECT COALESCE\(sum\(n\)|SELECT count\(\*\) FILTER|ANALYZE )"),
+        # The insert-only merge: ours deletes the ids the final table holds from a first load's
+        # staging table, indexes and attaches it (or MERGEs a file loaded before); the
+        # reference MERGEs.
+        (
+            "merge",
+            r"^(MERGE INTO|DELETE FROM \S+ AS s\b|CREATE INDEX|ALTER TABLE|"
+            r"INSERT INTO \S+_file_)",
+        ),
+    )
+)
+"""The phases of a load as the server's log shows them, in order; any other statement (DDL, the
+run history, locks) is "other"."""
 
 
-def _merge_durations(log: Path, start: int) -> list[float]:
-    """MERGE statements' durations (seconds) logged after byte ``start`` of the server log."""
+@dataclass(frozen=True)
+class Logged:
+    end: float
+    seconds: float
+    text: str
+
+    @property
+    def start(self) -> float:
+        return self.end - self.seconds
+
+
+def _logged(log: Path, start: int, end: int | None = None) -> list[Logged]:
+    """The statements logged between bytes ``start`` and ``end`` of the server log."""
     with log.open("rb") as handle:
         handle.seek(start)
-        text = handle.read().decode(errors="replace")
-    return [float(m.group(1)) / 1000 for m in _MERGE_LINE.finditer(text)]
+        text = handle.read(None if end is None else end - start).decode(errors="replace")
+    out = []
+    for m in _LOGGED.finditer(text):
+        when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+        out.append(Logged(when.timestamp(), float(m.group(2)) / 1000, m.group(3).strip()))
+    return out
+
+
+def phase_of(statement: str) -> str:
+    return next((name for name, pattern in PHASES if pattern.match(statement)), "other")
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by the intervals (COPYs on two connections overlap)."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def phases(statements: list[Logged], wall: float) -> dict[str, float]:
+    """Wall seconds per phase, and ``client``: the run's wall outside every server statement
+    (process start, download and verification, run history, the client's side of COPY beyond
+    the server's)."""
+    out = {name: 0.0 for name, _ in PHASES} | {"other": 0.0}
+    for name in out:
+        out[name] = _union([(s.start, s.end) for s in statements if phase_of(s.text) == name])
+    out["client"] = max(0.0, wall - _union([(s.start, s.end) for s in statements]))
+    return out
+
+
+def _merge_seconds(statements: list[Logged]) -> float:
+    return sum(s.seconds for s in statements if phase_of(s.text) == "merge")
 
 
 def _server_log(pg: PgServer) -> Path:
@@ -159,7 +231,8 @@ def _one_size(
     pg: PgServer, server: SourceServer, rows: int, runs: int, work: Path
 ) -> dict[str, Any]:
     url = f"{server.base_url}/yellow/yellow_tripdata_2019-01.csv.gz"
-    ours_runs, reference_runs = [], []
+    ours_runs: list[Measured] = []
+    reference_runs: list[Measured] = []
     ours_server_peak = reference_server_peak = 0
     for i in range(runs):
         for contender in ("ours", "reference") if i % 2 == 0 else ("reference", "ours"):
@@ -167,14 +240,18 @@ def _one_size(
             pg.sql(f"CREATE DATABASE {database}")
             log = work / f"{database}.log"
             sampler = RssSampler(pg.postmaster())
+            start = _server_log(pg).stat().st_size
             if contender == "ours":
                 run = _ours(pg, database, server, "2019-01", work / f"home-{database}", log)
                 ours_server_peak = max(ours_server_peak, sampler.stop())
-                ours_runs.append(run)
             else:
                 run = _reference(pg, database, url, "2019-01", work, log)
                 reference_server_peak = max(reference_server_peak, sampler.stop())
-                reference_runs.append(run)
+            run = replace(
+                run,
+                extra={"phases": phases(_logged(_server_log(pg), start), run.wall_seconds)},
+            )
+            (ours_runs if contender == "ours" else reference_runs).append(run)
             _expect(_count(pg, database), rows, contender)
             say(
                 f"{rows:,} rows, {contender} #{i + 1}: {run.wall_seconds:.1f} s,"
@@ -185,10 +262,21 @@ def _one_size(
     ours, reference = summarize(ours_runs), summarize(reference_runs)
     return {
         "rows": rows,
-        "ours": ours | {"server_peak_rss_bytes": ours_server_peak},
-        "reference": reference | {"server_peak_rss_bytes": reference_server_peak},
+        "ours": ours
+        | {"server_peak_rss_bytes": ours_server_peak, "phases": _median_phases(ours_runs)},
+        "reference": reference
+        | {
+            "server_peak_rss_bytes": reference_server_peak,
+            "phases": _median_phases(reference_runs),
+        },
         "wall_ratio": ours["wall_seconds"] / reference["wall_seconds"],
     }
+
+
+def _median_phases(runs: list[Measured]) -> dict[str, float]:
+    """The phases of the run whose wall is the median."""
+    ordered = sorted(runs, key=lambda r: r.wall_seconds)
+    return dict(ordered[(len(ordered) - 1) // 2].extra["phases"])
 
 
 def _twelve_months(
@@ -209,13 +297,10 @@ def _twelve_months(
             else:
                 url = f"{server.base_url}/yellow/yellow_tripdata_{month}.csv.gz"
                 run = _reference(pg, database, url, month, work, log)
-            durations = _merge_durations(_server_log(pg), start)
+            statements = _logged(_server_log(pg), start)
             walls.append(run.wall_seconds)
-            merges.append(sum(durations))
-            say(
-                f"{contender} {month}: {run.wall_seconds:.1f} s, MERGE {merges[-1]:.2f} s"
-                f" ({len(durations)} statement(s))"
-            )
+            merges.append(_merge_seconds(statements))
+            say(f"{contender} {month}: {run.wall_seconds:.1f} s, merge {merges[-1]:.2f} s")
         _expect(_count(pg, database), rows * len(months), f"{contender} twelve months")
         out[contender] = {"wall_seconds": walls, "merge_seconds": merges}
         pg.sql(f"DROP DATABASE {database}")
@@ -230,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         help="month sizes to measure",
     )  # fmt: skip
     parser.add_argument(
-        "--runs", type=int, nargs="+", default=[3, 1],
+        "--runs", type=int, nargs="+", default=[3],
         help="interleaved runs of each contender per size (the last value repeats)",
     )  # fmt: skip
     parser.add_argument("--month-rows", type=int, default=500_000, help="rows of each of the 12")

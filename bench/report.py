@@ -568,8 +568,10 @@ def _postgres_ingest(data: dict[str, Any]) -> str:
         "One PostgreSQL server (" + data["postgresql"] + "), the same generated yellow file"
         " served over local HTTP, a fresh database per run, the contenders interleaved."
         " **ours**: `taxi-pipeline run yellow 2019-01` with a `postgresql://` warehouse"
-        " (download and verification, COPY through the client into the run's landing table,"
-        " the typed insert-only merge with its load record in one transaction). **reference**:"
+        " (download and verification, COPY through the client into text landing tables on two"
+        " connections, the strict staging table typed from them on parallel workers, the"
+        " insert-only merge attaching it as the file's partition, with its load record, in one"
+        " transaction). **reference**:"
         " the 04_postgres_taxi flow's statements (`curl | gunzip` to a file, CREATE, TRUNCATE,"
         " client-side COPY into the shared staging table, `UPDATE ... SET unique_row_id ="
         " md5(7 fields)`, MERGE on the id); its counts are `double precision`, since with"
@@ -598,14 +600,16 @@ def _postgres_ingest(data: dict[str, Any]) -> str:
             + _verdict(rss_ok, _mib(ours["peak_rss_bytes"])),
         ]
     lines += ["", *verdicts]
+    lines += _postgres_phases(data["sizes"])
     months = data.get("twelve_months")
     if months:
         lines += [
             "",
             f"Twelve months of {months['rows_per_month']:,} rows loaded in order, each contender"
-            " into its own database; the merge statement's own time from the server's log"
-            " (ours: the bulk write of the file's partition, or MERGE for a file loaded before;"
-            " the reference: its MERGE):",
+            " into its own database; the merge statements' own time from the server's log"
+            " (ours: deleting the ids the final table holds from the file's staging table,"
+            " indexing and attaching it, or MERGE for a file loaded before; the reference: its"
+            " MERGE):",
             "",
             "| month | ours: merge | ours: run | reference: MERGE | reference: run |",
             "|---|---|---|---|---|",
@@ -625,16 +629,54 @@ def _postgres_ingest(data: dict[str, Any]) -> str:
             " growing, unindexed final table).",
         ]
     lines += [
-        "- Where ours saves: the landing table is UNLOGGED and its numbers typed as COPY parses"
-        " them; the id is computed once as the staging rows are written (no UPDATE rewriting"
-        " every row); a file's first load is written in bulk into a new table that becomes its"
-        " partition (INSERT, index builds, ATTACH) rather than row by row into indexes that"
-        " grow with the table.",
+        "- Where ours saves: the rows land as text in UNLOGGED tables through two COPY"
+        " connections (two server processes parse the CSV); one flat CREATE TABLE AS types"
+        " them on parallel workers (plain casts of the files' own spellings, anything else"
+        " sending the month to the exact, slower typing), computing the id as it writes (no"
+        " UPDATE rewriting every row); that table is the file's partition: no second write,"
+        " one index (pickup) built sorted, ATTACH instead of inserting row by row into indexes"
+        " that grow with the table.",
+        "- Where the reference's time goes: its COPY parses and writes every row into a logged"
+        " table, its UPDATE writes every row again (a second version of each), its MERGE a third"
+        " time into the final table; three passes of WAL.",
         "",
         _machine(data),
         "",
     ]
     return "\n".join(lines)
+
+
+_PHASE_TITLES = {
+    "client": "client (start, download, verify, history)",
+    "copy": "COPY",
+    "staging": "staging (ours: typed CREATE TABLE AS; reference: UPDATE md5)",
+    "measure": "measure",
+    "merge": "merge (ours: delete present ids, index, ATTACH; reference: MERGE)",
+    "other": "other statements",
+}
+
+
+def _postgres_phases(sizes: list[dict[str, Any]]) -> list[str]:
+    """Where the median run of each size spent its wall, from the server's statement log."""
+    with_phases = [s for s in sizes if "phases" in s["ours"]]
+    if not with_phases:
+        return []
+    header = " | ".join(f"{s['rows']:,}: ours / reference" for s in with_phases)
+    lines = [
+        "",
+        "Where the median run's wall went (the server log's statements by phase, overlaps"
+        " counted once; the client is the rest of the run's wall):",
+        "",
+        f"| phase | {header} |",
+        "|---|" + "---|" * len(with_phases),
+    ]
+    for phase, title in _PHASE_TITLES.items():
+        cells = [
+            f"{s['ours']['phases'][phase]:.2f} s / {s['reference']['phases'][phase]:.2f} s"
+            for s in with_phases
+        ]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _fhvhv(data: dict[str, Any]) -> str:

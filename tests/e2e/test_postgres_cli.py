@@ -211,12 +211,13 @@ def _run(home: Path, source: Source, env: dict[str, str], *args: str) -> None:
 
 
 # The statement a run is killed in: the COPY into its landing table; the typed staging table
-# built from it (the same transaction); the first load of the file (its rows written into the
-# file's new partition); the MERGE of a file loaded before (a forced re-run of a loaded month).
+# built from it (the same transaction); the first load of the file (the staging table indexed
+# to become the file's partition); the MERGE of a file loaded before (a forced re-run of a
+# loaded month).
 KILLED_IN = {
     "copy": "COPY",
-    "staging": 'CREATE UNLOGGED TABLE "public"."yellow_tripdata_2019_04_',
-    "first-load": 'INSERT INTO "public"."yellow_tripdata_file_',
+    "staging": 'CREATE TABLE "public"."yellow_tripdata_2019_04_',
+    "first-load": 'CREATE INDEX IF NOT EXISTS "yellow_tripdata_file_2019_04_csv_',
     "merge": "MERGE INTO",
 }
 

@@ -4,6 +4,8 @@ typing expressions mean when PostgreSQL evaluates them."""
 
 from __future__ import annotations
 
+import gzip
+import logging
 import socket
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from support.e2e import Cli
 from support.postgres import PostgresServer
 from taxi_pipeline.adapters.folder.store import FolderStore
 from taxi_pipeline.adapters.postgres.warehouse import SQL, PostgresWarehouse, check_server_version
-from taxi_pipeline.devkit.generator import write_raw
+from taxi_pipeline.devkit.generator import generate_month, write_raw
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, object_name
 from taxi_pipeline.errors import ConfigurationError, PermanentError
 from taxi_pipeline.pipeline.ports import JobContext, MergePlan
@@ -208,23 +210,161 @@ def test_typed_values_follow_the_reference_rules(
     assert value == expected
 
 
+TAKEN, REFUSED = "taken", "refused"
+
+
+@pytest.mark.parametrize(
+    ("column", "text", "strict"),
+    [
+        # What the published files write: the strict casts take it.
+        (COUNT, "1", TAKEN),
+        (COUNT, "1.0", TAKEN),
+        (COUNT, "-3", TAKEN),
+        (COUNT, "", TAKEN),
+        (COUNT, " 1", TAKEN),
+        (AMOUNT, "2.5", TAKEN),
+        (AMOUNT, "-0.1234567891", TAKEN),
+        (AMOUNT, "1e2", TAKEN),
+        (AMOUNT, ".5", TAKEN),
+        (AMOUNT, "", TAKEN),
+        (CODE, "2", TAKEN),
+        (CODE, "1.0", TAKEN),
+        (CODE, "", TAKEN),
+        (PICKUP, "2019-01-31 10:00:00", TAKEN),
+        (PICKUP, "2020-02-29 10:00:00", TAKEN),
+        (PICKUP, "0019-01-01 10:00:00", TAKEN),
+        (PICKUP, "9999-12-30 23:59:59", TAKEN),
+        (PICKUP, "", TAKEN),
+        # Anything else fails the strict staging, and the month is typed the exact way.
+        (COUNT, "1.5", REFUSED),
+        (COUNT, "1.0000000001", REFUSED),
+        (COUNT, "1e3", REFUSED),
+        (COUNT, "x", REFUSED),
+        (COUNT, "NaN", REFUSED),
+        (COUNT, "99999999999999999999", REFUSED),
+        (AMOUNT, "NaN", REFUSED),
+        (AMOUNT, " NaN", REFUSED),
+        (AMOUNT, "Infinity", REFUSED),
+        (AMOUNT, "-Infinity", REFUSED),
+        (AMOUNT, "1" + "0" * 29, REFUSED),
+        (AMOUNT, "seven", REFUSED),
+        (CODE, "2a", REFUSED),
+        (CODE, "-1", REFUSED),
+        (PICKUP, "2019-02-29 10:00:00", REFUSED),
+        (PICKUP, "2019-01-01 24:00:00", REFUSED),  # the next day's midnight: another text
+        (PICKUP, "2019-01-01 10:00:60", REFUSED),
+        (PICKUP, "2019-01-01 10:00:+5", REFUSED),  # read as 10:00:00 by the cast
+        (PICKUP, "2019-01-01T10:00:00", REFUSED),
+        (PICKUP, "2019-01-01 10:00:00.5", REFUSED),
+        (PICKUP, "now", REFUSED),
+        (PICKUP, "Jan 1 2019", REFUSED),
+        (PICKUP, "infinity", REFUSED),
+        (PICKUP, "0000-01-01 00:00:00", REFUSED),
+        (PICKUP, "9999-12-31 00:00:00", REFUSED),
+        (PICKUP, "10000-01-01 00:00:00", REFUSED),
+    ],
+)
+def test_strict_casts_give_the_exact_value_or_refuse(
+    postgres_server: PostgresServer,
+    postgres_database: str,
+    column: Column,
+    text: str,
+    strict: str,
+) -> None:
+    warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
+    literal = "'" + text.replace("'", "''") + "'"
+    exact = SQL.possible_sql(column, SQL.typed_sql(column, "r.v"))
+
+    def value(expression: str) -> object:
+        ((typed,),) = warehouse.query(
+            f"SELECT CAST({expression} AS text)"
+            f" FROM (SELECT CAST({literal} AS text) AS v OFFSET 0) AS r"
+        ).rows
+        return typed
+
+    try:
+        if strict == TAKEN:
+            assert value(SQL.strict_typed_sql(column, "r.v")) == value(exact)
+        else:
+            with pytest.raises(PermanentError):
+                value(SQL.strict_typed_sql(column, "r.v"))
+    finally:
+        warehouse.close()
+
+
+def test_the_strict_staging_runs_on_parallel_workers(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    """Every function it calls is PARALLEL SAFE (a try-cast with an exception block would
+    keep the whole statement in one process)."""
+    import psycopg
+
+    PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True)).close()
+    layout = Dataset.GREEN.layout
+    with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
+        columns = ", ".join(f'"{c.name}" text' for c in layout.columns)
+        conn.execute(f"CREATE TABLE landing ({columns})")
+        # Large enough for workers (min_parallel_table_scan_size, 8 MB by default).
+        values = ", ".join("'2019-01-05 10:00:00'" if "datetime" in c.name else "'1'"
+                           for c in layout.columns)  # fmt: skip
+        conn.execute(f"INSERT INTO landing SELECT {values} FROM generate_series(1, 200000)")
+        conn.execute("ANALYZE landing")
+        conn.execute("SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0")
+        plan = conn.execute(
+            "EXPLAIN " + SQL.strict_staging_sql(Dataset.GREEN, JAN, "staged", "landing", "f.csv")
+        ).fetchall()
+    assert any("Workers Planned" in line for (line,) in plan), plan
+
+
+@pytest.mark.parametrize("dataset", [Dataset.GREEN, Dataset.YELLOW], ids=lambda d: d.value)
+def test_the_strict_and_the_exact_staging_write_the_same_rows(
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path, dataset: Dataset
+) -> None:
+    """A generated month (``1.0`` spellings, empty fields, duplicates, strays) typed both ways
+    from one landing table: the same rows, ids and all."""
+    import psycopg
+
+    generated = generate_month(tmp_path, dataset, JAN, 20_000, seed=3)
+    PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True)).close()
+    layout = dataset.layout
+    final = ", ".join(["unique_row_id", "filename", *(f'"{n}"' for n in layout.final_names)])
+    with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
+        conn.execute("SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC'")
+        columns = ", ".join(f'"{c.name}" text' for c in layout.columns)
+        conn.execute(f"CREATE TABLE landing ({columns})")
+        with conn.cursor().copy("COPY landing FROM STDIN (FORMAT csv, HEADER true)") as copy:
+            copy.write(gzip.decompress(generated.path.read_bytes()))
+        conn.execute(SQL.strict_staging_sql(dataset, JAN, "strict", "landing", "f.csv"))
+        conn.execute(SQL.staging_sql(dataset, JAN, "exact", "landing", "f.csv"))
+        (bad,) = conn.execute("SELECT count(*) FROM exact WHERE _bad OR _header").fetchone() or ()
+        differ = conn.execute(
+            f"SELECT count(*) FROM ((SELECT {final} FROM strict EXCEPT ALL SELECT {final} FROM"
+            f" exact) UNION ALL (SELECT {final} FROM exact EXCEPT ALL SELECT {final} FROM strict))"
+            " AS d"
+        ).fetchone()
+        (rows,) = conn.execute("SELECT count(*) FROM strict").fetchone() or ()
+    assert (bad, differ, rows) == (0, (0,), generated.rows)
+
+
 GOOD = "2,2019-01-05 10:00:00,2019-01-05 10:10:00,N,1,74,75,1,1.2,7,0,0.5,0,0,,0.3,7.8,2,1,"
 
 
 @pytest.mark.parametrize(
     ("lines", "bad"),
     [
-        # Every value parses as COPY lands it (numbers typed): the ranges decide.
+        # Each file holds a value the strict staging refuses: the exact typing counts it.
         ([GOOD, GOOD.replace(",1,1.2,", ",1.5,1.2,", 1), GOOD.replace(",7,0,", ",NaN,0,", 1)], 2),
         ([GOOD, GOOD.replace(",7,0,", ",Infinity,0,", 1), GOOD.replace("2,", "1.0,", 1)], 1),
         ([GOOD, GOOD.replace("2019-01-05 10:00:00", "now", 1)], 1),
-        # A value of the files' shape that is no time: the file lands again as text.
+        # A value of the files' shape that is no time: the cast itself refuses it.
         ([GOOD, GOOD.replace("2019-01-05 10:00:00", "2019-02-30 10:00:00", 1)], 1),
-        # A number COPY refuses: the same.
         ([GOOD, GOOD.replace(",7,0,", ",seven,0,", 1), GOOD.replace(",7,0,", ',"",0,', 1)], 1),
+        ([GOOD, GOOD.replace(",74,75,", ",74a,75,", 1)], 1),
+        # None: the strict staging's table becomes the file's partition.
+        ([GOOD, GOOD.replace("2,", "1.0,", 1), GOOD.replace(",7,0,", ",,0,", 1)], 0),
     ],
 )
-def test_a_file_lands_typed_and_falls_back_to_text_with_the_same_outcome(
+def test_a_file_the_strict_staging_refuses_is_typed_the_exact_way(
     postgres_server: PostgresServer, postgres_database: str, tmp_path: Path, lines: list[str],
     bad: int,
 ) -> None:  # fmt: skip
@@ -245,3 +385,65 @@ def test_a_file_lands_typed_and_falls_back_to_text_with_the_same_outcome(
     warehouse.drop_month_objects(Dataset.GREEN, JAN)
     assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
     warehouse.close()
+
+
+def test_a_copy_failing_on_any_connection_stages_nothing(
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+) -> None:
+    """The month lands through two COPY connections in turn, a piece (a MiB) each: a short line
+    in the second piece fails that COPY, and the other ends with it."""
+    lines = [GOOD] * 40_000
+    lines[20_000] = GOOD.rsplit(",", 3)[0]  # too few fields, 1.5 MB in: the second piece
+    lake = FolderStore(tmp_path / "lake")
+    name = object_name(Dataset.GREEN, JAN)
+    with lake.writer(name, {}) as out:
+        out.write(write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, lines).read_bytes())
+    source = lake.stat(name)
+    assert source is not None
+    warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
+    warehouse.ensure_final_table(Dataset.GREEN)
+    context = JobContext("green-201901-short", Dataset.GREEN, JAN, "merge")
+    with pytest.raises(PermanentError, match="missing data for column"):
+        warehouse.stage(source, lake, context)
+    warehouse.drop_month_objects(Dataset.GREEN, JAN)
+    assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
+    warehouse.close()
+
+
+def test_a_month_lands_through_one_connection_where_the_server_gives_no_second(
+    postgres_server: PostgresServer,
+    postgres_database: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A role allowed two connections (the warehouse's idle one, the staging one): the COPY
+    helper is refused, and the month lands through the one it has."""
+    role = f"{postgres_database}_limited"
+    postgres_server.psql(
+        f"CREATE ROLE {role} LOGIN PASSWORD 'limited-secret' CONNECTION LIMIT 2;"
+        f" GRANT ALL ON DATABASE {postgres_database} TO {role}",
+    )
+    postgres_server.psql(f"GRANT ALL ON SCHEMA public TO {role}", postgres_database)
+    url = postgres_server.url(postgres_database).replace("postgres@", f"{role}:limited-secret@")
+    lake = FolderStore(tmp_path / "lake")
+    name = object_name(Dataset.GREEN, JAN)
+    with lake.writer(name, {}) as out:
+        out.write(
+            write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, [GOOD]).read_bytes()
+        )
+    source = lake.stat(name)
+    assert source is not None
+    warehouse = PostgresWarehouse.from_url(url)
+    try:
+        warehouse.ensure_final_table(Dataset.GREEN)
+        context = JobContext("green-201901-limited", Dataset.GREEN, JAN, "merge")
+        with caplog.at_level(logging.INFO, logger="taxi_pipeline.adapters.postgres.warehouse"):
+            staged = warehouse.stage(source, lake, context)
+        assert staged.rows == 1
+        assert "landing through 1 connection(s)" in caplog.text
+        plan = MergePlan(context, pickup_ranges(staged.pickup_dates), True)
+        assert warehouse.merge_staged(plan).inserted == 1
+        assert warehouse.query("SELECT count(*) FROM green_tripdata").rows == [(1,)]
+    finally:
+        warehouse.close()
+        postgres_server.psql(f"DROP OWNED BY {role}; DROP ROLE {role}", postgres_database)

@@ -99,34 +99,70 @@ def test_casts_take_a_sure_text_directly_and_any_other_through_the_function() ->
     assert pickup == "taxi_pipeline_try_timestamp(x)"
     code = SQL.typed_sql(Column("VendorID", "string", numeral=True), "x")
     assert code == "CASE WHEN (x ~ '^[0-9]+([.][0-9]+)?$') THEN x END"
-    names = [s.split("(")[0].split()[-1] for s in POSTGRES.functions_sql()]
-    assert names == [
+    functions = {s.split("(")[0].split()[-1]: s for s in POSTGRES.functions_sql()}
+    assert list(functions) == [
+        "taxi_pipeline_refuse",
         "taxi_pipeline_try_numeric",
         "taxi_pipeline_try_integer",
         "taxi_pipeline_try_timestamp",
     ]
-    assert all("PARALLEL RESTRICTED" in s for s in POSTGRES.functions_sql())
+    # An exception block (a subtransaction) keeps the try-casts off parallel workers; the
+    # strict staging's workers call only the refusal, which has none.
+    assert "PARALLEL SAFE" in functions.pop("taxi_pipeline_refuse")
+    assert all("PARALLEL RESTRICTED" in s for s in functions.values())
 
 
-def test_landed_values_get_only_their_ranges_checked() -> None:
+def test_strict_casts_take_the_files_spelling_and_refuse_any_other() -> None:
     count, amount = Column("passenger_count", "integer"), Column("fare_amount", "numeric")
-    assert SQL.landed_sql(count, "x") == (
-        "CASE WHEN x = trunc(x) AND x BETWEEN -9223372036854775808 AND 9223372036854775807"
-        " THEN CAST(x AS bigint) END"
+    assert SQL.strict_typed_sql(count, "x") == (
+        "CASE WHEN NULLIF(x, '') IS NULL THEN NULL WHEN x NOT LIKE '%.%' THEN CAST(x AS bigint)"
+        " WHEN rtrim(x, '0') LIKE '%.' THEN CAST(CAST(x AS numeric) AS bigint)"
+        " ELSE CAST(taxi_pipeline_refuse(x) AS bigint) END"
     )
-    assert SQL.landed_sql(amount, "x") == (
-        "CASE WHEN abs(x) < 99999999999999999999999999999 THEN CAST(x AS numeric(38, 9)) END"
+    assert SQL.strict_typed_sql(amount, "x") == (
+        "CASE WHEN ascii(x) BETWEEN 43 AND 57 THEN CAST(x AS numeric(38, 9))"
+        " WHEN NULLIF(x, '') IS NULL THEN NULL"
+        " ELSE CAST(taxi_pipeline_refuse(x) AS numeric(38, 9)) END"
     )
-    # Timestamps land as text (the input function reads 'now'): cast by shape, or the function.
-    assert SQL.landed_sql(Column("lpep_pickup_datetime", "timestamp"), "x") == (
-        "CASE WHEN x LIKE '____-__-__ __:__:__' THEN CAST(x AS timestamp)"
-        " ELSE taxi_pipeline_try_timestamp(x) END"
+    # Only a timestamp's own text: the id is made of it.
+    assert SQL.strict_typed_sql(Column("lpep_pickup_datetime", "timestamp"), "x") == (
+        "CASE WHEN x LIKE '____-__-__ __:__:__' AND x COLLATE \"C\" < '9999-12-31'"
+        " AND CAST(CAST(x AS timestamp) AS text) = x THEN CAST(x AS timestamp)"
+        " WHEN NULLIF(x, '') IS NULL THEN NULL"
+        " ELSE CAST(taxi_pipeline_refuse(x) AS timestamp) END"
     )
-    staging = SQL.staging_sql(GREEN, JAN, "s", "l", "f.csv", landed=True)
-    assert "  FALSE AS _header\n" in staging  # COPY landed no header line typed
-    assert 'NULLIF("lpep_pickup_datetime", \'\') AS "lpep_pickup_datetime"' in staging
-    assert '"fare_amount" AS "fare_amount", ' in staging  # no NULLIF of a number
-    assert staging.count(" OFFSET 0") == 3  # no subquery flattened: each cast runs once
+    assert SQL.strict_typed_sql(Column("VendorID", "string", numeral=True), "x") == (
+        "CASE WHEN x IS NULL OR translate(x, '0123456789', '') = ''"
+        " OR (x ~ '^[0-9]+([.][0-9]+)?$') THEN NULLIF(x, '')"
+        " ELSE CAST(taxi_pipeline_refuse(x) AS text) END"
+    )
+    assert SQL.strict_typed_sql(Column("store_and_fwd_flag", "string"), "x") == "NULLIF(x, '')"
+
+
+def test_the_strict_staging_is_one_flat_statement_over_the_final_columns() -> None:
+    staging = SQL.strict_staging_sql(GREEN, JAN, "s", "l", "f.csv")
+    # Logged, the final table's columns in its order: the table can become a partition.
+    assert staging.startswith(
+        "CREATE TABLE s AS\nSELECT decode(md5(concat(COALESCE(\"VendorID\", ''),"
+        " COALESCE(NULLIF(\"lpep_pickup_datetime\", '') || '+00', ''),"
+    )
+    assert "  CAST('f.csv' AS text) AS filename,\n" in staging
+    names = [line.rsplit(" AS ", 1)[1].strip(",") for line in staging.splitlines()[3:-1]]
+    assert names == [f'"{n}"' for n in GREEN.layout.final_names]
+    assert "OFFSET" not in staging  # no subquery: parallel workers can run it
+    assert staging.endswith("\nFROM l")
+    measure = SQL.strict_measure_sql(GREEN, JAN, "s")
+    assert "  GROUP BY 1\n) AS per_day" in measure
+    assert measure.startswith("SELECT COALESCE(sum(n), 0) AS rows_total, 0 AS rows_bad,")
+
+
+def test_a_first_load_deletes_the_ids_the_final_table_holds_from_its_staging() -> None:
+    ranges = [DateRange(date(2019, 1, 1), date(2019, 2, 1))]
+    assert SQL.delete_present_sql(GREEN, "s", "f", ranges, False) == (
+        "DELETE FROM s AS s\nWHERE s.unique_row_id IN (\n  SELECT t.unique_row_id FROM f t\n"
+        "  WHERE (t.\"lpep_pickup_datetime\" >= TIMESTAMP '2019-01-01'"
+        " AND t.\"lpep_pickup_datetime\" < TIMESTAMP '2019-02-01')\n)"
+    )
 
 
 def test_the_final_table_is_partitioned_by_file_and_merges_with_merge_into() -> None:
@@ -163,6 +199,7 @@ def test_history_parameters_are_psycopg_named_placeholders_and_the_server_number
 
 
 def test_only_csv_gz_objects_can_be_copied() -> None:
-    assert POSTGRES.copy_options(CSV_GZ) == "(FORMAT csv, HEADER true)"
+    assert POSTGRES.copy_options(CSV_GZ) == "(FORMAT csv, HEADER true, FREEZE true)"
+    assert POSTGRES.copy_options(CSV_GZ, header=False) == "(FORMAT csv, HEADER false, FREEZE true)"
     with pytest.raises(ConfigurationError, match="cannot read parquet"):
         POSTGRES.copy_options(replace(CSV_GZ, name="parquet"))

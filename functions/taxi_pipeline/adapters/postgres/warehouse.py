@@ -5,18 +5,24 @@
   password comes from the URL, ``TAXI_PIPELINE_WAREHOUSE_PASSWORD`` or ``PGPASSWORD`` (in that
   order) and never appears in an error or a log line.
 - PostgreSQL cannot read the lake: :meth:`stage` streams the object through this client
-  (``LakeReader.open_read``), gzip inflated here (ISA-L, on its own thread), into ``COPY ... FROM
-  STDIN`` of an UNLOGGED text landing table, then builds the run's own UNLOGGED staging table
-  (``{dataset}_tripdata_YYYY_MM_{run digest}``) from it with the shared staging SQL
-  (:mod:`taxi_pipeline.adapters.sql.statements`: the same types, bad values and ids as DuckDB and
-  BigQuery), all in one transaction, so a killed COPY leaves nothing. Runs of different months
-  never wait for each other; a staging table whose run died is dropped by the next run of its
-  month (a session advisory lock marks the ones in use).
+  (``LakeReader.open_read``; the format's CSV feed inflates a gzip CSV, or writes a Parquet
+  file's rows as CSV) into ``COPY ... FROM STDIN`` of UNLOGGED text landing tables, through two
+  connections at once (:mod:`.copying`), then types them into the run's own staging table
+  (``{dataset}_tripdata_YYYY_MM_{run digest}``), measures it, and drops the landing tables, in
+  one transaction, so a killed COPY leaves no staging table. The typing is strict first
+  (``Statements.strict_staging_sql``: plain casts of the files' own spellings in one statement
+  the server runs on parallel workers; its table has the final table's columns only), exact
+  where the strict one refuses a value (the shared staging SQL of
+  :mod:`taxi_pipeline.adapters.sql.statements`: NULL where a value does not fit, the row
+  counted bad): the same types, bad values and ids as DuckDB and BigQuery either way. Runs of
+  different months never wait for each other; a staging table whose run died is dropped by the
+  next run of its month (a session advisory lock marks the ones in use).
 - :meth:`merge_staged` is the insert-only merge over the staged pickup ranges, in one transaction
   with the load record, under transaction advisory locks on the dataset-months it touches (the
   file's month and every pickup month the staging data has): two processes, or two Cloud Run
   instances, never both insert the same rows. The final table is partitioned by file: a file's
-  first load is written in bulk into a new table, indexed, then attached as its partition; a
+  first load deletes the ids the final table holds from its strict staging table, indexes it and
+  attaches it as the file's partition (an exactly typed one is written into a new partition); a
   file loaded before merges with MERGE.
 - :meth:`query` runs the user's one statement in a READ ONLY transaction that is rolled back.
 
@@ -37,6 +43,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from taxi_pipeline.adapters.postgres.copying import CopyTarget, copy_through
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
 from taxi_pipeline.adapters.sql.statements import SourceColumn, Sources, Statements, source_columns
@@ -74,12 +81,20 @@ MINIMUM_SERVER_VERSION: Final = 150000
 """MERGE appeared in PostgreSQL 15."""
 
 _SCHEMA_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_COPY_STREAMS: Final = 2
+"""Connections a month lands through at once (two server processes parse it)."""
 _IDLE_CONNECTIONS: Final = 4
 _LOOKUP_CHUNK: Final = 1 << 20
 """Bytes of a lookup file per COPY write."""
-# SQLSTATEs of a value an input function refused: the file is landed as text and typed value by
-# value instead. Any other COPY error (a short line, bad UTF-8) fails the month as it is.
+# SQLSTATEs of a value the strict staging refused (a cast, or taxi_pipeline_refuse): the month is
+# typed the exact way instead, from the same landed rows. Any other error fails the month.
 _VALUE_REFUSED: Final = frozenset({"22P02", "22007", "22008", "22003", "22009"})
+# The strict staging and its measure run on parallel workers where the server has them: a month's
+# rows are one large table, and moving a row to the leader costs less than typing it.
+_PARALLEL_SETTINGS: Final = (("parallel_setup_cost", "0"), ("parallel_tuple_cost", "0"))
+_INDEX_MEMORY: Final = "256MB"
+"""maintenance_work_mem of a first load's index builds (sorted in memory, and with two parallel
+workers, which the server's 64MB default allows only below 32MB each); the session's only."""
 _TRANSIENT_STATES: Final = frozenset(
     {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300", "53400", "08006"}
 )
@@ -385,28 +400,20 @@ class PostgresWarehouse:
         name = landing_name(dataset, month, context.run_id)
         filename = csv_name(dataset, month, fmt)
         conn = self._connect()
+        entry = _Staging(conn, name, filename)
         with self._lock:
-            self._staging[(dataset, month)] = _Staging(conn, name, filename)
-        staging, landing = self._table(name), self._table(f"{name}_text")
+            self._staging[(dataset, month)] = entry
+        staging = self._table(name)
         try:
             conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [_in_use_key(name)])
-            try:
-                row = self._land_and_stage(conn, dataset, month, lake, source, staging, landing)
-            except psycopg.DataError as exc:
-                if exc.sqlstate not in _VALUE_REFUSED:
-                    raise
-                log.info(
-                    "%s: COPY refused a value (%s); landing it as text",
-                    source.name,
-                    self._redact(_first_line(exc)),
-                )
-                row = self._land_and_stage(
-                    conn, dataset, month, lake, source, staging, landing, as_text=True
-                )
-            conn.execute(f"ANALYZE {staging}")
+            row, strict = self._land_and_stage(conn, dataset, month, lake, source, name)
+            if not strict:
+                conn.execute(f"ANALYZE {staging}")
         except psycopg.Error as exc:
             raise self._translate(exc, f"stage {source.name}") from exc
-        return SQL.summary(row)
+        summary = SQL.summary(row)
+        entry.partition_ready, entry.rows = strict, summary.rows
+        return summary
 
     def _land_and_stage(
         self,
@@ -415,55 +422,132 @@ class PostgresWarehouse:
         month: Month,
         lake: LakeReader,
         source: ObjectInfo,
-        staging: str,
-        landing: str,
-        *,
-        as_text: bool = False,
-    ) -> tuple[Any, ...]:
-        """COPY the object into the landing table, build the staging table from it with the
-        shared staging SQL, measure it: one transaction, so a COPY cut short (a kill, a lost
-        connection) leaves nothing.
+        name: str,
+    ) -> tuple[tuple[Any, ...], bool]:
+        """COPY the object into text landing tables, type them into the staging table ``name``,
+        measure it: one transaction, so a COPY cut short (a kill, a lost connection) leaves no
+        staging table. Returns the measure's row and whether the strict staging wrote it.
 
-        The landing table has the dialect's landing types, parsed by COPY's input functions (no
-        per-value casts in SQL); ``as_text``: every column text, for a file with a value some
-        input function refuses (typed then value by value, NULL where a value does not fit).
-        The format's CSV feed writes the object into COPY (a CSV inflated as it is, a Parquet
-        object's rows as CSV), so every format lands alike: the staging SQL types them as it
-        types the CSV's text.
+        The rows land through :data:`_COPY_STREAMS` connections at once (:mod:`.copying`): this
+        one's landing table is new in its transaction, each other's commits with its COPY (a
+        run that dies leaves it to the next run of the month, as a staging table). The strict
+        staging (:meth:`_stage_strict`) first; a month it refuses is typed from the same landed
+        rows by the exact staging SQL (NULL where a value does not fit, the row counted bad). A
+        format's CSV feed writes the object into COPY (a CSV inflated as it is, a Parquet
+        object's rows as CSV), so every format lands alike, as the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
         q = POSTGRES.quote_ident
         in_file = _landed_columns(dataset, month, fmt)
         landed = [column for column, _ in in_file]
-        types = {c.name: "text" if as_text else POSTGRES.landing_types[c.kind] for c in landed}
+        feed = [(column.name, name) for column, name in in_file]
         columns = ", ".join(q(c.name) for c in landed)
-        # The landing table holds the final columns the file has, each as text would: what
-        # the staging SQL reads from a CSV.
+        # The landing tables hold the final columns the file has, each as text: what the
+        # staging SQL reads from a CSV.
         sources: Sources = {
             c.name: SourceColumn(c.name if c in landed else None)
             for c in dataset.layout.final_columns
         }
-        with conn.transaction():
-            conn.execute(f"DROP TABLE IF EXISTS {staging}")
-            conn.execute(f"DROP TABLE IF EXISTS {landing}")
-            conn.execute(
-                f"CREATE UNLOGGED TABLE {landing} ("
-                + ", ".join(f"{q(c.name)} {types[c.name]}" for c in landed)
-                + ")"
-            )
-            statement = f"COPY {landing} ({columns}) FROM STDIN {POSTGRES.copy_options(fmt)}"
-            with lake.open_read(source.name) as raw, conn.cursor().copy(statement) as copy:
-                fmt.write_csv(raw, [(c.name, name) for c, name in in_file], _CopySink(copy))
-            filename = csv_name(dataset, month, fmt)
-            conn.execute(
-                SQL.staging_sql(
-                    dataset, month, staging, landing, filename, sources, landed=not as_text
+        filename = csv_name(dataset, month, fmt)
+        staging = self._table(name)
+        landings = [self._table(n) for n in _landing_names(name)]
+        text_columns = ", ".join(f"{q(c.name)} text" for c in landed)
+
+        def create(landing: str) -> list[str]:
+            return [
+                f"DROP TABLE IF EXISTS {landing}",
+                f"CREATE UNLOGGED TABLE {landing} ({text_columns})",
+            ]
+
+        helpers = self._copy_helpers(len(landings) - 1)
+        landings = landings[: 1 + len(helpers)]
+        done = False
+        try:
+            with conn.transaction():
+                # The commit need not wait for the WAL: a server crash may lose this staging,
+                # which the merge then reports gone (transient), and the redelivery stages
+                # again. The merge's own commit waits as always.
+                conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+                conn.execute(f"DROP TABLE IF EXISTS {staging}")
+                for statement in create(landings[0]):
+                    conn.execute(statement)
+                targets = [
+                    CopyTarget(
+                        c,
+                        f"COPY {landing} ({columns}) FROM STDIN"
+                        f" {POSTGRES.copy_options(fmt, header=i == 0)}",
+                        None if i == 0 else create(landing),
+                    )
+                    for i, (c, landing) in enumerate(zip([conn, *helpers], landings, strict=True))
+                ]
+                with lake.open_read(source.name) as raw:
+                    copy_through(targets, lambda sink: fmt.write_csv(raw, feed, sink))
+                union = " UNION ALL ".join(f"SELECT {columns} FROM {t}" for t in landings)
+                relation = f"({union}) AS landed"
+                row = self._stage_strict(conn, dataset, month, staging, relation, filename, sources)
+                strict = row is not None
+                if row is None:
+                    conn.execute(
+                        SQL.staging_sql(dataset, month, staging, relation, filename, sources)
+                    )
+                    row = _one(conn, SQL.measure_sql(dataset, month, staging))
+                    if SQL.repeated_headers(row):
+                        conn.execute(SQL.drop_repeated_headers_sql(staging))
+                for landing in landings:
+                    conn.execute(f"DROP TABLE {landing}")
+            done = True
+        finally:
+            for helper, landing in zip(helpers, landings[1:], strict=True):
+                if not done:
+                    with contextlib.suppress(Exception):
+                        helper.execute(f"DROP TABLE IF EXISTS {landing}")
+                helper.close()
+        return row, strict
+
+    def _copy_helpers(self, count: int) -> list[psycopg.Connection[Any]]:
+        """Up to ``count`` more connections for COPY; fewer where the server has no more to
+        give (``max_connections``): the month then lands through fewer."""
+        helpers: list[psycopg.Connection[Any]] = []
+        while len(helpers) < count:
+            try:
+                helpers.append(self._connect())
+            except TransientError as exc:
+                log.info("landing through %d connection(s): %s", len(helpers) + 1, exc)
+                break
+        return helpers
+
+    def _stage_strict(
+        self,
+        conn: psycopg.Connection[Any],
+        dataset: Dataset,
+        month: Month,
+        staging: str,
+        landing: str,
+        filename: str,
+        sources: Sources,
+    ) -> tuple[Any, ...] | None:
+        """The staging table as the file's future partition (``Statements.strict_staging_sql``:
+        the final table's columns only, logged), measured; ``None`` where it refuses a value
+        (nothing of it stays: a savepoint)."""
+        import psycopg
+
+        try:
+            with conn.transaction():
+                for name, value in _PARALLEL_SETTINGS:
+                    conn.execute("SELECT set_config(%s, %s, true)", [name, value])
+                conn.execute(
+                    SQL.strict_staging_sql(dataset, month, staging, landing, filename, sources)
                 )
+                row = _one(conn, SQL.strict_measure_sql(dataset, month, staging))
+        except psycopg.DataError as exc:
+            if exc.sqlstate not in _VALUE_REFUSED:
+                raise
+            log.info(
+                "%s: %s; typing it the exact way",
+                filename,
+                self._redact(_first_line(exc)),
             )
-            conn.execute(f"DROP TABLE {landing}")
-            row = _one(conn, SQL.measure_sql(dataset, month, staging))
-            if SQL.repeated_headers(row):
-                conn.execute(SQL.drop_repeated_headers_sql(staging))
+            return None
         return row
 
     def merge_staged(self, plan: MergePlan) -> MergeOutcome:
@@ -484,10 +568,17 @@ class PostgresWarehouse:
                 f"the {dataset.value} {month} staging table is gone; stage the month again"
             )
         conn = staging.conn
-        source = self._table(staging.name)
         final = self._table(dataset.final_table)
         partition = self._table(partition_name(dataset, staging.filename))
+        # Merged again after its first load attached it: the staged rows are that partition.
+        source = partition if staging.attached else self._table(staging.name)
+        if staging.attached and replacing is not None and staging.filename in replacing.filenames:
+            raise TransientError(
+                f"the {dataset.value} {month} staged rows are the file's partition already;"
+                " stage the month again"
+            )
         deleted = 0
+        attached = False
         try:
             with conn.transaction():
                 for key in merge_lock_keys(dataset, month, pickup_ranges, include_null_pickup):
@@ -509,29 +600,57 @@ class PostgresWarehouse:
                         dataset, final, source, pickup_ranges, include_null_pickup
                     )
                     inserted = conn.execute(statement).rowcount
+                elif staging.partition_ready:
+                    # The file's first load, the strict staging table itself as its partition:
+                    # the rows whose id the final table holds deleted (usually none), indexes
+                    # built sorted, attached (ATTACH checks the filename, a sequential read).
+                    present = conn.execute(
+                        SQL.delete_present_sql(
+                            dataset, source, final, pickup_ranges, include_null_pickup
+                        )
+                    ).rowcount
+                    inserted = staging.rows - present
+                    self._index(conn, dataset, source, partition)
+                    conn.execute(
+                        f"ALTER TABLE {source} RENAME TO"
+                        f" {POSTGRES.quote_ident(partition_name(dataset, staging.filename))}"
+                    )
+                    self._attach(conn, final, partition, staging.filename)
+                    attached = True
                 else:
-                    # The file's first load: its new rows written in bulk into a table of their
-                    # own, indexes built sorted, then attached as the file's partition (ATTACH
-                    # checks the filename, a sequential read).
+                    # A first load typed the exact way: its new rows written in bulk into a
+                    # table of their own, then indexed and attached likewise.
                     conn.execute(f"CREATE TABLE {partition} (LIKE {final})")
                     inserted = conn.execute(
                         SQL.insert_missing_sql(
                             dataset, partition, final, source, pickup_ranges, include_null_pickup
                         )
                     ).rowcount
-                    for statement in _index_sql(dataset, self.schema, partition):
-                        conn.execute(statement)
-                    conn.execute(
-                        f"ALTER TABLE {final} ATTACH PARTITION {partition}"
-                        f" FOR VALUES IN ({POSTGRES.quote_text(staging.filename)})"
-                    )
+                    self._index(conn, dataset, partition, partition)
+                    self._attach(conn, final, partition, staging.filename)
                 load = plan.recorded_load(int(inserted))
                 if load is not None:
                     statement, params = self.history.insert_load(load)
                     conn.execute(statement, _params(params))
         except psycopg.Error as exc:
             raise self._translate(exc, f"merge into {dataset.final_table}") from exc
+        staging.attached = staging.attached or attached
         return MergeOutcome(int(inserted), deleted if replacing is not None else None)
+
+    def _index(
+        self, conn: psycopg.Connection[Any], dataset: Dataset, table: str, partition: str
+    ) -> None:
+        """The final table's indexes on ``table``, named for the ``partition`` it becomes."""
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [_INDEX_MEMORY])
+        for statement in _index_sql(dataset, self.schema, table, name=partition):
+            conn.execute(statement)
+
+    @staticmethod
+    def _attach(conn: psycopg.Connection[Any], final: str, partition: str, filename: str) -> None:
+        conn.execute(
+            f"ALTER TABLE {final} ATTACH PARTITION {partition}"
+            f" FOR VALUES IN ({POSTGRES.quote_text(filename)})"
+        )
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop this run's staging table, and those of the month whose run died."""
@@ -548,7 +667,7 @@ class PostgresWarehouse:
                     [self.schema, pattern],
                 ).fetchall()
                 for (table,) in found:
-                    owner = str(table).removesuffix("_text")
+                    owner = _staging_owner(str(table))
                     (free,) = _one(
                         conn,
                         "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
@@ -574,7 +693,9 @@ class PostgresWarehouse:
             return
         with contextlib.suppress(Exception):
             if not staging.conn.closed:
-                staging.conn.execute(f"DROP TABLE IF EXISTS {self._table(staging.name)}")
+                # And a landing table another connection committed, if the stage failed after.
+                for table in [staging.name, *_landing_names(staging.name)[1:]]:
+                    staging.conn.execute(f"DROP TABLE IF EXISTS {self._table(table)}")
         staging.conn.close()  # ends the session: its advisory lock goes with it
 
     # -- lookup tables ----------------------------------------------------------------------
@@ -693,23 +814,31 @@ class _Staging:
     name: str
     filename: str
     """The ``filename`` of the staged rows: the value of the file's partition."""
+    partition_ready: bool = False
+    """Whether the strict staging wrote the table (the final table's columns only, logged): a
+    file's first load attaches it as the file's partition."""
+    rows: int = 0
+    attached: bool = False
+    """Whether a first load made the table the file's partition (committed)."""
 
 
 def _params(params: Sequence[Param]) -> dict[str, object]:
     return {p.name: p.value for p in params}
 
 
-def _index_sql(dataset: Dataset, schema: str, table_ref: str) -> list[str]:
-    """The pickup and id indexes of the final table, or of one of its partitions: the merge
-    reads only the staged pickup ranges of the target, so its cost follows the month, not the
-    table. No unique index: duplicate rows inside one published file are kept, as the reference
-    keeps them."""
-    table = table_ref.rsplit(".", 1)[-1].strip('"')
+def _index_sql(dataset: Dataset, schema: str, table_ref: str, name: str | None = None) -> list[str]:
+    """The pickup index of the final table, or of one of its partitions (``name``: the table
+    whose name it carries, default ``table_ref``): a merge reads the target only on the staged
+    pickup ranges (each partition's index finds the few rows of another file there), then joins
+    on the id by hashing, so its cost follows the month, not the table. No index on the id: no
+    merge plan uses one (a hash join of a month's ids beats a million index probes), and
+    building it cost a tenth of a first load (BENCHMARKS.md). No unique index either: duplicate
+    rows inside one published file are kept, as the reference keeps them."""
+    table = (name or table_ref).rsplit(".", 1)[-1].strip('"')
     q = POSTGRES.quote_ident
     return [
         f"CREATE INDEX IF NOT EXISTS {q(table + '_pickup')}"
         f" ON {table_ref} ({q(dataset.layout.pickup)})",
-        f"CREATE INDEX IF NOT EXISTS {q(table + '_unique_row_id')} ON {table_ref} (unique_row_id)",
     ]
 
 
@@ -733,6 +862,16 @@ def landing_name(dataset: Dataset, month: Month, run_id: str) -> str:
     """``green_tripdata_2019_01_<10 hex of the run id's MD5>``: one staging table per run."""
     digest = hashlib.md5(run_id.encode(), usedforsecurity=False).hexdigest()[:10]
     return f"{staging_table(dataset, month)}_{digest}"
+
+
+def _landing_names(name: str) -> list[str]:
+    """The landing tables of staging table ``name``, one per COPY connection."""
+    return [f"{name}_text", *(f"{name}_text{i}" for i in range(1, _COPY_STREAMS))]
+
+
+def _staging_owner(table: str) -> str:
+    """The staging table a landing table belongs to (a staging table its own)."""
+    return re.sub(r"_text[0-9]*$", "", table)
 
 
 def _in_use_key(landing: str) -> str:
@@ -787,25 +926,3 @@ def _landed_columns(dataset: Dataset, month: Month, fmt: SourceFormat) -> list[t
         for c in dataset.layout.final_columns
         if (found := sources[c.name].name) is not None
     ]
-
-
-class _CopySink:
-    """A write-only file over a COPY (what a format's CSV feed writes into; pyarrow's CSV
-    writer asks for the rest)."""
-
-    def __init__(self, copy: psycopg.Copy) -> None:
-        self._copy = copy
-        self.closed = False
-
-    def write(self, data: bytes) -> int:
-        self._copy.write(data)
-        return len(data)
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True

@@ -61,9 +61,6 @@ class Dialect:
     server_sequence: ClassVar[str | None] = None
     """The type of a ``seq`` column of ``pipeline_runs`` the server fills itself (then
     ``history_sequence`` is off and ``insertion_order`` names it)."""
-    landing_types: ClassVar[Mapping[ColumnKind, str]] = {}
-    """The types a client's COPY parses each kind into, where the adapter lands the lake object
-    itself (the rest land as text): see ``Statements.staging_sql(landed=True)``."""
     fence: ClassVar[str] = ""
     """What ends a subquery the planner must not flatten into its parent (where it would copy
     each typed expression into every place that reads it, with no common subexpressions)."""
@@ -113,11 +110,27 @@ class Dialect:
             f"{number} = {self.trunc(number)}", self.try_cast(number, self.column_types["integer"])
         )
 
-    def landed_cast(self, column: Column, ref: str) -> str:
-        """A landed text of a typed column as its type, quickly: an error where the text does
-        not fit is allowed (the adapter then lands the file as text and types it with
-        :meth:`try_cast`, slowly and safely)."""
+    def strict_cast(self, column: Column, ref: str) -> str:
+        """The text ``ref`` as ``column``'s (timestamp, integer or numeric) type where it is
+        written as the published files write it (``2019-01-01 10:00:00``, ``1``, ``1.0``,
+        ``7.5``); any other text raises (:meth:`refuse`, or the cast itself) and the adapter
+        types the month with :meth:`try_cast` and its kin instead, slowly and exactly. Only
+        warehouses that land the lake object themselves have one (see
+        ``Statements.strict_staging_sql``)."""
         raise ConfigurationError(f"the {self.name} warehouse lands nothing itself")
+
+    def refuse(self, ref: str, sql_type: str) -> str:
+        """An expression of ``sql_type`` that raises, naming the text ``ref``."""
+        raise ConfigurationError(f"the {self.name} warehouse lands nothing itself")
+
+    def only_digits(self, ref: str) -> str:
+        """Whether the text ``ref`` holds digits only (or nothing)."""
+        return self.full_match(ref, "[0-9]*")
+
+    def strict_id_text(self, column: Column, ref: str) -> str:
+        """The reference id's text of an id column from its source text ``ref``, where
+        :meth:`strict_cast` took it: the same text :meth:`id_text` gives of the typed value."""
+        return self.id_text(column, self.strict_cast(column, ref))
 
     def when(self, condition: str, value: str) -> str:
         """``value`` where ``condition`` holds, NULL otherwise."""
@@ -450,16 +463,21 @@ _PG_NUMBER: Final = "^[+-]?[0-9]+[.]?[0-9]*$"
 """Texts a cast to a number takes for sure when short enough (PostgreSQL's regular expressions
 are slow with bounded repeats: the length is checked apart)."""
 _PG_WHOLE: Final = "^[+-]?[0-9]+[.]?0*$"
+STRICT_REFUSED_STATE: Final = "22P02"
+"""What ``taxi_pipeline_refuse`` raises (invalid_text_representation, as a cast would)."""
 
 
 class PostgresDialect(Dialect):
-    """PostgreSQL 15+ (MERGE). It cannot read the lake: the adapter copies the object into a text
-    landing table (:meth:`copy_options`), and the shared staging SQL types it from there.
+    """PostgreSQL 15+ (MERGE). It cannot read the lake: the adapter copies the object into text
+    landing tables (:meth:`copy_options`) and types them from there, one of two ways.
 
-    PostgreSQL has no ``TRY_CAST`` (and 15 no ``pg_input_is_valid``): a number the cast takes for
-    sure (a regular expression says so) is cast directly, any other text, and every timestamp,
-    goes through a PL/pgSQL function that returns NULL where the cast errs (:meth:`functions_sql`,
-    created by the adapter).
+    The strict way first (:meth:`strict_cast`): plain casts of the values the published files
+    write, in one statement the server may run on parallel workers, any other value failing it
+    (the cast itself, or ``taxi_pipeline_refuse``: SQLSTATE 22P02). A month it refuses is typed
+    the exact way, by the shared staging SQL: PostgreSQL has no ``TRY_CAST`` (and 15 no
+    ``pg_input_is_valid``), so a number the cast takes for sure (a regular expression says so)
+    is cast directly, any other text, and every timestamp, goes through a PL/pgSQL function that
+    returns NULL where the cast errs (:meth:`functions_sql`, created by the adapter).
     """
 
     name = "postgres"
@@ -474,16 +492,6 @@ class PostgresDialect(Dialect):
         "integer": "bigint",
         "timestamp": "timestamptz",
     }
-    landing_types: ClassVar[Mapping[ColumnKind, str]] = {
-        "string": "text",
-        # Not timestamp: its input function also reads 'now', 'epoch' or 'Jan 1 2019'.
-        "timestamp": "text",
-        "integer": "numeric",  # "1.0" must land; the whole-number check comes when staging
-        "numeric": "numeric",
-    }
-    """The types COPY parses each kind into (the input functions, as the COPY runs): the
-    ``landed`` form of the shared staging SQL checks only the ranges then. A file whose text an
-    input function refuses lands as text instead (every column ``text``)."""
     id_type = "bytea"
     text_type = "text"
     merge_style = "merge"
@@ -516,16 +524,50 @@ class PostgresDialect(Dialect):
             f" ELSE taxi_pipeline_try_integer({ref}) END"
         )
 
-    def landed_cast(self, column: Column, ref: str) -> str:
+    def strict_cast(self, column: Column, ref: str) -> str:
+        empty = f"WHEN NULLIF({ref}, '') IS NULL THEN NULL"
         if column.kind == "timestamp":
-            # As the files write them; a value of that shape that is no time ('2019-02-30')
-            # fails the cast, and the file lands as text. Any other shape goes through the
-            # function (fractions of a second, a 'T').
+            # The files' own spelling, and only where it is the timestamp's own text (what the
+            # id is made of): not 24:00:00 or a 60th second (the next minute), no zone or sign
+            # in a digit's place. '2019-02-30 10:00:00' fails the cast itself (22008).
             return (
-                f"CASE WHEN {ref} LIKE '____-__-__ __:__:__' THEN CAST({ref} AS timestamp)"
-                f" ELSE taxi_pipeline_try_timestamp({ref}) END"
+                f"CASE WHEN {ref} LIKE '____-__-__ __:__:__' AND {ref} COLLATE \"C\" < '9999-12-31'"
+                f" AND CAST(CAST({ref} AS timestamp) AS text) = {ref} THEN CAST({ref} AS timestamp)"
+                f" {empty} ELSE {self.refuse(ref, 'timestamp')} END"
             )
-        return super().landed_cast(column, ref)
+        if column.kind == "integer":
+            # "1" through bigint's own input (a value past its range fails, 22003); "1.0" when
+            # every decimal is a zero; "1.5", "1e3" or "NaN" refuse.
+            return (
+                f"CASE {empty} WHEN {ref} NOT LIKE '%.%' THEN CAST({ref} AS bigint)"
+                f" WHEN rtrim({ref}, '0') LIKE '%.' THEN CAST(CAST({ref} AS numeric) AS bigint)"
+                f" ELSE {self.refuse(ref, 'bigint')} END"
+            )
+        if column.kind == "numeric":
+            # A number starts with a sign, a point or a digit ('+' .. '9'), so it is no NaN,
+            # which numeric(38, 9) would take; its input rounds to 9 decimals and fails past
+            # its range or on an infinity (22003).
+            numeric = self.column_types["numeric"]
+            return (
+                f"CASE WHEN ascii({ref}) BETWEEN 43 AND 57 THEN CAST({ref} AS {numeric})"
+                f" {empty} ELSE {self.refuse(ref, numeric)} END"
+            )
+        return super().strict_cast(column, ref)
+
+    def refuse(self, ref: str, sql_type: str) -> str:
+        return f"CAST(taxi_pipeline_refuse({ref}) AS {sql_type})"
+
+    def only_digits(self, ref: str) -> str:
+        """Whether the text ``ref`` is digits only (a C loop, much cheaper than a regular
+        expression)."""
+        return f"translate({ref}, '0123456789', '') = ''"
+
+    def strict_id_text(self, column: Column, ref: str) -> str:
+        if column.kind == "string":
+            return ref  # an empty text and NULL add the same nothing to the id
+        if column.kind == "timestamp":
+            return f"NULLIF({ref}, '') || '+00'"  # strict_cast took only the timestamp's text
+        return super().strict_id_text(column, ref)
 
     def full_match(self, ref: str, pattern: str) -> str:
         return f"({ref} ~ '^{pattern}$')"
@@ -555,15 +597,18 @@ class PostgresDialect(Dialect):
         # table, then attached (BENCHMARKS.md), instead of row by row into growing indexes.
         return " PARTITION BY LIST (filename)"
 
-    def copy_options(self, fmt: SourceFormat) -> str:
+    def copy_options(self, fmt: SourceFormat, *, header: bool = True) -> str:
         """The options of ``COPY ... FROM STDIN`` of an object of ``fmt`` (decompressed by the
         client): an empty unquoted field is NULL, a quoted one empty (``NULLIF`` makes both
         NULL), a line with too few or too many fields fails the COPY (as ``read_csv`` is
-        strict)."""
+        strict). FREEZE: the landing table is new in the COPY's transaction, so its rows are
+        written visible to all, and reading them dirties no page to set hint bits. ``header``:
+        the stream starts with the CSV's header line (the first of a month's COPYs)."""
         if fmt is CSV_GZ:
-            return "(FORMAT csv, HEADER true)"
+            return f"(FORMAT csv, HEADER {'true' if header else 'false'}, FREEZE true)"
         if fmt is PARQUET:
-            return "(FORMAT csv)"  # the client writes the Parquet rows as CSV, no header
+            # The client writes the Parquet rows as CSV, no header.
+            return "(FORMAT csv, FREEZE true)"
         raise ConfigurationError(f"the {self.name} warehouse cannot read {fmt.name} objects")
 
     def functions_sql(self) -> list[str]:
@@ -571,9 +616,14 @@ class PostgresDialect(Dialect):
         NULL where the cast errs, and NaN is not a number here (DuckDB's DECIMAL has none).
         Timestamps must look like ISO dates first: PostgreSQL also reads 'now' or 'Jan 1 2019'."""
         # PARALLEL RESTRICTED: an exception block starts a subtransaction, which a parallel
-        # worker cannot.
+        # worker cannot. taxi_pipeline_refuse has none: the strict statement's workers call it.
         head = "LANGUAGE plpgsql STABLE PARALLEL RESTRICTED AS $$\n"
         return [
+            "CREATE OR REPLACE FUNCTION taxi_pipeline_refuse(value text) RETURNS text\n"
+            "LANGUAGE plpgsql VOLATILE PARALLEL SAFE AS $$\nBEGIN\n"
+            f"  RAISE EXCEPTION USING ERRCODE = '{STRICT_REFUSED_STATE}',\n"
+            "    MESSAGE = 'not as the published files write it: ' || left(value, 100);\n"
+            "END\n$$",
             "CREATE OR REPLACE FUNCTION taxi_pipeline_try_numeric(value text) RETURNS numeric\n"
             + head
             + "DECLARE n numeric;\nBEGIN n := CAST(value AS numeric(38, 9));\n"

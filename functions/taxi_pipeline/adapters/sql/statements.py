@@ -180,36 +180,6 @@ class Statements:
 
     # -- staging --------------------------------------------------------------------------
 
-    def landed(self, column: Column) -> bool:
-        """Whether COPY lands ``column`` typed (:meth:`landed_sql`), not as text."""
-        d = self.dialect
-        return d.landing_types.get(column.kind, d.text_type) != d.text_type
-
-    def landed_sql(self, column: Column, ref: str) -> str:
-        """The reference type of ``ref``, as the client's COPY landed it
-        (:attr:`~.dialects.PostgresDialect.landing_types`): a value its input function parsed
-        gets only its range checked (NULL: "1.5" for an integer, NaN), a text is cast as
-        :meth:`~.dialects.Dialect.landed_cast` says."""
-        d = self.dialect
-        if not self.landed(column):
-            return (
-                d.landed_cast(column, ref)
-                if column.kind != "string"
-                else self.typed_sql(column, ref)
-            )
-        if column.kind == "integer":
-            return d.when(
-                f"{ref} = {d.trunc(ref)} AND {ref} BETWEEN {-(2**63)} AND {2**63 - 1}",
-                f"CAST({ref} AS {d.column_types['integer']})",
-            )
-        if column.kind == "numeric":
-            # What DECIMAL(38, 9) holds once rounded to 9 decimals (NaN and infinities are not
-            # below it either).
-            return d.when(
-                f"abs({ref}) < {10**29 - 1}", f"CAST({ref} AS {d.column_types['numeric']})"
-            )
-        return ref
-
     def staging_sql(
         self,
         dataset: Dataset,
@@ -218,8 +188,6 @@ class Statements:
         source_ref: str,
         filename: str,
         sources: Sources | None = None,
-        *,
-        landed: bool = False,
     ) -> str:
         """The staging table from the month's relation ``source_ref``: the rows of
         :meth:`staging_select`."""
@@ -243,10 +211,6 @@ class Statements:
         private name, the typed value under the column's), and a row is bad where a value did
         not survive: ``_bad`` flags it and ``_bad_row`` keeps its text for the samples.
 
-        ``landed``: ``source_ref``'s columns hold the dialect's landing types instead of text
-        (PostgreSQL's COPY parsed the CSV's values), typed by :meth:`landed_sql`: a cast that
-        fails there fails the statement, and the adapter lands the file as text instead. A header
-        line inside the body cannot have landed (its names parse as no number).
         """
         d, q = self.dialect, self.q
         sources = sources or source_columns(CSV_GZ, dataset, month)
@@ -259,13 +223,10 @@ class Statements:
         def text(c: Column) -> str:
             return q(f"__text_{c.name}")
 
-        def typed_landing(c: Column) -> bool:
-            return landed and self.landed(c)
-
         def read(c: Column) -> str:
             source = sources[c.name]
             ref = q(source.name or c.name)
-            if source.kind != "text" or typed_landing(c):
+            if source.kind != "text":
                 value = ref
             elif all_text:
                 value = d.nullify_empty(ref)  # a CSV reader may null empty fields itself
@@ -277,13 +238,11 @@ class Statements:
             kind = sources[c.name].kind
             if c not in present:
                 return f"CAST(NULL AS {d.column_type(c)})"
-            if landed:
-                return self.landed_sql(c, "r." + q(c.name))
             return self.typed_from_sql(c, "r." + q(c.name), kind)
 
         def as_text(c: Column) -> str:
             value = text(c) if c in checked else q(c.name)
-            if sources[c.name].kind == "text" and not typed_landing(c):
+            if sources[c.name].kind == "text":
                 return value
             return f"CAST({value} AS {d.text_type})"
 
@@ -303,7 +262,7 @@ class Statements:
         line = d.join_texts([f"COALESCE({as_text(c)}, '')" for c in present])
         # The header line again inside the body (files concatenated by hand): no trip. A bad
         # row, among the samples, not counted as a row, deleted before the merge. Only a text
-        # file can hold one, and none that COPY landed typed.
+        # file can hold one.
         header = (
             "COALESCE("
             + " AND ".join(
@@ -311,7 +270,7 @@ class Statements:
                 for c in present
             )
             + ", FALSE)"
-            if all_text and not landed
+            if all_text
             else "FALSE"
         )
         return (
@@ -379,6 +338,90 @@ class Statements:
     @staticmethod
     def drop_repeated_headers_sql(table_ref: str) -> str:
         return f"DELETE FROM {table_ref} WHERE _header"
+
+    # -- the strict staging (a warehouse that lands the object itself) ---------------------
+
+    def strict_staging_sql(
+        self,
+        dataset: Dataset,
+        month: Month,
+        table_ref: str,
+        source_ref: str,
+        filename: str,
+        sources: Sources | None = None,
+    ) -> str:
+        """``table_ref`` as the final table's rows of the text relation ``source_ref``, typed by
+        :meth:`~.dialects.Dialect.strict_cast`: the same values and ids as :meth:`staging_sql`
+        where every value is written as the published files write them; any other value fails
+        the statement or is counted by :meth:`strict_measure_sql`, and the month is then typed
+        by :meth:`staging_sql`. Only the final table's columns, in its order (the table may
+        become one of its partitions), and one plain expression per value: no subquery, so the
+        server may run it on parallel workers.
+        """
+        d, q = self.dialect, self.q
+        sources = sources or source_columns(CSV_GZ, dataset, month)
+        if any(s.kind != "text" for s in sources.values() if s.name is not None):
+            raise ValueError("the strict staging reads text columns only")
+
+        def typed(c: Column) -> str:
+            name = sources[c.name].name
+            cast = self.strict_typed_sql(c, q(name)) if name else "NULL"
+            return f"CAST({cast} AS {d.column_type(c)}) AS {q(c.name)}"
+
+        by_name = {c.name: c for c in dataset.layout.final_columns}
+        parts = []
+        for name in dataset.layout.id_columns:
+            source = sources[name].name
+            text = d.strict_id_text(by_name[name], q(source)) if source else "NULL"
+            parts.append(f"COALESCE({text}, {d.empty_text})")
+        columns = ",\n  ".join(typed(c) for c in dataset.layout.final_columns)
+        return (
+            f"CREATE TABLE {table_ref} AS\n"
+            f"SELECT {d.digest(parts)} AS unique_row_id,\n"
+            f"  CAST({d.quote_text(filename)} AS {d.text_type}) AS filename,\n"
+            f"  {columns}\n"
+            f"FROM {source_ref}"
+        )
+
+    def strict_typed_sql(self, column: Column, ref: str) -> str:
+        """The text ``ref`` as :meth:`typed_sql` types it, where the text is written as the
+        published files write it; any other text raises (see :meth:`strict_staging_sql`)."""
+        d = self.dialect
+        if column.kind != "string":
+            return d.strict_cast(column, ref)
+        if not column.numeral:
+            return d.nullify_empty(ref)
+        # Most codes are digits only, a cheaper test than the numeral's regular expression.
+        return (
+            f"CASE WHEN {ref} IS NULL OR {d.only_digits(ref)} OR {d.full_match(ref, _NUMERAL)}"
+            f" THEN {d.nullify_empty(ref)} ELSE {d.refuse(ref, d.text_type)} END"
+        )
+
+    def strict_measure_sql(self, dataset: Dataset, month: Month, table_ref: str) -> str:
+        """:meth:`measure_sql`'s row for a table :meth:`strict_staging_sql` wrote (no bad value,
+        header line or sample there): one scan grouped by date, which parallel workers share."""
+        d, q = self.dialect, self.q
+        pickup, dropoff = q(dataset.layout.pickup), q(dataset.layout.dropoff)
+        first = date(month.year, month.month, 1)
+        following = month.next()
+        after = date(following.year, following.month, 1)
+        out_of_month = f"{pickup} < {_timestamp(first)} OR {pickup} >= {_timestamp(after)}"
+        return (
+            "SELECT COALESCE(sum(n), 0) AS rows_total, 0 AS rows_bad,\n"
+            "  COALESCE(sum(out_of_month), 0) AS rows_out_of_month,\n"
+            "  COALESCE(sum(no_pickup), 0) AS rows_without_pickup,\n"
+            "  COALESCE(sum(no_dropoff), 0) AS rows_without_dropoff, 0 AS repeated_headers,\n"
+            "  array_agg(day) FILTER (WHERE day IS NOT NULL) AS pickup_dates,\n"
+            f"  CAST(ARRAY[] AS {d.text_type}[]) AS bad_samples\n"
+            "FROM (\n"
+            f"  SELECT {d.date_of(f'COALESCE({pickup}, {dropoff})')} AS day, count(*) AS n,\n"
+            f"    {d.count_if(out_of_month)} AS out_of_month,\n"
+            f"    {d.count_if(f'{pickup} IS NULL')} AS no_pickup,\n"
+            f"    {d.count_if(f'{dropoff} IS NULL')} AS no_dropoff\n"
+            f"  FROM {table_ref}\n"
+            "  GROUP BY 1\n"
+            ") AS per_day"
+        )
 
     # -- merging --------------------------------------------------------------------------
 
@@ -461,6 +504,23 @@ class Statements:
             f"SELECT {listed} FROM {staging_ref} s\nWHERE NOT EXISTS (\n"
             f"  SELECT 1 FROM {final_ref} t\n"
             f"  WHERE ({prune}) AND t.unique_row_id = s.unique_row_id\n)"
+        )
+
+    def delete_present_sql(
+        self,
+        dataset: Dataset,
+        staging_ref: str,
+        final_ref: str,
+        ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+    ) -> str:
+        """``DELETE`` from ``staging_ref`` the rows whose id ``final_ref`` holds: what remains is
+        what :meth:`insert_missing_sql` would insert (duplicates inside the staged rows stay),
+        so the staged table itself can become one of the final table's partitions."""
+        prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "t")
+        return (
+            f"DELETE FROM {staging_ref} AS s\nWHERE s.unique_row_id IN (\n"
+            f"  SELECT t.unique_row_id FROM {final_ref} t\n  WHERE {prune}\n)"
         )
 
     def final_table_sql(self, dataset: Dataset, table_ref: str) -> str:

@@ -1,0 +1,43 @@
+"""How the PostgreSQL client cuts a CSV into pieces for its COPY connections: only at a record's
+end, a newline inside a quoted field never being one."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from taxi_pipeline.adapters.postgres.copying import PieceSink, record_end
+
+
+@pytest.mark.parametrize(
+    ("data", "end"),
+    [
+        (b"a,b\n1,2\n3,4", 8),
+        (b"a,b\n1,2\n", 8),
+        (b"no newline yet", 0),
+        (b'1,"x\ny"\n2,"z', 8),  # the newline inside "x\ny" ends nothing
+        (b'1,"x\ny', 0),
+        (b'1,"say ""hi""\n"\n2,3\n', 20),  # doubled quotes keep the parity
+        (b"1,2\r\n3,4\r\n5", 10),
+    ],
+)
+def test_a_piece_ends_after_the_last_newline_outside_quotes(data: bytes, end: int) -> None:
+    assert record_end(data) == end
+
+
+def test_the_pieces_are_the_records_in_order_whatever_the_writes_and_chunk_size() -> None:
+    rows = [["1", f"line {i}", 'a "quoted"\nfield' if i % 7 == 0 else "plain"] for i in range(500)]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    data = text.getvalue().encode()
+    for chunk, write in ((1, 5), (7, 3), (64, 100), (1000, 333), (len(data) + 1, len(data))):
+        pieces: list[bytes] = []
+        sink = PieceSink(pieces.append, chunk)
+        for start in range(0, len(data), write):
+            sink.write(data[start : start + write])
+        sink.finish()
+        assert b"".join(pieces) == data
+        for piece in pieces:  # each piece parses on its own into whole records
+            assert all(len(r) == 3 for r in csv.reader(io.StringIO(piece.decode())))
