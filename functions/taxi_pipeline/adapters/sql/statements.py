@@ -191,7 +191,7 @@ class Statements:
     ) -> str:
         """The staging table from the month's relation ``source_ref``: the rows of
         :meth:`staging_select`."""
-        select = self.staging_select(dataset, month, source_ref, filename, sources, landed=landed)
+        select = self.staging_select(dataset, month, source_ref, filename, sources)
         return f"{self.dialect.create_staging(table_ref)}\n{select}"
 
     def staging_select(
@@ -201,8 +201,6 @@ class Statements:
         source_ref: str,
         filename: str,
         sources: Sources | None = None,
-        *,
-        landed: bool = False,
     ) -> str:
         """The staged rows of the month's relation ``source_ref`` as a query, whose columns
         ``sources`` describes (default: the CSV's, all text).
