@@ -47,6 +47,9 @@ class Measured:
     peak_rss_bytes: int
     returncode: int
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu_seconds: float = 0.0
+    """User + system CPU of the process and the children it waited for (``wait4``'s rusage):
+    what a run costs, however busy the shared machine was."""
 
 
 def tree_rss(proc: psutil.Process) -> int:
@@ -145,7 +148,7 @@ def measure(
         timer = threading.Timer(timeout, process.kill) if timeout else None
         if timer is not None:
             timer.start()
-        _, status = os.waitpid(process.pid, 0)
+        _, status, usage = os.wait4(process.pid, 0)
         if timer is not None:
             timer.cancel()
         wall = time.perf_counter() - started
@@ -159,7 +162,7 @@ def measure(
     if check and process.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
         raise RuntimeError(f"{' '.join(argv)} exited with {process.returncode}\n{tail}")
-    return Measured(wall, sampled, process.returncode)
+    return Measured(wall, sampled, process.returncode, cpu_seconds=usage.ru_utime + usage.ru_stime)
 
 
 def free_port() -> int:
@@ -175,10 +178,11 @@ def median(values: Sequence[float]) -> float:
 
 
 def summarize(runs: Sequence[Measured]) -> dict[str, Any]:
-    """Median wall and peak RSS of several runs, with every run kept."""
+    """Median wall, CPU and peak RSS of several runs, with every run kept."""
     return {
         "runs": len(runs),
         "wall_seconds": median([r.wall_seconds for r in runs]),
+        "cpu_seconds": median([r.cpu_seconds for r in runs]),
         "peak_rss_bytes": int(median([r.peak_rss_bytes for r in runs])),
         "all": [asdict(r) for r in runs],
     }
@@ -262,17 +266,51 @@ def scratch(name: str, keep: bool = False) -> Iterator[Path]:
 
 
 def generate(out: Path, rows: int, month: str = "2019-01", seed: int = 1) -> Path:
-    """A generated yellow month (the devkit generator in a subprocess); returns the file."""
+    """A generated yellow month (the devkit generator in a subprocess); returns the file.
+
+    With ``TAXI_BENCH_DATA`` set, the file is kept in that folder and reused by the next run
+    that asks for the same one (the generator is deterministic: same rows, month and seed, same
+    bytes); a full month takes a minute or more to generate.
+    """
+    return _generated(
+        "taxi_pipeline.devkit.generator", out, f"yellow_tripdata_{month}.csv.gz", rows, month, seed
+    )
+
+
+def generate_parquet(out: Path, rows: int, month: str = "2024-01", seed: int = 1) -> Path:
+    """A generated TLC Parquet yellow month (``devkit.parquet_generator``), kept like
+    :func:`generate`."""
+    return _generated(
+        "taxi_pipeline.devkit.parquet_generator",
+        out,
+        f"yellow_tripdata_{month}.parquet",
+        rows,
+        month,
+        seed,
+    )
+
+
+def _generated(module: str, out: Path, name: str, rows: int, month: str, seed: int) -> Path:
+    kept = os.environ.get("TAXI_BENCH_DATA")
+    cached = Path(kept) / f"{rows}-seed{seed}" / name if kept else None
+    target = out / name
+    if cached is not None and cached.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, target)
+        return target
     subprocess.run(
         [
-            PYTHON, "-m", "taxi_pipeline.devkit.generator",
-            "--dataset", "yellow", "--month", month,
+            PYTHON, "-m", module, "--dataset", "yellow", "--month", month,
             "--rows", str(rows), "--seed", str(seed), "--out", str(out),
         ],
         check=True,
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    return out / f"yellow_tripdata_{month}.csv.gz"
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target, cached.with_suffix(".tmp"))
+        cached.with_suffix(".tmp").replace(cached)
+    return target
 
 
 def taxi_pipeline_bin() -> str:

@@ -1,28 +1,43 @@
 """Benchmarks 1 and 2: a month ingest end to end, and the re-run of the loaded month.
 
-``python -m bench.ingest`` generates a full-size yellow month (7,667,792 rows, ~140 MB gzip),
-serves it over local HTTP (``taxi_pipeline.devkit.source_server``) and measures, in one run,
-interleaved so that noise hits every contender alike:
+``python -m bench.ingest`` generates a full-size yellow month (7,667,792 rows, ~140 MB gzip) and
+a TLC Parquet yellow month (3,000,000 rows, ``devkit.parquet_generator``), serves them over local
+HTTP (``taxi_pipeline.devkit.source_server``) and measures, interleaved run by run so that noise
+on a shared machine hits every contender alike:
 
 - ours: ``taxi-pipeline run yellow 2019-01 --source-url URL --home DIR`` (a subprocess, fresh
-  home), wall and peak RSS; then the same command again (the re-run): wall, and the body bytes
-  the source server sent for it (must be 0);
-- limit: DuckDB alone from the same local file (``bench.limit_duckdb``);
-- peer: pandas ``read_csv(chunksize=100000)`` -> PostgreSQL ``to_sql`` (the zoomcamp's style,
+  home), wall, CPU and peak RSS and the time of each phase (below); then the same command again
+  (the re-run): wall, and the body bytes the source server sent for it (must be 0); the same for
+  the Parquet month, ``taxi-pipeline run yellow 2024-01 --source tlc --tlc-url URL``;
+- the limit: DuckDB alone from the same local file, one statement from the file to the final
+  table (``bench.limit_duckdb``), and for the CSV month the older two-pass limit (a staging
+  table, then an INSERT) as a second, named row;
+- peers: pandas ``read_csv(chunksize=100000)`` -> PostgreSQL ``to_sql`` (the zoomcamp's style,
   in ``bench/.work/venv``), and ``gzip -dc | psql -c "COPY ... FROM STDIN"`` of the same file,
   against a PostgreSQL server started for the run. The server's own peak RSS is recorded apart.
 
-Results go to ``bench/results/ingest.json``; ``python -m bench.report`` renders BENCHMARKS.md.
+Phases of ours, from the run history's step times and the DEBUG line the DuckDB warehouse logs
+for each statement (``TAXI_PIPELINE_LOG_LEVEL=DEBUG``, JSON lines): start (process start to the
+download step: imports, opening the home), download + verify (the download step), stage (the
+pass that writes the rows), summary (counting them), merge (dropping present ids, committing),
+and bookkeeping (the rest: register, run history, load ledger, bus, detaching, process exit).
+They add up to the run's wall time.
+
+``TAXI_BENCH_DATA=DIR`` keeps the generated months there for the next run (same rows, month and
+seed: same bytes). Results go to ``bench/results/ingest.json``; ``python -m bench.report``
+renders BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from bench.common import (
     FULL_MONTH_ROWS,
@@ -32,7 +47,9 @@ from bench.common import (
     RssSampler,
     child_env,
     generate,
+    generate_parquet,
     measure,
+    median,
     say,
     scratch,
     summarize,
@@ -44,6 +61,28 @@ from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
 TARGET_WALL_RATIO = 1.3
 TARGET_RSS_BYTES = 1 * GIB
 TARGET_RERUN_RATIO = 0.15
+PARQUET_MONTH_ROWS = 3_000_000
+"""About a current TLC yellow month (2024-01 has 2,964,624 rows)."""
+CSV_MONTH, PARQUET_MONTH = "2019-01", "2024-01"
+
+PHASES: Final = ("start", "download + verify", "stage", "summary", "merge", "bookkeeping")
+"""The phases of ours, in order; they add up to the run's wall time."""
+
+STATEMENT_PHASES: Final = {
+    "create external table": "stage",
+    "begin staging into the final table": "stage",
+    "stage into final table": "stage",
+    "build staging table": "stage",
+    "measure staged rows": "summary",
+    "measure staging table": "summary",
+    "drop repeated headers": "summary",
+    "begin the merge": "merge",
+    "delete the month's replaced rows": "merge",
+    "drop staged rows already present": "merge",
+    "merge into final table": "merge",
+    "commit the merge": "merge",
+}
+"""Which phase each timed warehouse statement belongs to (the others are bookkeeping)."""
 
 # The Postgres variant of the reference table (text / timestamp / integer / double precision).
 _PG_TABLE = """
@@ -58,30 +97,158 @@ CREATE TABLE yellow_copy (
 )"""
 
 
-def _count_rows(home: Path) -> int:
+def _sql(home: Path, query: str) -> list[list[str]]:
     out = subprocess.run(
-        [taxi_pipeline_bin(), "sql", "SELECT count(*) FROM yellow_tripdata", "--format", "csv",
-         "--home", str(home)],
+        [taxi_pipeline_bin(), "sql", query, "--format", "csv", "--home", str(home)],
         capture_output=True, text=True, check=True, env=child_env(),
     ).stdout  # fmt: skip
-    return int(out.strip().splitlines()[-1])
+    return [line.split(",") for line in out.strip().splitlines()[1:]]
 
 
-def _ours(server: SourceServer, home: Path, log: Path) -> tuple[Measured, int]:
+def _count_rows(home: Path) -> int:
+    return int(_sql(home, "SELECT count(*) FROM yellow_tripdata")[0][0])
+
+
+def _ours_argv(server: SourceServer, home: Path, parquet: bool) -> list[str]:
+    if parquet:
+        source = ["--source", "tlc", "--tlc-url", server.tlc_base_url]
+        month = PARQUET_MONTH
+    else:
+        source, month = ["--source-url", server.base_url], CSV_MONTH
+    return [taxi_pipeline_bin(), "run", "yellow", month, *source, "--home", str(home)]
+
+
+def _ours(
+    server: SourceServer, home: Path, log: Path, *, parquet: bool = False
+) -> tuple[Measured, int]:
     server.reset_log()
-    argv = [taxi_pipeline_bin(), "run", "yellow", "2019-01", "--source-url", server.base_url,
-            "--home", str(home)]  # fmt: skip
-    result = measure(argv, env=child_env(), log=log)
-    return result, server.bytes_sent
+    log.unlink(missing_ok=True)
+    started = datetime.now(UTC)
+    # The statement timings are DEBUG lines; JSON makes them parseable.
+    env = child_env(TAXI_PIPELINE_LOG_LEVEL="DEBUG", TAXI_PIPELINE_LOG_FORMAT="json")
+    result = measure(_ours_argv(server, home, parquet), env=env, log=log)
+    extra = {"phases": phases(log, home, started, result.wall_seconds)}
+    measured = Measured(
+        result.wall_seconds, result.peak_rss_bytes, result.returncode, extra, result.cpu_seconds
+    )
+    return measured, server.bytes_sent
 
 
-def _limit(source: Path, work: Path, log: Path) -> tuple[Measured, int]:
+def statement_seconds(log: Path) -> dict[str, float]:
+    """Seconds per timed warehouse statement (summed over repeats) from a run's JSON log."""
+    seconds: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "statement" in record and "seconds" in record:
+            what = str(record["statement"])
+            seconds[what] = seconds.get(what, 0.0) + float(record["seconds"])
+    return seconds
+
+
+def phases(log: Path, home: Path, started: datetime, wall: float) -> dict[str, Any]:
+    """The phases of one run of ours (see the module docstring); they add up to ``wall``."""
+    statements = statement_seconds(log)
+    # This run's download step: the latest (a re-run's home holds the first run's too).
+    ((first, last),) = _sql(
+        home,
+        "SELECT started_at, finished_at FROM pipeline_runs WHERE step = 'download'"
+        " AND finished_at IS NOT NULL ORDER BY recorded_at DESC LIMIT 1",
+    )
+    begun, ended = (datetime.fromisoformat(t).replace(tzinfo=UTC) for t in (first, last))
+    out = dict.fromkeys(PHASES, 0.0)
+    out["start"] = (begun - started).total_seconds()
+    out["download + verify"] = (ended - begun).total_seconds()
+    for statement, seconds in statements.items():
+        phase = STATEMENT_PHASES.get(statement)
+        if phase is not None:
+            out[phase] += seconds
+    out["bookkeeping"] = wall - sum(v for k, v in out.items() if k != "bookkeeping")
+    return {"seconds": out, "statements": statements}
+
+
+def median_phases(runs: list[Measured]) -> dict[str, float]:
+    """Each phase's median over ``runs`` (so they need not add up to the median wall)."""
+    return {phase: median([r.extra["phases"]["seconds"][phase] for r in runs]) for phase in PHASES}
+
+
+def _limit(
+    source: Path, work: Path, log: Path, *, parquet: bool = False, two_pass: bool = False
+) -> tuple[Measured, int]:
     database = work / "limit.duckdb"
     database.unlink(missing_ok=True)
-    result = measure([PYTHON, "-m", "bench.limit_duckdb", str(source), str(database)], log=log)
+    log.unlink(missing_ok=True)
+    argv = [PYTHON, "-m", "bench.limit_duckdb", str(source), str(database)]
+    argv += ["--parquet"] * parquet + ["--two-pass"] * two_pass
+    result = measure(argv, log=log)
     rows = json.loads(log.read_text().strip().splitlines()[-1])["rows"]
     database.unlink(missing_ok=True)
     return result, int(rows)
+
+
+def _announce(what: str, run: Measured, extra: str = "") -> None:
+    # How busy the shared machine was as the run ended: it explains a wall time CPU does not.
+    run.extra["load_average"] = round(os.getloadavg()[0], 2)
+    say(
+        f"{what}: {run.wall_seconds:.2f} s, {run.cpu_seconds:.1f} CPU s,"
+        f" {run.peak_rss_bytes / 2**20:.0f} MiB{extra}; load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+def _month(
+    server: SourceServer,
+    source: Path,
+    work: Path,
+    runs: int,
+    rows: int,
+    *,
+    parquet: bool,
+) -> dict[str, Any]:
+    """Ours (and its re-run) and the limits of one month, interleaved run by run."""
+    kind = "parquet" if parquet else "csv"
+    firsts, reruns, limits, two_pass = [], [], [], []
+    first_bytes, rerun_bytes = [], []
+    for i in range(runs):
+        home = work / f"home-{kind}-{i}"
+        first, sent = _ours(server, home, work / f"ours-{kind}-{i}.log", parquet=parquet)
+        _expect(_count_rows(home), rows, f"taxi-pipeline run ({kind})")
+        firsts.append(first)
+        first_bytes.append(sent)
+        _announce(f"ours {kind} #{i + 1}", first, f", {sent:,} bytes downloaded")
+        again, sent = _ours(server, home, work / f"rerun-{kind}-{i}.log", parquet=parquet)
+        _expect(_count_rows(home), rows, f"taxi-pipeline run ({kind}, re-run)")
+        reruns.append(again)
+        rerun_bytes.append(sent)
+        _announce(f"re-run {kind} #{i + 1}", again, f", {sent:,} bytes downloaded")
+        subprocess.run(["rm", "-rf", str(home)], check=True)
+        limit, counted = _limit(source, work, work / f"limit-{kind}-{i}.log", parquet=parquet)
+        _expect(counted, rows, f"limit ({kind})")
+        limits.append(limit)
+        _announce(f"limit {kind} #{i + 1}", limit)
+        if not parquet:
+            older, counted = _limit(source, work, work / f"two-pass-{i}.log", two_pass=True)
+            _expect(counted, rows, "two-pass limit")
+            two_pass.append(older)
+            _announce(f"two-pass limit #{i + 1}", older)
+    ours, limit_s, rerun_s = summarize(firsts), summarize(limits), summarize(reruns)
+    out: dict[str, Any] = {
+        "rows": rows,
+        "file_bytes": source.stat().st_size,
+        "ours": ours | {"bytes_downloaded": first_bytes, "phases": median_phases(firsts)},
+        "limit": limit_s,
+        "rerun": rerun_s | {"bytes_downloaded": rerun_bytes},
+        "ratios": {
+            "wall_vs_limit": ours["wall_seconds"] / limit_s["wall_seconds"],
+            "rerun_vs_first": rerun_s["wall_seconds"] / ours["wall_seconds"],
+        },
+    }
+    if two_pass:
+        out["two_pass_limit"] = summarize(two_pass)
+    return out
 
 
 def _peers(source: Path, runs: int, work: Path, rows: int, pandas_rows: int) -> dict[str, Any]:
@@ -114,7 +281,8 @@ def _peers(source: Path, runs: int, work: Path, rows: int, pandas_rows: int) -> 
             )
             pandas_runs.append(
                 Measured(scaled, run.peak_rss_bytes, run.returncode,
-                         {"measured_rows": counted, "measured_seconds": run.wall_seconds})
+                         {"measured_rows": counted, "measured_seconds": run.wall_seconds},
+                         run.cpu_seconds * rows / counted)
             )  # fmt: skip
             pg.sql("DROP TABLE yellow_taxi_data")
 
@@ -149,7 +317,10 @@ def _expect(got: int, want: int, what: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, default=FULL_MONTH_ROWS)
-    parser.add_argument("--runs", type=int, default=3, help="runs of ours and of the limit")
+    parser.add_argument(
+        "--parquet-rows", type=int, default=PARQUET_MONTH_ROWS, help="0: no Parquet month"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs of ours and of the limits")
     parser.add_argument("--peer-runs", type=int, default=1, help="runs of each peer (0: none)")
     parser.add_argument(
         "--pandas-rows",
@@ -162,56 +333,32 @@ def main(argv: list[str] | None = None) -> int:
 
     with scratch("ingest") as work:
         say(f"generating a yellow month of {args.rows:,} rows")
-        source = generate(work / "source", args.rows)
-        size = source.stat().st_size
-        firsts, reruns, limits = [], [], []
-        rerun_bytes, first_bytes = [], []
+        source = generate(work / "source", args.rows, CSV_MONTH)
+        parquet = None
+        if args.parquet_rows:
+            say(f"generating a TLC Parquet yellow month of {args.parquet_rows:,} rows")
+            parquet = generate_parquet(work / "source", args.parquet_rows, PARQUET_MONTH)
         with serve_directory(work / "source") as server:
-            for i in range(args.runs):
-                home = work / f"home-{i}"
-                first, sent = _ours(server, home, work / f"ours-{i}.log")
-                _expect(_count_rows(home), args.rows, "taxi-pipeline run")
-                firsts.append(first)
-                first_bytes.append(sent)
-                say(
-                    f"ours #{i + 1}: {first.wall_seconds:.2f} s, "
-                    f"{first.peak_rss_bytes / 2**20:.0f} MiB, {sent:,} bytes downloaded"
-                )
-                again, sent = _ours(server, home, work / f"rerun-{i}.log")
-                _expect(_count_rows(home), args.rows, "taxi-pipeline run (re-run)")
-                reruns.append(again)
-                rerun_bytes.append(sent)
-                say(f"re-run #{i + 1}: {again.wall_seconds:.2f} s, {sent:,} bytes downloaded")
-                subprocess.run(["rm", "-rf", str(home)], check=True)
-                limit, rows = _limit(source, work, work / f"limit-{i}.log")
-                _expect(rows, args.rows, "limit")
-                limits.append(limit)
-                say(
-                    f"limit #{i + 1}: {limit.wall_seconds:.2f} s, "
-                    f"{limit.peak_rss_bytes / 2**20:.0f} MiB"
-                )
+            csv = _month(server, source, work, args.runs, args.rows, parquet=False)
+            tlc = (
+                _month(server, parquet, work, args.runs, args.parquet_rows, parquet=True)
+                if parquet is not None
+                else None
+            )
         peers = (
             _peers(source, args.peer_runs, work, args.rows, args.pandas_rows)
             if args.peer_runs
             else {}
         )
 
-    ours, limit_s, rerun_s = summarize(firsts), summarize(limits), summarize(reruns)
     payload = {
-        "rows": args.rows,
-        "file_bytes": size,
-        "ours": ours | {"bytes_downloaded": first_bytes},
-        "limit": limit_s,
-        "rerun": rerun_s | {"bytes_downloaded": rerun_bytes},
+        **csv,
+        "parquet": tlc,
         "peers": peers,
         "targets": {
             "wall_ratio_max": TARGET_WALL_RATIO,
             "peak_rss_bytes_max": TARGET_RSS_BYTES,
             "rerun_ratio_max": TARGET_RERUN_RATIO,
-        },
-        "ratios": {
-            "wall_vs_limit": ours["wall_seconds"] / limit_s["wall_seconds"],
-            "rerun_vs_first": rerun_s["wall_seconds"] / ours["wall_seconds"],
         },
     }
     path = write_results(args.name, payload)

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 _COMMANDS = {
-    "ingest": ["--rows", "3000", "--runs", "1", "--peer-runs", "0"],
+    "ingest": ["--rows", "3000", "--parquet-rows", "2000", "--runs", "1", "--peer-runs", "0"],
     "download": ["--rows", "3000", "--copies", "2", "--runs", "1"],
     "cold_start": ["--rows", "500", "--runs", "1"],
     "bq_cost": ["--rows", "3000", "--no-emulator"],
@@ -73,6 +73,27 @@ def test_ingest_loads_every_row_and_the_rerun_downloads_nothing(
     assert ingest["ours"]["bytes_downloaded"] == [ingest["file_bytes"]]
     assert ingest["rerun"]["bytes_downloaded"] == [0]
     assert ingest["peers"] == {}
+
+
+def test_ingest_loads_the_parquet_month_and_times_every_phase(
+    results: dict[str, dict[str, Any]],
+) -> None:
+    ingest = results["ingest"]
+    parquet = ingest["parquet"]
+    assert parquet["rows"] == 2000
+    assert parquet["ours"]["bytes_downloaded"] == [parquet["file_bytes"]]
+    assert parquet["rerun"]["bytes_downloaded"] == [0]
+    for month in (ingest, parquet):
+        phases = month["ours"]["phases"]
+        assert list(phases) == ["start", "download + verify", "stage", "summary", "merge",
+                                "bookkeeping"]  # fmt: skip
+        assert phases["stage"] > 0
+        (run,) = month["ours"]["all"]
+        statements = run["extra"]["phases"]["statements"]
+        assert "stage into final table" in statements  # the one pass, not a staging table
+        assert "build staging table" not in statements
+    assert ingest["two_pass_limit"]["runs"] == 1
+    assert "| Parquet month (" in results["_report"]["text"]
 
 
 def test_download_moves_every_byte_to_both_lakes(results: dict[str, dict[str, Any]]) -> None:

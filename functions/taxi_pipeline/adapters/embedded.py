@@ -60,6 +60,10 @@ class EmbeddedWarehouse:
 
     # -- tables: DuckDB -----------------------------------------------------------------------
 
+    @property
+    def stages_in_final_table(self) -> bool:
+        return self.tables.stages_in_final_table
+
     def ensure_final_table(self, dataset: Dataset) -> None:
         self.tables.ensure_final_table(dataset)
 

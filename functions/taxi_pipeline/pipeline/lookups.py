@@ -15,20 +15,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from tenacity import (
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential,
-)
-
 from taxi_pipeline.domain.lookups import LookupTable, check_lookup_csv
 from taxi_pipeline.domain.sources import display_url
 from taxi_pipeline.errors import NotPublished, PermanentError, TransientError, VerificationFailed
 from taxi_pipeline.pipeline.ports import Lake, Lookups, ObjectInfo, Source, UpstreamVersion
-from taxi_pipeline.pipeline.steps.download import check_source_base
+from taxi_pipeline.pipeline.steps.download import check_source_base, source_retrying
 from taxi_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,15 +91,7 @@ def _fetch(
 ) -> tuple[bytes, UpstreamVersion]:
     """The whole (small) file, retried like a month's download within one deadline."""
     deadline = time.monotonic() + settings.download_timeout_seconds
-    retrying = Retrying(
-        retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(settings.http_attempts)
-        | stop_before_delay(settings.download_timeout_seconds),
-        wait=wait_exponential(multiplier=0.5, max=8),
-        before_sleep=before_sleep_log(log, logging.WARNING),
-        reraise=True,
-    )
-    return retrying(_fetch_once, url, lookup, source, deadline)
+    return source_retrying(settings)(_fetch_once, url, lookup, source, deadline)
 
 
 def _fetch_once(

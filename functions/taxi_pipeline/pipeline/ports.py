@@ -163,6 +163,15 @@ class QueryResult:
 class Staging(Protocol):
     """Staging a lake object and merging it into the final table (the merge step's port)."""
 
+    @property
+    def stages_in_final_table(self) -> bool:
+        """Whether :meth:`stage` may write the month's rows into the final table itself, in a
+        transaction that :meth:`merge_staged` / :meth:`replace_staged` commit and
+        :meth:`drop_month_objects` rolls back (one pass from the lake object to the final
+        table). The rows are checked against the table as it was when staging began, so the
+        merge step holds the dataset's insert lock from staging to the merge, and drops the
+        month's objects on any failure (a redelivery stages again)."""
+
     def ensure_final_table(self, dataset: Dataset) -> None:
         """Create the final table when missing (partitioned / pruned by pickup date)."""
 

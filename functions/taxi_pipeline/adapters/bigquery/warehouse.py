@@ -233,6 +233,9 @@ class BigQueryWarehouse:
     Thread-safe: the client is created once, lazily; jobs are independent.
     """
 
+    stages_in_final_table: Final = False
+    """Staging is a table of its own (expiring), which the MERGE job reads."""
+
     def __init__(
         self,
         project: str,

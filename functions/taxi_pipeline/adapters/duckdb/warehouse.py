@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,7 +29,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -37,9 +39,16 @@ import duckdb
 
 from taxi_pipeline.adapters.sql.dialects import DUCKDB
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History
-from taxi_pipeline.adapters.sql.statements import Statements, source_columns
+from taxi_pipeline.adapters.sql.statements import (
+    SourceColumn,
+    SourceKind,
+    Sources,
+    Statements,
+    source_columns,
+)
 from taxi_pipeline.adapters.sql.tables import external_table, staging_table
 from taxi_pipeline.domain.datasets import Dataset, Month, csv_name, parse_object
+from taxi_pipeline.domain.formats import CSV_GZ
 from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
 from taxi_pipeline.errors import ConfigurationError, PermanentError, RunCancelled, TransientError
@@ -54,10 +63,13 @@ from taxi_pipeline.pipeline.ports import (
     NullProgress,
     ObjectInfo,
     Progress,
+    ProgressTask,
     QueryResult,
     Replacement,
     StagingSummary,
 )
+
+log = logging.getLogger(__name__)
 
 SQL: Final = Statements(DUCKDB)
 HISTORY: Final = History(DUCKDB, RUNS_TABLE, LOADS_TABLE)
@@ -102,6 +114,13 @@ HISTORY_COLUMNS: Final = {
 HISTORY_TABLES: Final = tuple(HISTORY_COLUMNS)
 _PROGRESS_POLL_SECONDS: Final = 0.25
 _LOCK_RETRY_SECONDS: Final = 0.2
+UNCOMMITTED_ROW_IDS: Final = 36_028_797_018_960_000
+"""DuckDB numbers the rows a transaction appended, until it commits, from its ``MAX_ROW_ID``; no
+committed row has a row id that high. So ``rowid >= UNCOMMITTED_ROW_IDS`` reads exactly the rows
+the open transaction inserted, from those row groups only (the filter prunes the others). Each
+load checks it against the insert's count and stages the slow way if a DuckDB numbers them
+otherwise (tests/unit/test_duckdb_one_pass.py pins it)."""
+_NOT_CLEAN: Final = "taxi-pipeline: the month has a value to set aside"
 
 Guard = Callable[[str], AbstractContextManager[None]]
 """A cross-process lock around the use of the warehouse file, given what it is held for."""
@@ -112,6 +131,18 @@ TableRows = Sequence[Mapping[str, object]]
 
 def _no_guard(_purpose: str) -> AbstractContextManager[None]:
     return nullcontext()
+
+
+@dataclass
+class _InFinal:
+    """A month inserted straight into the final table by the open transaction of its staging
+    cursor (:meth:`DuckDbWarehouse._stage_into_final_table`)."""
+
+    dataset: Dataset
+    rows: int
+    attachment: ExitStack
+    """The warehouse file, attached (and guarded) until the transaction commits or rolls back."""
+    committed: bool = False
 
 
 def _quote_ident(name: str) -> str:
@@ -166,6 +197,10 @@ class DuckDbWarehouse:
     """The warehouse in one DuckDB file, attached only while a statement needs it; thread-safe
     (a cursor per call, one per month being merged)."""
 
+    stages_in_final_table: Final = True
+    """A clean month goes from the lake object to the final table in one pass, uncommitted
+    until the merge: :meth:`_stage_into_final_table`."""
+
     def __init__(
         self,
         path: Path,
@@ -215,6 +250,7 @@ class DuckDbWarehouse:
         # leaves none behind. A TEMP table lives in one connection, so each month being merged
         # keeps its own cursor from stage() to drop_month_objects().
         self._staging: dict[str, duckdb.DuckDBPyConnection] = {}
+        self._in_final: dict[str, _InFinal] = {}
         self._final_tables: set[Dataset] = set()
         # The attachment of the file: how many statements use it, and whether it is writable.
         self._attach = threading.Condition()
@@ -230,9 +266,9 @@ class DuckDbWarehouse:
 
     def close(self) -> None:
         with self._ddl_lock:
-            for cursor in self._staging.values():
-                cursor.close()
-            self._staging.clear()
+            staged = list(self._staging)
+        for stg in staged:
+            self._discard_staging(stg)
         self._conn.close()
         shutil.rmtree(self._spill, ignore_errors=True)
 
@@ -250,11 +286,15 @@ class DuckDbWarehouse:
         """Run one statement on ``cursor`` (a month's staging cursor) or a fresh one."""
         own = cursor is None
         current = self._cursor() if cursor is None else cursor
+        started = time.perf_counter()
         try:
             return current.execute(sql, params).fetchall()
         except duckdb.Error as exc:
             raise _translate(exc, what) from exc
         finally:
+            seconds = time.perf_counter() - started
+            # Where a load's time goes: bench/ingest.py sums these into its phases.
+            log.debug("%s: %.3f s", what, seconds, extra={"statement": what, "seconds": seconds})
             if own:
                 current.close()
 
@@ -355,14 +395,27 @@ class DuckDbWarehouse:
         return name
 
     def _new_staging_cursor(self, staging: str) -> duckdb.DuckDBPyConnection:
-        """A fresh connection for a month's staging (closing one left by an earlier attempt)."""
+        """A fresh connection for a month's staging (discarding one left by an earlier attempt:
+        its staging table, or its rows in the final table, uncommitted)."""
+        self._discard_staging(staging)
         cursor = self._cursor()
         with self._ddl_lock:
-            previous = self._staging.pop(staging, None)
             self._staging[staging] = cursor
-        if previous is not None:
-            previous.close()
         return cursor
+
+    def _discard_staging(self, staging: str) -> None:
+        """Close a month's staging cursor: its TEMP table ends with it, and rows it inserted
+        into the final table and did not commit are rolled back (the file then detached)."""
+        with self._ddl_lock:
+            cursor = self._staging.pop(staging, None)
+            in_final = self._in_final.pop(staging, None)
+        if cursor is not None:
+            if in_final is not None and not in_final.committed:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.execute("ROLLBACK")
+            cursor.close()
+        if in_final is not None:
+            in_final.attachment.close()
 
     def _staging_cursor(self, staging: str) -> duckdb.DuckDBPyConnection:
         with self._ddl_lock:
@@ -373,12 +426,15 @@ class DuckDbWarehouse:
 
     @contextmanager
     def _watched(
-        self, cursor: duckdb.DuckDBPyConnection, context: JobContext, phase: str
+        self, cursor: duckdb.DuckDBPyConnection, context: JobContext, *phases: str
     ) -> Iterator[None]:
         """For the statements of the block: Ctrl-C or ``runs cancel`` interrupts them (the
-        transaction rolls back), and their progress (DuckDB's estimate, in %) is reported."""
-        task = self._progress.task(f"{phase} {context.dataset.value} {context.month}", 100, "%")
+        transaction rolls back), and their progress (DuckDB's estimate, in %) is reported as
+        each of ``phases`` (a one-pass statement stages and merges at once). A cancel that
+        comes before the block raises at once; one that comes between that check and the
+        statement's start interrupts nothing, and the next check (before any commit) raises."""
         done = threading.Event()
+        tasks: list[ProgressTask] = []
         # DuckDB tracks query_progress() only with its progress bar on; we print our own.
         cursor.execute("SET enable_progress_bar = true")
         cursor.execute("SET enable_progress_bar_print = false")
@@ -391,37 +447,58 @@ class DuckDbWarehouse:
                 except duckdb.Error:
                     return
                 if percent > shown:
-                    task.advance(percent - shown)
+                    for task in tasks:
+                        task.advance(percent - shown)
                     shown = percent
 
-        watcher = threading.Thread(target=report, name=f"{phase}-progress", daemon=True)
+        watcher = threading.Thread(target=report, name=f"{phases[0]}-progress", daemon=True)
         try:
             with self._cancellation.interruptible(context.run_id, cursor.interrupt):
+                tasks += [
+                    self._progress.task(
+                        f"{phase} {context.dataset.value} {context.month}", 100, "%"
+                    )
+                    for phase in phases
+                ]
                 watcher.start()
                 yield
         finally:
             done.set()
             if watcher.is_alive():
                 watcher.join()
-            task.close()
+            for task in tasks:
+                task.close()
 
     def stage(self, source: ObjectInfo, lake: LakeReader, context: JobContext) -> StagingSummary:
         dataset, month = context.dataset, context.month
         ext, stg = external_table(dataset, month), staging_table(dataset, month)
         _, _, fmt = parse_object(source.name)
+        filename = csv_name(dataset, month, fmt)
+        select = SQL.staging_select(
+            dataset, month, ext, filename, source_columns(fmt, dataset, month)
+        )
+        # A CSV's one pass reads it typed by DuckDB's reader (the text read and TRY_CASTs cost
+        # a fifth of a month's load more); any value that does not fit stops it.
+        one_pass = (
+            SQL.staging_select(
+                dataset,
+                month,
+                f"({DUCKDB.read_csv_typed(str(_local_path(source)), dataset)})",
+                filename,
+                _typed_csv_sources(dataset),
+            )
+            if fmt is CSV_GZ
+            else select
+        )
         cursor = self._new_staging_cursor(stg)
+        staged = self._stage_into_final_table(dataset, month, one_pass, cursor, context)
+        if staged is not None:
+            return staged
+        # A month with a value that does not fit its type, or a repeated header line: the
+        # staging table counts, samples and sets those aside before anything is merged.
         with self._watched(cursor, context, "stage"):
             self._run(
-                "build staging table",
-                SQL.staging_sql(
-                    dataset,
-                    month,
-                    stg,
-                    ext,
-                    csv_name(dataset, month, fmt),
-                    source_columns(fmt, dataset, month),
-                ),
-                cursor=cursor,
+                "build staging table", f"{DUCKDB.create_staging(stg)}\n{select}", cursor=cursor
             )
         (row,) = self._run(
             "measure staging table", SQL.measure_sql(dataset, month, stg), cursor=cursor
@@ -429,6 +506,138 @@ class DuckDbWarehouse:
         if SQL.repeated_headers(row):
             self._run("drop repeated headers", SQL.drop_repeated_headers_sql(stg), cursor=cursor)
         return SQL.summary(row)
+
+    def _stage_into_final_table(
+        self,
+        dataset: Dataset,
+        month: Month,
+        select: str,
+        cursor: duckdb.DuckDBPyConnection,
+        context: JobContext,
+    ) -> StagingSummary | None:
+        """The staged rows straight into the final table, in a transaction left open: one pass
+        from the lake object to the final table, as DuckDB alone would load it
+        (BENCHMARKS.md). ``None``, with nothing changed, for a month that is not clean.
+
+        The rows are those the staging table would hold, from the same staging SQL (over the
+        CSV as DuckDB's reader types it, which is how ``TRY_CAST`` types its text). A clean
+        month (the usual one) has no value that does not fit its type and no repeated header
+        line: the first such row fails the statement (``error()``, or the reader), which is
+        rolled back, and the month is staged the slow way. Until the merge commits, nobody
+        else sees the rows: the summary is measured on them (the rows the transaction
+        appended), the step checks it, and the merge deletes those whose id the table held
+        before (on the staged dates), which is the insert-only merge's result, then commits.
+        A refused or cancelled month, a crash or the next attempt's staging roll them back.
+        The file stays attached, so other processes wait, and the merge step holds the
+        dataset's insert lock from before this call to the commit
+        (:attr:`stages_in_final_table`), so no other load commits in between.
+        """
+        stg = staging_table(dataset, month)
+        final = self._final(dataset)
+        columns = ", ".join(SQL.final_columns(dataset))
+        guard = f"CASE WHEN _bad OR _header THEN error({_quote_text(_NOT_CLEAN)}) ELSE TRUE END"
+        attachment = ExitStack()
+        attachment.enter_context(
+            self._file(f"stage {dataset.value} {month} (run {context.run_id})")
+        )
+        try:
+            self._create_final_table(dataset)
+            self._run("begin staging into the final table", "BEGIN TRANSACTION", cursor=cursor)
+            try:
+                with self._watched(cursor, context, "stage", "merge"):
+                    ((rows,),) = self._run(
+                        "stage into final table",
+                        f"INSERT INTO {final} ({columns})\nSELECT {columns}\n"
+                        f"FROM ({select}) AS staged\nWHERE {guard}",
+                        cursor=cursor,
+                    )
+            except PermanentError as exc:
+                # A value to set aside, a field the typed reader refuses, or a file that fails
+                # any read: the staging table counts and samples the first, and reports the
+                # last as it would have.
+                reason = "a value to set aside" if _NOT_CLEAN in str(exc) else str(exc)[:300]
+                log.info("%s %s: %s; staging it first", dataset.value, month, reason)
+                self._abandon(cursor, attachment)
+                return None
+            inserted = (
+                "(SELECT *, FALSE AS _bad, CAST(NULL AS VARCHAR) AS _bad_row, FALSE AS _header"
+                f" FROM {final} WHERE rowid >= {UNCOMMITTED_ROW_IDS}) AS staged"
+            )
+            (row,) = self._run(
+                "measure staged rows", SQL.measure_sql(dataset, month, inserted), cursor=cursor
+            )
+            staged = SQL.summary(row)
+            if staged.rows != rows:
+                log.warning(
+                    "%s %s: the transaction's rows read back as %d, %d inserted; staging it first",
+                    dataset.value,
+                    month,
+                    staged.rows,
+                    rows,
+                )
+                self._abandon(cursor, attachment)
+                return None
+        except BaseException:
+            self._abandon(cursor, attachment)
+            raise
+        with self._ddl_lock:
+            self._in_final[stg] = _InFinal(dataset, int(rows), attachment)
+        return staged
+
+    def _abandon(self, cursor: duckdb.DuckDBPyConnection, attachment: ExitStack) -> None:
+        """Roll back what the cursor's transaction did and detach the file (if last)."""
+        with contextlib.suppress(duckdb.Error):
+            cursor.execute("ROLLBACK")
+        attachment.close()
+
+    def _merge_in_final(
+        self,
+        stg: str,
+        in_final: _InFinal,
+        pickup_ranges: Sequence[DateRange],
+        include_null_pickup: bool,
+        context: JobContext,
+        replacing: Replacement | None,
+    ) -> tuple[int, int]:
+        """Commit a month staged into the final table, less the rows whose id the table held
+        before it (and, replacing, less the month's old rows); ``(deleted, inserted)``."""
+        if in_final.committed:
+            if replacing is not None:
+                raise TransientError(f"{stg} was merged already; stage the month again")
+            return 0, 0  # merged again: every staged id is in the final table now
+        dataset = in_final.dataset
+        final = self._final(dataset)
+        cursor = self._staging_cursor(stg)
+        before = f"t.rowid < {UNCOMMITTED_ROW_IDS}"
+        prune = SQL.target_pickup_predicate(dataset, pickup_ranges, include_null_pickup, "t")
+        deleted = 0
+        try:
+            with self._watched(cursor, context, "merge"):
+                if replacing is not None:
+                    ((deleted,),) = self._run(
+                        "delete the month's replaced rows",
+                        f"{SQL.delete_month_sql(dataset, final, replacing, 't')}\n  AND {before}",
+                        cursor=cursor,
+                    )
+                ((present,),) = self._run(
+                    "drop staged rows already present",
+                    f"DELETE FROM {final} WHERE rowid >= {UNCOMMITTED_ROW_IDS}"
+                    f" AND unique_row_id IN (SELECT t.unique_row_id FROM {final} t"
+                    f" WHERE {before} AND ({prune}))",
+                    cursor=cursor,
+                )
+                # The last moment a cancel takes effect: once committed, the month is loaded.
+                self._cancellation.check(context.run_id)
+                self._run("commit the merge", "COMMIT", cursor=cursor)
+        except BaseException:
+            with self._ddl_lock:
+                self._in_final.pop(stg, None)
+            self._abandon(cursor, in_final.attachment)
+            raise
+        # Kept, committed, so that merging it again inserts nothing (the file is let go).
+        in_final.committed = True
+        in_final.attachment.close()
+        return int(deleted), in_final.rows - int(present)
 
     def merge_staged(self, plan: MergePlan) -> MergeOutcome:
         """The insert (a replacing plan's delete with it), in one transaction: another process
@@ -455,6 +664,12 @@ class DuckDbWarehouse:
         replacing: Replacement | None = None,
     ) -> tuple[int, int]:
         stg = staging_table(dataset, month)
+        with self._ddl_lock:
+            in_final = self._in_final.get(stg)
+        if in_final is not None:
+            return self._merge_in_final(
+                stg, in_final, pickup_ranges, include_null_pickup, context, replacing
+            )
         cursor = self._staging_cursor(stg)
         final = self._final(dataset)
         sql = SQL.merge_sql(dataset, final, stg, pickup_ranges, include_null_pickup)
@@ -485,10 +700,8 @@ class DuckDbWarehouse:
         return int(deleted), int(inserted)
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
+        self._discard_staging(staging_table(dataset, month))
         with self._ddl_lock:
-            staging = self._staging.pop(staging_table(dataset, month), None)
-            if staging is not None:
-                staging.close()  # a TEMP table ends with its connection
             self._run("drop external", f"DROP VIEW IF EXISTS {external_table(dataset, month)}")
 
     # -- lookup tables ----------------------------------------------------------------------
@@ -648,6 +861,25 @@ def _temp_table(cursor: duckdb.DuckDBPyConnection, name: str, rows: TableRows) -
         )
     finally:
         os.unlink(handle.name)
+
+
+_TYPED_CSV_KINDS: Final[Mapping[str, SourceKind]] = {
+    "string": "text",
+    "timestamp": "timestamp",
+    "integer": "decimal",
+    "numeric": "decimal",
+}
+
+
+def _typed_csv_sources(dataset: Dataset) -> Sources:
+    """The columns of :meth:`DuckDbDialect.read_csv_typed` as staging reads them."""
+    present = set(dataset.layout.names)
+    return {
+        c.name: SourceColumn(c.name, _TYPED_CSV_KINDS[c.kind])
+        if c.name in present
+        else SourceColumn(None)
+        for c in dataset.layout.final_columns
+    }
 
 
 def _lock_holder(exc: Exception) -> str:

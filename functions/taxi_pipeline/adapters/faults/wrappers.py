@@ -179,6 +179,10 @@ class FaultyWarehouse:
         self.inner = inner
         self._faults = faults
 
+    @property
+    def stages_in_final_table(self) -> bool:
+        return self.inner.stages_in_final_table
+
     def ensure_final_table(self, dataset: Dataset) -> None:
         self._faults.around("ensure_final_table", lambda: self.inner.ensure_final_table(dataset))
 

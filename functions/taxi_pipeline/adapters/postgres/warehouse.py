@@ -152,6 +152,9 @@ def parse_url(url: str, password: str | None = None) -> ConnectionTarget:
 class PostgresWarehouse:
     """The warehouse in one PostgreSQL schema; thread-safe (a connection per call or staging)."""
 
+    stages_in_final_table: Final = False
+    """Staging is a table of its own (from the COPY), which the merge's insert reads."""
+
     def __init__(self, target: ConnectionTarget, *, read_only: bool = False) -> None:
         """``read_only``: create nothing (the CLI's ``status``, ``runs``, ``sql``); the history
         tables must exist already."""

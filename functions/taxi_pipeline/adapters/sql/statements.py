@@ -43,9 +43,10 @@ def _timestamp(day: date) -> str:
     return f"TIMESTAMP '{day.isoformat()}'"
 
 
-SourceKind = Literal["text", "integer", "double", "timestamp", "empty"]
+SourceKind = Literal["text", "integer", "double", "decimal", "timestamp", "empty"]
 """What a source column holds: text (every CSV column), integers of any width, doubles,
-timestamps, or nothing (a Parquet null-typed placeholder)."""
+decimals (DuckDB's typed CSV read: numbers as ``NUMERIC``, typed like doubles), timestamps, or
+nothing (a Parquet null-typed placeholder)."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def _can_fail(column: Column, kind: SourceKind) -> bool:
     """Whether a value of ``kind`` can fail ``column``'s type (the row then counts as bad)."""
     if kind == "text":
         return column.checked
+    if kind == "decimal":
+        return column.kind != "numeric"
     if kind == "double":
         return column.kind != "string" or column.numeral
     return kind == "timestamp"
@@ -141,17 +144,15 @@ class Statements:
         target = d.column_type(column)
         if kind == "integer" and column.kind == "string":
             return d.try_cast(ref, d.text_type)
-        if kind != "double" or column.kind in ("numeric", "timestamp"):
+        if kind not in ("double", "decimal") or column.kind in ("numeric", "timestamp"):
             # Integers, timestamps without a zone (BigQuery reads them as DATETIME: cast to
             # TIMESTAMP, so the id's text ends in "+00" as the CSV's does), null-typed columns.
             return d.try_cast(ref, target)
         # A count written as a double: 1.0 is 1, 1.5 is a bad value (as the CSV's "1.0").
-        number = d.try_cast(ref, d.column_types["numeric"])
-        integral = f"{number} = {d.trunc(number)}"
-        whole = d.try_cast(number, d.column_types["integer"])
+        whole = d.whole_number(ref)
         if column.kind == "integer":
-            return d.when(integral, whole)
-        as_text = d.when(integral, d.try_cast(whole, d.text_type))
+            return whole
+        as_text = d.try_cast(whole, d.text_type)
         if column.numeral:
             return as_text
         # A code column (RatecodeID, trip_type) written as a double: "1" as the CSV has it.
@@ -188,7 +189,20 @@ class Statements:
         filename: str,
         sources: Sources | None = None,
     ) -> str:
-        """The staging table from the month's relation ``source_ref``, whose columns
+        """The staging table from the month's relation ``source_ref``: the rows of
+        :meth:`staging_select`."""
+        select = self.staging_select(dataset, month, source_ref, filename, sources)
+        return f"{self.dialect.create_staging(table_ref)}\n{select}"
+
+    def staging_select(
+        self,
+        dataset: Dataset,
+        month: Month,
+        source_ref: str,
+        filename: str,
+        sources: Sources | None = None,
+    ) -> str:
+        """The staged rows of the month's relation ``source_ref`` as a query, whose columns
         ``sources`` describes (default: the CSV's, all text).
 
         Empty texts become NULL first; each cast runs once (the source value goes on under a
@@ -258,7 +272,6 @@ class Statements:
             else "FALSE"
         )
         return (
-            f"{d.create_staging(table_ref)}\n"
             f"SELECT {self.unique_row_id_sql(dataset)} AS unique_row_id,\n"
             f"  {d.quote_text(filename)} AS filename,\n"
             f"  {', '.join(names)},\n"
@@ -428,7 +441,8 @@ class Statements:
             terms.append(f"{pickup} IS NULL")
         return " OR ".join(terms) or "FALSE"
 
-    def _final_columns(self, dataset: Dataset) -> list[str]:
+    def final_columns(self, dataset: Dataset) -> list[str]:
+        """The final table's columns in its order, quoted."""
         return ["unique_row_id", "filename", *(self.q(n) for n in dataset.layout.final_names)]
 
     def delete_month_sql(
@@ -456,7 +470,7 @@ class Statements:
     ) -> str:
         """Insert the staged rows whose id the final table does not hold (insert-only), in the
         dialect's style unless ``style`` says otherwise."""
-        columns = self._final_columns(dataset)
+        columns = self.final_columns(dataset)
         if (style or self.dialect.merge_style) == "merge":
             prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "T")
             return (
@@ -480,7 +494,7 @@ class Statements:
     ) -> str:
         """``INSERT INTO into_ref`` the staged rows whose id ``final_ref`` does not hold (the
         final table itself, or a new table that becomes one of its partitions)."""
-        columns = self._final_columns(dataset)
+        columns = self.final_columns(dataset)
         prune = self.target_pickup_predicate(dataset, ranges, include_null_pickup, "t")
         listed = ", ".join(columns)
         return (

@@ -206,21 +206,26 @@ class DownloadJob:
     """The upstream version of the object the month is loaded from (a forced re-download)."""
 
 
-def _download_with_retries(job: DownloadJob, ports: Ports) -> VerifiedFile:
-    """Up to ``http_attempts`` attempts, all within one deadline: a source that is slow (or
-    trickles bytes, each read well within the read timeout) fails as transient in time for the
-    failure to be recorded, before the platform's function timeout kills the instance."""
-    settings = ports.settings
-    deadline = time.monotonic() + settings.download_timeout_seconds
-    retrying = Retrying(
+def source_retrying(settings: Settings) -> Retrying:
+    """The retry policy of a source download: transient failures only, up to
+    ``http_attempts`` attempts, none started (or backed off) past the download deadline."""
+    return Retrying(
         retry=retry_if_exception_type(TransientError),
-        # No attempt starts (or backs off) past the deadline.
         stop=stop_after_attempt(settings.http_attempts)
         | stop_before_delay(settings.download_timeout_seconds),
         wait=wait_exponential(multiplier=0.5, max=8),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     )
+
+
+def _download_with_retries(job: DownloadJob, ports: Ports) -> VerifiedFile:
+    """Up to ``http_attempts`` attempts, all within one deadline: a source that is slow (or
+    trickles bytes, each read well within the read timeout) fails as transient in time for the
+    failure to be recorded, before the platform's function timeout kills the instance."""
+    settings = ports.settings
+    deadline = time.monotonic() + settings.download_timeout_seconds
+    retrying = source_retrying(settings)
     try:
         return retrying(download_once, job, ports, deadline)
     except TransientError as exc:

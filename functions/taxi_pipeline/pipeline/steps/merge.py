@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -267,38 +268,48 @@ def _stage_and_merge(
     context = JobContext(request.run_id, dataset, month, "merge", source.generation)
     ports.warehouse.ensure_final_table(dataset)
     replacing = _replacement(ports, dataset, month, loads) if request.replace else None
+    # Loads of one dataset take turns at inserting: each checks its ids against what the final
+    # table holds. A warehouse that stages into the final table checks them against the table
+    # as it was when staging began, so its turn starts there.
+    in_final = ports.warehouse.stages_in_final_table
+    insert_turn = f"insert-{dataset.value}"
     try:
         declared = _declared(ports, fmt, dataset, month, source)
-        # Recreated here too: a crash between register and merge must not strand the run.
-        ports.warehouse.create_external_table(dataset, month, source, ports.lake)
-        staged = ports.warehouse.stage(source, ports.lake, context)
-        if declared is not None and staged.rows != declared.rows:
-            raise VerificationFailed(
-                f"{source.name}: its footer says {declared.rows} rows, staging read {staged.rows}"
+        with ports.locks.hold(insert_turn) if in_final else nullcontext():
+            # Recreated here too: a crash between register and merge must not strand the run.
+            ports.warehouse.create_external_table(dataset, month, source, ports.lake)
+            staged = ports.warehouse.stage(source, ports.lake, context)
+            if declared is not None and staged.rows != declared.rows:
+                raise VerificationFailed(
+                    f"{source.name}: its footer says {declared.rows} rows, staging read"
+                    f" {staged.rows}"
+                )
+            _check_staged(staged, source.name, ports)
+            ranges = pickup_ranges(staged.pickup_dates)
+            null_pickups = _reads_null_pickups(staged)
+            load = LoadRecord(
+                dataset,
+                month,
+                source.name,
+                source.generation,
+                request.run_id,
+                staged.rows,
+                0,  # the warehouse records what it inserted
+                utcnow(),
             )
-        _check_staged(staged, source.name, ports)
-        ranges = pickup_ranges(staged.pickup_dates)
-        null_pickups = _reads_null_pickups(staged)
-        load = LoadRecord(
-            dataset,
-            month,
-            source.name,
-            source.generation,
-            request.run_id,
-            staged.rows,
-            0,  # the warehouse records what it inserted
-            utcnow(),
-        )
-        with ports.locks.hold(f"insert-{dataset.value}"):
-            # The last moment to stop: once the insert commits, the month is loaded.
-            ports.cancellation.check(request.run_id)
-            plan = MergePlan(context, ranges, null_pickups, replacing, load)
-            outcome = ports.warehouse.merge_staged(plan)
+            with nullcontext() if in_final else ports.locks.hold(insert_turn):
+                # The last moment to stop: once the insert commits, the month is loaded.
+                ports.cancellation.check(request.run_id)
+                plan = MergePlan(context, ranges, null_pickups, replacing, load)
+                outcome = ports.warehouse.merge_staged(plan)
     except Exception as exc:
-        # A refused or cancelled month leaves no external or staging table behind. (After
-        # a transient failure they stay: the redelivery replaces them.)
-        if isinstance(exc, PermanentError | RunCancelled) or ports.cancellation.reason(
-            request.run_id
+        # A refused or cancelled month leaves no external or staging table behind, nor rows
+        # staged into the final table (rolled back). (After a transient failure a staging
+        # table of its own stays: the redelivery replaces it.)
+        if (
+            in_final
+            or isinstance(exc, PermanentError | RunCancelled)
+            or ports.cancellation.reason(request.run_id)
         ):
             _drop_quietly(ports, dataset, month)
         raise
