@@ -4,6 +4,7 @@ typing expressions mean when PostgreSQL evaluates them."""
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 from pathlib import Path
@@ -14,9 +15,11 @@ from typer.testing import CliRunner
 from support.e2e import Cli
 from support.postgres import PostgresServer
 from taxi_pipeline.adapters.folder.store import FolderStore
+from taxi_pipeline.adapters.postgres import client_typing
 from taxi_pipeline.adapters.postgres.copying import PieceSink
 from taxi_pipeline.adapters.postgres.warehouse import (
     SQL,
+    VALUE_REFUSED,
     PostgresWarehouse,
     check_server_version,
     landed_columns,
@@ -222,7 +225,7 @@ def test_typed_values_follow_the_reference_rules(
 TAKEN, REFUSED = "taken", "refused"
 
 
-@pytest.mark.parametrize(
+STRICT_CASES = pytest.mark.parametrize(
     ("column", "text", "strict"),
     [
         # What the published files write: the strict casts take it.
@@ -273,6 +276,9 @@ TAKEN, REFUSED = "taken", "refused"
         (PICKUP, "10000-01-01 00:00:00", REFUSED),
     ],
 )
+
+
+@STRICT_CASES
 def test_strict_casts_give_the_exact_value_or_refuse(
     postgres_server: PostgresServer,
     postgres_database: str,
@@ -297,6 +303,55 @@ def test_strict_casts_give_the_exact_value_or_refuse(
         else:
             with pytest.raises(PermanentError):
                 value(SQL.strict_typed_sql(column, "r.v"))
+    finally:
+        warehouse.close()
+
+
+@STRICT_CASES
+def test_the_client_typing_gives_the_exact_value_or_refuses(
+    postgres_server: PostgresServer,
+    postgres_database: str,
+    tmp_path: Path,
+    column: Column,
+    text: str,
+    strict: str,
+) -> None:
+    """Each value in one green line typed by this client on its way into COPY: the exact
+    typing's value, or a refusal (by the client, or by the server's input in COPY), which sends
+    the month to the landing; never a value the strict typing refuses."""
+    import psycopg
+
+    layout = Dataset.GREEN.layout
+    fields = GOOD.split(",")
+    fields[layout.names.index(column.name)] = text
+    path = write_raw(tmp_path / "f.csv.gz", layout.header, [",".join(fields)])
+    sink = io.BytesIO()
+    warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
+    exact = SQL.possible_sql(column, SQL.typed_sql(column, "r.v"))
+    literal = "'" + text.replace("'", "''") + "'"
+    try:
+        ((expected,),) = warehouse.query(
+            f"SELECT CAST({exact} AS text) FROM (SELECT CAST({literal} AS text) AS v OFFSET 0) AS r"
+        ).rows
+        with path.open("rb") as stream:
+            try:
+                client_typing.write_typed_rows(stream, Dataset.GREEN, "f", sink)
+            except client_typing.ClientTypingRefused:
+                return
+        with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
+            conn.execute(SQL.final_table_sql(Dataset.GREEN, "typed", partitioned=False))
+            refused: str | None = None
+            try:
+                with conn.cursor().copy("COPY typed FROM STDIN (FORMAT csv)") as copy:
+                    copy.write(sink.getvalue())
+            except psycopg.DataError as exc:
+                refused = exc.sqlstate
+            if refused is not None:
+                assert refused in VALUE_REFUSED
+                return
+            row = conn.execute(f'SELECT CAST("{column.name}" AS text) FROM typed').fetchone()
+        assert strict == TAKEN
+        assert row == (expected,)
     finally:
         warehouse.close()
 
@@ -347,7 +402,7 @@ def test_the_strict_and_the_exact_staging_write_the_same_rows(
 ) -> None:
     """A generated month (``1.0`` spellings, empty fields, duplicates, strays; a Parquet one
     written into COPY by its format's CSV feed, as the adapter does) typed both ways from one
-    landing table: the same rows, ids and all."""
+    landing table, and a CSV one by this client too: the same rows, ids and all."""
     import psycopg
 
     if fmt is CSV_GZ:
@@ -376,17 +431,31 @@ def test_the_strict_and_the_exact_staging_write_the_same_rows(
             SQL.staging_sql(dataset, month, "exact", "landing", "f", sources),
         ):
             conn.execute(sql)
+        typings = ["strict"]
+        if client_typing.supports(dataset) and not fmt.typed:  # as this client types a CSV
+            typings.append("client")
+            conn.execute(SQL.final_table_sql(dataset, "client", partitioned=False))
+            with (
+                path.open("rb") as handle,
+                conn.cursor().copy("COPY client FROM STDIN (FORMAT csv)") as copy,
+            ):
+                sink = PieceSink(copy.write)
+                client_typing.write_typed_rows(handle, dataset, "f", sink)
+                sink.finish()
         (bad,) = conn.execute("SELECT count(*) FROM exact WHERE _bad OR _header").fetchone() or ()
-        differ = conn.execute(
-            f"SELECT count(*) FROM ((SELECT {final} FROM strict EXCEPT ALL SELECT {final} FROM"
-            f" exact) UNION ALL (SELECT {final} FROM exact EXCEPT ALL SELECT {final} FROM strict))"
-            " AS d"
-        ).fetchone()
-        (strict_rows,) = conn.execute("SELECT count(*) FROM strict").fetchone() or ()
-    assert (bad, differ, strict_rows) == (0, (0,), rows)
+        for typed in typings:
+            differ = conn.execute(
+                f"SELECT count(*) FROM ((SELECT {final} FROM {typed} EXCEPT ALL SELECT {final}"
+                f" FROM exact) UNION ALL (SELECT {final} FROM exact EXCEPT ALL SELECT {final}"
+                f" FROM {typed})) AS d"
+            ).fetchone()
+            (typed_rows,) = conn.execute(f"SELECT count(*) FROM {typed}").fetchone() or ()
+            assert (bad, differ, typed_rows) == (0, (0,), rows), typed
 
 
 GOOD = "2,2019-01-05 10:00:00,2019-01-05 10:10:00,N,1,74,75,1,1.2,7,0,0.5,0,0,,0.3,7.8,2,1,"
+PLUS_ONE = GOOD.replace(",1,1.2,", ",+1,1.2,", 1)
+"""A count the strict typing takes and this client does not: the month lands as text."""
 
 
 @pytest.mark.parametrize(
@@ -469,7 +538,7 @@ def test_a_month_lands_through_one_connection_where_the_server_gives_no_second(
     name = object_name(Dataset.GREEN, JAN)
     with lake.writer(name, {}) as out:
         out.write(
-            write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, [GOOD]).read_bytes()
+            write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, [PLUS_ONE]).read_bytes()
         )
     source = lake.stat(name)
     assert source is not None

@@ -43,6 +43,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from taxi_pipeline.adapters.postgres import client_typing
 from taxi_pipeline.adapters.postgres.copying import CopyTarget, copy_through
 from taxi_pipeline.adapters.sql.dialects import POSTGRES
 from taxi_pipeline.adapters.sql.history import LOADS_TABLE, RUNS_TABLE, History, Param
@@ -88,7 +89,7 @@ _LOOKUP_CHUNK: Final = 1 << 20
 """Bytes of a lookup file per COPY write."""
 # SQLSTATEs of a value the strict staging refused (a cast, or taxi_pipeline_refuse): the month is
 # typed the exact way instead, from the same landed rows. Any other error fails the month.
-_VALUE_REFUSED: Final = frozenset({"22P02", "22007", "22008", "22003", "22009"})
+VALUE_REFUSED: Final = frozenset({"22P02", "22007", "22008", "22003", "22009"})
 # The strict staging and its measure run on parallel workers where the server has them: a month's
 # rows are one large table, and moving a row to the leader costs less than typing it.
 _PARALLEL_SETTINGS: Final = (("parallel_setup_cost", "0"), ("parallel_tuple_cost", "0"))
@@ -437,6 +438,10 @@ class PostgresWarehouse:
         object's rows as CSV), so every format lands alike, as the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
+        if not fmt.typed and client_typing.supports(dataset):
+            row = self._stage_typed_in_client(conn, dataset, month, lake, source, name)
+            if row is not None:
+                return row, True
         q = POSTGRES.quote_ident
         in_file = landed_columns(dataset, month, fmt)
         landed = [column for column, _ in in_file]
@@ -504,6 +509,49 @@ class PostgresWarehouse:
                 helper.close()
         return row, strict
 
+    def _stage_typed_in_client(
+        self,
+        conn: psycopg.Connection[Any],
+        dataset: Dataset,
+        month: Month,
+        lake: LakeReader,
+        source: ObjectInfo,
+        name: str,
+    ) -> tuple[Any, ...] | None:
+        """The staging table ``name`` as the file's future partition, typed by this client on
+        the way into one COPY (:mod:`.client_typing`), and measured: one transaction, so a COPY
+        cut short leaves nothing. ``None`` where this client or the server's input refuses a
+        value (nothing of it stays): the month then lands as text."""
+        import psycopg
+
+        _, _, fmt = parse_object(source.name)
+        filename = csv_name(dataset, month, fmt)
+        staging = self._table(name)
+        try:
+            with conn.transaction():
+                # As in the landing's transaction: a server crash may lose this staging, which
+                # the merge then reports gone (transient), and the redelivery stages again.
+                conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+                conn.execute(f"DROP TABLE IF EXISTS {staging}")
+                conn.execute(SQL.final_table_sql(dataset, staging, partitioned=False))
+                target = CopyTarget(conn, f"COPY {staging} FROM STDIN (FORMAT csv)")
+                with lake.open_read(source.name) as raw:
+                    copy_through(
+                        [target],
+                        lambda sink: client_typing.write_typed_rows(raw, dataset, filename, sink),
+                    )
+                for setting, value in _PARALLEL_SETTINGS:
+                    conn.execute("SELECT set_config(%s, %s, true)", [setting, value])
+                return _one(conn, SQL.strict_measure_sql(dataset, month, staging))
+        except client_typing.ClientTypingRefused as exc:
+            reason = str(exc)
+        except psycopg.DataError as exc:
+            if exc.sqlstate not in VALUE_REFUSED:
+                raise
+            reason = _first_line(exc)
+        log.info("%s: %s; landing it as text", filename, self._redact(reason))
+        return None
+
     def _copy_helpers(self, count: int) -> list[psycopg.Connection[Any]]:
         """Up to ``count`` more connections for COPY; fewer where the server has no more to
         give (``max_connections``): the month then lands through fewer."""
@@ -540,7 +588,7 @@ class PostgresWarehouse:
                 )
                 row = _one(conn, SQL.strict_measure_sql(dataset, month, staging))
         except psycopg.DataError as exc:
-            if exc.sqlstate not in _VALUE_REFUSED:
+            if exc.sqlstate not in VALUE_REFUSED:
                 raise
             log.info(
                 "%s: %s; typing it the exact way",

@@ -36,7 +36,8 @@ AFTER_LAST_TIMESTAMP: Final = date(9999, 12, 31)
 10000, the last day whose next day no date type holds): NULL and counted bad, so they never
 reach the pickup ranges (issue 12, item 5)."""
 
-_NUMERAL: Final = "[0-9]+([.][0-9]+)?"
+NUMERAL: Final = "[0-9]+([.][0-9]+)?"
+"""What a numeral code (``Column.numeral``) is written as: digits, optionally a decimal part."""
 
 
 def _timestamp(day: date) -> str:
@@ -129,7 +130,7 @@ class Statements:
         d = self.dialect
         if column.kind == "string":
             if column.numeral:
-                return d.when(d.full_match(ref, _NUMERAL), ref)
+                return d.when(d.full_match(ref, NUMERAL), ref)
             return ref
         if column.kind == "integer":
             return d.try_integer(ref)
@@ -391,7 +392,7 @@ class Statements:
             return d.nullify_empty(ref)
         # Most codes are digits only, a cheaper test than the numeral's regular expression.
         return (
-            f"CASE WHEN {ref} IS NULL OR {d.only_digits(ref)} OR {d.full_match(ref, _NUMERAL)}"
+            f"CASE WHEN {ref} IS NULL OR {d.only_digits(ref)} OR {d.full_match(ref, NUMERAL)}"
             f" THEN {d.nullify_empty(ref)} ELSE {d.refuse(ref, d.text_type)} END"
         )
 
@@ -521,9 +522,10 @@ class Statements:
             f"  SELECT t.unique_row_id FROM {final_ref} t\n  WHERE {prune}\n)"
         )
 
-    def final_table_sql(self, dataset: Dataset, table_ref: str) -> str:
+    def final_table_sql(self, dataset: Dataset, table_ref: str, *, partitioned: bool = True) -> str:
         """``CREATE TABLE IF NOT EXISTS`` of the final table, in the layout's column order
-        (the CSV's, then the added ones)."""
+        (the CSV's, then the added ones); ``partitioned=False``: without the dialect's
+        partitioning, a table of its columns that may become one of its partitions."""
         d = self.dialect
         columns = ",\n  ".join(
             f"{self.q(c.name)} {d.column_type(c)}" for c in dataset.layout.final_columns
@@ -531,7 +533,7 @@ class Statements:
         return (
             f"CREATE TABLE IF NOT EXISTS {table_ref} (\n"
             f"  unique_row_id {d.id_type},\n  filename {d.text_type},\n  {columns}\n)"
-            f"{d.final_table_suffix(dataset)}"
+            f"{d.final_table_suffix(dataset) if partitioned else ''}"
         )
 
     def add_columns_sql(

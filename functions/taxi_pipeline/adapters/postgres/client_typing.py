@@ -1,0 +1,151 @@
+"""Typing a gzip CSV month in this client, on its way into COPY: how a clean month lands.
+
+PostgreSQL cannot read the lake, so every row crosses this client anyway. DuckDB (in this
+process, in memory, streaming) reads the lake object's stream, checks each value against the
+spellings :meth:`~taxi_pipeline.adapters.sql.dialects.PostgresDialect.strict_cast` takes,
+computes ``unique_row_id`` from those spellings exactly as
+:meth:`~taxi_pipeline.adapters.sql.statements.Statements.strict_staging_sql` does, and writes
+the final table's rows as CSV into ``COPY`` of the typed staging table. The server parses each
+value once, with the same input functions the strict ``CAST`` calls, into the table that becomes
+the file's partition: no text landing table, no second write of every row (BENCHMARKS.md,
+section 8).
+
+The checks here take a subset of what the strict typing takes, and where they take a value the
+server types it alike: a count ``1.0`` is sent as ``1``, every other value as the file writes
+it. Any other value (a word in a count, a timestamp not in the files' own spelling, a repeated
+header line) raises :class:`ClientTypingRefused`, as does a value the server's input function
+refuses in COPY (the adapter tells that by its SQLSTATE): the adapter then lands the month as
+text and types it there, strictly or exactly, as before.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Final
+
+from taxi_pipeline.adapters.sql.dialects import DUCKDB
+from taxi_pipeline.adapters.sql.statements import NUMERAL
+from taxi_pipeline.domain.datasets import Column, Dataset
+from taxi_pipeline.domain.formats import Sink
+
+_TIMESTAMP: Final = (
+    "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]) ([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+)
+"""The files' own spelling of a timestamp, which PostgreSQL's input reads back as the same text
+(no 24:00:00, no 60th second, no zone); a day past its month's end fails COPY itself."""
+_WHOLE: Final = "-?[0-9]+([.]0*)?"
+"""A count the strict typing takes as the same number ("1", "-3", "1.0", "1.")."""
+_BATCH_ROWS: Final = 65_536
+"""Rows per Arrow batch written as CSV: about 10 MiB of text, a few of them in flight."""
+_MEMORY_LIMIT: Final = "256MB"
+_REFUSED: Final = "taxi_pipeline: refused "
+"""How a refused value's error starts (DuckDB's ``error()``)."""
+
+
+class ClientTypingRefused(Exception):
+    """This client's typing does not take the month (a value, or the file itself): land it as
+    text instead, where the server types it or says what is wrong."""
+
+
+def supports(dataset: Dataset) -> bool:
+    """Whether the id of ``dataset`` is made of texts this client spells as the strict typing
+    does: codes, counts and timestamps (every dataset's id columns), no amount."""
+    by_name = {c.name: c for c in dataset.layout.final_columns}
+    return all(by_name[n].kind != "numeric" for n in dataset.layout.id_columns)
+
+
+def typed_rows_sql(dataset: Dataset, relation: str, filename: str) -> str:
+    """The final table's rows of the CSV text relation ``relation`` (the layout's columns, every
+    one as text, empty fields NULL), each value as text COPY types, ``unique_row_id`` as
+    bytea's hex text; a value the strict typing might not take alike raises."""
+    d, q = DUCKDB, DUCKDB.quote_ident
+    in_file = set(dataset.layout.names)
+
+    def refuse(ref: str, what: str) -> str:
+        return f"error({d.quote_text(_REFUSED + what + ': ')} || {ref})"
+
+    def value(column: Column) -> str:
+        if column.name not in in_file:
+            return "NULL"
+        ref = f"NULLIF({q(column.name)}, '')"
+        if column.kind == "string":
+            if not column.numeral:
+                return ref
+            return (
+                f"CASE WHEN {ref} IS NULL OR {d.full_match(ref, NUMERAL)} THEN {ref}"
+                f" ELSE {refuse(ref, column.name)} END"
+            )
+        if column.kind == "timestamp":
+            # The strict typing refuses the year 9999's last day and later too.
+            return (
+                f"CASE WHEN {ref} IS NULL OR ({d.full_match(ref, _TIMESTAMP)}"
+                f" AND {ref} < '9999-12-31') THEN {ref} ELSE {refuse(ref, column.name)} END"
+            )
+        if column.kind == "integer":
+            # As bigint writes it (the id's text of a count or a location id): "007" is 7.
+            return (
+                f"CASE WHEN {ref} IS NULL THEN NULL WHEN {d.full_match(ref, _WHOLE)}"
+                f" THEN CAST(CAST(split_part({ref}, '.', 1) AS BIGINT) AS VARCHAR)"
+                f" ELSE {refuse(ref, column.name)} END"
+            )
+        # A sign, a point or a digit first ('+' .. '9', as the strict typing asks): no NaN or
+        # infinity; the server's numeric input reads the rest, or fails COPY.
+        return (
+            f"CASE WHEN {ref} IS NULL OR ascii({ref}) BETWEEN 43 AND 57 THEN {ref}"
+            f" ELSE {refuse(ref, column.name)} END"
+        )
+
+    by_name = {c.name: c for c in dataset.layout.final_columns}
+    parts = []
+    for name in dataset.layout.id_columns:
+        text = f"{q(name)} || '+00'" if by_name[name].kind == "timestamp" else q(name)
+        parts.append(f"COALESCE({text}, '')")
+    names = ", ".join(q(c.name) for c in dataset.layout.final_columns)
+    values = ",\n    ".join(f"{value(c)} AS {q(c.name)}" for c in dataset.layout.final_columns)
+    # The id from the values as they are sent (the strict typing's id texts), typed once.
+    return (
+        f"SELECT '\\x' || md5(concat({', '.join(parts)})) AS unique_row_id,\n"
+        f"  {d.quote_text(filename)} AS filename, {names}\n"
+        f"FROM (SELECT\n    {values}\n  FROM {relation})"
+    )
+
+
+def write_typed_rows(stream: IO[bytes], dataset: Dataset, filename: str, sink: Sink) -> None:
+    """Write the final table's rows of the gzip CSV ``stream`` into ``sink`` as CSV (no header
+    line): :func:`typed_rows_sql` run by an in-memory DuckDB over the stream, batch by batch.
+    Raises :class:`ClientTypingRefused` where DuckDB refuses a value or the file."""
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    connection = duckdb.connect(config={"memory_limit": _MEMORY_LIMIT})
+    try:
+        # Row order does not matter to COPY: DuckDB then need not hold batches back.
+        connection.execute("SET preserve_insertion_order = false")
+        landed = connection.read_csv(
+            stream,
+            header=True,
+            auto_detect=False,
+            sep=",",
+            quotechar='"',
+            escapechar='"',
+            compression="gzip",
+            strict_mode=True,
+            columns=dict.fromkeys(dataset.layout.names, "VARCHAR"),
+        )
+        landed.create_view("landed")
+        rows = connection.sql(typed_rows_sql(dataset, "landed", filename))
+        # DuckDB's errors come as the batches are made, through Arrow's stream (as OSError).
+        reader = rows.to_arrow_reader(_BATCH_ROWS)
+        options = pa_csv.WriteOptions(include_header=False)
+        with pa_csv.CSVWriter(sink, reader.schema, write_options=options) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+        raise ClientTypingRefused(_first_line(exc)) from exc
+    finally:
+        connection.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
