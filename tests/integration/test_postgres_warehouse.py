@@ -333,11 +333,10 @@ def test_the_client_typing_gives_the_exact_value_or_refuses(
         ((expected,),) = warehouse.query(
             f"SELECT CAST({exact} AS text) FROM (SELECT CAST({literal} AS text) AS v OFFSET 0) AS r"
         ).rows
-        with path.open("rb") as stream:
-            try:
-                client_typing.write_typed_rows(stream, Dataset.GREEN, "f", sink)
-            except client_typing.ClientTypingRefused:
-                return
+        try:
+            client_typing.write_typed_rows(path, Dataset.GREEN, "f", sink)
+        except client_typing.ClientTypingRefused:
+            return
         with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
             conn.execute(SQL.final_table_sql(Dataset.GREEN, "typed", partitioned=False))
             refused: str | None = None
@@ -435,12 +434,9 @@ def test_the_strict_and_the_exact_staging_write_the_same_rows(
         if client_typing.supports(dataset) and not fmt.typed:  # as this client types a CSV
             typings.append("client")
             conn.execute(SQL.final_table_sql(dataset, "client", partitioned=False))
-            with (
-                path.open("rb") as handle,
-                conn.cursor().copy("COPY client FROM STDIN (FORMAT csv)") as copy,
-            ):
+            with conn.cursor().copy("COPY client FROM STDIN (FORMAT csv)") as copy:
                 sink = PieceSink(copy.write)
-                client_typing.write_typed_rows(handle, dataset, "f", sink)
+                client_typing.write_typed_rows(path, dataset, "f", sink)
                 sink.finish()
         (bad,) = conn.execute("SELECT count(*) FROM exact WHERE _bad OR _header").fetchone() or ()
         for typed in typings:
@@ -494,6 +490,47 @@ def test_a_file_the_strict_staging_refuses_is_typed_the_exact_way(
     warehouse.drop_month_objects(Dataset.GREEN, JAN)
     assert warehouse.table_names() == ["green_tripdata", "pipeline_loads", "pipeline_runs"]
     warehouse.close()
+
+
+@pytest.mark.parametrize(
+    ("lines", "as_text"),
+    [
+        ([GOOD, GOOD.replace("2,", "1.0,", 1)], False),
+        # A text that needs quotes in CSV: this client writes none, so the month lands as text.
+        ([GOOD, GOOD.replace(",N,", ',"N,Y",', 1)], True),
+        ([GOOD, PLUS_ONE], True),
+    ],
+)
+def test_a_clean_csv_month_is_typed_in_the_client_and_any_other_lands_as_text(
+    postgres_server: PostgresServer,
+    postgres_database: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    lines: list[str],
+    as_text: bool,
+) -> None:
+    lake = FolderStore(tmp_path / "lake")
+    name = object_name(Dataset.GREEN, JAN)
+    with lake.writer(name, {}) as out:
+        out.write(write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, lines).read_bytes())
+    source = lake.stat(name)
+    assert source is not None
+    warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
+    try:
+        warehouse.ensure_final_table(Dataset.GREEN)
+        context = JobContext("green-201901-client", Dataset.GREEN, JAN, "merge")
+        with caplog.at_level(logging.INFO, logger="taxi_pipeline.adapters.postgres.warehouse"):
+            staged = warehouse.stage(source, lake, context)
+        assert ("landing it as text" in caplog.text) == as_text
+        assert (staged.rows, staged.rows_bad) == (len(lines), 0)
+        plan = MergePlan(context, pickup_ranges(staged.pickup_dates), True)
+        assert warehouse.merge_staged(plan).inserted == len(lines)
+        flags = warehouse.query(
+            "SELECT store_and_fwd_flag, count(*) FROM green_tripdata GROUP BY 1 ORDER BY 1"
+        ).rows
+        assert flags == ([("N", 1), ("N,Y", 1)] if "N,Y" in lines[1] else [("N", 2)])
+    finally:
+        warehouse.close()
 
 
 def test_a_copy_failing_on_any_connection_stages_nothing(

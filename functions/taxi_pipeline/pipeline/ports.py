@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from taxi_pipeline.domain.datasets import Dataset, Month
@@ -48,6 +49,11 @@ class LakeReader(Protocol):
     def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
         """The whole object as a stream, read in chunks (never all in memory); a missing
         object raises :class:`PermanentError`."""
+
+    def local_path(self, name: str) -> Path | None:
+        """The object as a file on this machine, for a reader that opens files itself (DuckDB
+        in a warehouse's client); ``None`` where the lake is remote (read it through
+        :meth:`open_read`). A missing object raises :class:`PermanentError`."""
 
 
 class Lake(LakeReader, Protocol):

@@ -40,6 +40,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -425,9 +426,14 @@ class PostgresWarehouse:
         source: ObjectInfo,
         name: str,
     ) -> tuple[tuple[Any, ...], bool]:
-        """COPY the object into text landing tables, type them into the staging table ``name``,
-        measure it: one transaction, so a COPY cut short (a kill, a lost connection) leaves no
-        staging table. Returns the measure's row and whether the strict staging wrote it.
+        """COPY the object into the staging table ``name`` and measure it: one transaction, so
+        a COPY cut short (a kill, a lost connection) leaves no staging table. Returns the
+        measure's row and whether the strict typing (or this client's) wrote it.
+
+        A gzip CSV in a lake on this machine is typed by this client on its way into COPY
+        (:meth:`_stage_typed_in_client`), where the client and the server's input take every
+        value. Any other object, or a month they refuse, lands in text landing tables first and
+        is typed there:
 
         The rows land through :data:`_COPY_STREAMS` connections at once (:mod:`.copying`): this
         one's landing table is new in its transaction, each other's commits with its COPY (a
@@ -438,8 +444,10 @@ class PostgresWarehouse:
         object's rows as CSV), so every format lands alike, as the CSV's text.
         """
         _, _, fmt = parse_object(source.name)
-        if not fmt.typed and client_typing.supports(dataset):
-            row = self._stage_typed_in_client(conn, dataset, month, lake, source, name)
+        filename = csv_name(dataset, month, fmt)
+        path = lake.local_path(source.name) if not fmt.typed else None
+        if path is not None and client_typing.supports(dataset):
+            row = self._stage_typed_in_client(conn, dataset, month, path, name, filename)
             if row is not None:
                 return row, True
         q = POSTGRES.quote_ident
@@ -453,7 +461,6 @@ class PostgresWarehouse:
             c.name: SourceColumn(c.name if c in landed else None)
             for c in dataset.layout.final_columns
         }
-        filename = csv_name(dataset, month, fmt)
         staging = self._table(name)
         landings = [self._table(n) for n in _landing_names(name)]
         text_columns = ", ".join(f"{q(c.name)} text" for c in landed)
@@ -514,9 +521,9 @@ class PostgresWarehouse:
         conn: psycopg.Connection[Any],
         dataset: Dataset,
         month: Month,
-        lake: LakeReader,
-        source: ObjectInfo,
+        path: Path,
         name: str,
+        filename: str,
     ) -> tuple[Any, ...] | None:
         """The staging table ``name`` as the file's future partition, typed by this client on
         the way into one COPY (:mod:`.client_typing`), and measured: one transaction, so a COPY
@@ -524,8 +531,6 @@ class PostgresWarehouse:
         value (nothing of it stays): the month then lands as text."""
         import psycopg
 
-        _, _, fmt = parse_object(source.name)
-        filename = csv_name(dataset, month, fmt)
         staging = self._table(name)
         try:
             with conn.transaction():
@@ -534,12 +539,13 @@ class PostgresWarehouse:
                 conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
                 conn.execute(f"DROP TABLE IF EXISTS {staging}")
                 conn.execute(SQL.final_table_sql(dataset, staging, partitioned=False))
-                target = CopyTarget(conn, f"COPY {staging} FROM STDIN (FORMAT csv)")
-                with lake.open_read(source.name) as raw:
-                    copy_through(
-                        [target],
-                        lambda sink: client_typing.write_typed_rows(raw, dataset, filename, sink),
-                    )
+                # FREEZE: the rows are written as seen by all (the table is this transaction's
+                # own), so reading them later (measure, index, merges) sets no hint bits.
+                target = CopyTarget(conn, f"COPY {staging} FROM STDIN (FORMAT csv, FREEZE)")
+                copy_through(
+                    [target],
+                    lambda sink: client_typing.write_typed_rows(path, dataset, filename, sink),
+                )
                 for setting, value in _PARALLEL_SETTINGS:
                     conn.execute("SELECT set_config(%s, %s, true)", [setting, value])
                 return _one(conn, SQL.strict_measure_sql(dataset, month, staging))
