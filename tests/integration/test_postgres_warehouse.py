@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import logging
 import socket
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 from typer.testing import CliRunner
@@ -492,13 +494,28 @@ def test_a_file_the_strict_staging_refuses_is_typed_the_exact_way(
     warehouse.close()
 
 
+class RemoteLake:
+    """A lake whose objects are no files here (as a GCS bucket's): streamed, never opened."""
+
+    def __init__(self, inner: FolderStore) -> None:
+        self.inner = inner
+
+    def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
+        return self.inner.open_read(name)
+
+    def local_path(self, name: str) -> None:
+        return None
+
+
 @pytest.mark.parametrize(
-    ("lines", "as_text"),
+    ("lines", "as_text", "remote"),
     [
-        ([GOOD, GOOD.replace("2,", "1.0,", 1)], False),
+        ([GOOD, GOOD.replace("2,", "1.0,", 1)], False, False),
         # A text that needs quotes in CSV: this client writes none, so the month lands as text.
-        ([GOOD, GOOD.replace(",N,", ',"N,Y",', 1)], True),
-        ([GOOD, PLUS_ONE], True),
+        ([GOOD, GOOD.replace(",N,", ',"N,Y",', 1)], True, False),
+        ([GOOD, PLUS_ONE], True, False),
+        # Nothing this client could open: the stream lands as text (no refusal to log).
+        ([GOOD, GOOD.replace("2,", "1.0,", 1)], False, True),
     ],
 )
 def test_a_clean_csv_month_is_typed_in_the_client_and_any_other_lands_as_text(
@@ -506,8 +523,10 @@ def test_a_clean_csv_month_is_typed_in_the_client_and_any_other_lands_as_text(
     postgres_database: str,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
     lines: list[str],
     as_text: bool,
+    remote: bool,
 ) -> None:
     lake = FolderStore(tmp_path / "lake")
     name = object_name(Dataset.GREEN, JAN)
@@ -519,9 +538,18 @@ def test_a_clean_csv_month_is_typed_in_the_client_and_any_other_lands_as_text(
     try:
         warehouse.ensure_final_table(Dataset.GREEN)
         context = JobContext("green-201901-client", Dataset.GREEN, JAN, "merge")
+        typed: list[Path] = []
+        real = client_typing.write_typed_rows
+
+        def spy(path: Path, *args: Any) -> None:
+            typed.append(path)
+            real(path, *args)
+
+        monkeypatch.setattr(client_typing, "write_typed_rows", spy)
         with caplog.at_level(logging.INFO, logger="taxi_pipeline.adapters.postgres.warehouse"):
-            staged = warehouse.stage(source, lake, context)
+            staged = warehouse.stage(source, RemoteLake(lake) if remote else lake, context)
         assert ("landing it as text" in caplog.text) == as_text
+        assert len(typed) == (0 if remote else 1)
         assert (staged.rows, staged.rows_bad) == (len(lines), 0)
         plan = MergePlan(context, pickup_ranges(staged.pickup_dates), True)
         assert warehouse.merge_staged(plan).inserted == len(lines)

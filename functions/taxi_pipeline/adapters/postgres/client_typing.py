@@ -37,10 +37,10 @@ _WHOLE: Final = "-?[0-9]+([.]0*)?"
 """A count the strict typing takes as the same number ("1", "-3", "1.0", "1.")."""
 _BATCH_ROWS: Final = 16_384
 """Rows per Arrow batch written as CSV: about 3 MiB of text, a few of them in flight."""
-_MEMORY_LIMIT: Final = "128MB"
-"""DuckDB's own memory here: the month streams through it (a full yellow month peaks this
-client at about 260 MiB; 96MB is too little for the CSV reader). A month past it fails the
-statement, and lands as text."""
+_MEMORY_LIMIT: Final = "256MB"
+"""DuckDB's own memory here: the month streams through it (a full yellow month peaks the run's
+process at about 350 MiB; 128MB ran out now and then). A statement past it fails, and the
+month lands as text."""
 _REFUSED: Final = "taxi_pipeline: refused "
 """How a refused value's error starts (DuckDB's ``error()``)."""
 
