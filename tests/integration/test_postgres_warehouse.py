@@ -336,14 +336,15 @@ def test_the_client_typing_gives_the_exact_value_or_refuses(
             f"SELECT CAST({exact} AS text) FROM (SELECT CAST({literal} AS text) AS v OFFSET 0) AS r"
         ).rows
         try:
-            client_typing.write_typed_rows(path, Dataset.GREEN, "f", sink)
+            client_typing.write_typed_rows(path, Dataset.GREEN, sink)
         except client_typing.ClientTypingRefused:
             return
         with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
-            conn.execute(SQL.final_table_sql(Dataset.GREEN, "typed", partitioned=False))
+            for statement in client_typing.staging_table_sql(Dataset.GREEN, "typed", "f"):
+                conn.execute(statement)
             refused: str | None = None
             try:
-                with conn.cursor().copy("COPY typed FROM STDIN (FORMAT csv)") as copy:
+                with conn.cursor().copy(client_typing.copy_sql(Dataset.GREEN, "typed")) as copy:
                     copy.write(sink.getvalue())
             except psycopg.DataError as exc:
                 refused = exc.sqlstate
@@ -435,10 +436,11 @@ def test_the_strict_and_the_exact_staging_write_the_same_rows(
         typings = ["strict"]
         if client_typing.supports(dataset) and not fmt.typed:  # as this client types a CSV
             typings.append("client")
-            conn.execute(SQL.final_table_sql(dataset, "client", partitioned=False))
-            with conn.cursor().copy("COPY client FROM STDIN (FORMAT csv)") as copy:
+            for statement in client_typing.staging_table_sql(dataset, "client", "f"):
+                conn.execute(statement)
+            with conn.cursor().copy(client_typing.copy_sql(dataset, "client")) as copy:
                 sink = PieceSink(copy.write)
-                client_typing.write_typed_rows(path, dataset, "f", sink)
+                client_typing.write_typed_rows(path, dataset, sink)
                 sink.finish()
         (bad,) = conn.execute("SELECT count(*) FROM exact WHERE _bad OR _header").fetchone() or ()
         for typed in typings:

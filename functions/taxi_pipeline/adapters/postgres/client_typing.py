@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from taxi_pipeline.adapters.sql.dialects import DUCKDB
-from taxi_pipeline.adapters.sql.statements import NUMERAL
+from taxi_pipeline.adapters.sql.dialects import DUCKDB, POSTGRES
+from taxi_pipeline.adapters.sql.statements import NUMERAL, Statements
 from taxi_pipeline.domain.datasets import Column, Dataset
 from taxi_pipeline.domain.formats import Sink
 
@@ -41,6 +41,9 @@ _MEMORY_LIMIT: Final = "256MB"
 """DuckDB's own memory here: the month streams through it (a full yellow month peaks the run's
 process at about 350 MiB; 128MB ran out now and then). A statement past it fails, and the
 month lands as text."""
+_STATEMENTS: Final = Statements(POSTGRES)
+FILE_CHECK: Final = "taxi_pipeline_file"
+"""The CHECK a staging table of this client holds until it is attached as its file's partition."""
 _REFUSED: Final = "taxi_pipeline: refused "
 """How a refused value's error starts (DuckDB's ``error()``)."""
 
@@ -57,19 +60,48 @@ def supports(dataset: Dataset) -> bool:
     return all(by_name[n].kind != "numeric" for n in dataset.layout.id_columns)
 
 
-def typed_rows_sql(dataset: Dataset, relation: str, filename: str) -> str:
-    """The final table's rows of the CSV text relation ``relation`` (the layout's columns, every
-    one as text, empty fields NULL), each value as text COPY types, ``unique_row_id`` as
-    bytea's hex text; a value the strict typing might not take alike raises."""
-    d, q = DUCKDB, DUCKDB.quote_ident
+def copied_columns(dataset: Dataset) -> list[str]:
+    """The staging table's columns COPY fills, in the order :func:`typed_rows_sql` writes
+    them: the id and the final columns the CSV has. ``filename`` is the table's default (the
+    same text in every row, a fifth of a row's bytes) and a fee the CSV predates is NULL."""
     in_file = set(dataset.layout.names)
+    names = [c.name for c in dataset.layout.final_columns if c.name in in_file]
+    return ["unique_row_id", *names]
+
+
+def staging_table_sql(dataset: Dataset, table_ref: str, filename: str) -> list[str]:
+    """The (empty) staging table of the file ``filename`` that COPY fills from this client:
+    the final table's columns, ``filename`` its default, and the partition's constraint as a
+    CHECK, so ATTACH need not read the rows to prove it (both go once it is attached)."""
+    d = POSTGRES
+    text = d.quote_text(filename)
+    return [
+        _STATEMENTS.final_table_sql(dataset, table_ref, partitioned=False),
+        f"ALTER TABLE {table_ref} ALTER COLUMN filename SET DEFAULT {text}",
+        f"ALTER TABLE {table_ref} ADD CONSTRAINT {FILE_CHECK}"
+        f" CHECK (filename IS NOT NULL AND filename = {text})",
+    ]
+
+
+def copy_sql(dataset: Dataset, table_ref: str) -> str:
+    """The COPY of :func:`write_typed_rows`'s text into a table :func:`staging_table_sql` made
+    in the same transaction. FREEZE: its rows are written as seen by all (the table is the
+    transaction's own), so reading them later (measure, index, merges) sets no hint bits."""
+    columns = ", ".join(POSTGRES.quote_ident(c) for c in copied_columns(dataset))
+    return f"COPY {table_ref} ({columns}) FROM STDIN (FORMAT csv, FREEZE)"
+
+
+def typed_rows_sql(dataset: Dataset, relation: str) -> str:
+    """The rows of the CSV text relation ``relation`` (the layout's columns, every one as
+    text, empty fields NULL) as :func:`copied_columns`, each value as text COPY types,
+    ``unique_row_id`` as bytea's hex text; a value the strict typing might not take alike
+    raises."""
+    d, q = DUCKDB, DUCKDB.quote_ident
 
     def refuse(ref: str, what: str) -> str:
         return f"error({d.quote_text(_REFUSED + what + ': ')} || {ref})"
 
     def value(column: Column) -> str:
-        if column.name not in in_file:
-            return "NULL"
         ref = f"NULLIF({q(column.name)}, '')"
         if column.kind == "string":
             if not column.numeral:
@@ -103,19 +135,19 @@ def typed_rows_sql(dataset: Dataset, relation: str, filename: str) -> str:
     for name in dataset.layout.id_columns:
         text = f"{q(name)} || '+00'" if by_name[name].kind == "timestamp" else q(name)
         parts.append(f"COALESCE({text}, '')")
-    names = ", ".join(q(c.name) for c in dataset.layout.final_columns)
-    values = ",\n    ".join(f"{value(c)} AS {q(c.name)}" for c in dataset.layout.final_columns)
+    copied = [by_name[name] for name in copied_columns(dataset)[1:]]
+    names = ", ".join(q(c.name) for c in copied)
+    values = ",\n    ".join(f"{value(c)} AS {q(c.name)}" for c in copied)
     # The id from the values as they are sent (the strict typing's id texts), typed once.
     return (
-        f"SELECT '\\x' || md5(concat({', '.join(parts)})) AS unique_row_id,\n"
-        f"  {d.quote_text(filename)} AS filename, {names}\n"
+        f"SELECT '\\x' || md5(concat({', '.join(parts)})) AS unique_row_id, {names}\n"
         f"FROM (SELECT\n    {values}\n  FROM {relation})"
     )
 
 
-def write_typed_rows(path: Path, dataset: Dataset, filename: str, sink: Sink) -> None:
-    """Write the final table's rows of the gzip CSV file ``path`` into ``sink`` as CSV (no
-    header line): :func:`typed_rows_sql` run by an in-memory DuckDB over the file (its strict
+def write_typed_rows(path: Path, dataset: Dataset, sink: Sink) -> None:
+    """Write the rows of the gzip CSV file ``path`` into ``sink`` as CSV for :func:`copy_sql`
+    (no header line): :func:`typed_rows_sql` run by an in-memory DuckDB over the file (its strict
     CSV reader, as the DuckDB warehouse reads the lake), batch by batch, in bounded memory.
     Raises :class:`ClientTypingRefused` where DuckDB refuses a value or the file."""
     import duckdb
@@ -127,7 +159,7 @@ def write_typed_rows(path: Path, dataset: Dataset, filename: str, sink: Sink) ->
         # Row order does not matter to COPY: DuckDB then need not hold batches back.
         connection.execute("SET preserve_insertion_order = false")
         landed = f"({DUCKDB.read_csv(str(path), dataset.layout.names, 'gzip')})"
-        rows = connection.sql(typed_rows_sql(dataset, landed, filename))
+        rows = connection.sql(typed_rows_sql(dataset, landed))
         # DuckDB's errors come as the batches are made, through Arrow's stream (as OSError).
         reader = rows.to_arrow_reader(_BATCH_ROWS)
         # No quotes: a fifth fewer bytes for the server to parse. A value that would need

@@ -98,8 +98,6 @@ VALUE_REFUSED: Final = frozenset({"22P02", "22007", "22008", "22003", "22009"})
 # The strict staging and its measure run on parallel workers where the server has them: a month's
 # rows are one large table, and moving a row to the leader costs less than typing it.
 _PARALLEL_SETTINGS: Final = (("parallel_setup_cost", "0"), ("parallel_tuple_cost", "0"))
-_FILE_CHECK: Final = "taxi_pipeline_file"
-"""The CHECK a table typed in this client holds until it is attached as its file's partition."""
 _INDEX_MEMORY: Final = "256MB"
 """maintenance_work_mem of a first load's index builds (sorted in memory, and with two parallel
 workers, which the server's 64MB default allows only below 32MB each); the session's only."""
@@ -544,18 +542,11 @@ class PostgresWarehouse:
                 # the merge then reports gone (transient), and the redelivery stages again.
                 conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
                 conn.execute(f"DROP TABLE IF EXISTS {staging}")
-                conn.execute(SQL.final_table_sql(dataset, staging, partitioned=False))
-                # The partition's constraint as a CHECK: ATTACH then skips its scan of the rows.
-                conn.execute(
-                    f"ALTER TABLE {staging} ADD CONSTRAINT {_FILE_CHECK} CHECK"
-                    f" (filename IS NOT NULL AND filename = {POSTGRES.quote_text(filename)})"
-                )
-                # FREEZE: the rows are written as seen by all (the table is this transaction's
-                # own), so reading them later (measure, index, merges) sets no hint bits.
-                target = CopyTarget(conn, f"COPY {staging} FROM STDIN (FORMAT csv, FREEZE)")
+                for statement in client_typing.staging_table_sql(dataset, staging, filename):
+                    conn.execute(statement)
                 copy_through(
-                    [target],
-                    lambda sink: client_typing.write_typed_rows(path, dataset, filename, sink),
+                    [CopyTarget(conn, client_typing.copy_sql(dataset, staging))],
+                    lambda sink: client_typing.write_typed_rows(path, dataset, sink),
                 )
                 for setting, value in _PARALLEL_SETTINGS:
                     conn.execute("SELECT set_config(%s, %s, true)", [setting, value])
@@ -717,8 +708,12 @@ class PostgresWarehouse:
             f"ALTER TABLE {final} ATTACH PARTITION {partition}"
             f" FOR VALUES IN ({POSTGRES.quote_text(filename)})"
         )
-        # The partition bound holds it now (a table typed in this client had it as a CHECK).
-        conn.execute(f"ALTER TABLE {partition} DROP CONSTRAINT IF EXISTS {_FILE_CHECK}")
+        # The partition bound holds it now (a table typed in this client had it as a CHECK,
+        # and as its default).
+        conn.execute(
+            f"ALTER TABLE {partition} DROP CONSTRAINT IF EXISTS {client_typing.FILE_CHECK},"
+            " ALTER COLUMN filename DROP DEFAULT"
+        )
 
     def drop_month_objects(self, dataset: Dataset, month: Month) -> None:
         """Drop this run's staging table, and those of the month whose run died."""
