@@ -1,21 +1,22 @@
 """Typing a gzip CSV month in this client, on its way into COPY: how a clean month lands.
 
-PostgreSQL cannot read the lake, so every row crosses this client anyway. DuckDB (in this
-process, in memory, streaming) reads the lake object's stream, checks each value against the
-spellings :meth:`~taxi_pipeline.adapters.sql.dialects.PostgresDialect.strict_cast` takes,
-computes ``unique_row_id`` from those spellings exactly as
+PostgreSQL cannot read the lake, so every row crosses this client anyway. Where the lake holds
+the object as a file here, DuckDB (in this process, in memory, streaming) reads it with the
+strict CSV reader the DuckDB warehouse uses, checks each value against the spellings
+:meth:`~taxi_pipeline.adapters.sql.dialects.PostgresDialect.strict_cast` takes, computes
+``unique_row_id`` from those spellings exactly as
 :meth:`~taxi_pipeline.adapters.sql.statements.Statements.strict_staging_sql` does, and writes
-the final table's rows as CSV into ``COPY`` of the typed staging table. The server parses each
-value once, with the same input functions the strict ``CAST`` calls, into the table that becomes
-the file's partition: no text landing table, no second write of every row (BENCHMARKS.md,
-section 8).
+the rows as CSV into ``COPY`` of the typed staging table. The server parses each value once,
+with the same input functions the strict ``CAST`` calls, into the table that becomes the file's
+partition: no text landing table, no second write of every row (BENCHMARKS.md, section 8).
 
 The checks here take a subset of what the strict typing takes, and where they take a value the
-server types it alike: a count ``1.0`` is sent as ``1``, every other value as the file writes
-it. Any other value (a word in a count, a timestamp not in the files' own spelling, a repeated
-header line) raises :class:`ClientTypingRefused`, as does a value the server's input function
-refuses in COPY (the adapter tells that by its SQLSTATE): the adapter then lands the month as
-text and types it there, strictly or exactly, as before.
+server types it alike: a count ``1.0`` is sent as ``1`` (and an integer code as bigint writes
+it), every other value as the file writes it. Any other value (a word in a count, a timestamp
+not in the files' own spelling, a repeated header line, a text that needs quotes in CSV)
+raises :class:`ClientTypingRefused`, as does a value the server's input function refuses in
+COPY (the adapter tells that by its SQLSTATE): the adapter then lands the month as text and
+types it there, strictly or exactly, as before.
 """
 
 from __future__ import annotations
