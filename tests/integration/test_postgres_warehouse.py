@@ -33,7 +33,7 @@ from taxi_pipeline.devkit.parquet_generator import generate_parquet_month
 from taxi_pipeline.domain.datasets import Column, Dataset, Month, object_name
 from taxi_pipeline.domain.formats import CSV_GZ, PARQUET, SourceFormat
 from taxi_pipeline.errors import ConfigurationError, PermanentError
-from taxi_pipeline.pipeline.ports import JobContext, MergePlan
+from taxi_pipeline.pipeline.ports import JobContext, MergePlan, ObjectInfo
 from taxi_pipeline.pipeline.steps.merge import pickup_ranges
 
 JAN = Month(2019, 1)
@@ -458,6 +458,17 @@ PLUS_ONE = GOOD.replace(",1,1.2,", ",+1,1.2,", 1)
 """A count the strict typing takes and this client does not: the month lands as text."""
 
 
+def _green_january(tmp_path: Path, lines: list[str]) -> tuple[FolderStore, ObjectInfo]:
+    """A folder lake holding a green 2019-01 file of ``lines`` (under the published header)."""
+    lake = FolderStore(tmp_path / "lake")
+    name = object_name(Dataset.GREEN, JAN)
+    with lake.writer(name, {}) as out:
+        out.write(write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, lines).read_bytes())
+    source = lake.stat(name)
+    assert source is not None
+    return lake, source
+
+
 @pytest.mark.parametrize(
     ("lines", "bad"),
     [
@@ -477,12 +488,7 @@ def test_a_file_the_strict_staging_refuses_is_typed_the_exact_way(
     postgres_server: PostgresServer, postgres_database: str, tmp_path: Path, lines: list[str],
     bad: int,
 ) -> None:  # fmt: skip
-    lake = FolderStore(tmp_path / "lake")
-    name = object_name(Dataset.GREEN, JAN)
-    with lake.writer(name, {}) as out:
-        out.write(write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, lines).read_bytes())
-    source = lake.stat(name)
-    assert source is not None
+    lake, source = _green_january(tmp_path, lines)
     warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
     warehouse.ensure_final_table(Dataset.GREEN)
     context = JobContext("green-201901-landed", Dataset.GREEN, JAN, "merge")
@@ -530,12 +536,7 @@ def test_a_clean_csv_month_is_typed_in_the_client_and_any_other_lands_as_text(
     as_text: bool,
     remote: bool,
 ) -> None:
-    lake = FolderStore(tmp_path / "lake")
-    name = object_name(Dataset.GREEN, JAN)
-    with lake.writer(name, {}) as out:
-        out.write(write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, lines).read_bytes())
-    source = lake.stat(name)
-    assert source is not None
+    lake, source = _green_january(tmp_path, lines)
     warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
     try:
         warehouse.ensure_final_table(Dataset.GREEN)
@@ -570,12 +571,7 @@ def test_a_copy_failing_on_any_connection_stages_nothing(
     in the second piece fails that COPY, and the other ends with it."""
     lines = [GOOD] * 40_000
     lines[20_000] = GOOD.rsplit(",", 3)[0]  # too few fields, 1.5 MB in: the second piece
-    lake = FolderStore(tmp_path / "lake")
-    name = object_name(Dataset.GREEN, JAN)
-    with lake.writer(name, {}) as out:
-        out.write(write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, lines).read_bytes())
-    source = lake.stat(name)
-    assert source is not None
+    lake, source = _green_january(tmp_path, lines)
     warehouse = PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True))
     warehouse.ensure_final_table(Dataset.GREEN)
     context = JobContext("green-201901-short", Dataset.GREEN, JAN, "merge")
@@ -601,14 +597,7 @@ def test_a_month_lands_through_one_connection_where_the_server_gives_no_second(
     )
     postgres_server.psql(f"GRANT ALL ON SCHEMA public TO {role}", postgres_database)
     url = postgres_server.url(postgres_database).replace("postgres@", f"{role}:limited-secret@")
-    lake = FolderStore(tmp_path / "lake")
-    name = object_name(Dataset.GREEN, JAN)
-    with lake.writer(name, {}) as out:
-        out.write(
-            write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, [PLUS_ONE]).read_bytes()
-        )
-    source = lake.stat(name)
-    assert source is not None
+    lake, source = _green_january(tmp_path, [PLUS_ONE])
     warehouse = PostgresWarehouse.from_url(url)
     try:
         warehouse.ensure_final_table(Dataset.GREEN)
