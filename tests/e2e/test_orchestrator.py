@@ -207,23 +207,30 @@ def test_two_overlapping_backfills_in_two_processes_both_load_exactly(home: Home
     assert inserted == {str(m): SMALL[(GREEN, m)] for m in months}
 
 
-def test_runs_status_and_sql_answer_while_another_process_loads_a_large_month(
-    home: Home,
-) -> None:
+def test_runs_and_status_answer_while_another_process_holds_the_warehouse(home: Home) -> None:
     dataset, month = LARGE
-    loading = home.start("run", dataset.value, str(month))
-    run = home.started(dataset, month, "stage")
-    code, out, err, took = home.cli("runs")
-    assert code == 0, err
-    assert f"{run.run_id}  {dataset.value}   {month}  RUNNING" in out
-    assert took < 15, f"runs took {took:.1f} s"
-    code, out, err, took = home.cli("status", "--dataset", dataset.value)
-    assert code == 0, err
-    assert f"{month}    running" in out
-    assert "1 running" in out
-    assert took < 15, f"status took {took:.1f} s"
+    locks = FileLocks(home.path / "locks")
+    # The test holds the warehouse, so the loader's merge waits for it (RUNNING) for as long as
+    # the test needs: ``runs`` and ``status`` must not wait for the warehouse.
+    with locks.hold("warehouse", "a test"):
+        loading = home.start("run", dataset.value, str(month))
+        waiting = home.path / "locks" / "warehouse.lock.waiting"
+        wait_for(lambda: waiting.exists() and any(waiting.iterdir()), 60, "the merge to wait")
+        run = home.run_of(dataset, month)
+        assert run is not None
+        code, out, err, took = home.cli("runs")
+        assert code == 0, err
+        assert f"{run.run_id}  {dataset.value}   {month}  RUNNING" in out
+        assert took < 15, f"runs took {took:.1f} s"
+        code, out, err, took = home.cli("status", "--dataset", dataset.value)
+        assert code == 0, err
+        assert f"{month}    running" in out
+        assert "1 running" in out
+        assert took < 15, f"status took {took:.1f} s"
+        assert loading.poll() is None
     code, _, err = _finish(loading)
     assert code == 0, err
+    assert "waiting for warehouse: held by pid" in err
     home.assert_loaded_once(dataset, [month])
 
 
@@ -254,8 +261,13 @@ def test_ctrl_c_cancels_in_every_phase_and_a_rerun_is_exact(home: Home, phase: s
         _throttle(home.source, dataset, month)
     running = home.start("run", dataset.value, str(month))
     run = home.started(dataset, month, phase)
+    # Frozen at once, so the Ctrl-C lands in the phase just seen (a stage lasts a second or
+    # two, less than a busy machine may take between two polls and the signal). On SIGCONT
+    # any thread may take the SIGINT, not only the main one that runs Python's handler.
+    running.send_signal(signal.SIGSTOP)
     interrupted = time.monotonic()
     running.send_signal(signal.SIGINT)
+    running.send_signal(signal.SIGCONT)
     code, _, err = _finish(running, timeout=30)
     took = time.monotonic() - interrupted
     assert code == 130, err

@@ -18,6 +18,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 from cloudevents.http import CloudEvent
 
@@ -31,6 +32,9 @@ from taxi_pipeline.pipeline.cloudevents import (
 )
 
 log = logging.getLogger(__name__)
+
+_WAKE_SECONDS: Final = 0.25
+"""How often the draining thread wakes to run a signal handler another thread took."""
 
 Handler = Callable[[CloudEventLike], None]
 
@@ -117,7 +121,10 @@ class InProcessBus:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join()
+            while thread.is_alive():
+                # Woken now and then: a signal the kernel gave another thread (any thread may
+                # take it, e.g. once a stopped process continues) runs its handler here.
+                thread.join(_WAKE_SECONDS)
 
     def idle(self) -> bool:
         """Nothing queued and nothing being handled."""
