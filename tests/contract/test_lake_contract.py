@@ -172,16 +172,15 @@ def test_open_read_streams_the_whole_object(lake: Lake) -> None:
         assert handle.read(10) == b""
 
 
-def test_local_path_is_the_object_or_none_where_the_lake_is_remote(lake: Lake) -> None:
+def test_local_file_is_the_object_or_none_where_the_lake_is_remote(lake: Lake) -> None:
     _write(lake, NAME, b"a,b\n1,2\n")
-    path = lake.local_path(NAME)
+    info = lake.stat(NAME)
+    assert info is not None
     if isinstance(lake, GcsStore):
-        assert path is None
+        assert info.local_file is None
     else:
-        assert path is not None
-        assert path.read_bytes() == b"a,b\n1,2\n"
-        with pytest.raises(PermanentError, match="is not in the lake"):
-            lake.local_path("raw/x/missing.bin")
+        assert info.local_file is not None
+        assert info.local_file.read_bytes() == b"a,b\n1,2\n"
 
 
 def test_open_read_of_a_missing_object_is_permanent(lake: Lake) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 import logging
 import socket
-from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -502,19 +502,6 @@ def test_a_file_the_strict_staging_refuses_is_typed_the_exact_way(
     warehouse.close()
 
 
-class RemoteLake:
-    """A lake whose objects are no files here (as a GCS bucket's): streamed, never opened."""
-
-    def __init__(self, inner: FolderStore) -> None:
-        self.inner = inner
-
-    def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
-        return self.inner.open_read(name)
-
-    def local_path(self, name: str) -> None:
-        return None
-
-
 @pytest.mark.parametrize(
     ("lines", "as_text", "remote"),
     [
@@ -550,7 +537,10 @@ def test_a_clean_csv_month_is_typed_in_the_client_and_any_other_lands_as_text(
 
         monkeypatch.setattr(client_typing, "write_typed_rows", spy)
         with caplog.at_level(logging.INFO, logger="taxi_pipeline.adapters.postgres.warehouse"):
-            staged = warehouse.stage(source, RemoteLake(lake) if remote else lake, context)
+            # A remote object (as a GCS bucket's) is no file here: streamed, never opened.
+            if remote:
+                source = replace(source, uri=f"gs://lake/{source.name}")
+            staged = warehouse.stage(source, lake, context)
         assert ("landing it as text" in caplog.text) == as_text
         assert len(typed) == (0 if remote else 1)
         assert (staged.rows, staged.rows_bad) == (len(lines), 0)

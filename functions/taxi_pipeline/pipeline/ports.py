@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.lookups import LookupTable
@@ -35,6 +36,14 @@ class ObjectInfo:
     crc32c_base64: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def local_file(self) -> Path | None:
+        """The object as a file on this machine (the folder lake's ``file://`` URI), for a
+        reader that opens files itself (DuckDB); ``None`` where it is remote (a ``gs://``
+        object: stream it with :meth:`LakeReader.open_read`)."""
+        parts = urlsplit(self.uri)
+        return Path(unquote(parts.path)) if parts.scheme == "file" else None
+
 
 class ObjectWriter(Protocol):
     """Receives the bytes of an object being written; nothing is visible until commit."""
@@ -49,11 +58,6 @@ class LakeReader(Protocol):
     def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
         """The whole object as a stream, read in chunks (never all in memory); a missing
         object raises :class:`PermanentError`."""
-
-    def local_path(self, name: str) -> Path | None:
-        """The object as a file on this machine, for a reader that opens files itself (DuckDB
-        in a warehouse's client); ``None`` where the lake is remote (read it through
-        :meth:`open_read`). A missing object raises :class:`PermanentError`."""
 
 
 class Lake(LakeReader, Protocol):

@@ -901,9 +901,9 @@ def _sweep_spill_folders(parent: Path) -> None:
 
 
 def _local_path(source: ObjectInfo) -> Path:
-    parts = urlsplit(source.uri)
-    if parts.scheme != "file":
+    path = source.local_file
+    if path is None:
         raise ConfigurationError(
             f"the DuckDB warehouse reads local files only, got {source.uri!r}; use a file:// lake"
         )
-    return Path(unquote(parts.path))
+    return path

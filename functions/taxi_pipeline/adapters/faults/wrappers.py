@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from taxi_pipeline.domain.datasets import Dataset, Month
@@ -164,9 +163,6 @@ class FaultyLake:
 
     def open_read(self, name: str) -> AbstractContextManager[BinaryIO]:
         return self.inner.open_read(name)
-
-    def local_path(self, name: str) -> Path | None:
-        return self.inner.local_path(name)
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

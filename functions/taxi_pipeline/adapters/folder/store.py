@@ -139,12 +139,6 @@ class FolderStore:
         with self._path(name).open("rb") as handle:
             return handle.read(size)
 
-    def local_path(self, name: str) -> Path:
-        path = self._path(name)
-        if not path.is_file():
-            raise PermanentError(f"{name} is not in the lake")
-        return path
-
     @contextmanager
     def open_read(self, name: str) -> Iterator[BinaryIO]:
         path = self._path(name)

@@ -343,10 +343,6 @@ class GcsStore:
             raise translate(exc, f"read {self.uri(name)}") from exc
         return data[:size]
 
-    def local_path(self, name: str) -> None:
-        """Never: the bucket is remote (stream the object with :meth:`open_read`)."""
-        return None
-
     @contextmanager
     def open_read(self, name: str) -> Iterator[BinaryIO]:
         """The object as a stream of ranged GETs of ``upload_chunk_mib`` each (bounded memory);

@@ -5,7 +5,7 @@
   password comes from the URL, ``TAXI_PIPELINE_WAREHOUSE_PASSWORD`` or ``PGPASSWORD`` (in that
   order) and never appears in an error or a log line.
 - PostgreSQL cannot read the lake: :meth:`stage` passes the object through this client. A gzip
-  CSV the lake holds as a file here (``LakeReader.local_path``) is typed by this client on its
+  CSV the lake holds as a file here (``ObjectInfo.local_file``) is typed by this client on its
   way into one ``COPY`` of the run's own staging table (:mod:`.client_typing`: DuckDB checks
   the files' spellings and computes the id). Any other object (Parquet, a GCS stream), or a
   month the client refuses, is streamed (``LakeReader.open_read``; the format's CSV feed
@@ -449,7 +449,7 @@ class PostgresWarehouse:
         """
         _, _, fmt = parse_object(source.name)
         filename = csv_name(dataset, month, fmt)
-        path = lake.local_path(source.name) if not fmt.typed else None
+        path = source.local_file if not fmt.typed else None
         if path is not None and client_typing.supports(dataset):
             row = self._stage_typed_in_client(conn, dataset, month, path, name, filename)
             if row is not None:
