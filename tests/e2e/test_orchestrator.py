@@ -130,6 +130,11 @@ class Home:
         wait_for(inside, timeout, f"{dataset.value} {month} to be in its {phase} phase")
         return found[-1]
 
+    def waits_for_the_warehouse(self, timeout: float, who: str) -> None:
+        """Wait until a process waits for the warehouse lock (which the test holds)."""
+        waiting = self.path / "locks" / "warehouse.lock.waiting"
+        wait_for(lambda: waiting.exists() and any(waiting.iterdir()), timeout, f"{who} to wait")
+
     def rows(self, dataset: Dataset) -> dict[str, tuple[int, int]]:
         """Per file: rows, distinct ids, in the final table (``taxi-pipeline sql``)."""
         code, out, err, _ = self.cli(
@@ -214,8 +219,7 @@ def test_runs_and_status_answer_while_another_process_holds_the_warehouse(home: 
     # the test needs: ``runs`` and ``status`` must not wait for the warehouse.
     with locks.hold("warehouse", "a test"):
         loading = home.start("run", dataset.value, str(month))
-        waiting = home.path / "locks" / "warehouse.lock.waiting"
-        wait_for(lambda: waiting.exists() and any(waiting.iterdir()), 60, "the merge to wait")
+        home.waits_for_the_warehouse(60, "the merge")
         run = home.run_of(dataset, month)
         assert run is not None
         code, out, err, took = home.cli("runs")
@@ -241,8 +245,7 @@ def test_sql_waits_for_the_process_that_holds_the_warehouse_saying_which(home: H
     locks = FileLocks(home.path / "locks")
     with locks.hold("warehouse", "merge green 2019-02 (run green-201902-test)"):
         query = home.start("sql", "SELECT count(*) AS n FROM green_tripdata", "--format", "csv")
-        waiting = home.path / "locks" / "warehouse.lock.waiting"
-        wait_for(lambda: waiting.exists() and any(waiting.iterdir()), 30, "sql to wait")
+        home.waits_for_the_warehouse(30, "sql")
         assert query.poll() is None
     code, out, err = _finish(query, timeout=30)
     assert code == 0, err
