@@ -5,10 +5,10 @@ package, a temp folder, every statement's duration in its log), generates yellow
 them over local HTTP, and measures on that one server, interleaved, a fresh database per run:
 
 - ours: ``taxi-pipeline run yellow 2019-01`` with ``TAXI_PIPELINE_WAREHOUSE_URL=postgresql://...``
-  (download and verification, the rows typed in the client by DuckDB on their way into one COPY
-  of the typed staging table, measured, then the insert-only merge: the file's first load
-  deletes the ids the final table holds from it, indexes it and attaches it as the file's
-  partition, with its load record): wall, client peak RSS;
+  (download and verification, the rows typed in the client by DuckDB on their way into one
+  binary COPY (pgpq) of the typed staging table, measured, then the insert-only merge: the
+  file's first load deletes the ids the final table holds from it, indexes it and attaches it
+  as the file's partition, with its load record): wall, client peak RSS;
 - reference: the zoomcamp's 04_postgres_taxi flow as SQL: ``curl | gunzip`` to a file, CREATE
   the final and the staging table, TRUNCATE, COPY (``psql \\copy``, client-side like the JDBC
   CopyIn), ``UPDATE staging SET unique_row_id = md5(7 fields), filename``, ``MERGE`` on the id.

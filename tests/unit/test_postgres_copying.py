@@ -1,5 +1,5 @@
-"""How the PostgreSQL client cuts a CSV into pieces for its COPY connections: only at a record's
-end, a newline inside a quoted field never being one."""
+"""How the PostgreSQL client cuts COPY data into pieces for its connections: a CSV only at a
+record's end, a newline inside a quoted field never being one; binary data anywhere."""
 
 from __future__ import annotations
 
@@ -41,3 +41,16 @@ def test_the_pieces_are_the_records_in_order_whatever_the_writes_and_chunk_size(
         assert b"".join(pieces) == data
         for piece in pieces:  # each piece parses on its own into whole records
             assert all(len(r) == 3 for r in csv.reader(io.StringIO(piece.decode())))
+
+
+def test_binary_data_is_cut_anywhere_once_a_chunk_is_full_and_nothing_is_lost() -> None:
+    """Binary COPY data (one connection) has no records to keep whole: a newline byte or a
+    quote byte in it is just a byte."""
+    data = bytes(range(256)) * 40
+    pieces: list[bytes] = []
+    sink = PieceSink(pieces.append, 1000, whole_records=False)
+    for start in range(0, len(data), 300):
+        sink.write(data[start : start + 300])
+    sink.finish()
+    assert b"".join(pieces) == data
+    assert [len(p) for p in pieces[:-1]] == [1200] * (len(pieces) - 1)  # 4 writes, every time

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
-LOCAL_ONLY = frozenset({"duckdb", "filelock", "typer", "rich"})
+LOCAL_ONLY = frozenset({"duckdb", "pgpq", "filelock", "typer", "rich"})
 """Embedded warehouse (duckdb), the lock files its processes share (filelock) and CLI (typer,
 rich): the cloud runtime never imports them."""
 

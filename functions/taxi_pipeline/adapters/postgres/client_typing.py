@@ -3,41 +3,57 @@
 PostgreSQL cannot read the lake, so every row crosses this client anyway. Where the lake holds
 the object as a file here, DuckDB (in this process, in memory, streaming) reads it with the
 strict CSV reader the DuckDB warehouse uses, checks each value against the spellings
-:meth:`~taxi_pipeline.adapters.sql.dialects.PostgresDialect.strict_cast` takes, computes
-``unique_row_id`` from those spellings exactly as
-:meth:`~taxi_pipeline.adapters.sql.statements.Statements.strict_staging_sql` does, and writes
-the rows as CSV into ``COPY`` of the typed staging table. The server parses each value once,
-with the same input functions the strict ``CAST`` calls, into the table that becomes the file's
-partition: no text landing table, no second write of every row (BENCHMARKS.md, section 8).
+:meth:`~taxi_pipeline.adapters.sql.dialects.PostgresDialect.strict_cast` takes, types it,
+computes ``unique_row_id`` from those spellings exactly as
+:meth:`~taxi_pipeline.adapters.sql.statements.Statements.strict_staging_sql` does, and pgpq
+encodes the typed Arrow batches in PostgreSQL's binary COPY format into ``COPY`` of the typed
+staging table. The server parses no text at all (each value arrives as its type's own bytes), into
+the table that becomes the file's partition: no text landing table, no second write of every row
+(BENCHMARKS.md, section 8).
 
-The checks here take a subset of what the strict typing takes, and where they take a value the
-server types it alike: a count ``1.0`` is sent as ``1`` (and an integer code as bigint writes
-it), every other value as the file writes it. Any other value (a word in a count, a timestamp
-not in the files' own spelling, a repeated header line, a text that needs quotes in CSV)
-raises :class:`ClientTypingRefused`, as does a value the server's input function refuses in
-COPY (the adapter tells that by its SQLSTATE): the adapter then lands the month as text and
-types it there, strictly or exactly, as before.
+The checks here take a subset of what the strict typing takes, the subset where DuckDB's reading
+of a text and PostgreSQL's are the same value: a count as a whole number (``1.0`` is 1), an
+amount that starts with a sign, a point or a digit and has no ``_`` (DuckDB's decimal input
+then reads it as PostgreSQL's numeric input does, rounding past 9 decimals alike; the tests
+compare them spelling by spelling), a timestamp in the files' own spelling from the year 1000
+on. Any other value (a word in a count, ``1e3`` in a count, a timestamp not in that spelling, a
+day past its month's end, a repeated header line) raises :class:`ClientTypingRefused`, as does
+a value the server's input refuses in COPY (the adapter tells that by its SQLSTATE): the
+adapter then lands the month as text and types it there, strictly or exactly, as before.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from taxi_pipeline.adapters.sql.dialects import DUCKDB, POSTGRES
 from taxi_pipeline.adapters.sql.statements import NUMERAL, Statements
 from taxi_pipeline.domain.datasets import Column, Dataset
 from taxi_pipeline.domain.formats import Sink
 
+if TYPE_CHECKING:
+    from pgpq._pgpq import PostgresSchema
+
 _TIMESTAMP: Final = (
-    "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]) ([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    "[1-9][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    " ([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
 )
-"""The files' own spelling of a timestamp, which PostgreSQL's input reads back as the same text
-(no 24:00:00, no 60th second, no zone); a day past its month's end fails COPY itself."""
+"""The files' own spelling of a timestamp, which DuckDB and PostgreSQL read as the same instant
+(no 24:00:00, no 60th second, no zone, no year 0: DuckDB's 1 BC, PostgreSQL's error); a day
+past its month's end fails DuckDB's cast."""
 _WHOLE: Final = "-?[0-9]+([.]0*)?"
 """A count the strict typing takes as the same number ("1", "-3", "1.0", "1.")."""
 _BATCH_ROWS: Final = 16_384
-"""Rows per Arrow batch written as CSV: about 3 MiB of text, a few of them in flight."""
+"""Rows per Arrow batch: about 3.5 MiB of COPY data each, a few of them in flight."""
+_PGPQ_TYPES: Final = {
+    "string": "Text",
+    "timestamp": "Timestamp",
+    "integer": "Int8",
+    "numeric": "Numeric",
+}
+"""The binary encoding pgpq must choose for each kind of column: the final table's type
+(``PostgresDialect.column_types``), whose binary input the server then calls."""
 _MEMORY_LIMIT: Final = "256MB"
 """DuckDB's own memory here: the month streams through it (a full yellow month peaks the run's
 process at about 350 MiB; 128MB ran out now and then). A statement past it fails, and the
@@ -85,75 +101,82 @@ def staging_table_sql(dataset: Dataset, table_ref: str, filename: str) -> list[s
 
 
 def copy_sql(dataset: Dataset, table_ref: str) -> str:
-    """The COPY of :func:`write_typed_rows`'s text into a table :func:`staging_table_sql` made
-    in the same transaction. FREEZE: its rows are written as seen by all (the table is the
+    """The COPY of :func:`write_typed_rows`'s binary data into a table :func:`staging_table_sql`
+    made in the same transaction. FREEZE: its rows are written as seen by all (the table is the
     transaction's own), so reading them later (measure, index, merges) sets no hint bits."""
     columns = ", ".join(POSTGRES.quote_ident(c) for c in copied_columns(dataset))
-    return f"COPY {table_ref} ({columns}) FROM STDIN (FORMAT csv, FREEZE)"
+    return f"COPY {table_ref} ({columns}) FROM STDIN (FORMAT binary, FREEZE)"
 
 
 def typed_rows_sql(dataset: Dataset, relation: str) -> str:
     """The rows of the CSV text relation ``relation`` (the layout's columns, every one as
-    text, empty fields NULL) as :func:`copied_columns`, each value as text COPY types,
-    ``unique_row_id`` as bytea's hex text; a value the strict typing might not take alike
-    raises."""
+    text, empty fields NULL) as :func:`copied_columns`, each value as its final column's DuckDB
+    type, ``unique_row_id`` as the 16 bytes of its md5; a value the strict typing might not
+    take alike raises."""
     d, q = DUCKDB, DUCKDB.quote_ident
 
     def refuse(ref: str, what: str) -> str:
         return f"error({d.quote_text(_REFUSED + what + ': ')} || {ref})"
 
+    def checked(ref: str, condition: str, value: str, column: Column) -> str:
+        return (
+            f"CASE WHEN {ref} IS NULL THEN NULL WHEN {condition}"
+            f" THEN {value} ELSE {refuse(ref, column.name)} END"
+        )
+
     def value(column: Column) -> str:
         ref = f"NULLIF({q(column.name)}, '')"
         if column.kind == "string":
-            if not column.numeral:
-                return ref
-            return (
-                f"CASE WHEN {ref} IS NULL OR {d.full_match(ref, NUMERAL)} THEN {ref}"
-                f" ELSE {refuse(ref, column.name)} END"
-            )
+            return checked(ref, d.full_match(ref, NUMERAL), ref, column) if column.numeral else ref
         if column.kind == "timestamp":
             # The strict typing refuses the year 9999's last day and later too.
-            return (
-                f"CASE WHEN {ref} IS NULL OR ({d.full_match(ref, _TIMESTAMP)}"
-                f" AND {ref} < '9999-12-31') THEN {ref} ELSE {refuse(ref, column.name)} END"
-            )
+            condition = f"{d.full_match(ref, _TIMESTAMP)} AND {ref} < '9999-12-31'"
+            return checked(ref, condition, f"CAST({ref} AS TIMESTAMP)", column)
         if column.kind == "integer":
-            # As bigint writes it (the id's text of a count or a location id): "007" is 7.
-            return (
-                f"CASE WHEN {ref} IS NULL THEN NULL WHEN {d.full_match(ref, _WHOLE)}"
-                f" THEN CAST(CAST(split_part({ref}, '.', 1) AS BIGINT) AS VARCHAR)"
-                f" ELSE {refuse(ref, column.name)} END"
-            )
-        # A sign, a point or a digit first ('+' .. '9', as the strict typing asks): no NaN or
-        # infinity; the server's numeric input reads the rest, or fails COPY.
-        return (
-            f"CASE WHEN {ref} IS NULL OR ascii({ref}) BETWEEN 43 AND 57 THEN {ref}"
-            f" ELSE {refuse(ref, column.name)} END"
-        )
+            # "007" is 7, "1.0" is 1: the number, whose text is the id's.
+            whole = f"CAST(split_part({ref}, '.', 1) AS BIGINT)"
+            return checked(ref, d.full_match(ref, _WHOLE), whole, column)
+        # A sign, a point or a digit first ('+' .. '9', as the strict typing asks: no NaN or
+        # infinity) and no '_' (PostgreSQL 15 refuses "1_000"): DuckDB's decimal input then
+        # reads what PostgreSQL's numeric input reads, rounding past 9 decimals alike, or
+        # fails (the month lands as text). No regular expression: nine amounts a row.
+        number = f"CAST({ref} AS {d.column_type(column)})"
+        condition = f"ascii({ref}) BETWEEN 43 AND 57 AND NOT contains({ref}, '_')"
+        return checked(ref, condition, number, column)
 
     by_name = {c.name: c for c in dataset.layout.final_columns}
-    parts = []
+    parts, texts = [], []
     for name in dataset.layout.id_columns:
-        text = f"{q(name)} || '+00'" if by_name[name].kind == "timestamp" else q(name)
+        column = by_name[name]
+        if column.kind == "timestamp":
+            # The source text, which the check took: the strict typing's id text of it.
+            alias = q(f"_text_{name}")
+            texts.append(f"NULLIF({q(name)}, '') AS {alias}")
+            text = f"{alias} || '+00'"
+        elif column.kind == "integer":
+            text = f"CAST({q(name)} AS VARCHAR)"  # the number's text: "007" is 7
+        else:
+            text = q(name)
         parts.append(f"COALESCE({text}, '')")
     copied = [by_name[name] for name in copied_columns(dataset)[1:]]
     names = ", ".join(q(c.name) for c in copied)
-    values = ",\n    ".join(f"{value(c)} AS {q(c.name)}" for c in copied)
-    # The id from the values as they are sent (the strict typing's id texts), typed once.
+    values = ",\n    ".join([*(f"{value(c)} AS {q(c.name)}" for c in copied), *texts])
+    # The id from the values' texts as the strict typing spells them.
     return (
-        f"SELECT '\\x' || md5(concat({', '.join(parts)})) AS unique_row_id, {names}\n"
+        f"SELECT unhex(md5(concat({', '.join(parts)}))) AS unique_row_id, {names}\n"
         f"FROM (SELECT\n    {values}\n  FROM {relation})"
     )
 
 
 def write_typed_rows(path: Path, dataset: Dataset, sink: Sink) -> None:
-    """Write the rows of the gzip CSV file ``path`` into ``sink`` as CSV for :func:`copy_sql`
-    (no header line): :func:`typed_rows_sql` run by an in-memory DuckDB over the file (its strict
-    CSV reader, as the DuckDB warehouse reads the lake), batch by batch, in bounded memory.
-    Raises :class:`ClientTypingRefused` where DuckDB refuses a value or the file."""
+    """Write the rows of the gzip CSV file ``path`` into ``sink`` as binary COPY data for
+    :func:`copy_sql`: :func:`typed_rows_sql` run by an in-memory DuckDB over the file (its
+    strict CSV reader, as the DuckDB warehouse reads the lake), batch by batch, in bounded
+    memory, each batch encoded by pgpq. Raises :class:`ClientTypingRefused` where DuckDB
+    refuses a value or the file."""
     import duckdb
+    import pgpq
     import pyarrow as pa
-    import pyarrow.csv as pa_csv
 
     connection = duckdb.connect(config={"memory_limit": _MEMORY_LIMIT})
     try:
@@ -163,16 +186,26 @@ def write_typed_rows(path: Path, dataset: Dataset, sink: Sink) -> None:
         rows = connection.sql(typed_rows_sql(dataset, landed))
         # DuckDB's errors come as the batches are made, through Arrow's stream (as OSError).
         reader = rows.to_arrow_reader(_BATCH_ROWS)
-        # No quotes: a fifth fewer bytes for the server to parse. A value that would need
-        # them (a comma or a quote in a text) stops the writer: the month lands as text.
-        options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
-        with pa_csv.CSVWriter(sink, reader.schema, write_options=options) as writer:
-            for batch in reader:
-                writer.write_batch(batch)
-    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+        encoder = pgpq.ArrowToPostgresBinaryEncoder(reader.schema)
+        _check_encoding(dataset, encoder.schema())
+        sink.write(encoder.write_header())
+        for batch in reader:
+            sink.write(encoder.write_batch(batch))
+        sink.write(encoder.finish())
+    except (duckdb.Error, pa.ArrowException, OSError, ValueError) as exc:
         raise ClientTypingRefused(_first_line(exc)) from exc
     finally:
         connection.close()
+
+
+def _check_encoding(dataset: Dataset, schema: PostgresSchema) -> None:
+    """That pgpq encodes each column as its final column's type (a DuckDB or pgpq version that
+    maps an Arrow type otherwise would make the server misread the bytes)."""
+    by_name = {c.name: c for c in dataset.layout.final_columns}
+    wanted = ["Bytea", *(_PGPQ_TYPES[by_name[n].kind] for n in copied_columns(dataset)[1:])]
+    encoded = [type(column.data_type).__name__ for column in schema.columns]
+    if encoded != wanted:
+        raise ClientTypingRefused(f"pgpq would encode the columns as {encoded}, not {wanted}")
 
 
 def _first_line(exc: BaseException) -> str:

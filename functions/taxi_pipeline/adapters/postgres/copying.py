@@ -64,19 +64,23 @@ def record_end(data: bytes | bytearray) -> int:
 
 
 class PieceSink:
-    """A write-only file (what a format's CSV feed and pyarrow's CSV writer write into) that
-    hands the text to ``deliver`` in pieces of whole records of about ``chunk`` bytes."""
+    """A write-only file (what a format's CSV feed and the client typing's encoder write into)
+    that hands the data to ``deliver`` in pieces of about ``chunk`` bytes: of whole CSV records,
+    or where ``whole_records`` is false (binary COPY data, fed to one connection), cut anywhere."""
 
-    def __init__(self, deliver: Callable[[bytes], None], chunk: int = CHUNK) -> None:
+    def __init__(
+        self, deliver: Callable[[bytes], None], chunk: int = CHUNK, *, whole_records: bool = True
+    ) -> None:
         self._deliver = deliver
         self._chunk = chunk
+        self._cut: Callable[[bytearray], int] = record_end if whole_records else len
         self._buffer = bytearray()
         self.closed = False
 
     def write(self, data: bytes) -> int:
         self._buffer += data
         if len(self._buffer) >= self._chunk:
-            end = record_end(self._buffer)
+            end = self._cut(self._buffer)
             if end:
                 piece = bytes(self._buffer[:end])
                 del self._buffer[:end]
@@ -99,10 +103,16 @@ class PieceSink:
         self.closed = True
 
 
-def copy_through(targets: Sequence[CopyTarget], feed: Callable[[PieceSink], None]) -> None:
-    """Run ``feed`` (writing the CSV text into the sink it gets) on this thread and each
-    target's COPY on a thread of its own, the pieces handed out in turn; return once every COPY
-    completed, or raise the first failure once every COPY has ended (failed)."""
+def copy_through(
+    targets: Sequence[CopyTarget],
+    feed: Callable[[PieceSink], None],
+    *,
+    whole_records: bool = True,
+) -> None:
+    """Run ``feed`` (writing the COPY data into the sink it gets) on this thread and each
+    target's COPY on a thread of its own, the pieces handed out in turn (pieces of whole CSV
+    records, unless ``whole_records`` is false: binary data, for one target); return once every
+    COPY completed, or raise the first failure once every COPY has ended (failed)."""
     failures: list[BaseException] = []
     failed = threading.Event()
     queues: list[queue.Queue[bytes | None]] = [queue.Queue(_QUEUED) for _ in targets]
@@ -120,7 +130,7 @@ def copy_through(targets: Sequence[CopyTarget], feed: Callable[[PieceSink], None
     for thread in threads:
         thread.start()
     try:
-        sink = PieceSink(deliver)
+        sink = PieceSink(deliver, whole_records=whole_records)
         feed(sink)
         sink.finish()
         for q in queues:

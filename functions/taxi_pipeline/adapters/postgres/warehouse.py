@@ -6,8 +6,9 @@
   order) and never appears in an error or a log line.
 - PostgreSQL cannot read the lake: :meth:`stage` passes the object through this client. A gzip
   CSV the lake holds as a file here (``ObjectInfo.local_file``) is typed by this client on its
-  way into one ``COPY`` of the run's own staging table (:mod:`.client_typing`: DuckDB checks
-  the files' spellings and computes the id). Any other object (Parquet, a GCS stream), or a
+  way into one binary ``COPY`` of the run's own staging table (:mod:`.client_typing`: DuckDB
+  checks the files' spellings, types the values and computes the id; pgpq encodes the rows).
+  Any other object (Parquet, a GCS stream), or a
   month the client refuses, is streamed (``LakeReader.open_read``; the format's CSV feed
   inflates a gzip CSV, or writes a Parquet file's rows as CSV) into ``COPY ... FROM STDIN`` of
   UNLOGGED text landing tables, through two connections at once (:mod:`.copying`), then typed
@@ -547,6 +548,7 @@ class PostgresWarehouse:
                 copy_through(
                     [CopyTarget(conn, client_typing.copy_sql(dataset, staging))],
                     lambda sink: client_typing.write_typed_rows(path, dataset, sink),
+                    whole_records=False,
                 )
                 for setting, value in _PARALLEL_SETTINGS:
                     conn.execute("SELECT set_config(%s, %s, true)", [setting, value])
