@@ -54,3 +54,6 @@ def test_binary_data_is_cut_anywhere_once_a_chunk_is_full_and_nothing_is_lost() 
     sink.finish()
     assert b"".join(pieces) == data
     assert [len(p) for p in pieces[:-1]] == [1200] * (len(pieces) - 1)  # 4 writes, every time
+    batch = bytes(5000)  # an encoded batch larger than a chunk, the sink empty: as it is
+    sink.write(batch)
+    assert pieces[-1] is batch

@@ -73,15 +73,21 @@ class PieceSink:
     ) -> None:
         self._deliver = deliver
         self._chunk = chunk
-        self._cut: Callable[[bytearray], int] = record_end if whole_records else len
+        self._whole_records = whole_records
         self._buffer = bytearray()
         self.closed = False
 
     def write(self, data: bytes) -> int:
+        if not self._whole_records and not self._buffer and len(data) >= self._chunk:
+            self._deliver(bytes(data))  # a whole encoded batch: handed over as it is, no copy
+            return len(data)
         self._buffer += data
         if len(self._buffer) >= self._chunk:
-            end = self._cut(self._buffer)
-            if end:
+            end = record_end(self._buffer) if self._whole_records else len(self._buffer)
+            if end == len(self._buffer):
+                piece, self._buffer = bytes(self._buffer), bytearray()
+                self._deliver(piece)
+            elif end:
                 piece = bytes(self._buffer[:end])
                 del self._buffer[:end]
                 self._deliver(piece)
@@ -166,7 +172,7 @@ def _run(
     def copy() -> None:
         with conn.cursor().copy(target.statement) as sink:
             while (piece := _next(pieces, failed)) is not None:
-                sink.write(piece)
+                sink.write(memoryview(piece))  # psycopg cuts it into messages without copying
 
     try:
         if target.prepare is None:
