@@ -145,26 +145,21 @@ def typed_rows_sql(dataset: Dataset, relation: str) -> str:
         return checked(ref, condition, number, column)
 
     by_name = {c.name: c for c in dataset.layout.final_columns}
-    parts, texts = [], []
+    parts = []
     for name in dataset.layout.id_columns:
-        column = by_name[name]
+        # The source text (the check of its value takes it, or the row raises), as the strict
+        # typing spells it in the id: an instant with its zone, a count as its number.
+        column, text = by_name[name], f"NULLIF({q(name)}, '')"
         if column.kind == "timestamp":
-            # The source text, which the check took: the strict typing's id text of it.
-            alias = q(f"_text_{name}")
-            texts.append(f"NULLIF({q(name)}, '') AS {alias}")
-            text = f"{alias} || '+00'"
+            text = f"{text} || '+00'"
         elif column.kind == "integer":
-            text = f"CAST({q(name)} AS VARCHAR)"  # the number's text: "007" is 7
-        else:
-            text = q(name)
+            text = f"CAST(CAST(split_part({text}, '.', 1) AS BIGINT) AS VARCHAR)"
         parts.append(f"COALESCE({text}, '')")
     copied = [by_name[name] for name in copied_columns(dataset)[1:]]
-    names = ", ".join(q(c.name) for c in copied)
-    values = ",\n    ".join([*(f"{value(c)} AS {q(c.name)}" for c in copied), *texts])
-    # The id from the values' texts as the strict typing spells them.
+    values = ",\n  ".join(f"{value(c)} AS {q(c.name)}" for c in copied)
     return (
-        f"SELECT unhex(md5(concat({', '.join(parts)}))) AS unique_row_id, {names}\n"
-        f"FROM (SELECT\n    {values}\n  FROM {relation})"
+        f"SELECT unhex(md5(concat({', '.join(parts)}))) AS unique_row_id,\n  {values}\n"
+        f"FROM {relation}"
     )
 
 
