@@ -365,6 +365,44 @@ def test_the_client_typing_gives_the_exact_value_or_refuses(
         warehouse.close()
 
 
+def test_the_client_counts_what_the_server_would_measure(
+    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+) -> None:
+    """Rows without a pickup (dated by their dropoff), without either, out of the month and
+    years away: the tally of the batches on their way into COPY is the SQL measure's."""
+    import psycopg
+
+    def line(pickup: str, dropoff: str) -> str:
+        fields = GOOD.split(",")
+        fields[1:3] = [pickup, dropoff]
+        return ",".join(fields)
+
+    lines = [
+        GOOD,
+        line("", "2019-01-07 10:00:00"),
+        line("2019-01-08 10:00:00", ""),
+        line("", ""),
+        line("2019-02-01 00:00:00", "2019-02-01 00:10:00"),
+        line("2008-12-31 23:59:59", "2009-01-01 00:10:00"),
+    ]
+    path = write_raw(tmp_path / "f.csv.gz", Dataset.GREEN.layout.header, lines)
+    PostgresWarehouse.from_url(postgres_server.url(postgres_database, password=True)).close()
+    tally = client_typing.Tally(Dataset.GREEN, JAN)
+    with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
+        for statement in client_typing.staging_table_sql(Dataset.GREEN, "typed", "f"):
+            conn.execute(statement)
+        with conn.cursor().copy(client_typing.copy_sql(Dataset.GREEN, "typed")) as copy:
+            sink = PieceSink(copy.write, whole_records=False)
+            client_typing.write_typed_rows(path, Dataset.GREEN, sink, tally)
+            sink.finish()
+        measured = conn.execute(SQL.strict_measure_sql(Dataset.GREEN, JAN, "typed")).fetchone()
+    summary = SQL.summary(tally.measure_row())
+    assert summary == SQL.summary(measured or ())
+    assert (summary.rows, summary.rows_out_of_month) == (6, 2)
+    assert (summary.rows_without_pickup, summary.rows_without_dropoff) == (2, 2)
+    assert summary.pickup_dates[0].isoformat() == "2008-12-31"
+
+
 def test_the_strict_staging_runs_on_parallel_workers(
     postgres_server: PostgresServer, postgres_database: str
 ) -> None:
@@ -445,10 +483,14 @@ def test_the_strict_and_the_exact_staging_write_the_same_rows(
             typings.append("client")
             for statement in client_typing.staging_table_sql(dataset, "client", "f"):
                 conn.execute(statement)
+            tally = client_typing.Tally(dataset, month)
             with conn.cursor().copy(client_typing.copy_sql(dataset, "client")) as copy:
                 sink = PieceSink(copy.write)
-                client_typing.write_typed_rows(path, dataset, sink)
+                client_typing.write_typed_rows(path, dataset, sink, tally)
                 sink.finish()
+            # Counted on the way, as the server measures the table (strays, days, NULLs).
+            measured = conn.execute(SQL.strict_measure_sql(dataset, month, "client")).fetchone()
+            assert SQL.summary(tally.measure_row()) == SQL.summary(measured or ())
         (bad,) = conn.execute("SELECT count(*) FROM exact WHERE _bad OR _header").fetchone() or ()
         for typed in typings:
             differ = conn.execute(

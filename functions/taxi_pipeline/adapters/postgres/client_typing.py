@@ -24,15 +24,17 @@ adapter then lands the month as text and types it there, strictly or exactly, as
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from taxi_pipeline.adapters.sql.dialects import DUCKDB, POSTGRES
 from taxi_pipeline.adapters.sql.statements import NUMERAL, Statements
-from taxi_pipeline.domain.datasets import Column, Dataset
+from taxi_pipeline.domain.datasets import Column, Dataset, Month
 from taxi_pipeline.domain.formats import Sink
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pgpq._pgpq import PostgresSchema
 
 _TIMESTAMP: Final = (
@@ -163,12 +165,54 @@ def typed_rows_sql(dataset: Dataset, relation: str) -> str:
     )
 
 
-def write_typed_rows(path: Path, dataset: Dataset, sink: Sink) -> None:
+class Tally:
+    """:meth:`~taxi_pipeline.adapters.sql.statements.Statements.strict_measure_sql`'s row,
+    counted from the typed batches on their way into COPY: the server need not read the staged
+    rows again to measure them (the adapter checks the count against the COPY's own)."""
+
+    def __init__(self, dataset: Dataset, month: Month) -> None:
+        following = month.next()
+        self._first = datetime(month.year, month.month, 1)
+        self._after = datetime(following.year, following.month, 1)
+        self._pickup, self._dropoff = dataset.layout.pickup, dataset.layout.dropoff
+        self.rows = self._out_of_month = self._without_pickup = self._without_dropoff = 0
+        self._dates: set[date] = set()
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        pickup, dropoff = batch.column(self._pickup), batch.column(self._dropoff)
+        self.rows += batch.num_rows
+        self._without_pickup += pickup.null_count
+        self._without_dropoff += dropoff.null_count
+        # As the SQL counts: a row without a pickup is in no month (its comparisons are NULL).
+        outside = pc.or_(pc.less(pickup, self._first), pc.greater_equal(pickup, self._after))
+        self._out_of_month += pc.sum(outside).as_py() or 0
+        days = pc.unique(pc.cast(pc.coalesce(pickup, dropoff), pa.date32()))
+        self._dates.update(d for d in days.to_pylist() if d is not None)
+
+    def measure_row(self) -> tuple[Any, ...]:
+        """The measure's row: rows, bad (0), out of month, without pickup or dropoff, repeated
+        headers (0), the pickup dates, bad samples (none)."""
+        return (
+            self.rows,
+            0,
+            self._out_of_month,
+            self._without_pickup,
+            self._without_dropoff,
+            0,
+            sorted(self._dates),
+            [],
+        )
+
+
+def write_typed_rows(path: Path, dataset: Dataset, sink: Sink, tally: Tally | None = None) -> None:
     """Write the rows of the gzip CSV file ``path`` into ``sink`` as binary COPY data for
     :func:`copy_sql`: :func:`typed_rows_sql` run by an in-memory DuckDB over the file (its
     strict CSV reader, as the DuckDB warehouse reads the lake), batch by batch, in bounded
-    memory, each batch encoded by pgpq. Raises :class:`ClientTypingRefused` where DuckDB
-    refuses a value or the file."""
+    memory, each batch encoded by pgpq (and counted by ``tally``). Raises
+    :class:`ClientTypingRefused` where DuckDB refuses a value or the file."""
     import duckdb
     import pgpq
     import pyarrow as pa
@@ -186,6 +230,8 @@ def write_typed_rows(path: Path, dataset: Dataset, sink: Sink) -> None:
         sink.write(encoder.write_header())
         for batch in reader:
             sink.write(encoder.write_batch(batch))
+            if tally is not None:
+                tally.add(batch)
         sink.write(encoder.finish())
     except (duckdb.Error, pa.ArrowException, OSError, ValueError) as exc:
         raise ClientTypingRefused(_first_line(exc)) from exc

@@ -114,17 +114,22 @@ def copy_through(
     feed: Callable[[PieceSink], None],
     *,
     whole_records: bool = True,
-) -> None:
+) -> int:
     """Run ``feed`` (writing the COPY data into the sink it gets) on this thread and each
     target's COPY on a thread of its own, the pieces handed out in turn (pieces of whole CSV
     records, unless ``whole_records`` is false: binary data, for one target); return once every
-    COPY completed, or raise the first failure once every COPY has ended (failed)."""
+    COPY completed (with the rows they copied, together), or raise the first failure once
+    every COPY has ended (failed)."""
     failures: list[BaseException] = []
+    copied: list[int] = []
     failed = threading.Event()
     queues: list[queue.Queue[bytes | None]] = [queue.Queue(_QUEUED) for _ in targets]
     threads = [
         threading.Thread(
-            target=_run, args=(target, queues[i], failures, failed), name=f"copy-{i}", daemon=True
+            target=_run,
+            args=(target, queues[i], copied, failures, failed),
+            name=f"copy-{i}",
+            daemon=True,
         )
         for i, target in enumerate(targets)
     ]
@@ -151,6 +156,7 @@ def copy_through(
             thread.join()
     if failures:
         raise failures[0]
+    return sum(copied)
 
 
 def _put(q: queue.Queue[bytes | None], piece: bytes | None, failed: threading.Event) -> None:
@@ -164,15 +170,18 @@ def _put(q: queue.Queue[bytes | None], piece: bytes | None, failed: threading.Ev
 def _run(
     target: CopyTarget,
     pieces: queue.Queue[bytes | None],
+    copied: list[int],
     failures: list[BaseException],
     failed: threading.Event,
 ) -> None:
     conn = target.conn
 
     def copy() -> None:
-        with conn.cursor().copy(target.statement) as sink:
+        cursor = conn.cursor()
+        with cursor.copy(target.statement) as sink:
             while (piece := _next(pieces, failed)) is not None:
                 sink.write(memoryview(piece))  # psycopg cuts it into messages without copying
+        copied.append(cursor.rowcount)
 
     try:
         if target.prepare is None:

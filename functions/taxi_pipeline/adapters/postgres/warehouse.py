@@ -545,14 +545,17 @@ class PostgresWarehouse:
                 conn.execute(f"DROP TABLE IF EXISTS {staging}")
                 for statement in client_typing.staging_table_sql(dataset, staging, filename):
                     conn.execute(statement)
-                copy_through(
+                tally = client_typing.Tally(dataset, month)
+                copied = copy_through(
                     [CopyTarget(conn, client_typing.copy_sql(dataset, staging))],
-                    lambda sink: client_typing.write_typed_rows(path, dataset, sink),
+                    lambda sink: client_typing.write_typed_rows(path, dataset, sink, tally),
                     whole_records=False,
                 )
-                for setting, value in _PARALLEL_SETTINGS:
-                    conn.execute("SELECT set_config(%s, %s, true)", [setting, value])
-                return _one(conn, SQL.strict_measure_sql(dataset, month, staging))
+                if copied != tally.rows:  # never seen: the measure would be of other rows
+                    raise PermanentError(
+                        f"{filename}: COPY wrote {copied} rows, this client sent {tally.rows}"
+                    )
+                return tally.measure_row()
         except client_typing.ClientTypingRefused as exc:
             reason = str(exc)
         except psycopg.DataError as exc:
