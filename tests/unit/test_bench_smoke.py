@@ -151,12 +151,13 @@ def test_postgres_ingest_loads_both_contenders(results: dict[str, dict[str, Any]
     (size,) = pg["sizes"]
     assert size["rows"] == 2000
     assert size["ours"]["runs"] == size["reference"]["runs"] == 1
-    # Each phase found in the server's log: ours COPYs (typed in the client: no staging
-    # statement), measures and merges; the reference COPYs, UPDATEs and merges.
-    for contender, phases in (("ours", ("copy", "measure", "merge")),
+    # Each phase found in the server's log: ours COPYs (typed and measured in the client: no
+    # staging or measure statement) and merges; the reference COPYs, UPDATEs and merges.
+    for contender, phases in (("ours", ("copy", "merge")),
                               ("reference", ("copy", "staging", "merge"))):  # fmt: skip
         assert all(size[contender]["phases"][p] > 0 for p in phases), size[contender]["phases"]
     assert size["ours"]["phases"]["staging"] == 0, "a clean month landed as text"
+    assert size["ours"]["phases"]["measure"] == 0, "the server measured a client-typed month"
     months = pg["twelve_months"]
     assert months["months"] == ["2019-01", "2019-02"]
     # The merge statements were found in the server's log (ours: each month's first load).
