@@ -146,18 +146,18 @@ def typed_rows_sql(dataset: Dataset, relation: str) -> str:
         condition = f"ascii({ref}) BETWEEN 43 AND 57 AND NOT contains({ref}, '_')"
         return checked(ref, condition, number, column)
 
-    by_name = {c.name: c for c in dataset.layout.final_columns}
+    layout = dataset.layout
     parts = []
-    for name in dataset.layout.id_columns:
+    for name in layout.id_columns:
         # The source text (the check of its value takes it, or the row raises), as the strict
         # typing spells it in the id: an instant with its zone, a count as its number.
-        column, text = by_name[name], f"NULLIF({q(name)}, '')"
+        column, text = layout.column(name), f"NULLIF({q(name)}, '')"
         if column.kind == "timestamp":
             text = f"{text} || '+00'"
         elif column.kind == "integer":
             text = f"CAST(CAST(split_part({text}, '.', 1) AS BIGINT) AS VARCHAR)"
         parts.append(f"COALESCE({text}, '')")
-    copied = [by_name[name] for name in copied_columns(dataset)[1:]]
+    copied = [layout.column(name) for name in copied_columns(dataset)[1:]]
     values = ",\n  ".join(f"{value(c)} AS {q(c.name)}" for c in copied)
     return (
         f"SELECT unhex(md5(concat({', '.join(parts)}))) AS unique_row_id,\n  {values}\n"
@@ -242,8 +242,8 @@ def write_typed_rows(path: Path, dataset: Dataset, sink: Sink, tally: Tally | No
 def _check_encoding(dataset: Dataset, schema: PostgresSchema) -> None:
     """That pgpq encodes each column as its final column's type (a DuckDB or pgpq version that
     maps an Arrow type otherwise would make the server misread the bytes)."""
-    by_name = {c.name: c for c in dataset.layout.final_columns}
-    wanted = ["Bytea", *(_PGPQ_TYPES[by_name[n].kind] for n in copied_columns(dataset)[1:])]
+    kinds = (dataset.layout.column(name).kind for name in copied_columns(dataset)[1:])
+    wanted = ["Bytea", *(_PGPQ_TYPES[kind] for kind in kinds)]
     encoded = [type(column.data_type).__name__ for column in schema.columns]
     if encoded != wanted:
         raise ClientTypingRefused(f"pgpq would encode the columns as {encoded}, not {wanted}")

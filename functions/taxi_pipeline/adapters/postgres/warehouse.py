@@ -8,11 +8,10 @@
   CSV the lake holds as a file here (``ObjectInfo.local_file``) is typed by this client on its
   way into one binary ``COPY`` of the run's own staging table (:mod:`.client_typing`: DuckDB
   checks the files' spellings, types the values and computes the id; pgpq encodes the rows).
-  Any other object (Parquet, a GCS stream), or a
-  month the client refuses, is streamed (``LakeReader.open_read``; the format's CSV feed
-  inflates a gzip CSV, or writes a Parquet file's rows as CSV) into ``COPY ... FROM STDIN`` of
-  UNLOGGED text landing tables, through two connections at once (:mod:`.copying`), then typed
-  into the run's own staging table (``{dataset}_tripdata_YYYY_MM_{run digest}``). Either way
+  Any other object (Parquet, a GCS stream), or a month the client refuses, is streamed
+  (``LakeReader.open_read``; the format's CSV feed inflates a gzip CSV, or writes a Parquet
+  file's rows as CSV) into ``COPY ... FROM STDIN`` of UNLOGGED text landing tables, through
+  two connections at once (:mod:`.copying`), then typed into the run's own staging table (``{dataset}_tripdata_YYYY_MM_{run digest}``). Either way
   the staging table is written and measured (and the landing tables dropped) in one
   transaction, so a killed COPY leaves no staging table. The landing's typing is strict first
   (``Statements.strict_staging_sql``: plain casts of the files' own spellings in one statement
