@@ -4,20 +4,20 @@
   ``public`` by default; ``?host=/cloudsql/PROJECT:REGION:INSTANCE`` for a Cloud SQL socket). The
   password comes from the URL, ``TAXI_PIPELINE_WAREHOUSE_PASSWORD`` or ``PGPASSWORD`` (in that
   order) and never appears in an error or a log line.
-- PostgreSQL cannot read the lake: :meth:`stage` passes the object through this client. A gzip
-  CSV the lake holds as a file here (``ObjectInfo.local_file``) is typed by this client on its
-  way into one binary ``COPY`` of the run's own staging table (:mod:`.client_typing`: DuckDB
-  checks the files' spellings, types the values and computes the id; pgpq encodes the rows).
-  Any other object (Parquet, a GCS stream), or a month the client refuses, is streamed
-  (``LakeReader.open_read``; the format's CSV feed inflates a gzip CSV, or writes a Parquet
-  file's rows as CSV) into ``COPY ... FROM STDIN`` of UNLOGGED text landing tables, through
-  two connections at once (:mod:`.copying`), then typed into the run's own staging table (``{dataset}_tripdata_YYYY_MM_{run digest}``). Either way
-  the staging table is written and measured (and the landing tables dropped) in one
-  transaction, so a killed COPY leaves no staging table. The landing's typing is strict first
-  (``Statements.strict_staging_sql``: plain casts of the files' own spellings in one statement
-  the server runs on parallel workers; its table has the final table's columns only), exact
-  where the strict one refuses a value (the shared staging SQL of
-  :mod:`taxi_pipeline.adapters.sql.statements`: NULL where a value does not fit, the row
+- PostgreSQL cannot read the lake: :meth:`stage` passes the object through this client. A gzip CSV
+  the lake holds as a file here (``ObjectInfo.local_file``) is typed by this client on its way
+  into one binary ``COPY`` of the run's own staging table (:mod:`.client_typing`: DuckDB checks
+  the files' spellings, types the values and computes the id; pgpq encodes the rows). Any other
+  object (Parquet, a GCS stream), or a month the client refuses, is streamed
+  (``LakeReader.open_read``; the format's CSV feed inflates a gzip CSV, or writes a Parquet file's
+  rows as CSV) into ``COPY ... FROM STDIN`` of UNLOGGED text landing tables, through two
+  connections at once (:mod:`.copying`), then typed into the run's own staging table
+  (``{dataset}_tripdata_YYYY_MM_{run digest}``). Either way the staging table is written and
+  measured (and the landing tables dropped) in one transaction, so a killed COPY leaves no staging
+  table. The landing's typing is strict first (``Statements.strict_staging_sql``: plain casts of
+  the files' own spellings in one statement the server runs on parallel workers; its table has the
+  final table's columns only), exact where the strict one refuses a value (the shared staging SQL
+  of :mod:`taxi_pipeline.adapters.sql.statements`: NULL where a value does not fit, the row
   counted bad): the same types, bad values and ids as DuckDB and BigQuery every way. Runs of
   different months never wait for each other; a staging table whose run died is dropped by the
   next run of its month (a session advisory lock marks the ones in use).
