@@ -7,6 +7,7 @@ Peak RSS of a measured command: see :class:`RssSampler` (the kernel's per-proces
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -322,7 +323,9 @@ def _generated(module: str, out: Path, name: str, rows: int, month: str, seed: i
 
 
 def taxi_pipeline_bin() -> str:
-    """The console script next to this interpreter (the project's venv)."""
+    """The console script next to this interpreter (the project's venv), its package compiled
+    to bytecode first (:func:`compile_package`)."""
+    compile_package()
     candidate = Path(PYTHON).parent / "taxi-pipeline"
     if candidate.exists():
         return str(candidate)
@@ -330,6 +333,19 @@ def taxi_pipeline_bin() -> str:
     if found is None:
         raise RuntimeError("taxi-pipeline is not installed in this venv (pip install -e .)")
     return found
+
+
+@functools.cache
+def compile_package() -> None:
+    """Compile the taxi_pipeline package to bytecode once, as ``pip install`` leaves an
+    installed package: an editable install run with PYTHONDONTWRITEBYTECODE set (as on CI
+    machines) compiles every one of its modules from source at every start (0.15 s a run)."""
+    import taxi_pipeline
+
+    package = Path(taxi_pipeline.__file__).parent
+    subprocess.run(
+        [PYTHON, "-m", "compileall", "-q", str(package)], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def child_env(**extra: str) -> dict[str, str]:

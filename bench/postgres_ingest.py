@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         help="month sizes to measure",
     )  # fmt: skip
     parser.add_argument(
-        "--runs", type=int, nargs="+", default=[3],
+        "--runs", type=int, nargs="+", default=[5, 3],
         help="interleaved runs of each contender per size (the last value repeats)",
     )  # fmt: skip
     parser.add_argument("--month-rows", type=int, default=500_000, help="rows of each of the 12")
