@@ -335,6 +335,20 @@ def taxi_pipeline_bin() -> str:
     return found
 
 
+def installed_cli(folder: Path) -> str:
+    """taxi-pipeline as a user installs it: ``pip install`` of this checkout, without the dev
+    extras, into a new venv in ``folder``; returns its console script. The project's own venv
+    holds the test tools too, and two of them change what a run imports: selenium's trio
+    (httpcore then loads it) and numpy (pyarrow then loads it, with OpenBLAS's threads)."""
+    say(f"installing taxi-pipeline into a venv of its own ({folder})")
+    subprocess.run([PYTHON, "-m", "venv", str(folder)], check=True)
+    subprocess.run(
+        [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", str(REPO)],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return str(folder / "bin" / "taxi-pipeline")
+
+
 @functools.cache
 def compile_package() -> None:
     """Compile the taxi_pipeline package to bytecode once, as ``pip install`` leaves an

@@ -4,7 +4,8 @@
 package, a temp folder, every statement's duration in its log), generates yellow months, serves
 them over local HTTP, and measures on that one server, interleaved, a fresh database per run:
 
-- ours: ``taxi-pipeline run yellow 2019-01`` with ``TAXI_PIPELINE_WAREHOUSE_URL=postgresql://...``
+- ours: ``taxi-pipeline run yellow 2019-01`` with ``TAXI_PIPELINE_WAREHOUSE_URL=postgresql://...``,
+  installed as a user installs it (``bench.common.installed_cli``; ``--venv dev``: this venv)
   (download and verification, the rows typed in the client by DuckDB on their way into one
   binary COPY (pgpq) of the typed staging table, measured, then the insert-only merge: the
   file's first load deletes the ids the final table holds from it, indexes it and attaches it
@@ -42,6 +43,7 @@ from bench.common import (
     RssSampler,
     child_env,
     generate,
+    installed_cli,
     measure,
     say,
     scratch,
@@ -117,9 +119,15 @@ def _reference(
 
 
 def _ours(
-    pg: PgServer, database: str, server: SourceServer, month: str, home: Path, log: Path
+    cli: str,
+    pg: PgServer,
+    database: str,
+    server: SourceServer,
+    month: str,
+    home: Path,
+    log: Path,
 ) -> Measured:
-    argv = [taxi_pipeline_bin(), "run", "yellow", month, "--source-url", server.base_url,
+    argv = [cli, "run", "yellow", month, "--source-url", server.base_url,
             "--home", str(home)]  # fmt: skip
     env = child_env(
         TAXI_PIPELINE_WAREHOUSE_URL=f"postgresql://postgres@127.0.0.1:{pg.port}/{database}"
@@ -229,7 +237,7 @@ def _server_log(pg: PgServer) -> Path:
 
 
 def _one_size(
-    pg: PgServer, server: SourceServer, rows: int, runs: int, work: Path
+    cli: str, pg: PgServer, server: SourceServer, rows: int, runs: int, work: Path
 ) -> dict[str, Any]:
     url = f"{server.base_url}/yellow/yellow_tripdata_2019-01.csv.gz"
     ours_runs: list[Measured] = []
@@ -243,7 +251,7 @@ def _one_size(
             sampler = RssSampler(pg.postmaster())
             start = _server_log(pg).stat().st_size
             if contender == "ours":
-                run = _ours(pg, database, server, "2019-01", work / f"home-{database}", log)
+                run = _ours(cli, pg, database, server, "2019-01", work / f"home-{database}", log)
                 ours_server_peak = max(ours_server_peak, sampler.stop())
             else:
                 run = _reference(pg, database, url, "2019-01", work, log)
@@ -281,7 +289,7 @@ def _median_phases(runs: list[Measured]) -> dict[str, float]:
 
 
 def _twelve_months(
-    pg: PgServer, server: SourceServer, months: list[str], rows: int, work: Path
+    cli: str, pg: PgServer, server: SourceServer, months: list[str], rows: int, work: Path
 ) -> dict[str, Any]:
     """Each contender loads the months in order into its own database; MERGE time per month."""
     out: dict[str, Any] = {"rows_per_month": rows, "months": months}
@@ -294,7 +302,7 @@ def _twelve_months(
             start = _server_log(pg).stat().st_size
             log = work / f"{database}-{month}.log"
             if contender == "ours":
-                run = _ours(pg, database, server, month, home, log)
+                run = _ours(cli, pg, database, server, month, home, log)
             else:
                 url = f"{server.base_url}/yellow/yellow_tripdata_{month}.csv.gz"
                 run = _reference(pg, database, url, month, work, log)
@@ -322,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--month-rows", type=int, default=500_000, help="rows of each of the 12")
     parser.add_argument("--months", type=int, default=12)
     parser.add_argument("--name", default="postgres_ingest")
+    parser.add_argument(
+        "--venv", choices=("installed", "dev"), default="installed",
+        help="run ours from a new venv as a user installs it (default), or from this one",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     settings = {"log_min_duration_statement": "0", "max_wal_size": "4GB"}
@@ -330,13 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     }}  # fmt: skip
     with scratch("postgres-ingest") as work, postgres_server(settings) as pg:
         payload["postgresql"] = pg.version
+        payload["venv"] = args.venv
+        cli = installed_cli(work / "venv") if args.venv == "installed" else taxi_pipeline_bin()
         for index, rows in enumerate(args.rows):
             runs = args.runs[min(index, len(args.runs) - 1)]
             source = work / f"source-{rows}"
             say(f"generating a yellow month of {rows:,} rows")
             generate(source, rows)
             with serve_directory(source) as server:
-                payload["sizes"].append(_one_size(pg, server, rows, runs, work))
+                payload["sizes"].append(_one_size(cli, pg, server, rows, runs, work))
             subprocess.run(["rm", "-rf", str(source)], check=True)
         if args.months:
             source = work / "source-months"
@@ -345,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
             for month in months:
                 generate(source, args.month_rows, month=month)
             with serve_directory(source) as server:
-                payload["twelve_months"] = _twelve_months(pg, server, months, args.month_rows, work)
+                payload["twelve_months"] = _twelve_months(
+                    cli, pg, server, months, args.month_rows, work
+                )
     path = write_results(args.name, payload)
     say(f"wrote {path}")
     return 0

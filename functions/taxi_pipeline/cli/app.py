@@ -7,6 +7,8 @@ Each command group lives in its own module, which registers itself here; the gro
 
 from __future__ import annotations
 
+import atexit
+import gc
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
@@ -28,6 +30,14 @@ app = typer.Typer(
 
 for group in (run, load, history, schedule, backfill, zones, ui):
     group.register(app)
+
+# At exit, after every command: the interpreter's last garbage collections would walk every
+# object still alive (every module's, DuckDB's and pyarrow's bindings), a quarter of a second
+# of a PostgreSQL month's run (BENCHMARKS.md, section 8). Frozen objects are still freed as
+# their references go; only reference cycles are left to the OS, and no finalizer of ours
+# hides in one (files and connections are closed explicitly; logging's exit handler, which
+# flushes the log, runs after this one).
+atexit.register(gc.freeze)
 
 
 def _package_version() -> str:
