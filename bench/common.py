@@ -342,10 +342,13 @@ def installed_cli(folder: Path) -> str:
     (httpcore then loads it) and numpy (pyarrow then loads it, with OpenBLAS's threads)."""
     say(f"installing taxi-pipeline into a venv of its own ({folder})")
     subprocess.run([PYTHON, "-m", "venv", str(folder)], check=True)
-    subprocess.run(
+    # pip's output only where it fails (its warnings about this machine's indexes are noise).
+    pip = subprocess.run(
         [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", str(REPO)],
-        check=True, stdout=subprocess.DEVNULL,
+        capture_output=True, text=True,
     )  # fmt: skip
+    if pip.returncode != 0:
+        raise RuntimeError(f"pip install {REPO} failed:\n{pip.stdout[-2000:]}{pip.stderr[-3000:]}")
     return str(folder / "bin" / "taxi-pipeline")
 
 

@@ -569,16 +569,17 @@ def _postgres_ingest(data: dict[str, Any]) -> str:
         "",
         "One PostgreSQL server (" + data["postgresql"] + "), the same generated yellow file"
         " served over local HTTP, a fresh database per run, the contenders interleaved."
-        " **ours**: `taxi-pipeline run yellow 2019-01` with a `postgresql://` warehouse,"
-        + (
-            " installed as a user installs it (`pip install .` into a venv of its own, without"
-            " the test tools)"
-            if data.get("venv") == "installed"
-            else " from the project's development venv"
-        )
-        + " (download and verification, the rows typed in the client by DuckDB on their way into"
+        " **ours**: `taxi-pipeline run yellow 2019-01` with a `postgresql://` warehouse"
+        " (download and verification, the rows typed in the client by DuckDB on their way into"
         " one binary COPY (pgpq) of the typed staging table, the insert-only merge attaching it"
-        " as the file's partition, with its load record, in one transaction). **reference**:"
+        " as the file's partition, with its load record, in one transaction), "
+        + (
+            "installed as a user installs it: `pip install .` into a venv of its own, without"
+            " the test tools."
+            if data.get("venv") == "installed"
+            else "run from the project's development venv."
+        )
+        + " **reference**:"
         " the 04_postgres_taxi flow's statements (`curl | gunzip` to a file, CREATE, TRUNCATE,"
         " client-side COPY into the shared staging table, `UPDATE ... SET unique_row_id ="
         " md5(7 fields)`, MERGE on the id); its counts are `double precision`, since with"
