@@ -341,15 +341,22 @@ def installed_cli(folder: Path) -> str:
     holds the test tools too, and two of them change what a run imports: selenium's trio
     (httpcore then loads it) and numpy (pyarrow then loads it, with OpenBLAS's threads)."""
     say(f"installing taxi-pipeline into a venv of its own ({folder})")
+    return str(new_venv(folder, str(REPO)).parent / "taxi-pipeline")
+
+
+def new_venv(folder: Path, *requirements: str) -> Path:
+    """A new venv in ``folder`` with ``requirements`` pip-installed; returns its interpreter."""
     subprocess.run([PYTHON, "-m", "venv", str(folder)], check=True)
+    python = folder / "bin" / "python"
     # pip's output only where it fails (its warnings about this machine's indexes are noise).
     pip = subprocess.run(
-        [str(folder / "bin" / "python"), "-m", "pip", "install", "-q", str(REPO)],
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements],
         capture_output=True, text=True,
     )  # fmt: skip
     if pip.returncode != 0:
-        raise RuntimeError(f"pip install {REPO} failed:\n{pip.stdout[-2000:]}{pip.stderr[-3000:]}")
-    return str(folder / "bin" / "taxi-pipeline")
+        output = pip.stdout[-2000:] + pip.stderr[-3000:]
+        raise RuntimeError(f"pip install {' '.join(requirements)} failed:\n{output}")
+    return python
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import PYTHON, REPO, free_port, say, tree_rss
+from bench.common import REPO, free_port, new_venv, say, tree_rss
 
 PEER_PACKAGES = ("pandas", "sqlalchemy", "psycopg2-binary", "psutil")
 
@@ -33,12 +33,7 @@ def peer_python() -> Path:
     if python.exists() and subprocess.run([python, "-c", probe], check=False).returncode == 0:
         return python
     say(f"creating the peer venv {venv} ({', '.join(PEER_PACKAGES)})")
-    subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PEER_PACKAGES],
-        check=True,
-    )
-    return python
+    return new_venv(venv, *PEER_PACKAGES)
 
 
 def peer_versions(python: Path) -> dict[str, str]:
