@@ -179,6 +179,41 @@ def test_processes_append_to_one_history_at_once(tmp_path: Path) -> None:
     store.close()
 
 
+def test_processes_opening_a_new_history_at_once_all_open_it(tmp_path: Path) -> None:
+    """Two backfills started together on a fresh home (CI saw "database is locked"): SQLite
+    fails one of two processes switching a new file to WAL at once, without waiting."""
+    rounds = [tmp_path / f"home{i}" / "runs.sqlite" for i in range(20)]
+    code = f"""
+        import sys
+        from pathlib import Path
+        from taxi_pipeline.adapters.sqlite.history import SqliteHistory
+        from taxi_pipeline.errors import ConfigurationError
+        print("ready", flush=True)
+        for path in {[str(p) for p in rounds]!r}:
+            sys.stdin.readline()
+            try:
+                SqliteHistory(Path(path)).close()
+                print("opened", flush=True)
+            except ConfigurationError as exc:
+                print(exc, flush=True)
+    """
+    openers = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]  # fmt: skip
+    pipes = [(p.stdin, p.stdout) for p in openers if p.stdin and p.stdout]
+    assert [out.readline().strip() for _, out in pipes] == ["ready"] * 4
+    for _ in rounds:
+        for into, _out in pipes:
+            into.write("go\n")
+            into.flush()  # all four open the new file within the same few milliseconds
+        assert [out.readline().strip() for _, out in pipes] == ["opened"] * 4
+    for into, _out in pipes:
+        into.close()
+    assert [p.wait(30) for p in openers] == [0] * 4
+
+
 def test_a_dead_process_makes_its_run_abandoned(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite"
     code = f"""

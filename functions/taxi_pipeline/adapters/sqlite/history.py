@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from filelock import FileLock, Timeout
+
 from taxi_pipeline.adapters.sql.dialects import HistoryKind
 from taxi_pipeline.adapters.sql.history import (
     LOAD_COLUMNS,
@@ -157,6 +159,34 @@ class ProcessBeat:
     beat_at: datetime
 
 
+INIT_WAIT_SECONDS: Final = 30.0
+"""Longest a process waits for another to finish opening the history (it takes milliseconds)."""
+
+
+@contextmanager
+def _initialising(path: Path) -> Iterator[None]:
+    """Open the history file one process at a time (``{path}.lock``).
+
+    Two processes opening a new file at once (two backfills started together on a fresh home)
+    deadlock in SQLite: switching the file to WAL needs its exclusive lock, and the schema's
+    ``CREATE TABLE`` upgrades a read to a write; SQLite breaks each deadlock by failing one side
+    at once with "database is locked", without waiting out ``busy_timeout``. Taking turns for
+    these few milliseconds removes both; after that, WAL lets the processes work side by side.
+    """
+    lock = FileLock(str(path.with_name(path.name + ".lock")))
+    try:
+        lock.acquire(timeout=INIT_WAIT_SECONDS)
+    except Timeout as exc:
+        raise ConfigurationError(
+            f"cannot open the run history {path}: another process has held {lock.lock_file}"
+            f" for {INIT_WAIT_SECONDS:.0f} s"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class SqliteHistory:
     """``pipeline_runs`` and ``pipeline_loads`` in one SQLite file in WAL mode; thread-safe.
 
@@ -184,12 +214,15 @@ class SqliteHistory:
                 target, timeout=30.0, isolation_level=None, check_same_thread=False
             )
             self._conn.execute("PRAGMA busy_timeout = 30000")
-            if target != ":memory:":
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                # WAL + NORMAL: a commit survives the process dying; a power cut may lose the
-                # last commits, which only makes a re-run merge again (and insert 0 rows).
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.executescript(_SCHEMA)
+            if target == ":memory:":
+                self._conn.executescript(_SCHEMA)
+            else:
+                with _initialising(path):
+                    self._conn.execute("PRAGMA journal_mode = WAL")
+                    # WAL + NORMAL: a commit survives the process dying; a power cut may lose
+                    # the last commits, which only makes a re-run merge again (and insert 0).
+                    self._conn.execute("PRAGMA synchronous = NORMAL")
+                    self._conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise ConfigurationError(f"cannot open the run history {path}: {exc}") from exc
         self.created = not exists and target != ":memory:"
