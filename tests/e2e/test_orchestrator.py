@@ -257,6 +257,24 @@ def test_sql_waits_for_the_process_that_holds_the_warehouse_saying_which(home: H
 # -- interrupts -----------------------------------------------------------------------------------
 
 
+def test_ctrl_c_in_a_run_of_several_months_says_which_never_started(home: Home) -> None:
+    months = [Month(2019, m) for m in (1, 2, 3)]
+    _throttle(home.source, GREEN, months[1])
+    running = home.start("run", "green", f"{months[0]}..{months[-1]}")
+    run = home.started(GREEN, months[1], "download")
+    running.send_signal(signal.SIGSTOP)  # as above: the Ctrl-C lands in the phase just seen
+    running.send_signal(signal.SIGINT)
+    running.send_signal(signal.SIGCONT)
+    code, _, err = _finish(running, timeout=30)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == (
+        f"cancelled green {months[1]} (run {run.run_id}); nothing partial was kept;"
+        f" not started: green {months[2]}"
+    )
+    home.assert_loaded_once(GREEN, months[:1])
+    assert home.run_of(GREEN, months[2]) is None
+
+
 @pytest.mark.parametrize("phase", ["download", "stage", "merge"])
 def test_ctrl_c_cancels_in_every_phase_and_a_rerun_is_exact(home: Home, phase: str) -> None:
     dataset, month = LARGE

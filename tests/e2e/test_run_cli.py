@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from support.e2e import Cli, Source
+from taxi_pipeline.bootstrap import LocalPipeline
 from taxi_pipeline.devkit.generator import GeneratedFile
 from taxi_pipeline.domain.datasets import Dataset, Month, object_name
 
@@ -180,3 +184,46 @@ def test_installed_command_runs(tmp_path: Path, source: Source) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def _ctrl_c_after_the_first_month(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as the first month's run ends, before the command submits the next month."""
+    drain = LocalPipeline.drain
+    signalled: list[int] = []
+
+    def drain_then_ctrl_c(self: LocalPipeline, workers: int = 1) -> None:
+        drain(self, workers)
+        if not signalled:
+            signalled.append(signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the CLI's handler runs on this thread
+            deadline = time.monotonic() + 10
+            while not self.cancelled and time.monotonic() < deadline:
+                time.sleep(0.01)  # its cancel thread has marked every run cancelled
+
+    monkeypatch.setattr(LocalPipeline, "drain", drain_then_ctrl_c)
+
+
+def test_ctrl_c_as_the_last_run_ends_cancels_nothing_and_says_so(
+    cli: Cli, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ctrl_c_after_the_first_month(monkeypatch)
+    code, out = cli("run", "green", "2019-01")
+    assert code == 0, out
+    assert "SUCCESS" in out  # the summary of the run that finished
+    assert out.strip().splitlines()[-1] == (
+        "Ctrl-C (SIGINT) came after the last run had finished: nothing was cancelled"
+    )
+    green = source.files[(Dataset.GREEN, Month(2019, 1))]
+    assert cli.rows("SELECT count(*) FROM green_tripdata") == [[str(green.rows)]]
+
+
+def test_ctrl_c_between_two_months_names_the_month_never_started(
+    cli: Cli, source: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ctrl_c_after_the_first_month(monkeypatch)
+    code, out = cli("run", "green", "2019-01..2019-02")
+    assert code == 130, out
+    assert out.strip().splitlines()[-1] == "cancelled between runs; not started: green 2019-02"
+    assert cli.rows("SELECT DISTINCT filename FROM green_tripdata") == [
+        ["green_tripdata_2019-01.csv"]
+    ]

@@ -298,6 +298,19 @@ def test_the_cancel_line_names_the_runs_cancelled_or_how_many() -> None:
         " 1 finished before the cancel reached it"
     )
     assert cancel_summary([one, two], {}).startswith("cancelled 2 runs (green 2019-01, green")
+    # A run of several months: the ones it never submitted, said as such.
+    assert cancel_summary([one], {}, ["green 2019-02", "green 2019-03"]) == (
+        f"cancelled green 2019-01 (run {RUN}); nothing partial was kept;"
+        " not started: green 2019-02, green 2019-03"
+    )
+    assert cancel_summary([one], {RUN: loaded}, ["green 2019-02"]) == (
+        "cancelled between runs; 1 finished before the cancel reached it;"
+        " not started: green 2019-02"
+    )
+    assert cancel_summary([], {}, ["green 2019-02"]) == (
+        "cancelled between runs; not started: green 2019-02"
+    )
+    assert cancel_summary([], {}) == "cancelled: no run was in flight; nothing partial was kept"
 
 
 # -- a home from before the history moved to SQLite ----------------------------------------------

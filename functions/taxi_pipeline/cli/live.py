@@ -109,6 +109,10 @@ class LiveProgress:
 _SIGNAL_NAMES: Final = {signal.SIGINT: "Ctrl-C (SIGINT)", signal.SIGTERM: "SIGTERM"}
 
 
+def _signal_name(signum: int) -> str:
+    return _SIGNAL_NAMES.get(signal.Signals(signum), str(signum))
+
+
 class Interrupts:
     """While the block runs, Ctrl-C and SIGTERM cancel the pipeline's runs instead of raising
     ``KeyboardInterrupt`` wherever the main thread happens to be.
@@ -145,6 +149,11 @@ class Interrupts:
     def interrupted(self) -> bool:
         return self.signal is not None
 
+    @property
+    def signal_name(self) -> str:
+        """``Ctrl-C (SIGINT)`` or ``SIGTERM``: what stopped the process."""
+        return _signal_name(self.signal) if self.signal is not None else "no signal"
+
     def nap(self, seconds: float) -> None:
         """Sleep, but wake at the first signal (the scheduler's wait for its next fire)."""
         self.stopping.wait(seconds)
@@ -155,7 +164,7 @@ class Interrupts:
             os._exit(EXIT_CANCELLED)
         self.signal = signum
         self.stopping.set()
-        reason = f"cancelled by {_SIGNAL_NAMES.get(signal.Signals(signum), str(signum))}"
+        reason = f"cancelled by {_signal_name(signum)}"
         self._canceller = threading.Thread(target=self._cancel, args=(reason,), daemon=True)
         self._canceller.start()
 
@@ -173,31 +182,56 @@ class Interrupts:
             sys.stdout.flush()
             os._exit(EXIT_CANCELLED)
 
-    def summary(self) -> str:
-        """The one line printed on the way out."""
-        return cancel_summary(self.cancelled, self.pipeline.results)
+    def stopped_nothing(self) -> bool:
+        """Whether every run the signal found in flight finished anyway (it came too late)."""
+        return not stopped_runs(self.cancelled, self.pipeline.results)
+
+    def summary(self, not_started: Sequence[str] = ()) -> str:
+        """The one line printed on the way out; ``not_started``: the months (``green
+        2019-03``) the command had still to submit."""
+        return cancel_summary(self.cancelled, self.pipeline.results, not_started)
 
 
-def cancel_summary(cancelled: Sequence[IngestRequest], results: dict[str, IngestResult]) -> str:
-    """``cancelled green 2019-01 (run green-201901-3fa2c1d9)``, or a count for several."""
-    stopped = [
+def stopped_runs(
+    cancelled: Sequence[IngestRequest], results: dict[str, IngestResult]
+) -> list[IngestRequest]:
+    """The runs a cancel really stopped: those of ``cancelled`` that did not succeed."""
+    return [
         r
         for r in cancelled
         if (result := results.get(r.run_id or "")) is None or result.state is not RunState.SUCCESS
     ]
+
+
+def _listed(months: Sequence[str]) -> str:
+    return ", ".join(months[:4]) + (", …" if len(months) > 4 else "")
+
+
+def cancel_summary(
+    cancelled: Sequence[IngestRequest],
+    results: dict[str, IngestResult],
+    not_started: Sequence[str] = (),
+) -> str:
+    """``cancelled green 2019-01 (run green-201901-3fa2c1d9)``, or a count for several; then
+    what never started (a ``run`` of several months stops before the next one)."""
+    stopped = stopped_runs(cancelled, results)
     finished = len(cancelled) - len(stopped)
-    if not stopped:
-        text = "cancelled: no run was in flight"
-    elif len(stopped) == 1:
+    if len(stopped) == 1:
         (run,) = stopped
         text = f"cancelled {run.dataset.value} {run.month} (run {run.run_id})"
-    else:
+    elif stopped:
         months = sorted({f"{r.dataset.value} {r.month}" for r in stopped})
-        shown = ", ".join(months[:4]) + (", …" if len(months) > 4 else "")
-        text = f"cancelled {len(stopped)} runs ({shown})"
-    text += "; nothing partial was kept"
+        text = f"cancelled {len(stopped)} runs ({_listed(months)})"
+    elif not_started:
+        text = "cancelled between runs"
+    else:
+        text = "cancelled: no run was in flight"
+    if stopped or not not_started:
+        text += "; nothing partial was kept"
     if finished:
         text += f"; {finished} finished before the cancel reached it"
+    if not_started:
+        text += f"; not started: {_listed(not_started)}"
     return text
 
 

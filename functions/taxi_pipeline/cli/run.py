@@ -118,10 +118,16 @@ def run(
             )
     finally:
         pipeline.close()
-    if interrupts.interrupted:
-        print_line(interrupts.summary(), err=True)
+    not_started = [f"{dataset.value} {m}" for m in month_list[len(timings) :]]
+    if interrupts.interrupted and (not_started or not interrupts.stopped_nothing()):
+        print_line(interrupts.summary(not_started), err=True)
         raise typer.Exit(EXIT_CANCELLED)
     states = print_summary(dataset, timings, pipeline.results, settings)
+    if interrupts.interrupted:  # the signal came as the last run ended: it cancelled nothing
+        print_line(
+            f"{interrupts.signal_name} came after the last run had finished: nothing was cancelled",
+            err=True,
+        )
     exit_with(states)
 
 
