@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import socket
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -343,7 +344,7 @@ def test_the_client_typing_gives_the_exact_value_or_refuses(
             f"SELECT CAST({exact} AS text) FROM (SELECT CAST({literal} AS text) AS v OFFSET 0) AS r"
         ).rows
         try:
-            client_typing.write_typed_rows(path, Dataset.GREEN, sink)
+            client_typing.write_typed_rows(_green_csv(path), sink)
         except client_typing.ClientTypingRefused:
             return
         with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
@@ -351,7 +352,7 @@ def test_the_client_typing_gives_the_exact_value_or_refuses(
                 conn.execute(statement)
             refused: str | None = None
             try:
-                with conn.cursor().copy(client_typing.copy_sql(Dataset.GREEN, "typed")) as copy:
+                with conn.cursor().copy(_green_copy("typed")) as copy:
                     copy.write(sink.getvalue())
             except psycopg.DataError as exc:
                 refused = exc.sqlstate
@@ -391,9 +392,9 @@ def test_the_client_counts_what_the_server_would_measure(
     with psycopg.connect(postgres_server.url(postgres_database, password=True)) as conn:
         for statement in client_typing.staging_table_sql(Dataset.GREEN, "typed", "f"):
             conn.execute(statement)
-        with conn.cursor().copy(client_typing.copy_sql(Dataset.GREEN, "typed")) as copy:
+        with conn.cursor().copy(_green_copy("typed")) as copy:
             sink = PieceSink(copy.write, whole_records=False)
-            client_typing.write_typed_rows(path, Dataset.GREEN, sink, tally)
+            client_typing.write_typed_rows(_green_csv(path), sink, tally)
             sink.finish()
         measured = conn.execute(SQL.strict_measure_sql(Dataset.GREEN, JAN, "typed")).fetchone()
     summary = SQL.summary(tally.measure_row())
@@ -436,6 +437,13 @@ def test_the_strict_staging_runs_on_parallel_workers(
         (Dataset.YELLOW, Month(2023, 1), PARQUET),
         (Dataset.GREEN, Month(2024, 3), PARQUET),
         (Dataset("fhvhv"), Month(2025, 2), PARQUET),
+        # Schema periods: the first, a column typed null, a fee added, ehail_fee null.
+        (Dataset.YELLOW, Month(2011, 1), PARQUET),
+        (Dataset.YELLOW, Month(2020, 10), PARQUET),
+        (Dataset.YELLOW, Month(2025, 2), PARQUET),
+        (Dataset.GREEN, Month(2013, 8), PARQUET),
+        (Dataset.GREEN, Month(2019, 10), PARQUET),
+        (Dataset("fhv"), Month(2016, 1), PARQUET),
     ],
     ids=lambda v: getattr(v, "value", None) or getattr(v, "name", None) or str(v),
 )
@@ -449,7 +457,7 @@ def test_the_strict_and_the_exact_staging_write_the_same_rows(
 ) -> None:
     """A generated month (``1.0`` spellings, empty fields, duplicates, strays; a Parquet one
     written into COPY by its format's CSV feed, as the adapter does) typed both ways from one
-    landing table, and a CSV one by this client too: the same rows, ids and all."""
+    landing table, and by this client from the file: the same rows, ids and all."""
     import psycopg
 
     if fmt is CSV_GZ:
@@ -479,14 +487,18 @@ def test_the_strict_and_the_exact_staging_write_the_same_rows(
         ):
             conn.execute(sql)
         typings = ["strict"]
-        if client_typing.supports(dataset) and not fmt.typed:  # as this client types a CSV
+        if client_typing.supports(dataset):  # as this client types a file of the lake
             typings.append("client")
             for statement in client_typing.staging_table_sql(dataset, "client", "f"):
                 conn.execute(statement)
             tally = client_typing.Tally(dataset, month)
-            with conn.cursor().copy(client_typing.copy_sql(dataset, "client")) as copy:
+            client_file = client_typing.TypedFile(
+                path, fmt, dataset, month, [(c.name, n) for c, n in in_file]
+            )
+            copy_sql = client_typing.copy_sql(dataset, "client", client_file.in_file)
+            with conn.cursor().copy(copy_sql) as copy:
                 sink = PieceSink(copy.write)
-                client_typing.write_typed_rows(path, dataset, sink, tally)
+                client_typing.write_typed_rows(client_file, sink, tally)
                 sink.finish()
             # Counted on the way, as the server measures the table (strays, days, NULLs).
             measured = conn.execute(SQL.strict_measure_sql(dataset, month, "client")).fetchone()
@@ -500,6 +512,16 @@ def test_the_strict_and_the_exact_staging_write_the_same_rows(
             ).fetchone()
             (typed_rows,) = conn.execute(f"SELECT count(*) FROM {typed}").fetchone() or ()
             assert (bad, differ, typed_rows) == (0, (0,), rows), typed
+
+
+def _green_csv(path: Path) -> client_typing.TypedFile:
+    """A green 2019-01 gzip CSV at ``path`` for this client to type."""
+    columns = [(c.name, c.name) for c in Dataset.GREEN.layout.columns]
+    return client_typing.TypedFile(path, CSV_GZ, Dataset.GREEN, JAN, columns)
+
+
+def _green_copy(table: str) -> str:
+    return client_typing.copy_sql(Dataset.GREEN, table, Dataset.GREEN.layout.names)
 
 
 GOOD = "2,2019-01-05 10:00:00,2019-01-05 10:10:00,N,1,74,75,1,1.2,7,0,0.5,0,0,,0.3,7.8,2,1,"
@@ -580,9 +602,9 @@ def test_a_clean_csv_month_is_typed_in_the_client_and_any_other_lands_as_text(
         typed: list[Path] = []
         real = client_typing.write_typed_rows
 
-        def spy(path: Path, *args: Any) -> None:
-            typed.append(path)
-            real(path, *args)
+        def spy(file: client_typing.TypedFile, *args: Any) -> None:
+            typed.append(file.path)
+            real(file, *args)
 
         monkeypatch.setattr(client_typing, "write_typed_rows", spy)
         with caplog.at_level(logging.INFO, logger="taxi_pipeline.adapters.postgres.warehouse"):
@@ -601,6 +623,61 @@ def test_a_clean_csv_month_is_typed_in_the_client_and_any_other_lands_as_text(
         assert flags == ([("N", 1), ("N,Y", 1)] if "N,Y" in lines[1] else [("N", 2)])
     finally:
         warehouse.close()
+
+
+def test_a_parquet_month_is_typed_in_the_client_or_lands_as_text_alike(
+    postgres_server: PostgresServer,
+    postgres_database: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A TLC Parquet month in a folder lake goes through this client's typing into one binary
+    COPY; where the client refuses it (a value it cannot vouch for), the month lands as text.
+    Both ways (a schema each) the final table holds the same rows, values and ids."""
+    month = Month(2023, 1)
+    parquet = generate_parquet_month(tmp_path / "src", "yellow", month, 5_000, seed=5)
+    lake = FolderStore(tmp_path / "lake")
+    name = object_name(Dataset.YELLOW, month, PARQUET)
+    with lake.writer(name, {}) as out:
+        out.write(parquet.path.read_bytes())
+    source = lake.stat(name)
+    assert source is not None
+    real = client_typing.write_typed_rows
+    refused = False
+
+    def spy(file: client_typing.TypedFile, *args: Any) -> None:
+        assert file.fmt is PARQUET
+        if refused:
+            raise client_typing.ClientTypingRefused("taxi_pipeline: refused fare_amount: x")
+        real(file, *args)
+
+    monkeypatch.setattr(client_typing, "write_typed_rows", spy)
+    postgres_server.psql("CREATE SCHEMA client; CREATE SCHEMA text", postgres_database)
+    columns = ", ".join(f'"{n}"' for n in Dataset.YELLOW.layout.final_names)
+    tables: dict[bool, Counter[tuple[Any, ...]]] = {}
+    for refused in (False, True):
+        url = postgres_server.url(postgres_database, password=True)
+        warehouse = PostgresWarehouse.from_url(f"{url}?schema={'text' if refused else 'client'}")
+        try:
+            warehouse.ensure_final_table(Dataset.YELLOW)
+            context = JobContext("yellow-202301-client", Dataset.YELLOW, month, "merge")
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="taxi_pipeline.adapters.postgres.warehouse"):
+                staged = warehouse.stage(source, lake, context)
+            assert ("landing it as text" in caplog.text) == refused
+            assert (staged.rows, staged.rows_bad) == (parquet.spec.rows, 0)
+            assert staged.rows_out_of_month == parquet.out_of_month_rows
+            plan = MergePlan(context, pickup_ranges(staged.pickup_dates), True)
+            assert warehouse.merge_staged(plan).inserted == parquet.spec.rows
+            rows = warehouse.query(
+                f"SELECT encode(unique_row_id, 'hex'), filename, {columns} FROM yellow_tripdata"
+            ).rows
+            tables[refused] = Counter(rows)  # a row repeated in the file is kept, twice
+            assert len(rows) == parquet.spec.rows
+        finally:
+            warehouse.close()
+    assert tables[False] == tables[True]
 
 
 def test_a_copy_failing_on_any_connection_stages_nothing(

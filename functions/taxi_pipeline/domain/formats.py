@@ -3,7 +3,8 @@
 An entry says what a file of the format is called (its suffix), its content type, how a stream
 of it is verified before it may become a ``raw/`` object (the verifier's factory), how the head
 of a hand upload is checked, what the ``filename`` column says for it, whether it brings its own
-typed columns, and how a warehouse fed through its client gets its rows (the CSV feed). How each
+typed columns, and how a warehouse fed through its client gets its rows (the CSV feed, and for
+a typed format the same texts as Arrow batches, for a client that types them itself). How each
 warehouse stages it is that warehouse's hook (``adapters/sql/dialects.py``: DuckDB's reader,
 BigQuery's external-table and load-job options, PostgreSQL's COPY options).
 
@@ -15,9 +16,9 @@ from __future__ import annotations
 
 import importlib
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Protocol, cast
 
 from taxi_pipeline.errors import ConfigurationError, VerificationFailed
 
@@ -81,6 +82,9 @@ none; written empty)."""
 CsvFeed = Callable[[BinaryIO, "Sequence[LandedColumn]", Sink], None]
 """Write an object's rows into ``sink`` as CSV text in the given columns' order (a text format
 passes its own lines through, header included: its columns are the layout's)."""
+TextBatches = Callable[[BinaryIO, "Sequence[LandedColumn]"], "Iterator[Any]"]
+"""An object's rows as Arrow record batches of strings (named by the columns' final names,
+NULL for an empty field), each value the text the format's CSV feed writes of it."""
 
 
 def _resolve(path: str) -> object:
@@ -111,6 +115,9 @@ class SourceFormat:
     csv_feed_path: str = ""
     """``module:function`` of its :data:`CsvFeed` (a warehouse that cannot read the lake lands
     the rows its client writes; empty: such warehouses cannot take the format)."""
+    text_batches_path: str = ""
+    """``module:function`` of its :data:`TextBatches` (empty: a client reads a file of the
+    format itself, as a CSV, or cannot)."""
     typed: bool = False
     """Whether a file brings its own typed columns, named as its schema period names them (a
     Parquet file; ``domain/tlc_schemas``) rather than the layout's columns as text (a CSV)."""
@@ -133,6 +140,13 @@ class SourceFormat:
             raise ConfigurationError(f"no warehouse fed through its client reads {self.name}")
         feed = cast("CsvFeed", _resolve(self.csv_feed_path))
         feed(handle, columns, sink)
+
+    def text_batches(self, handle: BinaryIO, columns: Sequence[LandedColumn]) -> Iterator[Any]:
+        """The object read through ``handle`` as Arrow batches of its CSV feed's texts."""
+        if not self.text_batches_path:
+            raise ConfigurationError(f"no text batches of {self.name} objects")
+        batches = cast("TextBatches", _resolve(self.text_batches_path))
+        return batches(handle, columns)
 
     def row_filename(self, file_name: str) -> str:
         """The ``filename`` column value of the rows of ``file_name``."""
@@ -210,6 +224,7 @@ PARQUET: Final = SourceFormat(
     # The TLC's rows are named after the file itself: there is no CSV behind it.
     row_filename_suffix=".parquet",
     csv_feed_path="taxi_pipeline.pipeline.verify_parquet:parquet_csv_feed",
+    text_batches_path="taxi_pipeline.pipeline.verify_parquet:parquet_text_batches",
     typed=True,
     declares_rows=True,
 )

@@ -181,6 +181,35 @@ def parquet_csv_feed(handle: BinaryIO, columns: Sequence[LandedColumn], sink: Si
     verifier checked the footer for the month's period: a column it allows to be absent is
     simply not there)."""
     import pyarrow.csv as pa_csv
+
+    writer: Any = None
+    try:
+        for rows in _csv_batches(handle, columns):
+            if writer is None:
+                writer = pa_csv.CSVWriter(
+                    sink, rows.schema, write_options=pa_csv.WriteOptions(include_header=False)
+                )
+            writer.write_batch(rows)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def parquet_text_batches(handle: BinaryIO, columns: Sequence[LandedColumn]) -> Iterator[Any]:
+    """The ``parquet`` entry's text batches: the object's rows as Arrow batches with every
+    column a string (named by its final name; NULL where the CSV feed writes an empty field),
+    each value the text :func:`parquet_csv_feed` writes of it (pyarrow's CSV writer casts each
+    value to a string just so), for a client that types the rows itself."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for rows in _csv_batches(handle, columns):
+        yield pa.RecordBatch.from_arrays(
+            [pc.cast(column, pa.string()) for column in rows.columns], names=rows.schema.names
+        )
+
+
+def _csv_batches(handle: BinaryIO, columns: Sequence[LandedColumn]) -> Iterator[Any]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(handle)
@@ -190,20 +219,8 @@ def parquet_csv_feed(handle: BinaryIO, columns: Sequence[LandedColumn], sink: Si
         for final, name in columns
     ]
     read = sorted({found for _, found in names if found is not None})
-    writer: Any = None
-    try:
-        for batch in parquet.iter_batches(
-            batch_size=_CSV_BATCH_ROWS, columns=read, use_threads=False
-        ):
-            rows = _as_csv_batch(batch, names)
-            if writer is None:
-                writer = pa_csv.CSVWriter(
-                    sink, rows.schema, write_options=pa_csv.WriteOptions(include_header=False)
-                )
-            writer.write_batch(rows)
-    finally:
-        if writer is not None:
-            writer.close()
+    for batch in parquet.iter_batches(batch_size=_CSV_BATCH_ROWS, columns=read, use_threads=False):
+        yield _as_csv_batch(batch, names)
 
 
 def _as_csv_batch(batch: Any, names: Sequence[tuple[str, str | None]]) -> Any:

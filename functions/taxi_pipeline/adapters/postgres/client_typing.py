@@ -1,10 +1,11 @@
-"""Typing a gzip CSV month in this client, on its way into COPY: how a clean month lands.
+"""Typing a month in this client, on its way into COPY: how a clean month lands.
 
 PostgreSQL cannot read the lake, so every row crosses this client anyway. Where the lake holds
-the object as a file here, DuckDB (in this process, in memory, streaming) reads it with the
-strict CSV reader the DuckDB warehouse uses, checks each value against the spellings
-:meth:`~taxi_pipeline.adapters.sql.dialects.PostgresDialect.strict_cast` takes, types it,
-computes ``unique_row_id`` from those spellings exactly as
+the object as a file here, DuckDB (in this process, in memory, streaming) reads it (a gzip CSV
+with the strict CSV reader the DuckDB warehouse uses; a Parquet file as its format's text
+batches, the very texts its CSV feed would write into a text landing), checks each value
+against the spellings :meth:`~taxi_pipeline.adapters.sql.dialects.PostgresDialect.strict_cast`
+takes, types it, computes ``unique_row_id`` from those spellings exactly as
 :meth:`~taxi_pipeline.adapters.sql.statements.Statements.strict_staging_sql` does, and pgpq
 encodes the typed Arrow batches in PostgreSQL's binary COPY format into ``COPY`` of the typed
 staging table. The server parses no text at all (each value arrives as its type's own bytes), into
@@ -24,6 +25,8 @@ adapter then lands the month as text and types it there, strictly or exactly, as
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 from taxi_pipeline.adapters.sql.dialects import DUCKDB, POSTGRES
 from taxi_pipeline.adapters.sql.statements import NUMERAL, Statements
 from taxi_pipeline.domain.datasets import Column, Dataset, Month
-from taxi_pipeline.domain.formats import Sink
+from taxi_pipeline.domain.formats import LandedColumn, Sink, SourceFormat
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -79,11 +82,11 @@ def supports(dataset: Dataset) -> bool:
     return all(by_name[n].kind != "numeric" for n in dataset.layout.id_columns)
 
 
-def copied_columns(dataset: Dataset) -> list[str]:
+def copied_columns(dataset: Dataset, in_file: Collection[str]) -> list[str]:
     """The staging table's columns COPY fills, in the order :func:`typed_rows_sql` writes
-    them: the id and the final columns the CSV has. ``filename`` is the table's default (the
-    same text in every row, a fifth of a row's bytes) and a fee the CSV predates is NULL."""
-    in_file = set(dataset.layout.names)
+    them: the id and the final columns the file has (``in_file``: their final names).
+    ``filename`` is the table's default (the same text in every row, a fifth of a row's bytes)
+    and a fee the file predates is NULL."""
     names = [c.name for c in dataset.layout.final_columns if c.name in in_file]
     return ["unique_row_id", *names]
 
@@ -102,19 +105,19 @@ def staging_table_sql(dataset: Dataset, table_ref: str, filename: str) -> list[s
     ]
 
 
-def copy_sql(dataset: Dataset, table_ref: str) -> str:
+def copy_sql(dataset: Dataset, table_ref: str, in_file: Collection[str]) -> str:
     """The COPY of :func:`write_typed_rows`'s binary data into a table :func:`staging_table_sql`
     made in the same transaction. FREEZE: its rows are written as seen by all (the table is the
     transaction's own), so reading them later (measure, index, merges) sets no hint bits."""
-    columns = ", ".join(POSTGRES.quote_ident(c) for c in copied_columns(dataset))
+    columns = ", ".join(POSTGRES.quote_ident(c) for c in copied_columns(dataset, in_file))
     return f"COPY {table_ref} ({columns}) FROM STDIN (FORMAT binary, FREEZE)"
 
 
-def typed_rows_sql(dataset: Dataset, relation: str) -> str:
-    """The rows of the CSV text relation ``relation`` (the layout's columns, every one as
-    text, empty fields NULL) as :func:`copied_columns`, each value as its final column's DuckDB
-    type, ``unique_row_id`` as the 16 bytes of its md5; a value the strict typing might not
-    take alike raises."""
+def typed_rows_sql(dataset: Dataset, relation: str, in_file: Collection[str]) -> str:
+    """The rows of the text relation ``relation`` (the final columns ``in_file``, every one
+    as text, an empty field empty or NULL) as :func:`copied_columns`, each value as its final
+    column's DuckDB type, ``unique_row_id`` as the 16 bytes of its md5; a value the strict
+    typing might not take alike raises."""
     d, q = DUCKDB, DUCKDB.quote_ident
 
     def refuse(ref: str, what: str) -> str:
@@ -149,6 +152,8 @@ def typed_rows_sql(dataset: Dataset, relation: str) -> str:
     layout = dataset.layout
     parts = []
     for name in layout.id_columns:
+        if name not in in_file:  # a column the file's period predates adds nothing to the id
+            continue
         # The source text (the check of its value takes it, or the row raises), as the strict
         # typing spells it in the id: an instant with its zone, a count as its number.
         column, text = layout.column(name), f"NULLIF({q(name)}, '')"
@@ -157,7 +162,7 @@ def typed_rows_sql(dataset: Dataset, relation: str) -> str:
         elif column.kind == "integer":
             text = f"CAST(CAST(split_part({text}, '.', 1) AS BIGINT) AS VARCHAR)"
         parts.append(f"COALESCE({text}, '')")
-    copied = [layout.column(name) for name in copied_columns(dataset)[1:]]
+    copied = [layout.column(name) for name in copied_columns(dataset, in_file)[1:]]
     values = ",\n  ".join(f"{value(c)} AS {q(c.name)}" for c in copied)
     return (
         f"SELECT unhex(md5(concat({', '.join(parts)}))) AS unique_row_id,\n  {values}\n"
@@ -207,42 +212,70 @@ class Tally:
         )
 
 
-def write_typed_rows(path: Path, dataset: Dataset, sink: Sink, tally: Tally | None = None) -> None:
-    """Write the rows of the gzip CSV file ``path`` into ``sink`` as binary COPY data for
-    :func:`copy_sql`: :func:`typed_rows_sql` run by an in-memory DuckDB over the file (its
-    strict CSV reader, as the DuckDB warehouse reads the lake), batch by batch, in bounded
-    memory, each batch encoded by pgpq (and counted by ``tally``). Raises
-    :class:`ClientTypingRefused` where DuckDB refuses a value or the file."""
+@dataclass(frozen=True)
+class TypedFile:
+    """A lake object on this machine for this client to type: the file and its format, the
+    month it is of, and the final columns it has, each with its name in the file."""
+
+    path: Path
+    fmt: SourceFormat
+    dataset: Dataset
+    month: Month
+    columns: Sequence[LandedColumn]
+
+    @property
+    def in_file(self) -> list[str]:
+        """The final names of the columns the file has."""
+        return [final for final, _ in self.columns]
+
+
+def write_typed_rows(file: TypedFile, sink: Sink, tally: Tally | None = None) -> None:
+    """Write the rows of ``file`` into ``sink`` as binary COPY data for :func:`copy_sql` of
+    its columns: :func:`typed_rows_sql` run by an in-memory DuckDB over the file's texts (a
+    gzip CSV through its strict CSV reader, as the DuckDB warehouse reads the lake; a typed
+    format through its text batches), batch by batch, in bounded memory, each batch encoded by
+    pgpq (and counted by ``tally``). Raises :class:`ClientTypingRefused` where DuckDB refuses
+    a value or the file."""
     import duckdb
     import pgpq
     import pyarrow as pa
 
+    dataset, in_file = file.dataset, file.in_file
     connection = duckdb.connect(config={"memory_limit": _MEMORY_LIMIT})
     try:
         # Row order does not matter to COPY: DuckDB then need not hold batches back.
         connection.execute("SET preserve_insertion_order = false")
-        landed = f"({DUCKDB.read_csv(str(path), dataset.layout.names, 'gzip')})"
-        rows = connection.sql(typed_rows_sql(dataset, landed))
-        # DuckDB's errors come as the batches are made, through Arrow's stream (as OSError).
-        reader = rows.to_arrow_reader(_BATCH_ROWS)
-        encoder = pgpq.ArrowToPostgresBinaryEncoder(reader.schema)
-        _check_encoding(dataset, encoder.schema())
-        sink.write(encoder.write_header())
-        for batch in reader:
-            sink.write(encoder.write_batch(batch))
-            if tally is not None:
-                tally.add(batch)
-        sink.write(encoder.finish())
+        with file.path.open("rb") as handle:
+            if file.fmt.text_batches_path:
+                schema = pa.schema([(name, pa.string()) for name in in_file])
+                texts = pa.RecordBatchReader.from_batches(
+                    schema, file.fmt.text_batches(handle, file.columns)
+                )
+                connection.register("landed", texts)
+                landed = "landed"
+            else:  # DuckDB reads the file itself (a CSV's columns are the layout's)
+                landed = f"({DUCKDB.read_csv(str(file.path), dataset.layout.names, 'gzip')})"
+            rows = connection.sql(typed_rows_sql(dataset, landed, in_file))
+            # DuckDB's errors come as the batches are made, through Arrow's stream (OSError).
+            reader = rows.to_arrow_reader(_BATCH_ROWS)
+            encoder = pgpq.ArrowToPostgresBinaryEncoder(reader.schema)
+            _check_encoding(dataset, in_file, encoder.schema())
+            sink.write(encoder.write_header())
+            for batch in reader:
+                sink.write(encoder.write_batch(batch))
+                if tally is not None:
+                    tally.add(batch)
+            sink.write(encoder.finish())
     except (duckdb.Error, pa.ArrowException, OSError, ValueError) as exc:
         raise ClientTypingRefused(_first_line(exc)) from exc
     finally:
         connection.close()
 
 
-def _check_encoding(dataset: Dataset, schema: PostgresSchema) -> None:
+def _check_encoding(dataset: Dataset, in_file: Collection[str], schema: PostgresSchema) -> None:
     """That pgpq encodes each column as its final column's type (a DuckDB or pgpq version that
     maps an Arrow type otherwise would make the server misread the bytes)."""
-    kinds = (dataset.layout.column(name).kind for name in copied_columns(dataset)[1:])
+    kinds = (dataset.layout.column(name).kind for name in copied_columns(dataset, in_file)[1:])
     wanted = ["Bytea", *(_PGPQ_TYPES[kind] for kind in kinds)]
     encoded = [type(column.data_type).__name__ for column in schema.columns]
     if encoded != wanted:

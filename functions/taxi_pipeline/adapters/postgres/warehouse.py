@@ -4,11 +4,12 @@
   ``public`` by default; ``?host=/cloudsql/PROJECT:REGION:INSTANCE`` for a Cloud SQL socket). The
   password comes from the URL, ``TAXI_PIPELINE_WAREHOUSE_PASSWORD`` or ``PGPASSWORD`` (in that
   order) and never appears in an error or a log line.
-- PostgreSQL cannot read the lake: :meth:`stage` passes the object through this client. A gzip CSV
-  the lake holds as a file here (``ObjectInfo.local_file``) is typed by this client on its way
-  into one binary ``COPY`` of the run's own staging table (:mod:`.client_typing`: DuckDB checks
-  the files' spellings, types the values and computes the id; pgpq encodes the rows). Any other
-  object (Parquet, a GCS stream), or a month the client refuses, is streamed
+- PostgreSQL cannot read the lake: :meth:`stage` passes the object through this client. An
+  object the lake holds as a file here (``ObjectInfo.local_file``: a gzip CSV, or a Parquet file
+  read as its CSV feed's texts) is typed by this client on its way into one binary ``COPY`` of
+  the run's own staging table (:mod:`.client_typing`: DuckDB checks the files' spellings, types
+  the values and computes the id; pgpq encodes the rows). Any other object (a GCS stream), or a
+  month the client refuses, is streamed
   (``LakeReader.open_read``; the format's CSV feed inflates a gzip CSV, or writes a Parquet file's
   rows as CSV) into ``COPY ... FROM STDIN`` of UNLOGGED text landing tables, through two
   connections at once (:mod:`.copying`), then typed into the run's own staging table
@@ -44,7 +45,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -434,10 +434,10 @@ class PostgresWarehouse:
         a COPY cut short (a kill, a lost connection) leaves no staging table. Returns the
         measure's row and whether the strict typing (or this client's) wrote it.
 
-        A gzip CSV in a lake on this machine is typed by this client on its way into COPY
-        (:meth:`_stage_typed_in_client`), where the client and the server's input take every
-        value. Any other object, or a month they refuse, lands in text landing tables first and
-        is typed there:
+        An object in a lake on this machine (a gzip CSV, a Parquet file) is typed by this
+        client on its way into COPY (:meth:`_stage_typed_in_client`), where the client and the
+        server's input take every value. Any other object, or a month they refuse, lands in
+        text landing tables first and is typed there:
 
         The rows land through :data:`_COPY_STREAMS` connections at once (:mod:`.copying`): this
         one's landing table is new in its transaction, each other's commits with its COPY (a
@@ -449,15 +449,16 @@ class PostgresWarehouse:
         """
         _, _, fmt = parse_object(source.name)
         filename = csv_name(dataset, month, fmt)
-        path = source.local_file if not fmt.typed else None
+        in_file = landed_columns(dataset, month, fmt)
+        feed = [(column.name, name) for column, name in in_file]
+        path = source.local_file
         if path is not None and client_typing.supports(dataset):
-            row = self._stage_typed_in_client(conn, dataset, month, path, name, filename)
+            typed = client_typing.TypedFile(path, fmt, dataset, month, feed)
+            row = self._stage_typed_in_client(conn, typed, name, filename)
             if row is not None:
                 return row, True
         q = POSTGRES.quote_ident
-        in_file = landed_columns(dataset, month, fmt)
         landed = [column for column, _ in in_file]
-        feed = [(column.name, name) for column, name in in_file]
         columns = ", ".join(q(c.name) for c in landed)
         # The landing tables hold the final columns the file has, each as text: what the
         # staging SQL reads from a CSV.
@@ -523,9 +524,7 @@ class PostgresWarehouse:
     def _stage_typed_in_client(
         self,
         conn: psycopg.Connection[Any],
-        dataset: Dataset,
-        month: Month,
-        path: Path,
+        file: client_typing.TypedFile,
         name: str,
         filename: str,
     ) -> tuple[Any, ...] | None:
@@ -535,7 +534,7 @@ class PostgresWarehouse:
         value (nothing of it stays): the month then lands as text."""
         import psycopg
 
-        staging = self._table(name)
+        dataset, staging = file.dataset, self._table(name)
         try:
             with conn.transaction():
                 # As in the landing's transaction: a server crash may lose this staging, which
@@ -544,10 +543,10 @@ class PostgresWarehouse:
                 conn.execute(f"DROP TABLE IF EXISTS {staging}")
                 for statement in client_typing.staging_table_sql(dataset, staging, filename):
                     conn.execute(statement)
-                tally = client_typing.Tally(dataset, month)
+                tally = client_typing.Tally(dataset, file.month)
                 copied = copy_through(
-                    [CopyTarget(conn, client_typing.copy_sql(dataset, staging))],
-                    lambda sink: client_typing.write_typed_rows(path, dataset, sink, tally),
+                    [CopyTarget(conn, client_typing.copy_sql(dataset, staging, file.in_file))],
+                    lambda sink: client_typing.write_typed_rows(file, sink, tally),
                     whole_records=False,
                 )
                 if copied != tally.rows:  # never seen: the measure would be of other rows
