@@ -10,6 +10,9 @@ them over local HTTP, and measures on that one server, interleaved, a fresh data
   binary COPY (pgpq) of the typed staging table, measured, then the insert-only merge: the
   file's first load deletes the ids the final table holds from it, indexes it and attaches it
   as the file's partition, with its load record): wall, client peak RSS;
+- ours on a TLC Parquet month of the same row count (``run yellow 2024-01``, the TLC's layout
+  from the same server): the client types the file's texts on their way into the binary COPY,
+  as it types the CSV's;
 - reference: the zoomcamp's 04_postgres_taxi flow as SQL: ``curl | gunzip`` to a file, CREATE
   the final and the staging table, TRUNCATE, COPY (``psql \\copy``, client-side like the JDBC
   CopyIn), ``UPDATE staging SET unique_row_id = md5(7 fields), filename``, ``MERGE`` on the id.
@@ -43,6 +46,7 @@ from bench.common import (
     RssSampler,
     child_env,
     generate,
+    generate_parquet,
     installed_cli,
     measure,
     say,
@@ -52,8 +56,10 @@ from bench.common import (
     write_results,
 )
 from bench.postgres import PgServer, postgres_server
-from taxi_pipeline.devkit.source_server import SourceServer, serve_directory
+from taxi_pipeline.devkit.source_server import TLC_PREFIX, SourceServer, serve_directory
 
+PARQUET_MONTH = "2024-01"
+"""The TLC Parquet month ours loads beside the CSV one (a current schema period)."""
 TARGET_WALL_RATIO = 0.5
 TARGET_CLIENT_RSS_BYTES = 512 * MIB
 
@@ -128,7 +134,7 @@ def _ours(
     log: Path,
 ) -> Measured:
     argv = [cli, "run", "yellow", month, "--source-url", server.base_url,
-            "--home", str(home)]  # fmt: skip
+            "--tlc-url", f"{server.base_url}/{TLC_PREFIX}", "--home", str(home)]  # fmt: skip
     env = child_env(
         TAXI_PIPELINE_WAREHOUSE_URL=f"postgresql://postgres@127.0.0.1:{pg.port}/{database}"
     )
@@ -236,50 +242,52 @@ def _server_log(pg: PgServer) -> Path:
     return pg.data.parent / "server.log"
 
 
+_CONTENDERS = ("ours", "parquet", "reference")
+"""Interleaved: this order in even runs, reversed in odd ones."""
+
+
 def _one_size(
     cli: str, pg: PgServer, server: SourceServer, rows: int, runs: int, work: Path
 ) -> dict[str, Any]:
     url = f"{server.base_url}/yellow/yellow_tripdata_2019-01.csv.gz"
-    ours_runs: list[Measured] = []
-    reference_runs: list[Measured] = []
-    ours_server_peak = reference_server_peak = 0
+    measured: dict[str, list[Measured]] = {c: [] for c in _CONTENDERS}
+    server_peaks = dict.fromkeys(_CONTENDERS, 0)
     for i in range(runs):
-        for contender in ("ours", "reference") if i % 2 == 0 else ("reference", "ours"):
+        for contender in _CONTENDERS if i % 2 == 0 else _CONTENDERS[::-1]:
             database = f"{contender}_{rows}_{i}"
             pg.sql(f"CREATE DATABASE {database}")
             log = work / f"{database}.log"
             sampler = RssSampler(pg.postmaster())
             start = _server_log(pg).stat().st_size
-            if contender == "ours":
-                run = _ours(cli, pg, database, server, "2019-01", work / f"home-{database}", log)
-                ours_server_peak = max(ours_server_peak, sampler.stop())
-            else:
+            home = work / f"home-{database}"
+            if contender == "reference":
                 run = _reference(pg, database, url, "2019-01", work, log)
-                reference_server_peak = max(reference_server_peak, sampler.stop())
+            else:
+                month = PARQUET_MONTH if contender == "parquet" else "2019-01"
+                run = _ours(cli, pg, database, server, month, home, log)
+            server_peaks[contender] = max(server_peaks[contender], sampler.stop())
             run = replace(
                 run,
                 extra={"phases": phases(_logged(_server_log(pg), start), run.wall_seconds)},
             )
-            (ours_runs if contender == "ours" else reference_runs).append(run)
+            measured[contender].append(run)
             _expect(_count(pg, database), rows, contender)
             say(
                 f"{rows:,} rows, {contender} #{i + 1}: {run.wall_seconds:.1f} s,"
                 f" client {run.peak_rss_bytes / MIB:.0f} MiB"
             )
             pg.sql(f"DROP DATABASE {database}")
-            subprocess.run(["rm", "-rf", str(work / f"home-{database}")], check=True)
-    ours, reference = summarize(ours_runs), summarize(reference_runs)
-    return {
-        "rows": rows,
-        "ours": ours
-        | {"server_peak_rss_bytes": ours_server_peak, "phases": _median_phases(ours_runs)},
-        "reference": reference
-        | {
-            "server_peak_rss_bytes": reference_server_peak,
-            "phases": _median_phases(reference_runs),
-        },
-        "wall_ratio": ours["wall_seconds"] / reference["wall_seconds"],
-    }
+            subprocess.run(["rm", "-rf", str(home)], check=True)
+    result: dict[str, Any] = {"rows": rows}
+    for contender, contender_runs in measured.items():
+        result[contender] = summarize(contender_runs) | {
+            "server_peak_rss_bytes": server_peaks[contender],
+            "phases": _median_phases(contender_runs),
+        }
+    reference_wall = result["reference"]["wall_seconds"]
+    result["wall_ratio"] = result["ours"]["wall_seconds"] / reference_wall
+    result["parquet_wall_ratio"] = result["parquet"]["wall_seconds"] / reference_wall
+    return result
 
 
 def _median_phases(runs: list[Measured]) -> dict[str, float]:
@@ -343,12 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     with scratch("postgres-ingest") as work, postgres_server(settings) as pg:
         payload["postgresql"] = pg.version
         payload["venv"] = args.venv
+        payload["parquet_month"] = PARQUET_MONTH
         cli = installed_cli(work / "venv") if args.venv == "installed" else taxi_pipeline_bin()
         for index, rows in enumerate(args.rows):
             runs = args.runs[min(index, len(args.runs) - 1)]
             source = work / f"source-{rows}"
-            say(f"generating a yellow month of {rows:,} rows")
+            say(f"generating a yellow month of {rows:,} rows, as CSV and as TLC Parquet")
             generate(source, rows)
+            generate_parquet(source / TLC_PREFIX, rows, PARQUET_MONTH)
             with serve_directory(source) as server:
                 payload["sizes"].append(_one_size(cli, pg, server, rows, runs, work))
             subprocess.run(["rm", "-rf", str(source)], check=True)

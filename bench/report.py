@@ -583,7 +583,15 @@ def _postgres_ingest(data: dict[str, Any]) -> str:
         " the 04_postgres_taxi flow's statements (`curl | gunzip` to a file, CREATE, TRUNCATE,"
         " client-side COPY into the shared staging table, `UPDATE ... SET unique_row_id ="
         " md5(7 fields)`, MERGE on the id); its counts are `double precision`, since with"
-        " `integer` its COPY refuses the file's `1.0` spellings and loads nothing.",
+        " `integer` its COPY refuses the file's `1.0` spellings and loads nothing."
+        + (
+            f" **ours on a TLC Parquet month**: `taxi-pipeline run yellow {data['parquet_month']}`,"
+            " a generated Parquet file of as many rows in the TLC's layout from the same server,"
+            " its texts typed in the client into the same binary COPY (the zoomcamp flow reads"
+            " CSV only: its figures are for the CSV)."
+            if "parquet_month" in data
+            else ""
+        ),
         "",
         "| rows | ours | reference | ours / reference | ours: client peak RSS |"
         " server peak RSS (ours / reference) | runs |",
@@ -598,6 +606,14 @@ def _postgres_ingest(data: dict[str, Any]) -> str:
             f" {_mib(ours['server_peak_rss_bytes'])} / {_mib(reference['server_peak_rss_bytes'])}"
             f" | {ours['runs']} |"
         )
+        if "parquet" in size:
+            parquet = size["parquet"]
+            lines.append(
+                f"| {size['rows']:,}, ours on a TLC Parquet month | {_s(parquet['wall_seconds'])}"
+                f" | {_s(reference['wall_seconds'])} (its CSV) | {size['parquet_wall_ratio']:.2f}x"
+                f" | {_mib(parquet['peak_rss_bytes'])} | {_mib(parquet['server_peak_rss_bytes'])}"
+                f" / {_mib(reference['server_peak_rss_bytes'])} | {parquet['runs']} |"
+            )
         wall_ok = size["wall_ratio"] <= targets["wall_ratio_max"]
         rss_ok = ours["peak_rss_bytes"] <= targets["client_peak_rss_bytes_max"]
         verdicts += [

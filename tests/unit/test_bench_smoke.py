@@ -162,14 +162,17 @@ def test_postgres_ingest_loads_both_contenders(results: dict[str, dict[str, Any]
     pg = results["postgres_ingest"]
     (size,) = pg["sizes"]
     assert size["rows"] == 2000
-    assert size["ours"]["runs"] == size["reference"]["runs"] == 1
+    assert size["ours"]["runs"] == size["parquet"]["runs"] == size["reference"]["runs"] == 1
     # Each phase found in the server's log: ours COPYs (typed and measured in the client: no
-    # staging or measure statement) and merges; the reference COPYs, UPDATEs and merges.
-    for contender, phases in (("ours", ("copy", "merge")),
+    # staging or measure statement) and merges, from the CSV and from the TLC Parquet file
+    # alike; the reference COPYs, UPDATEs and merges.
+    for contender, phases in (("ours", ("copy", "merge")), ("parquet", ("copy", "merge")),
                               ("reference", ("copy", "staging", "merge"))):  # fmt: skip
         assert all(size[contender]["phases"][p] > 0 for p in phases), size[contender]["phases"]
-    assert size["ours"]["phases"]["staging"] == 0, "a clean month landed as text"
-    assert size["ours"]["phases"]["measure"] == 0, "the server measured a client-typed month"
+    for contender in ("ours", "parquet"):
+        assert size[contender]["phases"]["staging"] == 0, f"{contender}: a clean month as text"
+        assert size[contender]["phases"]["measure"] == 0, f"{contender}: measured by the server"
+    assert pg["parquet_month"] == "2024-01"
     months = pg["twelve_months"]
     assert months["months"] == ["2019-01", "2019-02"]
     # The merge statements were found in the server's log (ours: each month's first load).
