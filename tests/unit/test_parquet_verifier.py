@@ -300,3 +300,36 @@ def test_importing_the_verifier_does_not_import_pyarrow() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "period", [p for ps in PERIODS.values() for p in ps], ids=lambda p: f"{p.dataset}-{p.first}"
+)
+def test_the_text_batches_hold_the_texts_the_csv_feed_writes(
+    tmp_path: Path, period: SchemaPeriod
+) -> None:
+    """PostgreSQL's client types the text batches where a text landing types the CSV feed's
+    output: both must be the same texts, NULL where the CSV has an empty field."""
+    import csv
+
+    from taxi_pipeline.adapters.postgres.warehouse import landed_columns
+    from taxi_pipeline.domain.datasets import Dataset
+    from taxi_pipeline.domain.formats import PARQUET
+
+    generated = generate_parquet_month(tmp_path, period.dataset, period.first, 3_000, seed=4)
+    dataset = Dataset(period.dataset)
+    columns = [(c.name, n) for c, n in landed_columns(dataset, period.first, PARQUET)]
+    written = io.BytesIO()
+    with generated.path.open("rb") as handle:
+        PARQUET.write_csv(handle, columns, written)
+    fed = list(csv.reader(io.StringIO(written.getvalue().decode())))
+    with generated.path.open("rb") as handle:
+        batches = list(PARQUET.text_batches(handle, columns))
+    assert all(b.schema.names == [final for final, _ in columns] for b in batches)
+    texts = [
+        ["" if value is None else value for value in row]
+        for batch in batches
+        for row in zip(*(column.to_pylist() for column in batch.columns), strict=True)
+    ]
+    assert len(texts) == generated.spec.rows
+    assert texts == fed

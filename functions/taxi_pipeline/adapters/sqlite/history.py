@@ -181,6 +181,8 @@ def _initialising(path: Path) -> Iterator[None]:
             f"cannot open the run history {path}: another process has held {lock.lock_file}"
             f" for {INIT_WAIT_SECONDS:.0f} s"
         ) from exc
+    except OSError as exc:  # a folder this user may not write to
+        raise ConfigurationError(f"cannot open the run history {path}: {exc}") from exc
     try:
         yield
     finally:
