@@ -49,7 +49,9 @@ def test_every_pin_is_exact_in_range_and_installed() -> None:
         assert declared[name].specifier.contains(spec.version), (
             f"{name}=={spec.version} is outside pyproject's {declared[name].specifier}"
         )
-        assert importlib.metadata.version(name) == spec.version, f"{name}: venv differs from pin"
+        assert importlib.metadata.version(name) == spec.version, (
+            f"{name}: the venv differs from the pin (scripts/setup-dev installs the pins)"
+        )
 
 
 def test_cloud_entry_points_import_without_local_only_packages() -> None:
