@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Unpack
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from taxi_pipeline.adapters.memory.bus import InProcessBus
 from taxi_pipeline.adapters.memory.locks import ThreadLocks
@@ -18,6 +18,7 @@ from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.history import Liveness
 from taxi_pipeline.domain.messages import IngestRequest, IngestResult, RunState, Topic, parse_model
 from taxi_pipeline.domain.runs import RunEvent, RunIdentity, new_run_id, object_event_attributes
+from taxi_pipeline.domain.uris import local_path
 from taxi_pipeline.errors import ConfigurationError
 from taxi_pipeline.local.admission import RunGate, RunOptions, Ticket
 from taxi_pipeline.local.orchestrator import MirroredProgress, Watcher
@@ -251,10 +252,10 @@ def _cancel_line(request: IngestRequest, reason: str) -> RunEvent:
 
 
 def _file_path(url: str, what: str) -> Path:
-    parts = urlsplit(url)
-    if parts.scheme != "file":
-        raise ConfigurationError(f"{what} must be a file:// URL, got {url!r}")
-    return Path(unquote(parts.path))
+    path = local_path(url)
+    if path is None:
+        raise ConfigurationError(f"{what} must be a file:// URL with a path, got {url!r}")
+    return path
 
 
 def _log_notice(message: str) -> None:
@@ -470,8 +471,7 @@ def check_embedded_exists(settings: Settings) -> None:
 
 
 def _duckdb_path(settings: Settings) -> Path | None:
-    parts = urlsplit(settings.resolved_warehouse_url)
-    return Path(unquote(parts.path)) if parts.scheme == "duckdb" and parts.path else None
+    return local_path(settings.resolved_warehouse_url, scheme="duckdb")
 
 
 def _embedded_warehouse(

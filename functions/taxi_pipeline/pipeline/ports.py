@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
-from urllib.parse import unquote, urlsplit
 
 from taxi_pipeline.domain.datasets import Dataset, Month
 from taxi_pipeline.domain.lookups import LookupTable
 from taxi_pipeline.domain.messages import Topic
 from taxi_pipeline.domain.runs import LoadRecord, RunEvent
+from taxi_pipeline.domain.uris import local_path
 from taxi_pipeline.pipeline.cancellation import Cancellation
 from taxi_pipeline.settings import Settings
 
@@ -41,8 +41,7 @@ class ObjectInfo:
         """The object as a file on this machine (the folder lake's ``file://`` URI), for a
         reader that opens files itself (DuckDB); ``None`` where it is remote (a ``gs://``
         object: stream it with :meth:`LakeReader.open_read`)."""
-        parts = urlsplit(self.uri)
-        return Path(unquote(parts.path)) if parts.scheme == "file" else None
+        return local_path(self.uri)
 
 
 class ObjectWriter(Protocol):
